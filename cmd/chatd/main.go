@@ -1,0 +1,75 @@
+// Command chatd runs the chat backend. With no flags it runs everything in
+// one process on its embedded default: an in-process Kafka-protocol broker
+// and a Pebble store under ./data, every projection, the WebSocket gateway
+// and the REST API on 127.0.0.1:8080. With --kafka and --cassandra it runs
+// against real servers.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "chatd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("chatd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := defaultConfig()
+	fs.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "address of the REST API and WebSocket gateway")
+	fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "directory of the embedded broker, the embedded store and the token secret")
+	kafka := fs.String("kafka", os.Getenv("EVCHAT_KAFKA"), "comma-separated Kafka brokers; empty runs the embedded broker (env EVCHAT_KAFKA)")
+	cass := fs.String("cassandra", os.Getenv("EVCHAT_CASSANDRA"), "comma-separated Cassandra hosts; empty uses the embedded store (env EVCHAT_CASSANDRA)")
+	fs.StringVar(&cfg.Keyspace, "keyspace", cfg.Keyspace, "Cassandra keyspace")
+	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", cfg.TopicPrefix, "prefix of every topic name")
+	partitions := fs.Int("partitions", int(cfg.Partitions), "partitions of each topic created at start")
+	machine := fs.Uint("machine-id", uint(cfg.MachineID), "sonyflake machine id: unique per process of a deployment")
+	fs.IntVar(&cfg.EmbeddedKafkaPort, "embedded-kafka-port", cfg.EmbeddedKafkaPort, "port of the embedded broker (0: any free port)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	cfg.Kafka = splitList(*kafka)
+	cfg.Cassandra = splitList(*cass)
+	cfg.Partitions = int32(*partitions)
+	cfg.MachineID = uint16(*machine)
+	cfg.Secret = os.Getenv("EVCHAT_SECRET")
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+	cfg.Stdout = stdout
+	return runNode(ctx, cfg)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

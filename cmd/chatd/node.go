@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/gateway/api"
+	"github.com/evchat/evchat/gateway/auth"
+	"github.com/evchat/evchat/gateway/chat"
+	"github.com/evchat/evchat/gateway/ws"
+	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/fanout"
+	"github.com/evchat/evchat/projections/history"
+	"github.com/evchat/evchat/projections/inbox"
+	"github.com/evchat/evchat/projections/projector"
+	"github.com/evchat/evchat/projections/store"
+	"github.com/evchat/evchat/projections/store/cassandra"
+	"github.com/evchat/evchat/projections/store/pebblestore"
+)
+
+// config is everything a node needs; only main reads flags and the
+// environment.
+type config struct {
+	HTTPAddr          string   // default 127.0.0.1:8080
+	DataDir           string   // default ./data
+	Kafka             []string // empty: embedded broker
+	EmbeddedKafkaPort int      // default 0: any free port
+	Cassandra         []string // empty: embedded store
+	Keyspace          string   // default evchat
+	TopicPrefix       string   // default chat
+	Partitions        int32    // default 8
+	MachineID         uint16   // default 1
+	Secret            string   // token secret; default: <data>/secret.key
+	Limits            domain.Limits
+	Logger            *slog.Logger
+	Stdout            io.Writer
+}
+
+func defaultConfig() config {
+	return config{
+		HTTPAddr: "127.0.0.1:8080", DataDir: "data", Keyspace: "evchat", TopicPrefix: "chat",
+		Partitions: 8, MachineID: 1, Limits: domain.DefaultLimits(),
+	}
+}
+
+// runNode runs every role in this process until ctx ends. Goroutines: one
+// per projection (history, inbox, fan-out), the inbox tailer, and the HTTP
+// server; runNode starts them all and waits for every one before it returns.
+func runNode(ctx context.Context, cfg config) error {
+	log := cfg.Logger
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return err
+	}
+	brokers := cfg.Kafka
+	if len(brokers) == 0 {
+		emb, err := eventlog.StartEmbedded(filepath.Join(cfg.DataDir, "log"), cfg.EmbeddedKafkaPort)
+		if err != nil {
+			return err
+		}
+		defer emb.Close()
+		brokers = emb.Addrs()
+		log.Info("embedded broker", "addr", strings.Join(brokers, ","))
+	}
+	logCfg := eventlog.Config{Brokers: brokers, Prefix: cfg.TopicPrefix, Partitions: cfg.Partitions, Logger: log}
+	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancelStart()
+	if err := eventlog.EnsureTopics(startCtx, logCfg); err != nil {
+		return err
+	}
+
+	var st store.Store
+	if len(cfg.Cassandra) == 0 {
+		ps, err := pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: log})
+		if err != nil {
+			return err
+		}
+		st = ps
+	} else {
+		cs, err := cassandra.Open(startCtx, cassandra.Config{Hosts: cfg.Cassandra, Keyspace: cfg.Keyspace})
+		if err != nil {
+			return err
+		}
+		if err := cs.Migrate(startCtx); err != nil {
+			cs.Close()
+			return err
+		}
+		st = cs
+	}
+	defer st.Close()
+
+	secret, err := loadSecret(cfg)
+	if err != nil {
+		return err
+	}
+	tokens, err := auth.NewTokens(secret, 0)
+	if err != nil {
+		return err
+	}
+	ids, err := chat.NewSonyflake(cfg.MachineID)
+	if err != nil {
+		return err
+	}
+	app, err := eventlog.NewAppender(logCfg)
+	if err != nil {
+		return err
+	}
+	defer app.Close()
+	svc, err := chat.New(chat.Config{Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: log}, st, app, ids, tokens)
+	if err != nil {
+		return err
+	}
+	fan, err := fanout.New(fanout.Config{Log: logCfg, Limits: cfg.Limits, InstanceID: fmt.Sprint(cfg.MachineID), Logger: log})
+	if err != nil {
+		return err
+	}
+	hub := ws.NewHub()
+	tailer, err := ws.NewTailer(startCtx, logCfg, st, hub, log)
+	if err != nil {
+		return err
+	}
+	gw := ws.NewServer(ws.Config{Epoch: logCfg.Epoch(), Logger: log}, hub, tailer, svc, st)
+
+	var ready atomic.Bool
+	e := api.New(api.Config{Service: svc, Reader: st, Tokens: tokens, WS: gw, Ready: ready.Load})
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	start := func(name string, fn func(context.Context) error) {
+		wg.Go(func() {
+			if err := fn(ctx); err != nil {
+				log.Error("stopped", "role", name, "err", err)
+				cancel(fmt.Errorf("%s: %w", name, err))
+			}
+		})
+	}
+	start(history.Name, func(ctx context.Context) error {
+		return projector.Run(ctx, projector.Config{Name: history.Name, Topic: logCfg.Topics().Channels, Log: logCfg, Logger: log},
+			st, history.New(st, cfg.Limits, log))
+	})
+	start(inbox.Name, func(ctx context.Context) error {
+		return projector.Run(ctx, projector.Config{Name: inbox.Name, Topic: logCfg.Topics().Inbox, Log: logCfg, Logger: log},
+			st, inbox.New(logCfg.Epoch(), log))
+	})
+	start(fanout.Name, fan.Run)
+	start("tailer", tailer.Run)
+	start("http", func(ctx context.Context) error {
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(ln) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+		}
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		_ = gw.Shutdown(sctx)
+		if err := srv.Shutdown(sctx); err != nil {
+			return err
+		}
+		if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	ready.Store(true)
+	fmt.Fprintf(cfg.Stdout, "chatd listening on http://%s (data in %s)\n", ln.Addr(), cfg.DataDir)
+	log.Info("ready", "http", ln.Addr().String(), "kafka", strings.Join(brokers, ","), "store", storeName(cfg))
+	<-ctx.Done()
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+func storeName(cfg config) string {
+	if len(cfg.Cassandra) > 0 {
+		return "cassandra " + strings.Join(cfg.Cassandra, ",")
+	}
+	return "pebble " + filepath.Join(cfg.DataDir, "store")
+}
+
+// loadSecret returns the token secret: EVCHAT_SECRET, or the one in
+// <data>/secret.key, made on first start.
+func loadSecret(cfg config) ([]byte, error) {
+	if cfg.Secret != "" {
+		return []byte(cfg.Secret), nil
+	}
+	path := filepath.Join(cfg.DataDir, "secret.key")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return hex.DecodeString(strings.TrimSpace(string(b)))
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, err
+	}
+	return secret, os.WriteFile(path, []byte(hex.EncodeToString(secret)+"\n"), 0o600)
+}

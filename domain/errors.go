@@ -1,0 +1,89 @@
+package domain
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code is a stable, machine-readable error code. Clients switch on it; the
+// gateway maps each code to one HTTP status and one WebSocket error frame.
+type Code string
+
+// The error codes. They are part of the public API (see schemas/openapi.yaml
+// and schemas/asyncapi.yaml): add new ones, never rename.
+const (
+	CodeBadRequest   Code = "bad_request"   // malformed input
+	CodeUnknownType  Code = "unknown_type"  // a frame type the server does not know
+	CodeTooLong      Code = "too_long"      // a message or field over its limit
+	CodeUnauthorized Code = "unauthorized"  // missing, bad or expired token, or wrong password
+	CodeForbidden    Code = "forbidden"     // allowed to nobody in the caller's role
+	CodeNotMember    Code = "not_member"    // the caller is not a member of the channel
+	CodeNotFound     Code = "not_found"     // unknown id
+	CodeConflict     Code = "conflict"      // already exists (a taken user name)
+	CodeGroupFull    Code = "group_full"    // the group has reached its size limit
+	CodeUnavailable  Code = "unavailable"   // the log or the store did not answer in time
+	CodeInternal     Code = "internal"      // a bug; the details are in the server log
+)
+
+// Error is an error with a stable code and a message for people.
+type Error struct {
+	Code Code
+	Msg  string
+	Err  error // the underlying cause, if any
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %s: %v", e.Code, e.Msg, e.Err)
+	}
+	return string(e.Code) + ": " + e.Msg
+}
+
+// Unwrap returns the underlying cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is makes errors.Is match any *Error with the same code, so the sentinels
+// below work with errors that carry a more specific message.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Msg == "" && t.Err == nil && t.Code == e.Code
+}
+
+// Errorf returns an *Error with the code and a formatted message.
+func Errorf(code Code, format string, args ...any) error {
+	return &Error{Code: code, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Sentinels for errors.Is: they match every *Error of their code.
+var (
+	ErrBadRequest   = &Error{Code: CodeBadRequest}
+	ErrUnknownType  = &Error{Code: CodeUnknownType}
+	ErrTooLong      = &Error{Code: CodeTooLong}
+	ErrUnauthorized = &Error{Code: CodeUnauthorized}
+	ErrForbidden    = &Error{Code: CodeForbidden}
+	ErrNotMember    = &Error{Code: CodeNotMember}
+	ErrNotFound     = &Error{Code: CodeNotFound}
+	ErrConflict     = &Error{Code: CodeConflict}
+	ErrGroupFull    = &Error{Code: CodeGroupFull}
+	ErrUnavailable  = &Error{Code: CodeUnavailable}
+)
+
+// CodeOf returns the code of err: the code of the first *Error in its chain,
+// or CodeInternal.
+func CodeOf(err error) Code {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}
+
+// MessageOf returns the message for people of err's first *Error, or a
+// generic one that leaks nothing for other errors.
+func MessageOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Msg
+	}
+	return "internal error"
+}

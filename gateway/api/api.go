@@ -1,0 +1,364 @@
+// Package api is the REST API on echo: sign-up, login, channels, members,
+// history and health, and the route that upgrades to the WebSocket gateway.
+// Its routes are exactly the paths of schemas/openapi.yaml (a test holds
+// them to it), and errors.go is the one place where errors become HTTP
+// statuses.
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/gateway/auth"
+	"github.com/evchat/evchat/projections/store"
+)
+
+// Service is the command side the API calls.
+type Service interface {
+	SignUp(ctx context.Context, name, password string) (store.User, error)
+	Login(ctx context.Context, name, password string, device domain.DeviceID) (auth.Claims, string, error)
+	Logout(ctx context.Context, c auth.Claims) error
+	Channel(ctx context.Context, caller domain.UserID, id domain.ChannelID) (domain.Channel, error)
+	CreateChannel(ctx context.Context, caller domain.UserID, kind domain.ChannelKind, name string, members []domain.UserID) (domain.Channel, bool, error)
+	AddMember(ctx context.Context, caller domain.UserID, id domain.ChannelID, u domain.UserID) (domain.Channel, error)
+	RemoveMember(ctx context.Context, caller domain.UserID, id domain.ChannelID, u domain.UserID) (domain.Channel, error)
+}
+
+// Reader is the query side the API reads.
+type Reader interface {
+	UserByName(ctx context.Context, name string) (store.User, error)
+	Channel(ctx context.Context, id domain.ChannelID) (domain.Channel, error)
+	ChannelsOf(ctx context.Context, u domain.UserID) ([]domain.ChannelID, error)
+	MessagesBefore(ctx context.Context, ch domain.ChannelID, before int64, limit int) ([]store.Message, error)
+	MessagesAfter(ctx context.Context, ch domain.ChannelID, after int64, limit int) ([]store.Message, error)
+	MessageByID(ctx context.Context, ch domain.ChannelID, id domain.MessageID) (store.Message, error)
+}
+
+// Verifier checks tokens.
+type Verifier interface {
+	Verify(token string, now time.Time) (auth.Claims, error)
+}
+
+// WebSocket serves an authenticated upgrade request.
+type WebSocket interface {
+	Serve(w http.ResponseWriter, r *http.Request, c auth.Claims)
+}
+
+// Config wires the API.
+type Config struct {
+	Service  Service
+	Reader   Reader
+	Tokens   Verifier
+	WS       WebSocket
+	// Ready reports whether the process is ready to serve; nil means
+	// always.
+	Ready func() bool
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// New returns the echo server with every route registered.
+func New(cfg Config) *echo.Echo {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	h := &handlers{cfg: cfg}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = httpError
+	e.GET("/healthz", h.health)
+	e.POST("/v1/users", h.signUp)
+	e.POST("/v1/login", h.login)
+	a := e.Group("", h.authenticate)
+	a.GET("/v1/users", h.userByName)
+	a.POST("/v1/logout", h.logout)
+	a.GET("/v1/channels", h.channels)
+	a.POST("/v1/channels", h.createChannel)
+	a.GET("/v1/channels/:channel_id", h.channel)
+	a.POST("/v1/channels/:channel_id/members", h.addMember)
+	a.DELETE("/v1/channels/:channel_id/members/:user_id", h.removeMember)
+	a.GET("/v1/channels/:channel_id/messages", h.messages)
+	a.GET("/v1/ws", h.ws)
+	return e
+}
+
+type handlers struct{ cfg Config }
+
+const claimsKey = "claims"
+
+func (h *handlers) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		tok := c.QueryParam("token")
+		if a := c.Request().Header.Get("Authorization"); strings.HasPrefix(a, "Bearer ") {
+			tok = strings.TrimPrefix(a, "Bearer ")
+		}
+		if tok == "" {
+			return domain.Errorf(domain.CodeUnauthorized, "missing token: send Authorization: Bearer <token>")
+		}
+		cl, err := h.cfg.Tokens.Verify(tok, h.cfg.Now())
+		if err != nil {
+			return err
+		}
+		c.Set(claimsKey, cl)
+		return next(c)
+	}
+}
+
+func claims(c echo.Context) auth.Claims { return c.Get(claimsKey).(auth.Claims) }
+
+func bind(c echo.Context, v any) error {
+	if err := c.Bind(v); err != nil {
+		return domain.Errorf(domain.CodeBadRequest, "malformed JSON body")
+	}
+	return nil
+}
+
+func (h *handlers) health(c echo.Context) error {
+	if h.cfg.Ready != nil && !h.cfg.Ready() {
+		return domain.Errorf(domain.CodeUnavailable, "starting")
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+type userJSON struct {
+	UserID domain.UserID `json:"user_id"`
+	Name   string        `json:"name"`
+}
+
+func (h *handlers) signUp(c echo.Context) error {
+	var req struct{ Name, Password string }
+	if err := bind(c, &req); err != nil {
+		return err
+	}
+	u, err := h.cfg.Service.SignUp(c.Request().Context(), req.Name, req.Password)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, userJSON{u.ID, u.Name})
+}
+
+func (h *handlers) userByName(c echo.Context) error {
+	name := c.QueryParam("name")
+	if name == "" {
+		return domain.Errorf(domain.CodeBadRequest, "query parameter name is required")
+	}
+	u, err := h.cfg.Reader.UserByName(c.Request().Context(), name)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, userJSON{u.ID, u.Name})
+}
+
+func (h *handlers) login(c echo.Context) error {
+	var req struct {
+		Name     string          `json:"name"`
+		Password string          `json:"password"`
+		DeviceID domain.DeviceID `json:"device_id"`
+	}
+	if err := bind(c, &req); err != nil {
+		return err
+	}
+	cl, tok, err := h.cfg.Service.Login(c.Request().Context(), req.Name, req.Password, req.DeviceID)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{
+		"token": tok, "user_id": cl.UserID, "device_id": cl.DeviceID,
+		"expires_at": time.Unix(cl.Expires, 0).UTC(),
+	})
+}
+
+func (h *handlers) logout(c echo.Context) error {
+	if err := h.cfg.Service.Logout(c.Request().Context(), claims(c)); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+func (h *handlers) channels(c echo.Context) error {
+	ctx := c.Request().Context()
+	ids, err := h.cfg.Reader.ChannelsOf(ctx, claims(c).UserID)
+	if err != nil {
+		return err
+	}
+	out := make([]domain.Channel, 0, len(ids))
+	for _, id := range ids {
+		ch, err := h.cfg.Reader.Channel(ctx, id)
+		if errors.Is(err, domain.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		out = append(out, ch)
+	}
+	return c.JSON(http.StatusOK, map[string]any{"channels": out})
+}
+
+func (h *handlers) createChannel(c echo.Context) error {
+	var req struct {
+		Kind    domain.ChannelKind `json:"kind"`
+		Name    string             `json:"name"`
+		Members []domain.UserID    `json:"members"`
+	}
+	if err := bind(c, &req); err != nil {
+		return err
+	}
+	ch, created, err := h.cfg.Service.CreateChannel(c.Request().Context(), claims(c).UserID, req.Kind, req.Name, req.Members)
+	if err != nil {
+		return err
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+	}
+	return c.JSON(status, ch)
+}
+
+func (h *handlers) channel(c echo.Context) error {
+	ch, err := h.cfg.Service.Channel(c.Request().Context(), claims(c).UserID, domain.ChannelID(c.Param("channel_id")))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, ch)
+}
+
+func (h *handlers) addMember(c echo.Context) error {
+	var req struct {
+		UserID domain.UserID `json:"user_id"`
+	}
+	if err := bind(c, &req); err != nil {
+		return err
+	}
+	if req.UserID == "" {
+		return domain.Errorf(domain.CodeBadRequest, "user_id is required")
+	}
+	ch, err := h.cfg.Service.AddMember(c.Request().Context(), claims(c).UserID, domain.ChannelID(c.Param("channel_id")), req.UserID)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, ch)
+}
+
+func (h *handlers) removeMember(c echo.Context) error {
+	ch, err := h.cfg.Service.RemoveMember(c.Request().Context(), claims(c).UserID,
+		domain.ChannelID(c.Param("channel_id")), domain.UserID(c.Param("user_id")))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, ch)
+}
+
+type messageJSON struct {
+	ChannelID domain.ChannelID `json:"channel_id"`
+	MessageID domain.MessageID `json:"message_id"`
+	Seq       int64            `json:"seq"`
+	SenderID  domain.UserID    `json:"sender_id"`
+	Text      string           `json:"text"`
+	SentAt    time.Time        `json:"sent_at"`
+}
+
+// messages pages a channel's history, newest first, in the channel's log
+// order: before, after or around a message id, or the newest page.
+func (h *handlers) messages(c echo.Context) error {
+	ctx := c.Request().Context()
+	ch, err := h.cfg.Service.Channel(ctx, claims(c).UserID, domain.ChannelID(c.Param("channel_id")))
+	if err != nil {
+		return err
+	}
+	limit := 50
+	if s := c.QueryParam("limit"); s != "" {
+		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > 200 {
+			return domain.Errorf(domain.CodeBadRequest, "limit must be 1 to 200")
+		}
+	}
+	var anchors []string
+	for _, k := range []string{"before", "after", "around"} {
+		if c.QueryParam(k) != "" {
+			anchors = append(anchors, k)
+		}
+	}
+	if len(anchors) > 1 {
+		return domain.Errorf(domain.CodeBadRequest, "give at most one of before, after and around")
+	}
+	var (
+		msgs    []store.Message
+		hasMore bool
+	)
+	if len(anchors) == 0 {
+		msgs, hasMore, err = h.before(ctx, ch.ID, 1<<62, limit)
+	} else {
+		var id domain.MessageID
+		if id, err = domain.ParseMessageID(c.QueryParam(anchors[0])); err != nil {
+			return err
+		}
+		var at store.Message
+		if at, err = h.cfg.Reader.MessageByID(ctx, ch.ID, id); err != nil {
+			return err
+		}
+		switch anchors[0] {
+		case "before":
+			msgs, hasMore, err = h.before(ctx, ch.ID, at.Offset, limit)
+		case "after":
+			msgs, hasMore, err = h.after(ctx, ch.ID, at.Offset, limit)
+		case "around":
+			var older, newer []store.Message
+			var moreOld, moreNew bool
+			if newer, moreNew, err = h.after(ctx, ch.ID, at.Offset, (limit-1)/2); err == nil {
+				older, moreOld, err = h.before(ctx, ch.ID, at.Offset, limit-1-len(newer))
+			}
+			msgs = append(append(newer, at), older...)
+			hasMore = moreOld || moreNew
+		}
+	}
+	if err != nil {
+		return err
+	}
+	out := make([]messageJSON, len(msgs))
+	for i, m := range msgs {
+		out[i] = messageJSON{m.ChannelID, m.MessageID, m.Offset, m.SenderID, m.Text, m.SentAt}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"messages": out, "has_more": hasMore})
+}
+
+func (h *handlers) before(ctx context.Context, ch domain.ChannelID, before int64, limit int) ([]store.Message, bool, error) {
+	if limit <= 0 {
+		return nil, false, nil
+	}
+	ms, err := h.cfg.Reader.MessagesBefore(ctx, ch, before, limit+1)
+	if err != nil || len(ms) <= limit {
+		return ms, false, err
+	}
+	return ms[:limit], true, nil
+}
+
+// after returns the page above the anchor, newest first like every page.
+func (h *handlers) after(ctx context.Context, ch domain.ChannelID, after int64, limit int) ([]store.Message, bool, error) {
+	if limit <= 0 {
+		return nil, false, nil
+	}
+	ms, err := h.cfg.Reader.MessagesAfter(ctx, ch, after, limit+1)
+	if err != nil {
+		return nil, false, err
+	}
+	more := len(ms) > limit
+	if more {
+		ms = ms[:limit]
+	}
+	for i, j := 0, len(ms)-1; i < j; i, j = i+1, j-1 {
+		ms[i], ms[j] = ms[j], ms[i]
+	}
+	return ms, more, nil
+}
+
+func (h *handlers) ws(c echo.Context) error {
+	h.cfg.WS.Serve(c.Response(), c.Request(), claims(c))
+	return nil
+}

@@ -1,0 +1,112 @@
+package ws
+
+import (
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/evchat/evchat/domain"
+)
+
+// conn is one device's connection.
+type conn struct {
+	user   domain.UserID
+	device domain.DeviceID
+	ws     *websocket.Conn
+	queue  chan []byte
+	done   chan struct{}
+	once   sync.Once
+	maxBuf int
+
+	mu      sync.Mutex // guards the fields below
+	syncing bool
+	buf     []pending
+	last    int64 // offset of the newest entry delivered; -1: none
+	cutWhy  string
+}
+
+type pending struct {
+	offset int64
+	msg    domain.InboxMessage
+}
+
+// offer hands the connection a live inbox entry. Called by the tailer with
+// the entry's partition held.
+func (c *conn) offer(offset int64, m domain.InboxMessage, epoch int32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.syncing {
+		if len(c.buf) >= c.maxBuf {
+			c.cutLocked("too many entries arrived during sync")
+			return
+		}
+		c.buf = append(c.buf, pending{offset, m})
+		return
+	}
+	if offset > c.last {
+		c.last = offset
+		c.sendLocked(messageFrame(epoch, offset, m))
+	}
+}
+
+// send queues a frame for the writer.
+func (c *conn) send(f ServerFrame) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sendLocked(f)
+}
+
+func (c *conn) sendLocked(f ServerFrame) {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return
+	}
+	select {
+	case <-c.done:
+	case c.queue <- b:
+	default:
+		c.cutLocked("slow client: send queue full")
+	}
+}
+
+func (c *conn) cutLocked(why string) {
+	if c.cutWhy == "" {
+		c.cutWhy = why
+	}
+	c.close()
+}
+
+// close ends the connection once: the writer stops and the reader's next
+// read fails.
+func (c *conn) close() {
+	c.once.Do(func() {
+		close(c.done)
+		_ = c.ws.Close()
+	})
+}
+
+// write runs the writer: it drains the queue and pings. It returns when the
+// connection closes.
+func (c *conn) write(writeTimeout, pingEvery time.Duration) {
+	tick := time.NewTicker(pingEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case b := <-c.queue:
+			_ = c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
+			if err := c.ws.WriteMessage(websocket.TextMessage, b); err != nil {
+				c.close()
+				return
+			}
+		case <-tick.C:
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+				c.close()
+				return
+			}
+		}
+	}
+}

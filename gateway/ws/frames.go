@@ -1,0 +1,106 @@
+package ws
+
+import (
+	"bytes"
+	"encoding/json"
+	"time"
+
+	"github.com/evchat/evchat/domain"
+)
+
+// Frame types, client to server.
+const (
+	TypeSend = "send"
+	TypeSync = "sync"
+	TypePing = "ping"
+)
+
+// Frame types, server to client.
+const (
+	TypeHello   = "hello"
+	TypeAck     = "ack"
+	TypeMessage = "message"
+	TypeSynced  = "synced"
+	TypeResync  = "resync"
+	TypePong    = "pong"
+	TypeError   = "error"
+)
+
+// ClientFrame is any frame a client sends; Type says which fields count.
+// The schema is schemas/frames/client.v1.json.
+type ClientFrame struct {
+	Type        string           `json:"type"`
+	ChannelID   domain.ChannelID `json:"channel_id,omitempty"`
+	ClientMsgID string           `json:"client_msg_id,omitempty"`
+	Text        string           `json:"text,omitempty"`
+	Epoch       *int32           `json:"epoch,omitempty"`
+	Position    *int64           `json:"position,omitempty"`
+}
+
+// DecodeClientFrame parses and checks one client frame. Every error is a
+// *domain.Error with a stable code; the connection stays usable after it.
+func DecodeClientFrame(b []byte) (ClientFrame, error) {
+	var f ClientFrame
+	d := json.NewDecoder(bytes.NewReader(b))
+	if err := d.Decode(&f); err != nil {
+		return ClientFrame{}, domain.Errorf(domain.CodeBadRequest, "malformed frame: %v", err)
+	}
+	if d.More() {
+		return ClientFrame{}, domain.Errorf(domain.CodeBadRequest, "malformed frame: trailing data")
+	}
+	switch f.Type {
+	case TypeSend:
+		if f.ChannelID == "" {
+			return f, domain.Errorf(domain.CodeBadRequest, "send: channel_id is required")
+		}
+		if f.ClientMsgID == "" || len(f.ClientMsgID) > domain.MaxClientMsgIDLen {
+			return f, domain.Errorf(domain.CodeBadRequest, "send: client_msg_id must be 1 to %d bytes", domain.MaxClientMsgIDLen)
+		}
+		if f.Text == "" {
+			return f, domain.Errorf(domain.CodeBadRequest, "send: text is required")
+		}
+	case TypeSync:
+		if f.Epoch == nil || f.Position == nil {
+			return f, domain.Errorf(domain.CodeBadRequest, "sync: epoch and position are required")
+		}
+		if *f.Position < -1 {
+			return f, domain.Errorf(domain.CodeBadRequest, "sync: position must be -1 or more")
+		}
+	case TypePing:
+	case "":
+		return f, domain.Errorf(domain.CodeBadRequest, "frame has no type")
+	default:
+		return f, domain.Errorf(domain.CodeUnknownType, "unknown frame type %q", f.Type)
+	}
+	return f, nil
+}
+
+// ServerFrame is any frame the server sends. The schema is
+// schemas/frames/server.v1.json.
+type ServerFrame struct {
+	Type        string           `json:"type"`
+	UserID      domain.UserID    `json:"user_id,omitempty"`
+	DeviceID    domain.DeviceID  `json:"device_id,omitempty"`
+	Epoch       *int32           `json:"epoch,omitempty"`
+	Position    *int64           `json:"position,omitempty"`
+	ChannelID   domain.ChannelID `json:"channel_id,omitempty"`
+	MessageID   domain.MessageID `json:"message_id,omitempty"`
+	SenderID    domain.UserID    `json:"sender_id,omitempty"`
+	Text        string           `json:"text,omitempty"`
+	SentAt      *time.Time       `json:"sent_at,omitempty"`
+	ClientMsgID string           `json:"client_msg_id,omitempty"`
+	Code        domain.Code      `json:"code,omitempty"`
+	Message     string           `json:"message,omitempty"`
+}
+
+func errorFrame(err error, clientMsgID string) ServerFrame {
+	return ServerFrame{Type: TypeError, Code: domain.CodeOf(err), Message: domain.MessageOf(err), ClientMsgID: clientMsgID}
+}
+
+func messageFrame(epoch int32, offset int64, m domain.InboxMessage) ServerFrame {
+	at := m.SentAt
+	return ServerFrame{
+		Type: TypeMessage, Epoch: &epoch, Position: &offset, ChannelID: m.ChannelID,
+		MessageID: m.MessageID, SenderID: m.SenderID, Text: m.Text, SentAt: &at,
+	}
+}

@@ -1,0 +1,290 @@
+package ws
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/gateway/auth"
+	"github.com/evchat/evchat/projections/inbox"
+	"github.com/evchat/evchat/projections/projector"
+	"github.com/evchat/evchat/projections/store"
+)
+
+// Sender carries out a send.
+type Sender interface {
+	Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, ch domain.ChannelID, clientMsgID, text string) (domain.MessageID, error)
+}
+
+// InboxStore is what a sync reads.
+type InboxStore interface {
+	Inbox(ctx context.Context, u domain.UserID, epoch int32, after int64, limit int) ([]store.InboxEntry, error)
+	Positions(ctx context.Context, projection string) (map[int32]int64, error)
+}
+
+// Config configures the gateway. Zero fields take the defaults written
+// beside them.
+type Config struct {
+	// Epoch is the inbox epoch positions are given in. Default 1.
+	Epoch int32
+	// QueueSize is the most frames waiting for a slow client before it is
+	// cut off. Default 1024.
+	QueueSize int
+	// SyncBuffer is the most live entries held while a device syncs.
+	// Default 10000.
+	SyncBuffer int
+	// WriteTimeout bounds one frame's write. Default 10s.
+	WriteTimeout time.Duration
+	// PingInterval between server pings. Default 25s.
+	PingInterval time.Duration
+	// ReadLimit is the largest frame accepted, in bytes; a larger one closes
+	// the connection with 1009. Default 1 MiB (a 100,000-character message
+	// of 4-byte characters fits).
+	ReadLimit int64
+	// CommandTimeout bounds one send or sync. Default 15s.
+	CommandTimeout time.Duration
+	// Logger; default discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Epoch == 0 {
+		c.Epoch = 1
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = 1024
+	}
+	if c.SyncBuffer == 0 {
+		c.SyncBuffer = 10000
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = 25 * time.Second
+	}
+	if c.ReadLimit == 0 {
+		c.ReadLimit = 1 << 20
+	}
+	if c.CommandTimeout == 0 {
+		c.CommandTimeout = 15 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Server upgrades and serves WebSocket connections.
+type Server struct {
+	cfg      Config
+	hub      *Hub
+	tailer   *Tailer
+	svc      Sender
+	st       InboxStore
+	upgrader websocket.Upgrader
+
+	mu      sync.Mutex
+	closing bool
+	wg      sync.WaitGroup // one per connection handler
+}
+
+// NewServer returns a gateway. The tailer must run for deliveries to flow.
+func NewServer(cfg Config, hub *Hub, tailer *Tailer, svc Sender, st InboxStore) *Server {
+	cfg = cfg.withDefaults()
+	return &Server{
+		cfg: cfg, hub: hub, tailer: tailer, svc: svc, st: st,
+		upgrader: websocket.Upgrader{
+			ReadBufferSize: 1024, WriteBufferSize: 1024,
+			// Tokens, not cookies, authenticate: a foreign origin gains
+			// nothing a script with the token does not already have.
+			CheckOrigin: func(*http.Request) bool { return true },
+		},
+	}
+}
+
+// Serve upgrades an authenticated request and serves the connection until
+// it closes. The caller has checked the token.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	wsc, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // the upgrader has answered
+	}
+	wsc.SetReadLimit(s.cfg.ReadLimit)
+	c := &conn{
+		user: cl.UserID, device: cl.DeviceID, ws: wsc,
+		queue: make(chan []byte, s.cfg.QueueSize), done: make(chan struct{}),
+		maxBuf: s.cfg.SyncBuffer, last: -1,
+	}
+	var writer sync.WaitGroup
+	writer.Go(func() { c.write(s.cfg.WriteTimeout, s.cfg.PingInterval) })
+	defer writer.Wait()
+	defer c.close()
+
+	// Register for live entries from the tailer's point on: a device that
+	// never syncs gets what arrives after it connected.
+	part := s.tailer.Partition(c.user)
+	s.tailer.mark(part, func(next int64) {
+		c.mu.Lock()
+		c.last = next - 1
+		c.mu.Unlock()
+		s.hub.add(c)
+	})
+	defer s.hub.remove(c)
+	epoch := s.cfg.Epoch
+	c.send(ServerFrame{Type: TypeHello, UserID: c.user, DeviceID: c.device, Epoch: &epoch})
+
+	log := s.cfg.Logger.With("user", c.user, "device", c.device)
+	for {
+		_, data, err := wsc.ReadMessage()
+		if err != nil {
+			c.mu.Lock()
+			why := c.cutWhy
+			c.mu.Unlock()
+			if why != "" {
+				log.Info("connection cut", "why", why)
+			}
+			return
+		}
+		f, err := DecodeClientFrame(data)
+		if err != nil {
+			c.send(errorFrame(err, f.ClientMsgID))
+			continue
+		}
+		s.handle(r.Context(), c, part, f, log)
+	}
+}
+
+func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.CommandTimeout)
+	defer cancel()
+	switch f.Type {
+	case TypePing:
+		c.send(ServerFrame{Type: TypePong})
+	case TypeSend:
+		id, err := s.svc.Send(ctx, c.user, c.device, f.ChannelID, f.ClientMsgID, f.Text)
+		if err != nil {
+			if domain.CodeOf(err) == domain.CodeInternal {
+				log.Error("send", "err", err)
+			}
+			c.send(errorFrame(err, f.ClientMsgID))
+			return
+		}
+		c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
+	case TypeSync:
+		if err := s.sync(ctx, c, part, *f.Epoch, *f.Position); err != nil {
+			log.Warn("sync", "err", err)
+			c.send(errorFrame(err, ""))
+		}
+	}
+}
+
+// sync brings the device from position to the present, then leaves it on
+// live delivery.
+//
+// Under the partition's lock, the connection starts buffering live entries
+// and notes the tailer's point T. Every entry of the user below T is in the
+// store once the inbox projection's position reaches T; every entry at or
+// past T arrives in the buffer. So: wait for the projection to reach T,
+// deliver the store's entries in (position, T), then the buffered ones past
+// the last delivered, and switch back to live delivery.
+func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, position int64) error {
+	if epoch != s.cfg.Epoch {
+		e := s.cfg.Epoch
+		c.send(ServerFrame{Type: TypeResync, Epoch: &e})
+		return nil
+	}
+	var t int64
+	s.tailer.mark(part, func(next int64) {
+		t = next
+		c.mu.Lock()
+		c.syncing = true
+		c.buf = c.buf[:0]
+		c.last = position
+		c.mu.Unlock()
+	})
+	defer func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, p := range c.buf {
+			if p.offset > c.last {
+				c.last = p.offset
+				c.sendLocked(messageFrame(s.cfg.Epoch, p.offset, p.msg))
+			}
+		}
+		c.buf = nil
+		c.syncing = false
+		last, e := c.last, s.cfg.Epoch
+		c.sendLocked(ServerFrame{Type: TypeSynced, Epoch: &e, Position: &last})
+	}()
+	if t > 0 {
+		if err := projector.WaitApplied(ctx, s.st, inbox.Name, part, t-1); err != nil {
+			return err
+		}
+	}
+	after := position
+	for {
+		es, err := s.st.Inbox(ctx, c.user, s.cfg.Epoch, after, 500)
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			if e.Offset >= t {
+				return nil
+			}
+			after = e.Offset
+			c.mu.Lock()
+			c.last = e.Offset
+			c.sendLocked(messageFrame(s.cfg.Epoch, e.Offset, e.Message))
+			c.mu.Unlock()
+		}
+		if len(es) < 500 {
+			return nil
+		}
+	}
+}
+
+// Count returns the number of open connections.
+func (s *Server) Count() int { return s.hub.Count() }
+
+// Shutdown closes every connection and waits for their handlers, at most
+// until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	for i := range s.hub.shards {
+		sh := &s.hub.shards[i]
+		sh.mu.RLock()
+		for _, m := range sh.conns {
+			for c := range m {
+				c.close()
+			}
+		}
+		sh.mu.RUnlock()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return errors.New("ws: shutdown: connections still open")
+	}
+}

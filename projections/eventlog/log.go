@@ -1,0 +1,193 @@
+package eventlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kslog"
+
+	"github.com/evchat/evchat/domain"
+)
+
+// Config says where the log is and how its topics are made.
+type Config struct {
+	// Brokers are the seed brokers. Required.
+	Brokers []string
+	// Prefix starts every topic name. Default "chat".
+	Prefix string
+	// InboxEpoch is the inbox generation. Default 1.
+	InboxEpoch int32
+	// Partitions is the partition count of each topic created at start.
+	// Default 8. Channels and FanoutState must keep equal counts.
+	Partitions int32
+	// ReplicationFactor of created topics. Default -1: the broker's default.
+	ReplicationFactor int16
+	// Logger receives the client's logs at warn and above. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Partitions == 0 {
+		c.Partitions = 8
+	}
+	if c.ReplicationFactor == 0 {
+		c.ReplicationFactor = -1
+	}
+	if c.InboxEpoch == 0 {
+		c.InboxEpoch = 1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports a config that cannot work.
+func (c Config) Validate() error {
+	if len(c.Brokers) == 0 {
+		return errors.New("eventlog: no brokers")
+	}
+	if c.Partitions < 0 {
+		return fmt.Errorf("eventlog: partitions %d < 0", c.Partitions)
+	}
+	return nil
+}
+
+// Topics returns the topic names of this config.
+func (c Config) Topics() Topics {
+	c = c.withDefaults()
+	return NewTopics(c.Prefix, c.InboxEpoch)
+}
+
+// Epoch returns the inbox epoch.
+func (c Config) Epoch() int32 { return c.withDefaults().InboxEpoch }
+
+// ClientOpts returns the options every client of the chat starts from:
+// the seed brokers, acks from all in-sync replicas with the idempotent
+// producer (franz-go's defaults, stated here so nobody turns them off),
+// read-committed fetches (the fan-out writes in transactions), and slog.
+func (c Config) ClientOpts(extra ...kgo.Opt) []kgo.Opt {
+	c = c.withDefaults()
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(c.Brokers...),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ProducerLinger(0),
+		kgo.FetchMaxWait(200 * time.Millisecond),
+		kgo.WithLogger(kslog.New(c.Logger)),
+	}
+	return append(opts, extra...)
+}
+
+// EnsureTopics creates every topic that does not exist yet.
+func EnsureTopics(ctx context.Context, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.withDefaults()
+	cl, err := kgo.NewClient(cfg.ClientOpts()...)
+	if err != nil {
+		return fmt.Errorf("eventlog: client: %w", err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	resp, err := adm.CreateTopics(ctx, cfg.Partitions, cfg.ReplicationFactor, nil, cfg.Topics().All()...)
+	if err != nil {
+		return fmt.Errorf("eventlog: create topics: %w", err)
+	}
+	for _, t := range resp.Sorted() {
+		if t.Err != nil && !errors.Is(t.Err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("eventlog: create topic %s: %w", t.Topic, t.Err)
+		}
+	}
+	// Topic creation is asynchronous on real brokers: wait until every
+	// partition has a leader.
+	for {
+		md, err := adm.Metadata(ctx, cfg.Topics().All()...)
+		if err == nil && topicsReady(md, cfg.Topics().All()) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("eventlog: waiting for topics: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func topicsReady(md kadm.Metadata, topics []string) bool {
+	for _, name := range topics {
+		t, ok := md.Topics[name]
+		if !ok || t.Err != nil || len(t.Partitions) == 0 {
+			return false
+		}
+		for _, p := range t.Partitions {
+			if p.Err != nil || p.Leader < 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Record builds the record of an event: key, envelope value, and the
+// event's type as a header so tools can filter without decoding.
+func Record(topic, key string, ev domain.Event, m domain.Meta) (*kgo.Record, error) {
+	v, err := domain.Encode(ev, m)
+	if err != nil {
+		return nil, err
+	}
+	return &kgo.Record{
+		Topic:   topic,
+		Key:     []byte(key),
+		Value:   v,
+		Headers: []kgo.RecordHeader{{Key: "type", Value: []byte(ev.EventType())}},
+	}, nil
+}
+
+// Appender appends events and waits for the log to accept them.
+type Appender struct {
+	cl *kgo.Client
+}
+
+// NewAppender returns an appender on a client of its own.
+func NewAppender(cfg Config, extra ...kgo.Opt) (*Appender, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cl, err := kgo.NewClient(cfg.ClientOpts(extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: client: %w", err)
+	}
+	return &Appender{cl: cl}, nil
+}
+
+// Position is where the log put a record.
+type Position struct {
+	Partition int32
+	Offset    int64
+}
+
+// Append writes ev under key to topic and returns its position once every
+// in-sync replica has it. An error means the event may or may not be in the
+// log; callers that must know retry with the same ids.
+func (a *Appender) Append(ctx context.Context, topic, key string, ev domain.Event, m domain.Meta) (Position, error) {
+	rec, err := Record(topic, key, ev, m)
+	if err != nil {
+		return Position{}, err
+	}
+	r, err := a.cl.ProduceSync(ctx, rec).First()
+	if err != nil {
+		return Position{}, &domain.Error{Code: domain.CodeUnavailable, Msg: "the log did not accept the event", Err: err}
+	}
+	return Position{Partition: r.Partition, Offset: r.Offset}, nil
+}
+
+// Close flushes nothing (every append is synchronous) and closes the client.
+func (a *Appender) Close() { a.cl.Close() }

@@ -1,0 +1,43 @@
+package eventlog
+
+import "fmt"
+
+// Topics holds every topic name the chat uses. It is the one place they are
+// written down; schemas/asyncapi.yaml documents them.
+type Topics struct {
+	// Channels carries channel.created, member.added, member.removed and
+	// message.sent, keyed by channel id: one total order per channel, and
+	// membership in the same order as messages.
+	Channels string
+	// Sessions carries user.registered, device.logged_in, device.logged_out
+	// (and later heartbeats and acknowledgements), keyed by user id.
+	Sessions string
+	// Inbox carries inbox.message, one record per recipient, keyed by the
+	// recipient's user id. Its name ends in the inbox epoch: rebuilding the
+	// inboxes writes a new topic with a new epoch.
+	Inbox string
+	// FanoutState is the fan-out projection's changelog: each channel's
+	// membership as the fan-out last saw it, keyed by channel id and
+	// partitioned like Channels, written in the fan-out's transactions.
+	FanoutState string
+}
+
+// NewTopics returns the topic names for a prefix (default "chat") and an
+// inbox epoch (default 1).
+func NewTopics(prefix string, inboxEpoch int32) Topics {
+	if prefix == "" {
+		prefix = "chat"
+	}
+	if inboxEpoch == 0 {
+		inboxEpoch = 1
+	}
+	return Topics{
+		Channels:    prefix + ".channels",
+		Sessions:    prefix + ".sessions",
+		Inbox:       fmt.Sprintf("%s.inbox.e%d", prefix, inboxEpoch),
+		FanoutState: fmt.Sprintf("%s.fanout-state.e%d", prefix, inboxEpoch),
+	}
+}
+
+// All lists every topic.
+func (t Topics) All() []string { return []string{t.Channels, t.Sessions, t.Inbox, t.FanoutState} }

@@ -1,0 +1,134 @@
+// Package history is the projection that reads the channel topic and keeps
+// each channel's state, its members and its messages in the store: the
+// source of REST history pages and of the gateway's membership checks.
+//
+// It admits events with domain.Admit against the state at their position in
+// the log, so events the gateway decided on stale state (a sender removed
+// meanwhile) are dropped here exactly as the fan-out drops them. A message
+// id seen before (a resend re-appended after a crash) is dropped too: every
+// message appears in history once.
+package history
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/store"
+)
+
+// Name is the projection's name: its consumer group and position key.
+const Name = "history"
+
+// Store is what the projection reads while it decides.
+type Store interface {
+	Channel(ctx context.Context, id domain.ChannelID) (domain.Channel, error)
+	MessageByID(ctx context.Context, ch domain.ChannelID, id domain.MessageID) (store.Message, error)
+}
+
+// Projection implements projector.Handler. It is used by one goroutine.
+type Projection struct {
+	st     Store
+	limits domain.Limits
+	log    *slog.Logger
+	cache  map[domain.ChannelID]domain.Channel
+}
+
+// New returns the projection.
+func New(st Store, limits domain.Limits, log *slog.Logger) *Projection {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Projection{st: st, limits: limits, log: log, cache: map[domain.ChannelID]domain.Channel{}}
+}
+
+// Reset drops the cached channel states.
+func (p *Projection) Reset() { clear(p.cache) }
+
+// Handle applies records of one partition of the channel topic.
+func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b *store.Batch) error {
+	seen := map[domain.MessageID]bool{}
+	changed := map[domain.ChannelID]bool{}
+	for _, rec := range recs {
+		meta, ev, err := domain.Decode(rec.Value)
+		if err != nil {
+			p.log.Warn("skipping undecodable record", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+			continue
+		}
+		id := domain.ChannelOf(ev)
+		if id == "" {
+			continue
+		}
+		c, err := p.channel(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !domain.Admit(c, ev, p.limits) {
+			p.log.Debug("event not admitted", "type", ev.EventType(), "channel", id, "offset", rec.Offset)
+			continue
+		}
+		if m, ok := ev.(domain.MessageSent); ok {
+			if seen[m.MessageID] {
+				continue
+			}
+			_, err := p.st.MessageByID(ctx, id, m.MessageID)
+			if err == nil {
+				continue // a resend that reached the log twice
+			}
+			if !errors.Is(err, domain.ErrNotFound) {
+				return err
+			}
+			seen[m.MessageID] = true
+			b.Messages = append(b.Messages, store.Message{
+				ChannelID: id, Offset: rec.Offset, MessageID: m.MessageID, SenderID: m.SenderID,
+				DeviceID: m.DeviceID, ClientMsgID: m.ClientMsgID, Text: m.Text, SentAt: meta.Time,
+			})
+			continue
+		}
+		next := domain.Evolve(c, ev, meta.Time)
+		for _, u := range next.Members {
+			if !c.IsMember(u) {
+				b.Memberships = append(b.Memberships, store.Membership{ChannelID: id, UserID: u, Member: true})
+			}
+		}
+		for _, u := range c.Members {
+			if !next.IsMember(u) {
+				b.Memberships = append(b.Memberships, store.Membership{ChannelID: id, UserID: u, Member: false})
+			}
+		}
+		p.cache[id] = next
+		changed[id] = true
+	}
+	for id := range changed {
+		b.Channels = append(b.Channels, p.cache[id])
+	}
+	slices.SortFunc(b.Channels, func(a, b domain.Channel) int {
+		if a.ID < b.ID {
+			return -1
+		}
+		if a.ID > b.ID {
+			return 1
+		}
+		return 0
+	})
+	return nil
+}
+
+func (p *Projection) channel(ctx context.Context, id domain.ChannelID) (domain.Channel, error) {
+	if c, ok := p.cache[id]; ok {
+		return c, nil
+	}
+	c, err := p.st.Channel(ctx, id)
+	if errors.Is(err, domain.ErrNotFound) {
+		c, err = domain.Channel{ID: id}, nil
+	}
+	if err != nil {
+		return domain.Channel{}, err
+	}
+	p.cache[id] = c
+	return c, nil
+}

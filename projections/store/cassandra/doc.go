@@ -1,0 +1,43 @@
+// Package cassandra is the store.Store on Apache Cassandra (or ScyllaDB),
+// for running the chat's roles as many processes.
+//
+// # Schema
+//
+// The tables are the versioned CQL files of schemas/cassandra, embedded
+// through package cql. Open connects; Store.Migrate creates the keyspace and
+// applies the files that schema_migrations does not list yet. Every query
+// names its table with the keyspace, so one session serves before and after
+// Migrate.
+//
+// History is partitioned by (channel_id, bucket) and clustered by the log
+// offset of the message.sent event, newest first; bucket is offset >> 20,
+// a range of offsets of the channel topic's partition. Buckets follow log
+// order, not clocks, so skewed gateways cannot misplace a message, and they
+// bound the size of a Cassandra partition. channel_buckets lists each
+// channel's non-empty buckets, so a page that crosses buckets reads only
+// buckets that hold messages. Inboxes are bucketed the same way by their
+// inbox offset, per (user_id, epoch).
+//
+// # Writes
+//
+// Names and send reservations are unique through lightweight transactions
+// (INSERT ... IF NOT EXISTS at the serial consistency), and rows created
+// that way are changed only by lightweight transactions. Everything else is
+// an idempotent upsert, so applying a Batch twice leaves the same state.
+//
+// Apply writes a batch's state first and its positions last, so a crash in
+// between makes the projection apply the batch again. Within the batch, the
+// messages of one channel (and the inbox entries of one user and epoch) are
+// written in offset order, each bucket's index row before its rows, and the
+// rows of one bucket as single-partition unlogged batches, which a replica
+// applies atomically. With quorum reads and writes a reader therefore sees a
+// prefix of a channel's (or inbox's) rows, never a later row without an
+// earlier one, and a page that ends at offset n can be followed from n
+// without skipping. Different channels and inboxes are written concurrently,
+// bounded by Config.WriteConcurrency.
+//
+// # Goroutines
+//
+// Apply starts at most Config.WriteConcurrency goroutines and waits for all of
+// them before it returns. gocql owns its connection goroutines until Close.
+package cassandra

@@ -1,0 +1,161 @@
+package cassandra
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	cql "github.com/evchat/evchat/schemas/cassandra"
+)
+
+// migration is one versioned CQL file.
+type migration struct {
+	version    int
+	name       string
+	statements []string
+	checksum   string // of the file as embedded, before substitution
+}
+
+var migrationName = regexp.MustCompile(`^(\d+)_[a-z0-9_]+\.cql$`)
+
+// migrations reads the versioned CQL files of fsys, in version order, with
+// the keyspace substituted.
+func migrations(fsys fs.FS, keyspace string) ([]migration, error) {
+	names, err := fs.Glob(fsys, "*.cql")
+	if err != nil {
+		return nil, err
+	}
+	var ms []migration
+	for _, name := range names {
+		sub := migrationName.FindStringSubmatch(name)
+		if sub == nil {
+			return nil, fmt.Errorf("schema file %s: want NNN_name.cql", name)
+		}
+		v, err := strconv.Atoi(sub[1])
+		if err != nil || v < 1 {
+			return nil, fmt.Errorf("schema file %s: bad version", name)
+		}
+		text, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256(text)
+		ms = append(ms, migration{
+			version:    v,
+			name:       name,
+			statements: splitStatements(strings.ReplaceAll(string(text), "${keyspace}", keyspace)),
+			checksum:   hex.EncodeToString(sum[:]),
+		})
+	}
+	slices.SortFunc(ms, func(a, b migration) int { return a.version - b.version })
+	for i := 1; i < len(ms); i++ {
+		if ms[i].version == ms[i-1].version {
+			return nil, fmt.Errorf("schema files %s and %s have one version", ms[i-1].name, ms[i].name)
+		}
+	}
+	return ms, nil
+}
+
+// splitStatements splits CQL text into statements: comment lines (starting
+// with "--" or "//") are dropped, and a statement ends with a line that ends
+// with a semicolon.
+func splitStatements(text string) []string {
+	var (
+		stmts []string
+		cur   strings.Builder
+	)
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "--") || strings.HasPrefix(line, "//") {
+			continue
+		}
+		if cur.Len() > 0 {
+			cur.WriteByte('\n')
+		}
+		cur.WriteString(line)
+		if strings.HasSuffix(line, ";") {
+			stmts = append(stmts, strings.TrimSuffix(cur.String(), ";"))
+			cur.Reset()
+		}
+	}
+	if s := strings.TrimSpace(cur.String()); s != "" {
+		stmts = append(stmts, s)
+	}
+	return stmts
+}
+
+// Migrate brings the keyspace to the newest schema: it creates the keyspace
+// (with Config.ReplicationFactor and Config.LocalDC) and the
+// schema_migrations table if they are missing, then applies, in version
+// order, each embedded CQL file of schemas/cassandra that
+// schema_migrations does not list, and records it there. Applied versions
+// are skipped, so a second Migrate does nothing. Every statement is
+// idempotent, so a Migrate that stopped half way may be run again.
+//
+// A file that differs from the one recorded as applied is an error: applied
+// files are never edited; changes go in a new version. Run Migrate from one
+// process at a time, as a deployment step: concurrent schema changes of one
+// table can leave the cluster's schema in disagreement.
+func (s *Store) Migrate(ctx context.Context) error {
+	ks := s.cfg.Keyspace
+	ms, err := migrations(cql.FS, ks)
+	if err != nil {
+		return fmt.Errorf("cassandra: migrate: %w", err)
+	}
+	ddl := []string{
+		fmt.Sprintf("CREATE KEYSPACE IF NOT EXISTS %s WITH replication = %s AND durable_writes = true", ks, s.cfg.replication()),
+		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.schema_migrations (
+    version    int PRIMARY KEY,
+    name       text,
+    checksum   text,
+    applied_at timestamp
+)`, ks),
+	}
+	for _, stmt := range ddl {
+		if err := s.query(ctx, stmt).Exec(); err != nil {
+			return fail("migrate", err)
+		}
+	}
+	applied := map[int]string{}
+	iter := s.query(ctx, fmt.Sprintf("SELECT version, checksum FROM %s.schema_migrations", ks)).Iter()
+	var (
+		v   int
+		sum string
+	)
+	for iter.Scan(&v, &sum) {
+		applied[v] = sum
+	}
+	if err := iter.Close(); err != nil {
+		return fail("migrate: read applied versions", err)
+	}
+	record := fmt.Sprintf("INSERT INTO %s.schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)", ks)
+	for _, m := range ms {
+		if sum, ok := applied[m.version]; ok {
+			if sum != m.checksum {
+				return fmt.Errorf("cassandra: migrate: %s was applied as a different file (checksum %s, now %s): add a new version instead of editing it", m.name, sum, m.checksum)
+			}
+			continue
+		}
+		for _, stmt := range m.statements {
+			if err := s.query(ctx, stmt).Exec(); err != nil {
+				return fail(fmt.Sprintf("migrate: %s: %.60q", m.name, stmt), err)
+			}
+		}
+		if err := s.query(ctx, record, m.version, m.name, m.checksum, time.Now().UTC()).Exec(); err != nil {
+			return fail("migrate: record "+m.name, err)
+		}
+	}
+	if err := s.session.AwaitSchemaAgreement(ctx); err != nil {
+		return fail("migrate: schema agreement", err)
+	}
+	return nil
+}

@@ -1,0 +1,34 @@
+// Package pebblestore is the embedded store.Store on Pebble, the ordered
+// key-value store of CockroachDB, for running the whole chat in one process
+// with its data in a directory.
+//
+// # Keys
+//
+// Every table is a key prefix of one byte, followed by the table's key
+// columns. A string column that other columns follow is written with a
+// uvarint length in front, so that no key is a prefix of another key's
+// column; the last column is written as is, so that keys sort by it. Numbers
+// are 8 (or 4) bytes big-endian with the sign bit flipped, so that byte
+// order is numeric order.
+//
+//	u id                           → user
+//	n name                         → user id (the name index)
+//	r sender client_msg_id         → send reservation
+//	p projection partition         → next offset
+//	c channel                      → channel
+//	g user channel                 → (empty): the user → channels index
+//	m channel offset               → message
+//	i channel message_id           → offset (the message id index)
+//	x user epoch offset            → inbox entry
+//
+// Values are JSON.
+//
+// # Atomicity
+//
+// Apply writes a batch's state and positions in one Pebble batch, committed
+// with fsync, so a crash never separates state from position. CreateUser,
+// ReserveSend and MarkSendAppended read and then write; one mutex serializes
+// them, which is enough because a single process owns the directory (Pebble
+// locks it). Their writes are also fsynced. Reads see the last committed
+// writes and take no lock.
+package pebblestore

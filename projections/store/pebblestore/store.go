@@ -1,0 +1,590 @@
+package pebblestore
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/store"
+)
+
+// Options configures Open. The zero value is ready to use.
+type Options struct {
+	// Logger receives Pebble's own messages: background errors at level
+	// Error, everything else at Debug. Nil discards them.
+	Logger *slog.Logger
+	// CacheSize is the size in bytes of Pebble's block cache. Zero means
+	// 64 MiB.
+	CacheSize int64
+}
+
+// Validate reports options that make no sense.
+func (o Options) Validate() error {
+	if o.CacheSize < 0 {
+		return domain.Errorf(domain.CodeBadRequest, "pebblestore: cache size %d is negative", o.CacheSize)
+	}
+	return nil
+}
+
+const defaultCacheSize = 64 << 20
+
+// reservationStripes is how many locks guard send reservations: reservations
+// of different (sender, client message id) pairs rarely wait for each other.
+const reservationStripes = 64
+
+// Store is a store.Store on a Pebble database in one directory. Its methods
+// are safe for concurrent use.
+type Store struct {
+	db     *pebble.DB
+	log    *slog.Logger
+	closed atomic.Bool
+
+	// userMu serializes CreateUser's check of the name and id with its write.
+	userMu sync.Mutex
+	// resMu serializes ReserveSend and MarkSendAppended per reservation
+	// key; seed picks the stripe. Lock order: userMu and resMu are never
+	// held together.
+	resMu [reservationStripes]sync.Mutex
+	seed  maphash.Seed
+}
+
+var _ store.Store = (*Store)(nil)
+
+// errClosed is returned by every method after Close.
+var errClosed = domain.Errorf(domain.CodeUnavailable, "pebblestore: store is closed")
+
+// Open opens, or creates, the store in dir. Only one Store may have dir
+// open at a time; Open fails if another holds it.
+func Open(dir string, opts Options) (*Store, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	size := opts.CacheSize
+	if size == 0 {
+		size = defaultCacheSize
+	}
+	cache := pebble.NewCache(size)
+	defer cache.Unref() // the DB holds its own reference
+	pl := pebbleLogger{log: log}
+	po := &pebble.Options{
+		Cache:              cache,
+		Logger:             pl,
+		FormatMajorVersion: pebble.FormatNewest,
+		EventListener: &pebble.EventListener{
+			BackgroundError: func(err error) { log.Error("pebble background error", "err", err) },
+		},
+	}
+	db, err := pebble.Open(dir, po)
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	return &Store{db: db, log: log, seed: maphash.MakeSeed()}, nil
+}
+
+// Close flushes and closes the database. Calls after the first return an
+// error, as do calls of other methods.
+func (s *Store) Close() error {
+	if s.closed.Swap(true) {
+		return errClosed
+	}
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("pebblestore: close: %w", err)
+	}
+	return nil
+}
+
+// check returns the reason not to start an operation, if any.
+func (s *Store) check(ctx context.Context) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	return ctx.Err()
+}
+
+// Records as stored. They carry their own JSON names so that the on-disk
+// format does not follow renames in package store.
+
+type userRecord struct {
+	ID           domain.UserID `json:"id"`
+	Name         string        `json:"name"`
+	PasswordHash string        `json:"password_hash"`
+	CreatedAt    time.Time     `json:"created_at"`
+}
+
+type reservationRecord struct {
+	SenderID    domain.UserID    `json:"sender_id"`
+	ClientMsgID string           `json:"client_msg_id"`
+	ChannelID   domain.ChannelID `json:"channel_id"`
+	MessageID   domain.MessageID `json:"message_id"`
+	ReservedAt  time.Time        `json:"reserved_at"`
+	Appended    bool             `json:"appended"`
+}
+
+type messageRecord struct {
+	ChannelID   domain.ChannelID `json:"channel_id"`
+	Offset      int64            `json:"offset"`
+	MessageID   domain.MessageID `json:"message_id"`
+	SenderID    domain.UserID    `json:"sender_id"`
+	DeviceID    domain.DeviceID  `json:"device_id"`
+	ClientMsgID string           `json:"client_msg_id"`
+	Text        string           `json:"text"`
+	SentAt      time.Time        `json:"sent_at"`
+}
+
+type inboxRecord struct {
+	UserID    domain.UserID       `json:"user_id"`
+	Epoch     int32               `json:"epoch"`
+	Partition int32               `json:"partition"`
+	Offset    int64               `json:"offset"`
+	Message   domain.InboxMessage `json:"message"`
+}
+
+// get reads key into v (JSON); found is false if the key is absent.
+func (s *Store) get(k []byte, v any) (found bool, err error) {
+	b, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer closer.Close()
+	if err := json.Unmarshal(b, v); err != nil {
+		return false, fmt.Errorf("decode %q: %w", k, err)
+	}
+	return true, nil
+}
+
+// has reports whether key is present.
+func (s *Store) has(k []byte) (bool, error) {
+	_, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	closer.Close()
+	return true, nil
+}
+
+// CreateUser adds an account. A taken name, or a taken id, is
+// domain.ErrConflict.
+func (s *Store) CreateUser(ctx context.Context, u store.User) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	v, err := json.Marshal(userRecord(u))
+	if err != nil {
+		return fmt.Errorf("pebblestore: create user: %w", err)
+	}
+	s.userMu.Lock()
+	defer s.userMu.Unlock()
+	nameKey := userNameKey(u.Name)
+	if taken, err := s.has(nameKey); err != nil {
+		return fmt.Errorf("pebblestore: create user: %w", err)
+	} else if taken {
+		return domain.Errorf(domain.CodeConflict, "user name %q is taken", u.Name)
+	}
+	idKey := userKey(u.ID)
+	if taken, err := s.has(idKey); err != nil {
+		return fmt.Errorf("pebblestore: create user: %w", err)
+	} else if taken {
+		return domain.Errorf(domain.CodeConflict, "user id %s exists", u.ID)
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := b.Set(idKey, v, nil); err != nil {
+		return fmt.Errorf("pebblestore: create user: %w", err)
+	}
+	if err := b.Set(nameKey, []byte(u.ID), nil); err != nil {
+		return fmt.Errorf("pebblestore: create user: %w", err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("pebblestore: create user: %w", err)
+	}
+	return nil
+}
+
+// UserByName finds an account by name, or domain.ErrNotFound.
+func (s *Store) UserByName(ctx context.Context, name string) (store.User, error) {
+	if err := s.check(ctx); err != nil {
+		return store.User{}, err
+	}
+	id, closer, err := s.db.Get(userNameKey(name))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return store.User{}, domain.Errorf(domain.CodeNotFound, "user %q not found", name)
+	}
+	if err != nil {
+		return store.User{}, fmt.Errorf("pebblestore: user by name: %w", err)
+	}
+	uid := domain.UserID(id)
+	closer.Close()
+	return s.User(ctx, uid)
+}
+
+// User finds an account by id, or domain.ErrNotFound.
+func (s *Store) User(ctx context.Context, id domain.UserID) (store.User, error) {
+	if err := s.check(ctx); err != nil {
+		return store.User{}, err
+	}
+	var r userRecord
+	found, err := s.get(userKey(id), &r)
+	if err != nil {
+		return store.User{}, fmt.Errorf("pebblestore: user: %w", err)
+	}
+	if !found {
+		return store.User{}, domain.Errorf(domain.CodeNotFound, "user %s not found", id)
+	}
+	return store.User(r), nil
+}
+
+// resLock returns the lock of one reservation key.
+func (s *Store) resLock(k []byte) *sync.Mutex {
+	return &s.resMu[maphash.Bytes(s.seed, k)%reservationStripes]
+}
+
+// ReserveSend records r unless a reservation for (r.SenderID,
+// r.ClientMsgID) exists, in which case it returns that one and
+// created=false.
+func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store.SendReservation, bool, error) {
+	if err := s.check(ctx); err != nil {
+		return store.SendReservation{}, false, err
+	}
+	k := reservationKey(r.SenderID, r.ClientMsgID)
+	mu := s.resLock(k)
+	mu.Lock()
+	defer mu.Unlock()
+	var old reservationRecord
+	found, err := s.get(k, &old)
+	if err != nil {
+		return store.SendReservation{}, false, fmt.Errorf("pebblestore: reserve send: %w", err)
+	}
+	if found {
+		return store.SendReservation(old), false, nil
+	}
+	v, err := json.Marshal(reservationRecord(r))
+	if err != nil {
+		return store.SendReservation{}, false, fmt.Errorf("pebblestore: reserve send: %w", err)
+	}
+	if err := s.db.Set(k, v, pebble.Sync); err != nil {
+		return store.SendReservation{}, false, fmt.Errorf("pebblestore: reserve send: %w", err)
+	}
+	return r, true, nil
+}
+
+// MarkSendAppended records that the reserved message is in the log. An
+// unknown reservation is domain.ErrNotFound.
+func (s *Store) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	k := reservationKey(sender, clientMsgID)
+	mu := s.resLock(k)
+	mu.Lock()
+	defer mu.Unlock()
+	var r reservationRecord
+	found, err := s.get(k, &r)
+	if err != nil {
+		return fmt.Errorf("pebblestore: mark send appended: %w", err)
+	}
+	if !found {
+		return domain.Errorf(domain.CodeNotFound, "no reservation for sender %s, client message %q", sender, clientMsgID)
+	}
+	if r.Appended {
+		return nil
+	}
+	r.Appended = true
+	v, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("pebblestore: mark send appended: %w", err)
+	}
+	if err := s.db.Set(k, v, pebble.Sync); err != nil {
+		return fmt.Errorf("pebblestore: mark send appended: %w", err)
+	}
+	return nil
+}
+
+// Apply writes the batch's state and its positions in one atomic, fsynced
+// Pebble batch. Within the batch, later entries win over earlier ones with
+// the same key.
+func (s *Store) Apply(ctx context.Context, in store.Batch) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	if in.Projection == "" && len(in.Positions) > 0 {
+		return domain.Errorf(domain.CodeBadRequest, "pebblestore: positions without a projection name")
+	}
+	if err := s.apply(in); err != nil {
+		return fmt.Errorf("pebblestore: apply %s: %w", in.Projection, err)
+	}
+	return nil
+}
+
+func (s *Store) apply(in store.Batch) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, c := range in.Channels {
+		v, err := json.Marshal(c)
+		if err != nil {
+			return err
+		}
+		if err := b.Set(channelKey(c.ID), v, nil); err != nil {
+			return err
+		}
+	}
+	for _, m := range in.Memberships {
+		k := membershipKey(m.UserID, m.ChannelID)
+		var err error
+		if m.Member {
+			err = b.Set(k, nil, nil)
+		} else {
+			err = b.Delete(k, nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	var off [8]byte
+	for _, m := range in.Messages {
+		v, err := json.Marshal(messageRecord(m))
+		if err != nil {
+			return err
+		}
+		if err := b.Set(messageKey(m.ChannelID, m.Offset), v, nil); err != nil {
+			return err
+		}
+		binary.BigEndian.PutUint64(off[:], uint64(m.Offset))
+		if err := b.Set(messageIDKey(m.ChannelID, m.MessageID), off[:], nil); err != nil {
+			return err
+		}
+	}
+	for _, e := range in.Inbox {
+		v, err := json.Marshal(inboxRecord(e))
+		if err != nil {
+			return err
+		}
+		if err := b.Set(inboxKey(e.UserID, e.Epoch, e.Offset), v, nil); err != nil {
+			return err
+		}
+	}
+	for p, o := range in.Positions {
+		binary.BigEndian.PutUint64(off[:], uint64(o))
+		if err := b.Set(positionKey(in.Projection, p), off[:], nil); err != nil {
+			return err
+		}
+	}
+	if b.Empty() {
+		return nil
+	}
+	return b.Commit(pebble.Sync)
+}
+
+// Positions returns, per partition, the next log offset the projection
+// will read; partitions it never wrote are absent.
+func (s *Store) Positions(ctx context.Context, projection string) (map[int32]int64, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	pos := make(map[int32]int64)
+	prefix := positionPrefix(projection)
+	err := s.scan(prefix, prefixEnd(prefix), false, -1, func(k, v []byte) error {
+		if len(k) != len(prefix)+4 || len(v) != 8 {
+			return fmt.Errorf("malformed position %q", k)
+		}
+		pos[decodeI32(k[len(prefix):])] = int64(binary.BigEndian.Uint64(v))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: positions of %s: %w", projection, err)
+	}
+	return pos, nil
+}
+
+// Channel returns a channel's state, or domain.ErrNotFound.
+func (s *Store) Channel(ctx context.Context, id domain.ChannelID) (domain.Channel, error) {
+	if err := s.check(ctx); err != nil {
+		return domain.Channel{}, err
+	}
+	var c domain.Channel
+	found, err := s.get(channelKey(id), &c)
+	if err != nil {
+		return domain.Channel{}, fmt.Errorf("pebblestore: channel: %w", err)
+	}
+	if !found {
+		return domain.Channel{}, domain.Errorf(domain.CodeNotFound, "channel %s not found", id)
+	}
+	return c, nil
+}
+
+// ChannelsOf lists the channels u is a member of, sorted by id.
+func (s *Store) ChannelsOf(ctx context.Context, u domain.UserID) ([]domain.ChannelID, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	chs := []domain.ChannelID{}
+	prefix := membershipPrefix(u)
+	err := s.scan(prefix, prefixEnd(prefix), false, -1, func(k, _ []byte) error {
+		chs = append(chs, domain.ChannelID(k[len(prefix):]))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: channels of %s: %w", u, err)
+	}
+	return chs, nil
+}
+
+// MessagesBefore returns up to limit messages of the channel with an
+// offset below before, newest first. A limit below 1 returns none.
+func (s *Store) MessagesBefore(ctx context.Context, ch domain.ChannelID, before int64, limit int) ([]store.Message, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	return s.messages(messagePrefix(ch), messageKey(ch, before), true, limit)
+}
+
+// MessagesAfter returns up to limit messages of the channel with an offset
+// above after, oldest first. A limit below 1 returns none.
+func (s *Store) MessagesAfter(ctx context.Context, ch domain.ChannelID, after int64, limit int) ([]store.Message, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	if after == math.MaxInt64 {
+		return []store.Message{}, nil
+	}
+	prefix := messagePrefix(ch)
+	return s.messages(messageKey(ch, after+1), prefixEnd(prefix), false, limit)
+}
+
+func (s *Store) messages(lower, upper []byte, reverse bool, limit int) ([]store.Message, error) {
+	msgs := make([]store.Message, 0, max(0, min(limit, 256)))
+	if limit < 1 {
+		return msgs, nil
+	}
+	err := s.scan(lower, upper, reverse, limit, func(_, v []byte) error {
+		var r messageRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		msgs = append(msgs, store.Message(r))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: messages: %w", err)
+	}
+	return msgs, nil
+}
+
+// MessageByID finds one message of a channel, or domain.ErrNotFound.
+func (s *Store) MessageByID(ctx context.Context, ch domain.ChannelID, id domain.MessageID) (store.Message, error) {
+	if err := s.check(ctx); err != nil {
+		return store.Message{}, err
+	}
+	v, closer, err := s.db.Get(messageIDKey(ch, id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return store.Message{}, domain.Errorf(domain.CodeNotFound, "message %s not found in channel %s", id, ch)
+	}
+	if err != nil {
+		return store.Message{}, fmt.Errorf("pebblestore: message by id: %w", err)
+	}
+	if len(v) != 8 {
+		closer.Close()
+		return store.Message{}, fmt.Errorf("pebblestore: message by id: malformed index entry for %s", id)
+	}
+	offset := int64(binary.BigEndian.Uint64(v))
+	closer.Close()
+	var r messageRecord
+	found, err := s.get(messageKey(ch, offset), &r)
+	if err != nil {
+		return store.Message{}, fmt.Errorf("pebblestore: message by id: %w", err)
+	}
+	if !found || r.MessageID != id {
+		// The index is written with the message, in one batch; this is a
+		// later message overwriting the offset with another id.
+		return store.Message{}, domain.Errorf(domain.CodeNotFound, "message %s not found in channel %s", id, ch)
+	}
+	return store.Message(r), nil
+}
+
+// Inbox returns up to limit of u's inbox entries of the given epoch with
+// an offset above after, in offset order. A limit below 1 returns none.
+func (s *Store) Inbox(ctx context.Context, u domain.UserID, epoch int32, after int64, limit int) ([]store.InboxEntry, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	entries := make([]store.InboxEntry, 0, max(0, min(limit, 256)))
+	if after == math.MaxInt64 || limit < 1 {
+		return entries, nil
+	}
+	prefix := inboxPrefix(u, epoch)
+	err := s.scan(inboxKey(u, epoch, after+1), prefixEnd(prefix), false, limit, func(_, v []byte) error {
+		var r inboxRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		entries = append(entries, store.InboxEntry(r))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: inbox of %s: %w", u, err)
+	}
+	return entries, nil
+}
+
+// scan calls fn for each key in [lower, upper), in reverse order if
+// reverse, stopping after limit keys unless limit is negative. A nil upper
+// means no upper bound. The slices passed to fn are valid only during the
+// call.
+func (s *Store) scan(lower, upper []byte, reverse bool, limit int, fn func(k, v []byte) error) (err error) {
+	if limit == 0 {
+		return nil
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := it.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	ok, step := it.First(), it.Next
+	if reverse {
+		ok, step = it.Last(), it.Prev
+	}
+	for n := 0; ok && (limit < 0 || n < limit); ok, n = step(), n+1 {
+		if err := fn(it.Key(), it.Value()); err != nil {
+			return err
+		}
+	}
+	return it.Error()
+}
+
+// pebbleLogger sends Pebble's log to slog.
+type pebbleLogger struct{ log *slog.Logger }
+
+func (l pebbleLogger) Infof(format string, args ...any) {
+	l.log.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+// Fatalf logs and panics: Pebble expects it not to return.
+func (l pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	l.log.Error(msg, "component", "pebble")
+	panic("pebble: " + msg)
+}

@@ -1,0 +1,132 @@
+// Package store defines what the chat keeps outside the log: accounts, the
+// send de-duplication table, and the state that projections build from the
+// log (channels, history, inboxes) together with each projection's position.
+//
+// Two implementations satisfy Store and run one contract suite
+// (store/storetest): the embedded one on Pebble (store/pebblestore) and
+// Cassandra (store/cassandra).
+//
+// Idempotence is the rule for every write: applying the same Batch twice
+// leaves the same state, so a projection that crashed between writing its
+// state and its position may safely apply a batch again.
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/evchat/evchat/domain"
+)
+
+// Store is the whole store. Consumers declare the few methods they use.
+type Store interface {
+	// CreateUser adds an account. A taken name is domain.ErrConflict.
+	CreateUser(ctx context.Context, u User) error
+	// UserByName finds an account by name, or domain.ErrNotFound.
+	UserByName(ctx context.Context, name string) (User, error)
+	// User finds an account by id, or domain.ErrNotFound.
+	User(ctx context.Context, id domain.UserID) (User, error)
+
+	// ReserveSend records that (r.SenderID, r.ClientMsgID) is being sent
+	// as r.MessageID, unless a reservation for that pair exists: then it
+	// returns the existing one and created=false. It is atomic: of two
+	// concurrent calls for one pair, exactly one creates.
+	ReserveSend(ctx context.Context, r SendReservation) (got SendReservation, created bool, err error)
+	// MarkSendAppended records that the reserved message is in the log.
+	MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string) error
+
+	// Apply writes a projection's state changes and its new positions.
+	// The embedded store writes all of it atomically; Cassandra writes the
+	// state first and the positions last, each write idempotent.
+	Apply(ctx context.Context, b Batch) error
+	// Positions returns, per partition, the next log offset the projection
+	// will read; partitions it never wrote are absent.
+	Positions(ctx context.Context, projection string) (map[int32]int64, error)
+
+	// Channel returns a channel's state, or domain.ErrNotFound.
+	Channel(ctx context.Context, id domain.ChannelID) (domain.Channel, error)
+	// ChannelsOf lists the channels u is a member of, sorted by id.
+	ChannelsOf(ctx context.Context, u domain.UserID) ([]domain.ChannelID, error)
+
+	// MessagesBefore returns up to limit messages of the channel with an
+	// offset below before, newest (highest offset) first.
+	MessagesBefore(ctx context.Context, ch domain.ChannelID, before int64, limit int) ([]Message, error)
+	// MessagesAfter returns up to limit messages of the channel with an
+	// offset above after, oldest first.
+	MessagesAfter(ctx context.Context, ch domain.ChannelID, after int64, limit int) ([]Message, error)
+	// MessageByID finds one message of a channel, or domain.ErrNotFound.
+	MessageByID(ctx context.Context, ch domain.ChannelID, id domain.MessageID) (Message, error)
+
+	// Inbox returns up to limit of u's inbox entries of the given epoch with
+	// an offset above after, in offset order.
+	Inbox(ctx context.Context, u domain.UserID, epoch int32, after int64, limit int) ([]InboxEntry, error)
+
+	// Close releases the store.
+	Close() error
+}
+
+// User is an account.
+type User struct {
+	ID           domain.UserID
+	Name         string
+	PasswordHash string // PHC-formatted argon2id hash; never on the log
+	CreatedAt    time.Time
+}
+
+// SendReservation ties a client's message id to the message id the gateway
+// issued for it, so a resend finds the first id.
+type SendReservation struct {
+	SenderID    domain.UserID
+	ClientMsgID string
+	ChannelID   domain.ChannelID
+	MessageID   domain.MessageID
+	ReservedAt  time.Time
+	Appended    bool // the log accepted the message
+}
+
+// Batch is what a projection writes for a run of events.
+type Batch struct {
+	// Projection names the projection ("history", "inbox").
+	Projection string
+	// Positions are the next offsets to read, per partition.
+	Positions map[int32]int64
+	// Channels are whole channel states to upsert.
+	Channels []domain.Channel
+	// Memberships are changes to the user → channels index.
+	Memberships []Membership
+	// Messages are history entries to upsert (keyed by channel and offset).
+	Messages []Message
+	// Inbox entries to upsert (keyed by user, epoch and offset).
+	Inbox []InboxEntry
+}
+
+// Membership says that UserID is (or is no longer) a member of ChannelID.
+type Membership struct {
+	ChannelID domain.ChannelID
+	UserID    domain.UserID
+	Member    bool
+}
+
+// Message is one message in a channel's history. Offset is the position of
+// its message.sent event in the channel topic's partition: the channel's one
+// total order, which message ids (clocks) are not.
+type Message struct {
+	ChannelID   domain.ChannelID
+	Offset      int64
+	MessageID   domain.MessageID
+	SenderID    domain.UserID
+	DeviceID    domain.DeviceID
+	ClientMsgID string
+	Text        string
+	SentAt      time.Time
+}
+
+// InboxEntry is one entry of a user's inbox: a copy of a message at the
+// position (epoch, offset) the inbox topic's partition gave it.
+type InboxEntry struct {
+	UserID    domain.UserID
+	Epoch     int32
+	Partition int32
+	Offset    int64
+	Message   domain.InboxMessage
+}
