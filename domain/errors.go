@@ -12,17 +12,17 @@ type Code string
 // The error codes. They are part of the public API (see schemas/openapi.yaml
 // and schemas/asyncapi.yaml): add new ones, never rename.
 const (
-	CodeBadRequest   Code = "bad_request"   // malformed input
-	CodeUnknownType  Code = "unknown_type"  // a frame type the server does not know
-	CodeTooLong      Code = "too_long"      // a message or field over its limit
-	CodeUnauthorized Code = "unauthorized"  // missing, bad or expired token, or wrong password
-	CodeForbidden    Code = "forbidden"     // allowed to nobody in the caller's role
-	CodeNotMember    Code = "not_member"    // the caller is not a member of the channel
-	CodeNotFound     Code = "not_found"     // unknown id
-	CodeConflict     Code = "conflict"      // already exists (a taken user name)
-	CodeGroupFull    Code = "group_full"    // the group has reached its size limit
-	CodeUnavailable  Code = "unavailable"   // the log or the store did not answer in time
-	CodeInternal     Code = "internal"      // a bug; the details are in the server log
+	CodeBadRequest   Code = "bad_request"  // malformed input
+	CodeUnknownType  Code = "unknown_type" // a frame type the server does not know
+	CodeTooLong      Code = "too_long"     // a message or field over its limit
+	CodeUnauthorized Code = "unauthorized" // missing, bad or expired token, or wrong password
+	CodeForbidden    Code = "forbidden"    // allowed to nobody in the caller's role
+	CodeNotMember    Code = "not_member"   // the caller is not a member of the channel
+	CodeNotFound     Code = "not_found"    // unknown id
+	CodeConflict     Code = "conflict"     // already exists (a taken user name)
+	CodeGroupFull    Code = "group_full"   // the group has reached its size limit
+	CodeUnavailable  Code = "unavailable"  // the log or the store did not answer in time
+	CodeInternal     Code = "internal"     // a bug; the details are in the server log
 )
 
 // Error is an error with a stable code and a message for people.
@@ -83,6 +83,9 @@ func CodeOf(err error) Code {
 func MessageOf(err error) string {
 	var e *Error
 	if errors.As(err, &e) {
+		if e.Msg == "" {
+			return string(e.Code)
+		}
 		return e.Msg
 	}
 	return "internal error"

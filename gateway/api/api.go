@@ -53,10 +53,10 @@ type WebSocket interface {
 
 // Config wires the API.
 type Config struct {
-	Service  Service
-	Reader   Reader
-	Tokens   Verifier
-	WS       WebSocket
+	Service Service
+	Reader  Reader
+	Tokens  Verifier
+	WS      WebSocket
 	// Ready reports whether the process is ready to serve; nil means
 	// always.
 	Ready func() bool

@@ -93,7 +93,12 @@ type ServerFrame struct {
 	Message     string           `json:"message,omitempty"`
 }
 
+// errorFrame reports err, echoing the client's message id when it is one
+// the client may correlate (a too long one is not echoed).
 func errorFrame(err error, clientMsgID string) ServerFrame {
+	if len(clientMsgID) > domain.MaxClientMsgIDLen {
+		clientMsgID = ""
+	}
 	return ServerFrame{Type: TypeError, Code: domain.CodeOf(err), Message: domain.MessageOf(err), ClientMsgID: clientMsgID}
 }
 

@@ -80,7 +80,7 @@ func (c Config) ClientOpts(extra ...kgo.Opt) []kgo.Opt {
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ProducerLinger(0),
 		kgo.FetchMaxWait(200 * time.Millisecond),
-		kgo.WithLogger(kslog.New(c.Logger)),
+		kgo.WithLogger(kslog.New(slog.New(quiet{c.Logger.Handler()}))),
 	}
 	return append(opts, extra...)
 }
@@ -191,3 +191,14 @@ func (a *Appender) Append(ctx context.Context, topic, key string, ev domain.Even
 
 // Close flushes nothing (every append is synchronous) and closes the client.
 func (a *Appender) Close() { a.cl.Close() }
+
+// quiet passes on the Kafka client's warnings and errors only: its info
+// lines (every rebalance, every metrics subscription) drown the chat's own.
+type quiet struct{ slog.Handler }
+
+func (q quiet) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn && q.Handler.Enabled(ctx, l)
+}
+
+func (q quiet) WithAttrs(as []slog.Attr) slog.Handler { return quiet{q.Handler.WithAttrs(as)} }
+func (q quiet) WithGroup(g string) slog.Handler       { return quiet{q.Handler.WithGroup(g)} }

@@ -56,8 +56,8 @@ type Projection struct {
 	topics eventlog.Topics
 	log    *slog.Logger
 
-	mu    sync.Mutex                                 // guards dirty
-	dirty bool                                       // assignment changed: drop state
+	mu    sync.Mutex                                    // guards dirty
+	dirty bool                                          // assignment changed: drop state
 	state map[int32]map[domain.ChannelID]domain.Channel // owned by Run's goroutine
 }
 

@@ -166,7 +166,6 @@ func backoff(attempt int) time.Duration {
 	return min(d, 3*time.Second)
 }
 
-
 // WaitApplied waits until projection has applied partition up to and
 // including offset: the read-your-writes step of the REST API, which
 // appends an event and answers with the state the projection built from it.

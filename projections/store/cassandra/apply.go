@@ -26,8 +26,8 @@ const (
 // the batch, later entries win over earlier ones with the same key.
 //
 // The messages of each channel, and the inbox entries of each user and
-// epoch, are written in offset order, bucket index first (see the package
-// documentation); channels, memberships and the message id index are
+// epoch, are written in offset order, one bucket after another (see the
+// package documentation); channels, memberships and the message id index are
 // written concurrently with them. The positions are written only after all
 // of that succeeded, as one single-partition batch.
 func (s *Store) Apply(ctx context.Context, b store.Batch) error {
@@ -106,50 +106,65 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 	return g.wait()
 }
 
-// writeMessages writes the messages of one channel, sorted by offset: per
-// bucket, the bucket's index row, then its rows in batches.
+// writeMessages writes the messages of one channel, sorted by offset,
+// bucket by bucket: the bucket's index row alongside its rows in batches.
 func (s *Store) writeMessages(ctx context.Context, msgs []store.Message) error {
 	ch := string(msgs[0].ChannelID)
 	for run := range runs(msgs, func(a, b store.Message) bool { return bucketOf(a.Offset) == bucketOf(b.Offset) }) {
 		bucket := bucketOf(run[0].Offset)
-		if err := s.query(ctx, s.q.insertChannelBucket, ch, bucket).Exec(); err != nil {
-			return err
-		}
-		w := s.partitionWriter(ctx)
-		for _, m := range run {
-			err := w.add(len(m.Text)+len(m.ClientMsgID)+64, s.q.insertMessage,
-				ch, bucket, m.Offset, int64(m.MessageID), string(m.SenderID), string(m.DeviceID), m.ClientMsgID, m.Text, m.SentAt)
-			if err != nil {
-				return err
+		err := s.withIndexRow(s.query(ctx, s.q.insertChannelBucket, ch, bucket), func() error {
+			w := s.partitionWriter(ctx)
+			for _, m := range run {
+				err := w.add(len(m.Text)+len(m.ClientMsgID)+64, s.q.insertMessage,
+					ch, bucket, m.Offset, int64(m.MessageID), string(m.SenderID), string(m.DeviceID), m.ClientMsgID, m.Text, m.SentAt)
+				if err != nil {
+					return err
+				}
 			}
-		}
-		if err := w.flush(); err != nil {
+			return w.flush()
+		})
+		if err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// withIndexRow executes index, the bucket index row of a bucket, while
+// rows writes the bucket's rows, and returns when both are done. Until the
+// index row is written readers skip the bucket, so they see a prefix
+// whichever lands first; the next bucket is written only after both.
+func (s *Store) withIndexRow(index *gocql.Query, rows func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- index.Exec() }()
+	err := rows()
+	if ierr := <-done; err == nil {
+		err = ierr
+	}
+	return err
+}
+
 // writeInbox writes the inbox entries of one user and epoch, sorted by
-// offset: per bucket, the bucket's index row, then its rows in batches.
+// offset, bucket by bucket: the bucket's index row alongside its rows in
+// batches.
 func (s *Store) writeInbox(ctx context.Context, entries []store.InboxEntry) error {
 	u, epoch := string(entries[0].UserID), entries[0].Epoch
 	for run := range runs(entries, func(a, b store.InboxEntry) bool { return bucketOf(a.Offset) == bucketOf(b.Offset) }) {
 		bucket := bucketOf(run[0].Offset)
-		if err := s.query(ctx, s.q.insertInboxBucket, u, epoch, bucket).Exec(); err != nil {
-			return err
-		}
-		w := s.partitionWriter(ctx)
-		for _, e := range run {
-			m := e.Message
-			err := w.add(len(m.Text)+128, s.q.insertInbox,
-				u, epoch, bucket, e.Offset, e.Partition, string(m.UserID), string(m.ChannelID), int64(m.MessageID),
-				string(m.SenderID), m.Text, m.SentAt, m.ChannelPartition, m.ChannelOffset)
-			if err != nil {
-				return err
+		err := s.withIndexRow(s.query(ctx, s.q.insertInboxBucket, u, epoch, bucket), func() error {
+			w := s.partitionWriter(ctx)
+			for _, e := range run {
+				m := e.Message
+				err := w.add(len(m.Text)+128, s.q.insertInbox,
+					u, epoch, bucket, e.Offset, e.Partition, string(m.UserID), string(m.ChannelID), int64(m.MessageID),
+					string(m.SenderID), m.Text, m.SentAt, m.ChannelPartition, m.ChannelOffset)
+				if err != nil {
+					return err
+				}
 			}
-		}
-		if err := w.flush(); err != nil {
+			return w.flush()
+		})
+		if err != nil {
 			return err
 		}
 	}

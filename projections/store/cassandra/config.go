@@ -2,6 +2,7 @@ package cassandra
 
 import (
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strings"
 	"time"
@@ -50,6 +51,9 @@ type Config struct {
 	// PageSize is the most rows fetched per page by reads that may be long.
 	// Default 500.
 	PageSize int
+	// Logger receives the driver's messages (connection failures and the
+	// like) at level Warn. Nil discards them.
+	Logger *slog.Logger
 }
 
 // Defaults of Config's zero fields.
@@ -94,6 +98,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.PageSize == 0 {
 		c.PageSize = DefaultPageSize
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
 }
@@ -153,4 +160,17 @@ func (c Config) replication() string {
 		return fmt.Sprintf("{'class': 'NetworkTopologyStrategy', '%s': %d}", c.LocalDC, c.ReplicationFactor)
 	}
 	return fmt.Sprintf("{'class': 'SimpleStrategy', 'replication_factor': %d}", c.ReplicationFactor)
+}
+
+// driverLogger sends gocql's messages to slog.
+type driverLogger struct{ log *slog.Logger }
+
+func (l driverLogger) Print(v ...any) {
+	l.log.Warn(strings.TrimSuffix(fmt.Sprint(v...), "\n"), "component", "gocql")
+}
+func (l driverLogger) Printf(format string, v ...any) {
+	l.log.Warn(strings.TrimSuffix(fmt.Sprintf(format, v...), "\n"), "component", "gocql")
+}
+func (l driverLogger) Println(v ...any) {
+	l.log.Warn(strings.TrimSuffix(fmt.Sprintln(v...), "\n"), "component", "gocql")
 }

@@ -28,9 +28,11 @@
 // Apply writes a batch's state first and its positions last, so a crash in
 // between makes the projection apply the batch again. Within the batch, the
 // messages of one channel (and the inbox entries of one user and epoch) are
-// written in offset order, each bucket's index row before its rows, and the
-// rows of one bucket as single-partition unlogged batches, which a replica
-// applies atomically. With quorum reads and writes a reader therefore sees a
+// written in offset order, one bucket after another: a bucket's rows as
+// single-partition unlogged batches, which a replica applies atomically,
+// one after another, alongside the bucket's index row; the next bucket
+// starts when both are written. A reader skips a bucket whose index row it
+// does not see yet. With quorum reads and writes a reader therefore sees a
 // prefix of a channel's (or inbox's) rows, never a later row without an
 // earlier one, and a page that ends at offset n can be followed from n
 // without skipping. Different channels and inboxes are written concurrently,
@@ -38,6 +40,7 @@
 //
 // # Goroutines
 //
-// Apply starts at most Config.WriteConcurrency goroutines and waits for all of
-// them before it returns. gocql owns its connection goroutines until Close.
+// Apply runs its writes on at most Config.WriteConcurrency goroutines, each
+// with at most one more for a bucket index row, and waits for all of them
+// before it returns. gocql owns its connection goroutines until Close.
 package cassandra

@@ -13,11 +13,11 @@ type queries struct {
 
 	insertChannel, insertMembership, deleteMembership, selectChannel, selectUserChannels string
 
-	insertMessage, insertChannelBucket, insertMessageID                string
-	selectBucketsDown, selectBucketsUp                                 string
-	selectMessagesBefore, selectMessagesAfter                          string
-	selectMessageOffset, selectMessage                                 string
-	insertInbox, insertInboxBucket, selectInboxBuckets, selectInbox    string
+	insertMessage, insertChannelBucket, insertMessageID             string
+	selectBucketsDown, selectBucketsUp                              string
+	selectMessagesBefore, selectMessagesAfter                       string
+	selectMessageOffset, selectMessage                              string
+	insertInbox, insertInboxBucket, selectInboxBuckets, selectInbox string
 }
 
 // newQueries returns the statements for keyspace ks.
@@ -54,7 +54,7 @@ func newQueries(ks string) queries {
 		selectMessageOffset:  q(`SELECT log_offset FROM ${keyspace}.messages_by_id WHERE channel_id = ? AND message_id = ?`),
 		selectMessage:        q(`SELECT message_id, sender_id, device_id, client_msg_id, text, sent_at FROM ${keyspace}.messages WHERE channel_id = ? AND bucket = ? AND log_offset = ?`),
 
-		insertInbox: q(`INSERT INTO ${keyspace}.inbox (user_id, epoch, bucket, log_offset, partition, msg_user_id, channel_id, message_id, sender_id, text, sent_at, channel_partition, channel_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		insertInbox:        q(`INSERT INTO ${keyspace}.inbox (user_id, epoch, bucket, log_offset, partition, msg_user_id, channel_id, message_id, sender_id, text, sent_at, channel_partition, channel_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		insertInboxBucket:  q(`INSERT INTO ${keyspace}.inbox_buckets (user_id, epoch, bucket) VALUES (?, ?, ?)`),
 		selectInboxBuckets: q(`SELECT bucket FROM ${keyspace}.inbox_buckets WHERE user_id = ? AND epoch = ? AND bucket >= ? ORDER BY bucket ASC`),
 		selectInbox:        q(`SELECT log_offset, partition, msg_user_id, channel_id, message_id, sender_id, text, sent_at, channel_partition, channel_offset FROM ${keyspace}.inbox WHERE user_id = ? AND epoch = ? AND bucket = ? AND log_offset > ? ORDER BY log_offset ASC LIMIT ?`),

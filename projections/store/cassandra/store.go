@@ -51,6 +51,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cluster.Timeout = cfg.Timeout
 	cluster.ConnectTimeout = cfg.Timeout
 	cluster.PageSize = cfg.PageSize
+	cluster.Logger = driverLogger{log: cfg.Logger}
 	// Writes other than lightweight transactions are idempotent upserts,
 	// so they may be retried; lightweight transactions opt out (see lwt).
 	cluster.RetryPolicy = &gocql.SimpleRetryPolicy{NumRetries: 2}
@@ -416,9 +417,9 @@ func (s *Store) Inbox(ctx context.Context, u domain.UserID, epoch int32, after i
 		want := limit - len(entries)
 		iter := s.query(ctx, s.q.selectInbox, string(u), epoch, b, after, want).PageSize(min(want, s.cfg.PageSize)).Iter()
 		var (
-			e                                 store.InboxEntry
-			msgUser, channel, sender          string
-			msgID                             int64
+			e                        store.InboxEntry
+			msgUser, channel, sender string
+			msgID                    int64
 		)
 		for iter.Scan(&e.Offset, &e.Partition, &msgUser, &channel, &msgID, &sender, &e.Message.Text,
 			&e.Message.SentAt, &e.Message.ChannelPartition, &e.Message.ChannelOffset) {

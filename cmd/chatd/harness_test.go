@@ -1,0 +1,565 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/evchat/evchat/schemas"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// The end-to-end tests start chatd as a child process, built once by
+// TestMain, and drive it only over HTTP and WebSocket. They run on the
+// embedded default, and again on real Kafka and Cassandra when
+// EVCHAT_KAFKA and EVCHAT_CASSANDRA name them (deploy/servers.sh start).
+
+var chatdBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "chatd-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	chatdBin = filepath.Join(dir, "chatd")
+	args := []string{"build", "-o", chatdBin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, ".")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building chatd:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// backend says which log and store a node runs on.
+type backend struct {
+	name      string
+	kafka     string // "" = embedded
+	cassandra string // "" = embedded
+}
+
+// backends returns the embedded default, and the real servers when named.
+func backends(t *testing.T) []backend {
+	bs := []backend{{name: "embedded"}}
+	k, c := os.Getenv("EVCHAT_KAFKA"), os.Getenv("EVCHAT_CASSANDRA")
+	switch {
+	case k != "" && c != "":
+		bs = append(bs, backend{name: "kafka+cassandra", kafka: k, cassandra: c})
+	case os.Getenv("CI") != "":
+		t.Fatal("CI must run the end-to-end suite on real Kafka and Cassandra: EVCHAT_KAFKA and EVCHAT_CASSANDRA are unset")
+	}
+	return bs
+}
+
+// eachBackend runs fn once per backend.
+func eachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) { fn(t, b) })
+	}
+}
+
+// node is one chatd process and what it takes to restart it.
+type node struct {
+	t         *testing.T
+	b         backend
+	dir       string
+	http      string
+	kafkaPort int
+	prefix    string
+	keyspace  string
+	cmd       *exec.Cmd
+	stderr    *bytes.Buffer
+	done      chan struct{}
+}
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func startNode(t *testing.T, b backend) *node {
+	t.Helper()
+	suffix := fmt.Sprintf("%d", rand.Uint64()%1e12)
+	n := &node{
+		t: t, b: b, dir: t.TempDir(),
+		http:      fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		kafkaPort: freePort(t),
+		prefix:    "t" + suffix,
+		keyspace:  "e2e_" + suffix,
+	}
+	n.start()
+	t.Cleanup(n.stop)
+	return n
+}
+
+func (n *node) brokers() []string {
+	if n.b.kafka != "" {
+		return strings.Split(n.b.kafka, ",")
+	}
+	return []string{fmt.Sprintf("127.0.0.1:%d", n.kafkaPort)}
+}
+
+func (n *node) start() {
+	t := n.t
+	t.Helper()
+	args := []string{
+		"--http", n.http, "--data", n.dir, "--topic-prefix", n.prefix,
+		"--embedded-kafka-port", fmt.Sprint(n.kafkaPort), "--partitions", "4", "--log-level", "warn",
+		"--kafka", n.b.kafka, "--cassandra", n.b.cassandra, "--keyspace", n.keyspace,
+	}
+	n.cmd = exec.Command(chatdBin, args...)
+	n.stderr = &bytes.Buffer{}
+	n.cmd.Stderr = &lockedWriter{w: n.stderr}
+	n.cmd.Stdout = io.Discard
+	n.cmd.Env = append(os.Environ(), "EVCHAT_SECRET=e2e-secret-e2e-secret-e2e-secret-e2e!")
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(n.cmd, n.done)
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-n.done:
+			t.Fatalf("chatd exited at start: %s", n.stderr)
+		default:
+		}
+		resp, err := http.Get("http://" + n.http + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("chatd not healthy after 90s: %s", n.stderr)
+}
+
+// kill stops the process with SIGKILL: nothing is flushed.
+func (n *node) kill() {
+	_ = n.cmd.Process.Signal(syscall.SIGKILL)
+	<-n.done
+}
+
+// stop stops the process with SIGTERM and checks it exits cleanly.
+func (n *node) stop() {
+	select {
+	case <-n.done:
+		return
+	default:
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.done:
+		if code := n.cmd.ProcessState.ExitCode(); code != 0 && !n.t.Failed() {
+			n.t.Errorf("chatd exited with %d: %s", code, n.stderr)
+		}
+	case <-time.After(30 * time.Second):
+		n.t.Errorf("chatd did not stop within 30s of SIGTERM")
+		n.kill()
+	}
+	if n.t.Failed() {
+		n.t.Logf("chatd stderr:\n%s", n.stderr)
+	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// topicCount returns the number of records in a topic of this node.
+func (n *node) topicCount(topic string) int64 {
+	n.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(n.brokers()...))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	adm := kadm.NewClient(cl)
+	ends, err := adm.ListEndOffsets(ctx, n.prefix+"."+topic)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, n.prefix+"."+topic)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	var total int64
+	ends.Each(func(o kadm.ListedOffset) {
+		s, _ := starts.Lookup(o.Topic, o.Partition)
+		total += o.Offset - s.Offset
+	})
+	return total
+}
+
+// ---- HTTP client ----
+
+type apiError struct {
+	Status int
+	Code   string `json:"code"`
+	Msg    string `json:"message"`
+}
+
+func (n *node) do(method, path, token string, body any, out any) apiError {
+	n.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, "http://"+n.http+path, rd)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		n.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		var e struct{ Error apiError }
+		if err := json.Unmarshal(raw, &e); err != nil || e.Error.Code == "" {
+			n.t.Fatalf("%s %s: status %d with a body that is not an error: %s", method, path, resp.StatusCode, raw)
+		}
+		e.Error.Status = resp.StatusCode
+		return e.Error
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			n.t.Fatalf("%s %s: %v: %s", method, path, err, raw)
+		}
+	}
+	return apiError{Status: resp.StatusCode}
+}
+
+// must fails the test unless the call succeeded.
+func (n *node) must(method, path, token string, body any, out any) int {
+	n.t.Helper()
+	e := n.do(method, path, token, body, out)
+	if e.Code != "" {
+		n.t.Fatalf("%s %s: %d %s: %s", method, path, e.Status, e.Code, e.Msg)
+	}
+	return e.Status
+}
+
+type user struct {
+	ID    string
+	Name  string
+	Token map[string]string // device → token
+}
+
+func (n *node) signUp(name string) *user {
+	n.t.Helper()
+	var r struct {
+		UserID string `json:"user_id"`
+	}
+	n.must("POST", "/v1/users", "", map[string]string{"name": name, "password": "password-" + name}, &r)
+	return &user{ID: r.UserID, Name: name, Token: map[string]string{}}
+}
+
+func (n *node) login(u *user, device string) string {
+	n.t.Helper()
+	var r struct {
+		Token    string `json:"token"`
+		DeviceID string `json:"device_id"`
+	}
+	n.must("POST", "/v1/login", "", map[string]string{"name": u.Name, "password": "password-" + u.Name, "device_id": device}, &r)
+	if r.DeviceID != device {
+		n.t.Fatalf("login: device %q, want %q", r.DeviceID, device)
+	}
+	u.Token[device] = r.Token
+	return r.Token
+}
+
+type channelJSON struct {
+	ChannelID string   `json:"channel_id"`
+	Kind      string   `json:"kind"`
+	Members   []string `json:"members"`
+}
+
+func (n *node) createChannel(token, kind string, members ...string) channelJSON {
+	n.t.Helper()
+	var c channelJSON
+	n.must("POST", "/v1/channels", token, map[string]any{"kind": kind, "name": "test", "members": members}, &c)
+	return c
+}
+
+type messageJSON struct {
+	MessageID string `json:"message_id"`
+	Seq       int64  `json:"seq"`
+	Text      string `json:"text"`
+	SenderID  string `json:"sender_id"`
+}
+
+type page struct {
+	Messages []messageJSON `json:"messages"`
+	HasMore  bool          `json:"has_more"`
+}
+
+func (n *node) history(token, channel, query string) page {
+	n.t.Helper()
+	var p page
+	n.must("GET", "/v1/channels/"+channel+"/messages?"+query, token, nil, &p)
+	return p
+}
+
+// allHistory pages backwards through a channel with the given page size.
+func (n *node) allHistory(token, channel string, size int) []messageJSON {
+	n.t.Helper()
+	var all []messageJSON
+	q := fmt.Sprintf("limit=%d", size)
+	for range 10000 {
+		p := n.history(token, channel, q)
+		all = append(all, p.Messages...)
+		if !p.HasMore {
+			return all
+		}
+		q = fmt.Sprintf("limit=%d&before=%s", size, p.Messages[len(p.Messages)-1].MessageID)
+	}
+	n.t.Fatal("history does not end")
+	return nil
+}
+
+// ---- WebSocket client ----
+
+type frame struct {
+	Type        string `json:"type"`
+	Epoch       *int32 `json:"epoch"`
+	Position    *int64 `json:"position"`
+	ChannelID   string `json:"channel_id"`
+	MessageID   string `json:"message_id"`
+	SenderID    string `json:"sender_id"`
+	Text        string `json:"text"`
+	ClientMsgID string `json:"client_msg_id"`
+	Code        string `json:"code"`
+	Message     string `json:"message"`
+	UserID      string `json:"user_id"`
+	DeviceID    string `json:"device_id"`
+}
+
+// wsClient is a test's WebSocket connection. One goroutine reads frames
+// into a channel, so a test can wait for a frame with a timeout and still
+// use the connection afterwards.
+type wsClient struct {
+	t      *testing.T
+	c      *websocket.Conn
+	mu     sync.Mutex
+	frames chan frame
+	err    error // set before frames is closed
+}
+
+func (n *node) dial(token string) (*wsClient, *http.Response, error) {
+	u := url.URL{Scheme: "ws", Host: n.http, Path: "/v1/ws", RawQuery: "token=" + url.QueryEscape(token)}
+	c, resp, err := websocket.DefaultDialer.Dial(u.String(), nil)
+	if err != nil {
+		return nil, resp, err
+	}
+	w := &wsClient{t: n.t, c: c, frames: make(chan frame, 100000)}
+	go w.readLoop()
+	return w, resp, nil
+}
+
+func (w *wsClient) readLoop() {
+	defer close(w.frames)
+	for {
+		_, b, err := w.c.ReadMessage()
+		if err != nil {
+			w.err = err
+			return
+		}
+		if err := schemas.ValidateServerFrame(b); err != nil {
+			w.err = fmt.Errorf("server frame %s breaks schemas/frames/server.v1.json: %w", b, err)
+			return
+		}
+		var f frame
+		if err := json.Unmarshal(b, &f); err != nil {
+			w.err = fmt.Errorf("frame %s: %w", b, err)
+			return
+		}
+		w.frames <- f
+	}
+}
+
+var errTimeout = errors.New("timeout")
+
+// connect dials and reads the hello frame.
+func (n *node) connect(token string) *wsClient {
+	n.t.Helper()
+	w, _, err := n.dial(token)
+	if err != nil {
+		n.t.Fatalf("dial: %v", err)
+	}
+	n.t.Cleanup(func() { w.c.Close() })
+	if f := w.read(); f.Type != "hello" {
+		n.t.Fatalf("first frame %+v, want hello", f)
+	}
+	return w
+}
+
+func (w *wsClient) write(v any) {
+	w.t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var err error
+	if s, ok := v.(string); ok {
+		err = w.c.WriteMessage(websocket.TextMessage, []byte(s))
+	} else {
+		err = w.c.WriteJSON(v)
+	}
+	if err != nil {
+		w.t.Fatalf("ws write: %v", err)
+	}
+}
+
+func (w *wsClient) read() frame {
+	w.t.Helper()
+	f, err := w.tryRead(20 * time.Second)
+	if err != nil {
+		w.t.Fatalf("ws read: %v", err)
+	}
+	return f
+}
+
+func (w *wsClient) tryRead(d time.Duration) (frame, error) {
+	select {
+	case f, ok := <-w.frames:
+		if !ok {
+			return f, w.err
+		}
+		return f, nil
+	case <-time.After(d):
+		return frame{}, errTimeout
+	}
+}
+
+// readUntil reads frames until one of the type, returning the others seen.
+func (w *wsClient) readUntil(typ string) (frame, []frame) {
+	w.t.Helper()
+	var others []frame
+	for {
+		f := w.read()
+		if f.Type == typ {
+			return f, others
+		}
+		others = append(others, f)
+	}
+}
+
+func (w *wsClient) send(channel, cmid, text string) frame {
+	w.t.Helper()
+	w.write(map[string]string{"type": "send", "channel_id": channel, "client_msg_id": cmid, "text": text})
+	for {
+		f := w.read()
+		if f.ClientMsgID == cmid && (f.Type == "ack" || f.Type == "error") {
+			return f
+		}
+	}
+}
+
+// messages reads until it has n message frames, ignoring acks.
+func (w *wsClient) messages(n int) []frame {
+	w.t.Helper()
+	var out []frame
+	for len(out) < n {
+		f := w.read()
+		switch f.Type {
+		case "message":
+			out = append(out, f)
+		case "ack", "pong", "synced":
+		default:
+			w.t.Fatalf("unexpected frame %+v", f)
+		}
+	}
+	return out
+}
+
+// quiet asserts that no message frame arrives within d.
+func (w *wsClient) quiet(d time.Duration) {
+	w.t.Helper()
+	for {
+		f, err := w.tryRead(d)
+		if errors.Is(err, errTimeout) {
+			return
+		}
+		if err != nil {
+			w.t.Fatalf("ws read: %v", err)
+		}
+		if f.Type == "message" {
+			w.t.Fatalf("unexpected message %+v", f)
+		}
+	}
+}
+
+func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
+
+// validateTopics reads every record of the node's topics and holds each to
+// its JSON Schema.
+func (n *node) validateTopics(topics ...string) {
+	n.t.Helper()
+	for _, topic := range topics {
+		want := n.topicCount(topic)
+		cl, err := kgo.NewClient(kgo.SeedBrokers(n.brokers()...), kgo.ConsumeTopics(n.prefix+"."+topic),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+		if err != nil {
+			n.t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var got int64
+		for got < want && ctx.Err() == nil {
+			cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+				got++
+				if err := schemas.ValidateEvent(r.Value); err != nil {
+					n.t.Errorf("%s@%d/%d breaks its schema: %v\n%s", topic, r.Partition, r.Offset, err, r.Value)
+				}
+			})
+		}
+		cancel()
+		cl.Close()
+		if got == 0 {
+			n.t.Errorf("topic %s: no records read", topic)
+		}
+	}
+}
