@@ -333,7 +333,9 @@ func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.
 	if err != nil {
 		return 0, err
 	}
-	if !created {
+	// A reservation holding our own new id is ours: the store created it
+	// but its answer was lost (a timed-out lightweight transaction).
+	if !created && r.MessageID != domain.MessageID(n) {
 		if r.ChannelID != id {
 			return 0, domain.Errorf(domain.CodeConflict, "client_msg_id %q was used for another channel", clientMsgID)
 		}
