@@ -85,7 +85,7 @@ func eachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
 
 // node is one chatd process and what it takes to restart it.
 type node struct {
-	t         *testing.T
+	t         testing.TB
 	b         backend
 	dir       string
 	http      string
@@ -97,7 +97,7 @@ type node struct {
 	done      chan struct{}
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -384,7 +384,7 @@ type frame struct {
 // into a channel, so a test can wait for a frame with a timeout and still
 // use the connection afterwards.
 type wsClient struct {
-	t      *testing.T
+	t      testing.TB
 	c      *websocket.Conn
 	mu     sync.Mutex
 	frames chan frame

@@ -123,7 +123,8 @@ func runNode(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	fan, err := fanout.New(fanout.Config{Log: logCfg, Limits: cfg.Limits, InstanceID: fmt.Sprint(cfg.MachineID), Logger: log})
+	instance := fmt.Sprint(cfg.MachineID)
+	fan, err := fanout.New(fanout.Config{Log: logCfg, Limits: cfg.Limits, InstanceID: instance, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -154,12 +155,12 @@ func runNode(ctx context.Context, cfg config) error {
 		})
 	}
 	start(history.Name, func(ctx context.Context) error {
-		return projector.Run(ctx, projector.Config{Name: history.Name, Topic: logCfg.Topics().Channels, Log: logCfg, Logger: log},
+		return projector.Run(ctx, projector.Config{Name: history.Name, Topic: logCfg.Topics().Channels, Log: logCfg, Instance: instance, Logger: log},
 			st, history.New(st, cfg.Limits, log))
 	})
 	start(inbox.Name, func(ctx context.Context) error {
-		return projector.Run(ctx, projector.Config{Name: inbox.Name, Topic: logCfg.Topics().Inbox, Log: logCfg, Logger: log},
-			st, inbox.New(logCfg.Epoch(), log))
+		return projector.Run(ctx, projector.Config{Name: inbox.Name, Topic: logCfg.Topics().Inbox, Log: logCfg, Instance: instance, Logger: log},
+			st, inbox.New(st, logCfg.Epoch(), log))
 	})
 	start(fanout.Name, fan.Run)
 	start("tailer", tailer.Run)

@@ -24,7 +24,43 @@ type conn struct {
 	syncing bool
 	buf     []pending
 	last    int64 // offset of the newest entry delivered; -1: none
+	recent  *recentIDs
 	cutWhy  string
+}
+
+// recentIDs remembers the last message ids delivered on a connection, so
+// that a second inbox copy of a message (see package inbox) arriving live
+// is not delivered twice. Allocated on first delivery.
+type recentIDs struct {
+	ids  [256]domain.MessageID
+	next int
+}
+
+func (r *recentIDs) seen(id domain.MessageID) bool {
+	for _, x := range r.ids {
+		if x == id {
+			return true
+		}
+	}
+	r.ids[r.next] = id
+	r.next = (r.next + 1) % len(r.ids)
+	return false
+}
+
+// deliverLocked sends an inbox entry unless it is at or before the last
+// position delivered or a copy of a message just delivered.
+func (c *conn) deliverLocked(epoch int32, offset int64, m domain.InboxMessage) {
+	if offset <= c.last {
+		return
+	}
+	c.last = offset
+	if c.recent == nil {
+		c.recent = &recentIDs{}
+	}
+	if c.recent.seen(m.MessageID) {
+		return
+	}
+	c.sendLocked(messageFrame(epoch, offset, m))
 }
 
 type pending struct {
@@ -45,10 +81,7 @@ func (c *conn) offer(offset int64, m domain.InboxMessage, epoch int32) {
 		c.buf = append(c.buf, pending{offset, m})
 		return
 	}
-	if offset > c.last {
-		c.last = offset
-		c.sendLocked(messageFrame(epoch, offset, m))
-	}
+	c.deliverLocked(epoch, offset, m)
 }
 
 // send queues a frame for the writer.

@@ -223,10 +223,7 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for _, p := range c.buf {
-			if p.offset > c.last {
-				c.last = p.offset
-				c.sendLocked(messageFrame(s.cfg.Epoch, p.offset, p.msg))
-			}
+			c.deliverLocked(s.cfg.Epoch, p.offset, p.msg)
 		}
 		c.buf = nil
 		c.syncing = false
@@ -250,8 +247,7 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 			}
 			after = e.Offset
 			c.mu.Lock()
-			c.last = e.Offset
-			c.sendLocked(messageFrame(s.cfg.Epoch, e.Offset, e.Message))
+			c.deliverLocked(s.cfg.Epoch, e.Offset, e.Message)
 			c.mu.Unlock()
 		}
 		if len(es) < 500 {

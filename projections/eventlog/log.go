@@ -65,6 +65,35 @@ func (c Config) Topics() Topics {
 	return NewTopics(c.Prefix, c.InboxEpoch)
 }
 
+// Group returns the consumer group (and transactional id stem) of a role:
+// the topic prefix and the role's name, so deployments that share a
+// cluster under different prefixes never share a group.
+func (c Config) Group(role string) string {
+	c = c.withDefaults()
+	p := c.Prefix
+	if p == "" {
+		p = "chat"
+	}
+	return p + "." + role
+}
+
+// GroupOpts returns the options of a role's consumer group member: the
+// group, static membership under the process's instance id (a restarted
+// process takes its partitions back at once instead of waiting for its
+// dead predecessor's session to expire), and a 10 s session timeout so
+// partitions of a process that does not return move within seconds.
+func (c Config) GroupOpts(role, instance string) []kgo.Opt {
+	if instance == "" {
+		instance = "0"
+	}
+	return []kgo.Opt{
+		kgo.ConsumerGroup(c.Group(role)),
+		kgo.InstanceID(c.Group(role) + "-" + instance),
+		kgo.SessionTimeout(10 * time.Second),
+		kgo.HeartbeatInterval(time.Second),
+	}
+}
+
 // Epoch returns the inbox epoch.
 func (c Config) Epoch() int32 { return c.withDefaults().InboxEpoch }
 

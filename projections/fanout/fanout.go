@@ -31,7 +31,7 @@ import (
 	"github.com/evchat/evchat/projections/eventlog"
 )
 
-// Name is the projection's name; its consumer group is "evchat-fanout".
+// Name is the projection's name; its consumer group is Log.Group(Name).
 const Name = "fanout"
 
 // Config configures the fan-out.
@@ -88,18 +88,17 @@ func (p *Projection) Run(ctx context.Context) error {
 		p.dirty = true
 		p.mu.Unlock()
 	}
-	sess, err := kgo.NewGroupTransactSession(p.cfg.Log.ClientOpts(
-		kgo.TransactionalID("evchat-fanout-"+p.cfg.InstanceID),
+	opts := append(p.cfg.Log.GroupOpts(Name, p.cfg.InstanceID),
+		kgo.TransactionalID(p.cfg.Log.Group(Name)+"-"+p.cfg.InstanceID),
 		kgo.TransactionTimeout(30*time.Second),
-		kgo.ConsumerGroup("evchat-"+Name),
 		kgo.ConsumeTopics(p.topics.Channels),
-		kgo.RequireStableFetchOffsets(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.OnPartitionsAssigned(markDirty),
 		kgo.OnPartitionsRevoked(markDirty),
 		kgo.OnPartitionsLost(markDirty),
 		kgo.WithHooks(p.cfg.Hooks...),
-	)...)
+	)
+	sess, err := kgo.NewGroupTransactSession(p.cfg.Log.ClientOpts(opts...)...)
 	if err != nil {
 		return fmt.Errorf("fanout: session: %w", err)
 	}

@@ -2,10 +2,17 @@
 // store, so a device that returns after the log's retention still gets what
 // it missed, and a reconnecting device catches up without reading a whole
 // Kafka partition.
+//
+// It keeps one entry per (user, message): the fan-out writes in Kafka
+// transactions, but a broker that loses a transaction's state in a crash
+// (the embedded broker under kill -9) may expose the records of an
+// unfinished transaction that the fan-out then writes again. A copy at a
+// later offset is dropped here, and so by every reader of the store.
 package inbox
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -17,27 +24,38 @@ import (
 // Name is the projection's name: its consumer group and position key.
 const Name = "inbox"
 
-// Projection implements projector.Handler. It keeps no state of its own:
-// every entry is keyed by (user, epoch, offset), so applying it twice is
-// harmless.
+// Store is what the projection reads while it decides.
+type Store interface {
+	InboxByMessage(ctx context.Context, u domain.UserID, epoch int32, id domain.MessageID) (store.InboxEntry, error)
+}
+
+// Projection implements projector.Handler. Entries are keyed by (user,
+// epoch, offset), so applying one twice is harmless.
 type Projection struct {
+	st    Store
 	epoch int32
 	log   *slog.Logger
 }
 
 // New returns the projection for the inbox of the given epoch.
-func New(epoch int32, log *slog.Logger) *Projection {
+func New(st Store, epoch int32, log *slog.Logger) *Projection {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Projection{epoch: epoch, log: log}
+	return &Projection{st: st, epoch: epoch, log: log}
 }
 
 // Reset does nothing: the projection caches nothing.
 func (p *Projection) Reset() {}
 
+type userMsg struct {
+	u  domain.UserID
+	id domain.MessageID
+}
+
 // Handle stores the inbox entries of one partition.
-func (p *Projection) Handle(_ context.Context, partition int32, recs []*kgo.Record, b *store.Batch) error {
+func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Record, b *store.Batch) error {
+	seen := map[userMsg]bool{}
 	for _, rec := range recs {
 		_, ev, err := domain.Decode(rec.Value)
 		if err != nil {
@@ -48,6 +66,19 @@ func (p *Projection) Handle(_ context.Context, partition int32, recs []*kgo.Reco
 		if !ok {
 			continue
 		}
+		k := userMsg{m.UserID, m.MessageID}
+		if seen[k] {
+			continue
+		}
+		e, err := p.st.InboxByMessage(ctx, m.UserID, p.epoch, m.MessageID)
+		switch {
+		case err == nil && e.Offset != rec.Offset:
+			p.log.Warn("dropping a second inbox copy", "user", m.UserID, "message", m.MessageID, "offset", rec.Offset, "first", e.Offset)
+			continue
+		case err != nil && !errors.Is(err, domain.ErrNotFound):
+			return err
+		}
+		seen[k] = true
 		b.Inbox = append(b.Inbox, store.InboxEntry{
 			UserID: m.UserID, Epoch: p.epoch, Partition: partition, Offset: rec.Offset, Message: m,
 		})

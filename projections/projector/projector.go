@@ -47,13 +47,16 @@ type PositionReader interface {
 
 // Config configures one projection runner.
 type Config struct {
-	// Name of the projection; its consumer group is "evchat-" + Name and
+	// Name of the projection; its consumer group is Log.Group(Name) and
 	// its positions are stored under Name. Required.
 	Name string
 	// Topic to consume. Required.
 	Topic string
 	// Log is the log's config. Required.
 	Log eventlog.Config
+	// Instance identifies this process among the projection's consumers
+	// (static group membership). Default "0"; unique per process.
+	Instance string
 	// Logger; default discard.
 	Logger *slog.Logger
 	// Hooks are extra client hooks (kprom metrics).
@@ -72,8 +75,7 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 	log = log.With("projection", cfg.Name)
 	var reset atomic.Bool
 	onChange := func(context.Context, *kgo.Client, map[string][]int32) { reset.Store(true) }
-	cl, err := kgo.NewClient(cfg.Log.ClientOpts(
-		kgo.ConsumerGroup("evchat-"+cfg.Name),
+	opts := append(cfg.Log.GroupOpts(cfg.Name, cfg.Instance),
 		kgo.ConsumeTopics(cfg.Topic),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
@@ -99,7 +101,8 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 			return m, nil
 		}),
 		kgo.WithHooks(cfg.Hooks...),
-	)...)
+	)
+	cl, err := kgo.NewClient(cfg.Log.ClientOpts(opts...)...)
 	if err != nil {
 		return fmt.Errorf("projector %s: client: %w", cfg.Name, err)
 	}

@@ -60,6 +60,11 @@ type Store interface {
 	// Inbox returns up to limit of u's inbox entries of the given epoch with
 	// an offset above after, in offset order.
 	Inbox(ctx context.Context, u domain.UserID, epoch int32, after int64, limit int) ([]InboxEntry, error)
+	// InboxByMessage finds u's inbox entry of the given epoch that copies
+	// message id, or domain.ErrNotFound. The inbox projection uses it to
+	// keep one entry per message: after a crash, an inbox topic may hold a
+	// second copy of an entry at a later offset.
+	InboxByMessage(ctx context.Context, u domain.UserID, epoch int32, id domain.MessageID) (InboxEntry, error)
 
 	// Close releases the store.
 	Close() error

@@ -27,9 +27,10 @@ const (
 //
 // The messages of each channel, and the inbox entries of each user and
 // epoch, are written in offset order, one bucket after another (see the
-// package documentation); channels, memberships and the message id index are
-// written concurrently with them. The positions are written only after all
-// of that succeeded, as one single-partition batch.
+// package documentation); channels, memberships, the message id index and
+// the inbox message index are written concurrently with them. The positions
+// are written only after all of that succeeded, as one single-partition
+// batch.
 func (s *Store) Apply(ctx context.Context, b store.Batch) error {
 	if b.Projection == "" && len(b.Positions) > 0 {
 		return domain.Errorf(domain.CodeBadRequest, "cassandra: positions without a projection name")
@@ -101,6 +102,20 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 	})
 	for run := range runs(entries, func(a, b store.InboxEntry) bool { return a.UserID == b.UserID && a.Epoch == b.Epoch }) {
 		g.do(func(ctx context.Context) error { return s.writeInbox(ctx, run) })
+	}
+	// The inbox message index: one row per entry, clustered by offset under
+	// (user, epoch, message id), so the lowest offset of a message is the
+	// first row of its partition. That is chosen over the alternatives that
+	// keep one offset per message. INSERT ... IF NOT EXISTS keeps the first
+	// offset written, not the lowest (a batch applied again after a crash
+	// may come after a later copy's), and costs a Paxos round per entry. A
+	// read, a compare and a write cost a read per entry and are right only
+	// because a single projection instance writes a given user's inbox.
+	// Clustering rows are blind, idempotent upserts that commute, so
+	// retries, batches applied again and concurrent writers all leave the
+	// lowest offset first; a second row appears only for a second copy.
+	for _, e := range entries {
+		g.exec(s.query(g.ctx, s.q.insertInboxByMessage, string(e.UserID), e.Epoch, int64(e.Message.MessageID), e.Offset))
 	}
 
 	return g.wait()

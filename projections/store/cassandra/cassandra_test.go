@@ -5,10 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"io/fs"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/evchat/evchat/domain"
@@ -24,6 +26,16 @@ const envAddr = "EVCHAT_CASSANDRA"
 // migrated, and drops the keyspace when tb ends. It skips tb when
 // EVCHAT_CASSANDRA is unset.
 func testStore(tb testing.TB) *Store {
+	tb.Helper()
+	s := unmigratedStore(tb)
+	if err := s.Migrate(context.Background()); err != nil {
+		tb.Fatalf("migrate: %v", err)
+	}
+	return s
+}
+
+// unmigratedStore is testStore without the Migrate.
+func unmigratedStore(tb testing.TB) *Store {
 	tb.Helper()
 	addr := os.Getenv(envAddr)
 	if addr == "" {
@@ -45,9 +57,6 @@ func testStore(tb testing.TB) *Store {
 		}
 		s.Close()
 	})
-	if err := s.Migrate(ctx); err != nil {
-		tb.Fatalf("migrate: %v", err)
-	}
 	return s
 }
 
@@ -111,6 +120,71 @@ func TestMigrateTwice(t *testing.T) {
 	}
 	if err := s.Migrate(ctx); err == nil || !strings.Contains(err.Error(), "different file") {
 		t.Fatalf("migrate over an edited file: got %v, want an error", err)
+	}
+}
+
+// TestMigrateFrom001 migrates a keyspace that has only version 1 to the
+// newest schema.
+func TestMigrateFrom001(t *testing.T) {
+	s := unmigratedStore(t)
+	ctx := context.Background()
+	v1, err := fs.ReadFile(cql.FS, "001_init.cql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.migrate(ctx, fstest.MapFS{"001_init.cql": {Data: v1}}); err != nil {
+		t.Fatalf("migrate to version 1: %v", err)
+	}
+	versions := func() []int {
+		t.Helper()
+		var vs []int
+		iter := s.query(ctx, "SELECT version FROM "+s.cfg.Keyspace+".schema_migrations").Iter()
+		var v int
+		for iter.Scan(&v) {
+			vs = append(vs, v)
+		}
+		if err := iter.Close(); err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(vs)
+		return vs
+	}
+	if got := versions(); !slices.Equal(got, []int{1}) {
+		t.Fatalf("versions after migrating to 1: %v", got)
+	}
+	if _, err := s.InboxByMessage(ctx, "u", 1, 1); err == nil || errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("InboxByMessage at version 1: got %v, want an error (no inbox_by_message table)", err)
+	}
+	e := store.InboxEntry{UserID: "u", Epoch: 1, Partition: 2, Offset: 7, Message: domain.InboxMessage{
+		UserID: "u", ChannelID: "gx", MessageID: 1, SenderID: "v", Text: "hi", SentAt: time.UnixMilli(1).UTC(),
+	}}
+	// Data written at version 1 is kept.
+	if err := s.Apply(ctx, store.Batch{Channels: []domain.Channel{{ID: "gx", Kind: domain.KindGroup, CreatorID: "v", Members: []domain.UserID{"u", "v"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatalf("migrate from version 1: %v", err)
+	}
+	ms, err := migrations(cql.FS, s.cfg.Keyspace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]int, len(ms))
+	for i, m := range ms {
+		want[i] = m.version
+	}
+	if got := versions(); !slices.Equal(got, want) || len(got) < 2 {
+		t.Fatalf("versions after migrating from 1: %v, want %v", got, want)
+	}
+	if _, err := s.Channel(ctx, "gx"); err != nil {
+		t.Fatalf("channel written at version 1: %v", err)
+	}
+	if err := s.Apply(ctx, store.Batch{Inbox: []store.InboxEntry{e}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.InboxByMessage(ctx, "u", 1, 1)
+	if err != nil || got.Offset != 7 || got.Message.Text != "hi" {
+		t.Fatalf("InboxByMessage after migrating: %+v, %v", got, err)
 	}
 }
 

@@ -16,7 +16,9 @@
 // bound the size of a Cassandra partition. channel_buckets lists each
 // channel's non-empty buckets, so a page that crosses buckets reads only
 // buckets that hold messages. Inboxes are bucketed the same way by their
-// inbox offset, per (user_id, epoch).
+// inbox offset, per (user_id, epoch). inbox_by_message finds an inbox entry
+// by the message it copies: its partition (user_id, epoch, message_id)
+// holds the offsets of the entries that copy the message, lowest first.
 //
 // # Writes
 //

@@ -105,9 +105,12 @@ func splitStatements(text string) []string {
 // files are never edited; changes go in a new version. Run Migrate from one
 // process at a time, as a deployment step: concurrent schema changes of one
 // table can leave the cluster's schema in disagreement.
-func (s *Store) Migrate(ctx context.Context) error {
+func (s *Store) Migrate(ctx context.Context) error { return s.migrate(ctx, cql.FS) }
+
+// migrate is Migrate with the CQL files of fsys.
+func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 	ks := s.cfg.Keyspace
-	ms, err := migrations(cql.FS, ks)
+	ms, err := migrations(fsys, ks)
 	if err != nil {
 		return fmt.Errorf("cassandra: migrate: %w", err)
 	}

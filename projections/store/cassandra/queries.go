@@ -18,6 +18,7 @@ type queries struct {
 	selectMessagesBefore, selectMessagesAfter                       string
 	selectMessageOffset, selectMessage                              string
 	insertInbox, insertInboxBucket, selectInboxBuckets, selectInbox string
+	insertInboxByMessage, selectInboxByMessage, selectInboxEntry    string
 }
 
 // newQueries returns the statements for keyspace ks.
@@ -58,5 +59,9 @@ func newQueries(ks string) queries {
 		insertInboxBucket:  q(`INSERT INTO ${keyspace}.inbox_buckets (user_id, epoch, bucket) VALUES (?, ?, ?)`),
 		selectInboxBuckets: q(`SELECT bucket FROM ${keyspace}.inbox_buckets WHERE user_id = ? AND epoch = ? AND bucket >= ? ORDER BY bucket ASC`),
 		selectInbox:        q(`SELECT log_offset, partition, msg_user_id, channel_id, message_id, sender_id, text, sent_at, channel_partition, channel_offset FROM ${keyspace}.inbox WHERE user_id = ? AND epoch = ? AND bucket = ? AND log_offset > ? ORDER BY log_offset ASC LIMIT ?`),
+
+		insertInboxByMessage: q(`INSERT INTO ${keyspace}.inbox_by_message (user_id, epoch, message_id, log_offset) VALUES (?, ?, ?, ?)`),
+		selectInboxByMessage: q(`SELECT log_offset FROM ${keyspace}.inbox_by_message WHERE user_id = ? AND epoch = ? AND message_id = ? ORDER BY log_offset ASC LIMIT ?`),
+		selectInboxEntry:     q(`SELECT partition, msg_user_id, channel_id, message_id, sender_id, text, sent_at, channel_partition, channel_offset FROM ${keyspace}.inbox WHERE user_id = ? AND epoch = ? AND bucket = ? AND log_offset = ?`),
 	}
 }

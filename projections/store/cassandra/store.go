@@ -441,3 +441,50 @@ func (s *Store) Inbox(ctx context.Context, u domain.UserID, epoch int32, after i
 	}
 	return entries, nil
 }
+
+// inboxByMessageRows bounds the index rows InboxByMessage reads: a message
+// has one, or a few after crashes.
+const inboxByMessageRows = 16
+
+// InboxByMessage finds u's inbox entry of the given epoch that copies
+// message id, or domain.ErrNotFound. Of several such entries it finds the
+// one with the lowest offset. It reads the message's offsets from
+// inbox_by_message, lowest first, and returns the first entry that inbox
+// holds at one of them: Apply writes the index and the entries
+// concurrently, so an index row may briefly have no entry, and an entry may
+// have been overwritten by one of another message.
+func (s *Store) InboxByMessage(ctx context.Context, u domain.UserID, epoch int32, id domain.MessageID) (store.InboxEntry, error) {
+	iter := s.query(ctx, s.q.selectInboxByMessage, string(u), epoch, int64(id), inboxByMessageRows).Iter()
+	var (
+		offsets []int64
+		off     int64
+	)
+	for iter.Scan(&off) {
+		offsets = append(offsets, off)
+	}
+	if err := iter.Close(); err != nil {
+		return store.InboxEntry{}, fail("inbox by message", err)
+	}
+	for _, off := range offsets {
+		e := store.InboxEntry{UserID: u, Epoch: epoch, Offset: off}
+		var (
+			msgUser, channel, sender string
+			msgID                    int64
+		)
+		err := s.query(ctx, s.q.selectInboxEntry, string(u), epoch, bucketOf(off), off).Scan(
+			&e.Partition, &msgUser, &channel, &msgID, &sender, &e.Message.Text,
+			&e.Message.SentAt, &e.Message.ChannelPartition, &e.Message.ChannelOffset)
+		if errors.Is(err, gocql.ErrNotFound) || (err == nil && msgID != int64(id)) {
+			continue
+		}
+		if err != nil {
+			return store.InboxEntry{}, fail("inbox by message", err)
+		}
+		e.Message.UserID = domain.UserID(msgUser)
+		e.Message.ChannelID = domain.ChannelID(channel)
+		e.Message.MessageID = id
+		e.Message.SenderID = domain.UserID(sender)
+		return e, nil
+	}
+	return store.InboxEntry{}, domain.Errorf(domain.CodeNotFound, "message %s not found in the inbox of %s, epoch %d", id, u, epoch)
+}

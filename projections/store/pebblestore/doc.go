@@ -20,6 +20,9 @@
 //	m channel offset               → message
 //	i channel message_id           → offset (the message id index)
 //	x user epoch offset            → inbox entry
+//	b user epoch message_id        → lowest offset of the user's inbox
+//	                                 entries of the epoch that copy the
+//	                                 message (the inbox message index)
 //
 // Values are JSON.
 //
@@ -29,6 +32,8 @@
 // with fsync, so a crash never separates state from position. CreateUser,
 // ReserveSend and MarkSendAppended read and then write; one mutex serializes
 // them, which is enough because a single process owns the directory (Pebble
-// locks it). Their writes are also fsynced. Reads see the last committed
+// locks it). Their writes are also fsynced. Apply reads the inbox message
+// index to keep its lowest offset, so Applys that carry inbox entries hold
+// another mutex from that read to their commit. Reads see the last committed
 // writes and take no lock.
 package pebblestore

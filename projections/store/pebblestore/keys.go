@@ -17,6 +17,7 @@ const (
 	tMessage     byte = 'm'
 	tMessageID   byte = 'i'
 	tInbox       byte = 'x'
+	tInboxMsg    byte = 'b'
 )
 
 // key builds keys column by column.
@@ -99,4 +100,10 @@ func inboxPrefix(u domain.UserID, epoch int32) key {
 
 func inboxKey(u domain.UserID, epoch int32, offset int64) key {
 	return inboxPrefix(u, epoch).i64(offset)
+}
+
+// inboxMsgKey is the key of the inbox's message id index: the lowest offset
+// of u's entries of the epoch that copy message id.
+func inboxMsgKey(u domain.UserID, epoch int32, id domain.MessageID) key {
+	return newKey(tInboxMsg, len(u)+2+4+8).str(string(u)).i32(epoch).u64(uint64(id))
 }

@@ -57,6 +57,11 @@ type Store struct {
 	// held together.
 	resMu [reservationStripes]sync.Mutex
 	seed  maphash.Seed
+	// inboxMu serializes Applys that carry inbox entries, from their read
+	// of the inbox message index to their commit, so that of two
+	// concurrent Applys the lower offset of a message stays in the index.
+	// It is never held with userMu or resMu.
+	inboxMu sync.Mutex
 }
 
 var _ store.Store = (*Store)(nil)
@@ -383,6 +388,13 @@ func (s *Store) apply(in store.Batch) error {
 			return err
 		}
 	}
+	if len(in.Inbox) > 0 {
+		s.inboxMu.Lock()
+		defer s.inboxMu.Unlock()
+		if err := s.indexInbox(b, in.Inbox); err != nil {
+			return err
+		}
+	}
 	for p, o := range in.Positions {
 		binary.BigEndian.PutUint64(off[:], uint64(o))
 		if err := b.Set(positionKey(in.Projection, p), off[:], nil); err != nil {
@@ -393,6 +405,55 @@ func (s *Store) apply(in store.Batch) error {
 		return nil
 	}
 	return b.Commit(pebble.Sync)
+}
+
+// indexInbox adds to b the inbox message index entries of entries: for
+// each (user, epoch, message id), the lowest offset among the entries and
+// the index entry already stored. The caller holds inboxMu until b is
+// committed.
+func (s *Store) indexInbox(b *pebble.Batch, entries []store.InboxEntry) error {
+	lowest := make(map[string]int64, len(entries))
+	var order []string // the first occurrence of each key, for a stable write order
+	for _, e := range entries {
+		k := string(inboxMsgKey(e.UserID, e.Epoch, e.Message.MessageID))
+		if off, ok := lowest[k]; !ok {
+			lowest[k] = e.Offset
+			order = append(order, k)
+		} else if e.Offset < off {
+			lowest[k] = e.Offset
+		}
+	}
+	var off [8]byte
+	for _, k := range order {
+		stored, found, err := s.inboxIndex([]byte(k))
+		if err != nil {
+			return err
+		}
+		if found && stored <= lowest[k] {
+			continue
+		}
+		binary.BigEndian.PutUint64(off[:], uint64(lowest[k]))
+		if err := b.Set([]byte(k), off[:], nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inboxIndex reads the offset of an inbox message index entry.
+func (s *Store) inboxIndex(k []byte) (offset int64, found bool, err error) {
+	v, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, false, fmt.Errorf("malformed inbox message index entry %q", k)
+	}
+	return int64(binary.BigEndian.Uint64(v)), true, nil
 }
 
 // Positions returns, per partition, the next log offset the projection
@@ -544,6 +605,34 @@ func (s *Store) Inbox(ctx context.Context, u domain.UserID, epoch int32, after i
 		return nil, fmt.Errorf("pebblestore: inbox of %s: %w", u, err)
 	}
 	return entries, nil
+}
+
+// InboxByMessage finds u's inbox entry of the given epoch that copies
+// message id, or domain.ErrNotFound. Of several such entries it finds the
+// one with the lowest offset: the index keeps that one.
+func (s *Store) InboxByMessage(ctx context.Context, u domain.UserID, epoch int32, id domain.MessageID) (store.InboxEntry, error) {
+	if err := s.check(ctx); err != nil {
+		return store.InboxEntry{}, err
+	}
+	notFound := domain.Errorf(domain.CodeNotFound, "message %s not found in the inbox of %s, epoch %d", id, u, epoch)
+	offset, found, err := s.inboxIndex(inboxMsgKey(u, epoch, id))
+	if err != nil {
+		return store.InboxEntry{}, fmt.Errorf("pebblestore: inbox by message: %w", err)
+	}
+	if !found {
+		return store.InboxEntry{}, notFound
+	}
+	var r inboxRecord
+	found, err = s.get(inboxKey(u, epoch, offset), &r)
+	if err != nil {
+		return store.InboxEntry{}, fmt.Errorf("pebblestore: inbox by message: %w", err)
+	}
+	if !found || r.Message.MessageID != id {
+		// The index is written with the entry, in one batch; this is a
+		// later entry overwriting the offset with another message.
+		return store.InboxEntry{}, notFound
+	}
+	return store.InboxEntry(r), nil
 }
 
 // scan calls fn for each key in [lower, upper), in reverse order if

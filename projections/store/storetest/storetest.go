@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"MessagesPaging", testMessagesPaging},
 		{"MessageByID", testMessageByID},
 		{"Inbox", testInbox},
+		{"InboxByMessage", testInboxByMessage},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -731,4 +732,104 @@ func testInbox(t *testing.T, s store.Store) {
 			check(t, "inbox paged", normInbox(got), uEpoch1)
 		})
 	}
+}
+
+func testInboxByMessage(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	g := newIDs(t)
+	v := g.user("v")
+	// entry copies message id to user at (epoch, offset); copies of one
+	// message differ only in their position.
+	entry := func(user domain.UserID, epoch int32, offset int64, id domain.MessageID) store.InboxEntry {
+		return store.InboxEntry{UserID: user, Epoch: epoch, Partition: int32(offset % 3), Offset: offset, Message: domain.InboxMessage{
+			UserID: user, ChannelID: g.channel("x"), MessageID: id, SenderID: v,
+			Text: fmt.Sprint("message ", id, " to ", user), SentAt: at(int(id % 1000)),
+			ChannelPartition: 1, ChannelOffset: int64(id % 1000),
+		}}
+	}
+	find := func(t *testing.T, user domain.UserID, epoch int32, id domain.MessageID, want store.InboxEntry) {
+		t.Helper()
+		got, err := s.InboxByMessage(ctx, user, epoch, id)
+		if err != nil {
+			t.Fatalf("InboxByMessage(%s, %d, %d): %v", user, epoch, id, err)
+		}
+		check(t, fmt.Sprintf("InboxByMessage(%s, %d, %d)", user, epoch, id), normInbox([]store.InboxEntry{got})[0], want)
+	}
+	notFound := func(t *testing.T, user domain.UserID, epoch int32, id domain.MessageID) {
+		t.Helper()
+		if got, err := s.InboxByMessage(ctx, user, epoch, id); !errors.Is(err, domain.ErrNotFound) {
+			t.Fatalf("InboxByMessage(%s, %d, %d): got %+v, %v; want ErrNotFound", user, epoch, id, got, err)
+		}
+	}
+	const id = domain.MessageID(1<<63 + 42) // above MaxInt64: ids are unsigned
+
+	t.Run("NotFoundBefore", func(t *testing.T) {
+		u := g.user("before")
+		notFound(t, u, 1, id)
+		e := entry(u, 1, 7, id)
+		apply(t, s, store.Batch{Inbox: []store.InboxEntry{e}})
+		find(t, u, 1, id, e)
+	})
+
+	// Two copies of one message at offsets 7 and 9, written in one batch
+	// (in either order) or in two (in either order): the first copy, at
+	// offset 7, is the one found, also after applying everything again.
+	layouts := []struct {
+		name    string
+		batches func(first, second store.InboxEntry) [][]store.InboxEntry
+	}{
+		{"OneBatch", func(a, b store.InboxEntry) [][]store.InboxEntry { return [][]store.InboxEntry{{a, b}} }},
+		{"OneBatchReversed", func(a, b store.InboxEntry) [][]store.InboxEntry { return [][]store.InboxEntry{{b, a}} }},
+		{"TwoBatches", func(a, b store.InboxEntry) [][]store.InboxEntry { return [][]store.InboxEntry{{a}, {b}} }},
+		{"TwoBatchesReversed", func(a, b store.InboxEntry) [][]store.InboxEntry { return [][]store.InboxEntry{{b}, {a}} }},
+	}
+	for _, l := range layouts {
+		t.Run(l.name, func(t *testing.T) {
+			u := g.user(l.name)
+			first, second := entry(u, 1, 7, id), entry(u, 1, 9, id)
+			batches := l.batches(first, second)
+			lowest := second
+			for range 2 {
+				for _, b := range batches {
+					apply(t, s, store.Batch{Inbox: b})
+					for _, e := range b {
+						if e.Offset < lowest.Offset {
+							lowest = e
+						}
+					}
+					find(t, u, 1, id, lowest) // the lowest offset applied so far
+				}
+				find(t, u, 1, id, first)
+			}
+			// Both copies stay in the inbox.
+			all, err := s.Inbox(ctx, u, 1, -1, 10)
+			must(t, err)
+			check(t, "inbox", normInbox(all), []store.InboxEntry{first, second})
+		})
+	}
+
+	t.Run("NoLeaks", func(t *testing.T) {
+		u, w := g.user("u"), g.user("w")
+		mine := entry(u, 1, 7, id)
+		apply(t, s, store.Batch{Inbox: []store.InboxEntry{
+			entry(u, 1, 9, id), mine,
+			entry(u, 1, 8, id+1), // another message, between the copies
+			entry(u, 2, 3, id),   // the message in another epoch, lower
+			entry(u, 0, 5, id),
+			entry(v, 1, 1, id), // the message in another user's inbox, lower
+			entry(v, 1, 11, id),
+		}})
+		find(t, u, 1, id, mine)
+		find(t, u, 1, id+1, entry(u, 1, 8, id+1))
+		find(t, u, 2, id, entry(u, 2, 3, id))
+		find(t, u, 0, id, entry(u, 0, 5, id))
+		find(t, v, 1, id, entry(v, 1, 1, id))
+		notFound(t, u, 3, id)   // an epoch without it
+		notFound(t, u, -1, id)  // a negative epoch without it
+		notFound(t, u, 1, id+2) // a message not in the inbox
+		notFound(t, u, 1, id-1) // nor a neighbouring id
+		notFound(t, v, 1, id+1) // in u's inbox, not in v's
+		notFound(t, w, 1, id)   // a user without an inbox
+		notFound(t, g.user(""), 1, id)
+	})
 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The test command: everything the tests need, from scratch, then every test.
+#
+#   bash deploy/test.sh
+#
+# 1. go vet and staticcheck (fetched from the Go module proxy on first use);
+# 2. starts a real Kafka (KRaft) and a real Cassandra 5.0 on 127.0.0.1 with
+#    deploy/servers.sh (jars fetched from Maven Central and cached), and
+#    stops them again on exit, whatever happens;
+# 3. go test -race over the whole module: unit tests, fuzz seed corpora, the
+#    store contract suite on Pebble and on Cassandra, and the end-to-end
+#    suite on the embedded default and on real Kafka plus Cassandra.
+#
+# If a server cannot start, the run fails with the server's own log; the
+# tests that need it never skip here (CI=true makes them fail instead).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CI="${CI:-true}"
+
+step() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)" >&2; }
+
+step "go vet"
+go vet ./...
+
+step "staticcheck"
+go run "honnef.co/go/tools/cmd/staticcheck@v0.8.2" ./...
+
+step "real servers"
+trap 'step "stopping servers"; bash deploy/servers.sh stop >&2 || true' EXIT
+env_lines="$(bash deploy/servers.sh start)" || { echo "test.sh: the real servers did not start (their logs are above)" >&2; exit 1; }
+eval "$env_lines"
+echo "$env_lines" >&2
+
+step "go test -race"
+go test -race -count=1 -timeout 40m "$@" ./...
