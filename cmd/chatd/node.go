@@ -17,6 +17,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/gateway/api"
 	"github.com/evchat/evchat/gateway/auth"
@@ -128,12 +132,14 @@ func runNode(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	hub := ws.NewHub()
 	tailer, err := ws.NewTailer(startCtx, logCfg, st, hub, log)
 	if err != nil {
 		return err
 	}
-	gw := ws.NewServer(ws.Config{Epoch: logCfg.Epoch(), Logger: log}, hub, tailer, svc, st)
+	gw := ws.NewServer(ws.Config{Epoch: logCfg.Epoch(), Logger: log, Metrics: ws.NewMetrics(reg, hub.Count)}, hub, tailer, svc, st)
 
 	var ready atomic.Bool
 	e := api.New(api.Config{Service: svc, Reader: st, Tokens: tokens, WS: gw, Ready: ready.Load})
@@ -141,7 +147,10 @@ func runNode(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/", e)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

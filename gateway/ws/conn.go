@@ -12,13 +12,14 @@ import (
 
 // conn is one device's connection.
 type conn struct {
-	user   domain.UserID
-	device domain.DeviceID
-	ws     *websocket.Conn
-	queue  chan []byte
-	done   chan struct{}
-	once   sync.Once
-	maxBuf int
+	user    domain.UserID
+	device  domain.DeviceID
+	ws      *websocket.Conn
+	queue   chan []byte
+	done    chan struct{}
+	once    sync.Once
+	maxBuf  int
+	metrics *Metrics
 
 	mu      sync.Mutex // guards the fields below
 	syncing bool
@@ -61,6 +62,7 @@ func (c *conn) deliverLocked(epoch int32, offset int64, m domain.InboxMessage) {
 		return
 	}
 	c.sendLocked(messageFrame(epoch, offset, m))
+	c.metrics.delivered()
 }
 
 type pending struct {

@@ -51,6 +51,8 @@ type Config struct {
 	CommandTimeout time.Duration
 	// Logger; default discard.
 	Logger *slog.Logger
+	// Metrics; nil records none.
+	Metrics *Metrics
 }
 
 func (c Config) withDefaults() Config {
@@ -130,7 +132,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	c := &conn{
 		user: cl.UserID, device: cl.DeviceID, ws: wsc,
 		queue: make(chan []byte, s.cfg.QueueSize), done: make(chan struct{}),
-		maxBuf: s.cfg.SyncBuffer, last: -1,
+		maxBuf: s.cfg.SyncBuffer, last: -1, metrics: s.cfg.Metrics,
 	}
 	var writer sync.WaitGroup
 	writer.Go(func() { c.write(s.cfg.WriteTimeout, s.cfg.PingInterval) })
@@ -164,6 +166,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 		}
 		f, err := DecodeClientFrame(data)
 		if err != nil {
+			s.cfg.Metrics.failed(err)
 			c.send(errorFrame(err, f.ClientMsgID))
 			continue
 		}
@@ -178,18 +181,22 @@ func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame,
 	case TypePing:
 		c.send(ServerFrame{Type: TypePong})
 	case TypeSend:
+		start := time.Now()
 		id, err := s.svc.Send(ctx, c.user, c.device, f.ChannelID, f.ClientMsgID, f.Text)
 		if err != nil {
+			s.cfg.Metrics.failed(err)
 			if domain.CodeOf(err) == domain.CodeInternal {
 				log.Error("send", "err", err)
 			}
 			c.send(errorFrame(err, f.ClientMsgID))
 			return
 		}
+		s.cfg.Metrics.acked(time.Since(start).Seconds())
 		c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
 	case TypeSync:
 		if err := s.sync(ctx, c, part, *f.Epoch, *f.Position); err != nil {
 			log.Warn("sync", "err", err)
+			s.cfg.Metrics.failed(err)
 			c.send(errorFrame(err, ""))
 		}
 	}

@@ -1,0 +1,56 @@
+package ws
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/evchat/evchat/domain"
+)
+
+// Metrics are the gateway's Prometheus metrics.
+type Metrics struct {
+	connections prometheus.GaugeFunc
+	deliveries  prometheus.Counter
+	errors      *prometheus.CounterVec
+	sendAck     prometheus.Histogram
+}
+
+// NewMetrics registers the gateway's metrics with reg. open reports the
+// number of open connections.
+func NewMetrics(reg prometheus.Registerer, open func() int) *Metrics {
+	m := &Metrics{
+		connections: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "evchat_ws_connections", Help: "Open WebSocket connections.",
+		}, func() float64 { return float64(open()) }),
+		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "evchat_ws_deliveries_total", Help: "Inbox entries delivered to devices.",
+		}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "evchat_ws_errors_total", Help: "Error frames sent, by code.",
+		}, []string{"code"}),
+		sendAck: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "evchat_send_ack_seconds",
+			Help:    "Time from a send frame read to its acknowledgement (the log accepted it).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+	}
+	reg.MustRegister(m.connections, m.deliveries, m.errors, m.sendAck)
+	return m
+}
+
+func (m *Metrics) delivered() {
+	if m != nil {
+		m.deliveries.Inc()
+	}
+}
+
+func (m *Metrics) failed(err error) {
+	if m != nil {
+		m.errors.WithLabelValues(string(domain.CodeOf(err))).Inc()
+	}
+}
+
+func (m *Metrics) acked(seconds float64) {
+	if m != nil {
+		m.sendAck.Observe(seconds)
+	}
+}
