@@ -24,8 +24,8 @@ func (l Limits) Validate() error {
 	if l.MaxGroupSize < 2 || l.MaxGroupSize > 10_000 {
 		return Errorf(CodeBadRequest, "max group size %d: want 2..10000", l.MaxGroupSize)
 	}
-	if l.MaxTextLen < 1 {
-		return Errorf(CodeBadRequest, "max text length %d: want at least 1", l.MaxTextLen)
+	if l.MaxTextLen < 1 || l.MaxTextLen > 100_000 {
+		return Errorf(CodeBadRequest, "max text length %d: want 1..100000 (the v1 schemas' ceiling)", l.MaxTextLen)
 	}
 	return nil
 }

@@ -66,7 +66,7 @@ func TestDecide(t *testing.T) {
 		return domain.CreateChannel{ChannelID: groupID, Kind: domain.KindGroup, Name: name, CreatorID: alice, Members: members}
 	}
 	const (
-		e2 = "é"  // 2 bytes, 1 character
+		e2 = "é" // 2 bytes, 1 character
 		e4 = "😀" // 4 bytes, 1 character
 	)
 
@@ -243,7 +243,9 @@ func TestAdmit(t *testing.T) {
 	var (
 		none    = domain.Channel{ID: groupID}
 		created = domain.ChannelCreated{ChannelID: groupID, Kind: domain.KindGroup, CreatorID: alice, Members: []domain.UserID{alice}}
-		sentBy  = func(u domain.UserID) domain.Event { return domain.MessageSent{ChannelID: groupID, MessageID: 1, SenderID: u, ClientMsgID: "c", Text: "x"} }
+		sentBy  = func(u domain.UserID) domain.Event {
+			return domain.MessageSent{ChannelID: groupID, MessageID: 1, SenderID: u, ClientMsgID: "c", Text: "x"}
+		}
 	)
 	tests := []struct {
 		name  string
@@ -277,6 +279,8 @@ func TestAdmit(t *testing.T) {
 		{"device logged in", group(alice), domain.DeviceLoggedIn{UserID: alice, DeviceID: "d"}, false},
 		{"device logged out", group(alice), domain.DeviceLoggedOut{UserID: alice, DeviceID: "d"}, false},
 		{"inbox message", group(alice), domain.InboxMessage{UserID: alice, ChannelID: groupID, MessageID: 1, SenderID: alice, Text: "x"}, false},
+		{"device heartbeat", group(alice), domain.DeviceHeartbeat{UserID: alice, DeviceID: "d"}, false},
+		{"channel read", group(alice), domain.ChannelRead{UserID: alice, ChannelID: groupID, MessageID: 1}, false},
 		{"nil event", group(alice), nil, false},
 	}
 	for _, tt := range tests {
@@ -648,6 +652,11 @@ func sampleEvents() []domain.Event {
 			UserID: bob, ChannelID: groupID, MessageID: 1<<64 - 1, SenderID: alice, Text: "hi", SentAt: at,
 			ChannelPartition: 7, ChannelOffset: 1 << 40,
 		},
+		domain.DeviceHeartbeat{UserID: alice, DeviceID: "phone-1"},
+		domain.DeviceAcked{UserID: alice, DeviceID: "phone-1", Epoch: 2, Position: 1 << 40},
+		domain.ChannelRead{UserID: alice, DeviceID: "phone-1", ChannelID: groupID, MessageID: 468192741203755009, Seq: 12},
+		domain.ClockTicked{Partition: 5},
+		domain.PresenceChanged{UserID: alice, Online: true, LastActiveAt: at, At: at.Add(time.Second)},
 	}
 }
 
@@ -686,6 +695,7 @@ func TestEncodeDecode(t *testing.T) {
 	for _, typ := range []string{
 		domain.TypeChannelCreated, domain.TypeMemberAdded, domain.TypeMemberRemoved, domain.TypeMessageSent,
 		domain.TypeUserRegistered, domain.TypeDeviceLoggedIn, domain.TypeDeviceLogout, domain.TypeInboxMessage,
+		domain.TypeHeartbeat, domain.TypeDeviceAcked, domain.TypeChannelRead, domain.TypeClockTicked, domain.TypePresence,
 	} {
 		if !seen[typ] {
 			t.Errorf("no sample of %s", typ)
@@ -771,6 +781,9 @@ func FuzzDecode(f *testing.F) {
 		if ev == nil {
 			t.Fatal("Decode returned no event and no error")
 		}
+		if knownRoundTripGap(m, ev) {
+			return // listed in TestDecodeRoundTripGaps
+		}
 		b2, err := domain.Encode(ev, m)
 		if err != nil {
 			t.Fatalf("Encode of decoded %#v (meta %+v): %v", ev, m, err)
@@ -807,6 +820,11 @@ func TestDecodeRoundTripGaps(t *testing.T) {
 			bug:  `Decode accepts a missing message_id as 0; Encode writes "0", which Decode refuses`,
 		},
 		{
+			name: "channel.read without message_id",
+			in:   `{"type":"channel.read","version":1,"payload":{"user_id":"1","channel_id":"g1","seq":3}}`,
+			bug:  `Decode accepts a missing message_id as 0; Encode writes "0", which Decode refuses`,
+		},
+		{
 			name: "time whose UTC year is 10000",
 			in:   `{"type":"user.registered","version":1,"time":"9999-12-31T23:59:59-01:00","payload":{"user_id":"1","name":"a"}}`,
 			bug:  `Decode accepts it; Encode turns it to UTC, year 10000, which encoding/json refuses to write`,
@@ -834,6 +852,24 @@ func TestDecodeRoundTripGaps(t *testing.T) {
 			t.Skipf("known bug: %s (%v)", tt.bug, err)
 		})
 	}
+}
+
+// knownRoundTripGap reports a decoded event that cannot round trip for a
+// reason TestDecodeRoundTripGaps lists, so that the fuzzer looks for new
+// ones. Remove each case once its bug is fixed.
+func knownRoundTripGap(m domain.Meta, ev domain.Event) bool {
+	if y := m.Time.UTC().Year(); y < 0 || y > 9999 {
+		return true
+	}
+	switch ev := ev.(type) {
+	case domain.MessageSent:
+		return ev.MessageID == 0
+	case domain.InboxMessage:
+		return ev.MessageID == 0
+	case domain.ChannelRead:
+		return ev.MessageID == 0
+	}
+	return false
 }
 
 func benchMessage() (domain.MessageSent, domain.Meta) {

@@ -3,6 +3,7 @@ package domain
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -25,6 +26,11 @@ const (
 	TypeDeviceLoggedIn = "device.logged_in"
 	TypeDeviceLogout   = "device.logged_out"
 	TypeInboxMessage   = "inbox.message"
+	TypeHeartbeat      = "device.heartbeat"
+	TypeDeviceAcked    = "device.acked"
+	TypeChannelRead    = "channel.read"
+	TypeClockTicked    = "clock.ticked"
+	TypePresence       = "presence.changed"
 )
 
 // ChannelKind tells a direct (1-on-1) channel from a group.
@@ -90,6 +96,44 @@ type DeviceLoggedOut struct {
 	DeviceID DeviceID `json:"device_id"`
 }
 
+// DeviceHeartbeat says a device is connected. The gateway appends one when
+// a device connects and then every heartbeat interval while it stays.
+// Session topic.
+type DeviceHeartbeat struct {
+	UserID   UserID   `json:"user_id"`
+	DeviceID DeviceID `json:"device_id"`
+}
+
+// DeviceAcked records that a device has received its user's inbox up to and
+// including Position (an inbox offset of the epoch). Session topic.
+type DeviceAcked struct {
+	UserID   UserID   `json:"user_id"`
+	DeviceID DeviceID `json:"device_id"`
+	Epoch    int32    `json:"epoch"`
+	Position int64    `json:"position"`
+}
+
+// ChannelRead records that a user has read a channel up to and including a
+// message (Seq is its offset in the channel's partition). Session topic.
+type ChannelRead struct {
+	UserID    UserID    `json:"user_id"`
+	DeviceID  DeviceID  `json:"device_id"`
+	ChannelID ChannelID `json:"channel_id"`
+	MessageID MessageID `json:"message_id"`
+	Seq       int64     `json:"seq"`
+}
+
+// ClockTicked advances the presence clock of one partition of the session
+// topic, so that the absence of heartbeats is detected from the log alone.
+// The presence projection writes one per partition it owns every second.
+type ClockTicked struct {
+	Partition int32 `json:"partition"`
+}
+
+// PresenceChanged is a user going online or offline, written by the presence
+// projection to the presence topic (compacted, keyed by user id).
+type PresenceChanged PresenceChange
+
 // InboxMessage is one recipient's copy of a message, written by the fan-out
 // projection to the inbox topic keyed by the recipient's user id. Its offset
 // in the inbox partition is the recipient's position: the only order a
@@ -116,6 +160,11 @@ func (UserRegistered) EventType() string  { return TypeUserRegistered }
 func (DeviceLoggedIn) EventType() string  { return TypeDeviceLoggedIn }
 func (DeviceLoggedOut) EventType() string { return TypeDeviceLogout }
 func (InboxMessage) EventType() string    { return TypeInboxMessage }
+func (DeviceHeartbeat) EventType() string { return TypeHeartbeat }
+func (DeviceAcked) EventType() string     { return TypeDeviceAcked }
+func (ChannelRead) EventType() string     { return TypeChannelRead }
+func (ClockTicked) EventType() string     { return TypeClockTicked }
+func (PresenceChanged) EventType() string { return TypePresence }
 
 // Envelope is the one shape of every record value on every topic.
 type Envelope struct {
@@ -159,6 +208,9 @@ func Decode(b []byte) (Meta, Event, error) {
 	if err := json.Unmarshal(b, &env); err != nil {
 		return Meta{}, nil, &Error{Code: CodeBadRequest, Msg: "malformed envelope", Err: err}
 	}
+	if y := env.Time.UTC().Year(); y < 1 || y > 9999 {
+		return Meta{}, nil, Errorf(CodeBadRequest, "event time %v out of range", env.Time)
+	}
 	m := Meta{EventID: env.EventID, Time: env.Time}
 	if env.Version != CurrentVersion {
 		return m, nil, Errorf(CodeUnknownType, "event %s version %d", env.Type, env.Version)
@@ -184,8 +236,28 @@ func Decode(b []byte) (Meta, Event, error) {
 		ev, err = decodeAs[DeviceLoggedOut](env.Payload)
 	case TypeInboxMessage:
 		ev, err = decodeAs[InboxMessage](env.Payload)
+	case TypeHeartbeat:
+		ev, err = decodeAs[DeviceHeartbeat](env.Payload)
+	case TypeDeviceAcked:
+		ev, err = decodeAs[DeviceAcked](env.Payload)
+	case TypeChannelRead:
+		ev, err = decodeAs[ChannelRead](env.Payload)
+	case TypeClockTicked:
+		ev, err = decodeAs[ClockTicked](env.Payload)
+	case TypePresence:
+		ev, err = decodeAs[PresenceChanged](env.Payload)
 	default:
 		return m, nil, Errorf(CodeUnknownType, "unknown event type %q", env.Type)
+	}
+	if err == nil {
+		switch e := ev.(type) {
+		case MessageSent:
+			err = requireID(e.MessageID)
+		case InboxMessage:
+			err = requireID(e.MessageID)
+		case ChannelRead:
+			err = requireID(e.MessageID)
+		}
 	}
 	if err != nil {
 		return m, nil, &Error{Code: CodeBadRequest, Msg: "malformed " + env.Type + " payload", Err: err}
@@ -200,4 +272,11 @@ func decodeAs[T Event](p json.RawMessage) (Event, error) {
 		return nil, err
 	}
 	return v, nil
+}
+
+func requireID(id MessageID) error {
+	if id == 0 {
+		return errors.New("message_id is missing")
+	}
+	return nil
 }

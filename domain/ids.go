@@ -93,3 +93,20 @@ func validToken(s string, max int) bool {
 		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
 	}) < 0
 }
+
+// ValidChannelID reports whether id has the shape of a channel id: "d" and
+// two decimal user ids joined by '-', or "g" and a decimal id.
+func ValidChannelID(id ChannelID) bool {
+	s := string(id)
+	digits := func(s string) bool {
+		return len(s) >= 1 && len(s) <= 20 && strings.Trim(s, "0123456789") == ""
+	}
+	switch {
+	case strings.HasPrefix(s, "g"):
+		return digits(s[1:])
+	case strings.HasPrefix(s, "d"):
+		a, b, ok := strings.Cut(s[1:], "-")
+		return ok && digits(a) && digits(b)
+	}
+	return false
+}

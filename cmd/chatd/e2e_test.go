@@ -310,7 +310,11 @@ func TestBadInput(t *testing.T) {
 			{"oversized", w, map[string]string{"type": "send", "channel_id": ch.ChannelID, "client_msg_id": "big", "text": strings.Repeat("é", 100_001)}, "too_long"},
 			{"unknown channel", w, map[string]string{"type": "send", "channel_id": "g123", "client_msg_id": "u", "text": "x"}, "not_found"},
 			{"not a member", ew, map[string]string{"type": "send", "channel_id": ch.ChannelID, "client_msg_id": "e", "text": "x"}, "not_member"},
-			{"sync without position", w, `{"type":"sync","epoch":1}`, "bad_request"},
+			{"sync without epoch", w, `{"type":"sync","position":1}`, "bad_request"},
+			{"malformed channel id", w, map[string]string{"type": "send", "channel_id": "general", "client_msg_id": "m", "text": "x"}, "bad_request"},
+			{"received without position", w, `{"type":"received","epoch":1}`, "bad_request"},
+			{"read of an unknown message", w, map[string]string{"type": "read", "channel_id": ch.ChannelID, "message_id": "12345"}, "not_found"},
+			{"read in a foreign channel", ew, map[string]string{"type": "read", "channel_id": ch.ChannelID, "message_id": "12345"}, "not_member"},
 		}
 		for _, tc := range frames {
 			t.Run(tc.name, func(t *testing.T) {

@@ -95,6 +95,8 @@ type node struct {
 	cmd       *exec.Cmd
 	stderr    *bytes.Buffer
 	done      chan struct{}
+	extra     []string // more flags
+	machine   int      // --machine-id; 0 means 1
 }
 
 func freePort(t testing.TB) int {
@@ -106,7 +108,7 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func startNode(t *testing.T, b backend) *node {
+func startNode(t *testing.T, b backend, extra ...string) *node {
 	t.Helper()
 	suffix := fmt.Sprintf("%d", rand.Uint64()%1e12)
 	n := &node{
@@ -115,10 +117,25 @@ func startNode(t *testing.T, b backend) *node {
 		kafkaPort: freePort(t),
 		prefix:    "t" + suffix,
 		keyspace:  "e2e_" + suffix,
+		extra:     extra,
 	}
 	n.start()
 	t.Cleanup(n.stop)
 	return n
+}
+
+// startPeer starts a second process of the same deployment as n (same
+// topics, same store), with its own HTTP address and machine id. It needs
+// the real servers: the embedded broker and store belong to one process.
+func startPeer(t *testing.T, n *node, machine int, extra ...string) *node {
+	t.Helper()
+	p := &node{
+		t: t, b: n.b, dir: t.TempDir(), http: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		kafkaPort: freePort(t), prefix: n.prefix, keyspace: n.keyspace, extra: extra, machine: machine,
+	}
+	p.start()
+	t.Cleanup(p.stop)
+	return p
 }
 
 func (n *node) brokers() []string {
@@ -135,7 +152,9 @@ func (n *node) start() {
 		"--http", n.http, "--data", n.dir, "--topic-prefix", n.prefix,
 		"--embedded-kafka-port", fmt.Sprint(n.kafkaPort), "--partitions", "4", "--log-level", "warn",
 		"--kafka", n.b.kafka, "--cassandra", n.b.cassandra, "--keyspace", n.keyspace,
+		"--machine-id", fmt.Sprint(max(n.machine, 1)),
 	}
+	args = append(args, n.extra...)
 	n.cmd = exec.Command(chatdBin, args...)
 	n.stderr = &bytes.Buffer{}
 	n.cmd.Stderr = &lockedWriter{w: n.stderr}
@@ -366,18 +385,20 @@ func (n *node) allHistory(token, channel string, size int) []messageJSON {
 // ---- WebSocket client ----
 
 type frame struct {
-	Type        string `json:"type"`
-	Epoch       *int32 `json:"epoch"`
-	Position    *int64 `json:"position"`
-	ChannelID   string `json:"channel_id"`
-	MessageID   string `json:"message_id"`
-	SenderID    string `json:"sender_id"`
-	Text        string `json:"text"`
-	ClientMsgID string `json:"client_msg_id"`
-	Code        string `json:"code"`
-	Message     string `json:"message"`
-	UserID      string `json:"user_id"`
-	DeviceID    string `json:"device_id"`
+	Type        string     `json:"type"`
+	Epoch       *int32     `json:"epoch"`
+	Position    *int64     `json:"position"`
+	ChannelID   string     `json:"channel_id"`
+	MessageID   string     `json:"message_id"`
+	SenderID    string     `json:"sender_id"`
+	Text        string     `json:"text"`
+	ClientMsgID string     `json:"client_msg_id"`
+	Code        string     `json:"code"`
+	Message     string     `json:"message"`
+	UserID      string     `json:"user_id"`
+	DeviceID    string     `json:"device_id"`
+	Online      *bool      `json:"online"`
+	LastActive  *time.Time `json:"last_active_at"`
 }
 
 // wsClient is a test's WebSocket connection. One goroutine reads frames
@@ -508,7 +529,7 @@ func (w *wsClient) messages(n int) []frame {
 		switch f.Type {
 		case "message":
 			out = append(out, f)
-		case "ack", "pong", "synced":
+		case "ack", "pong", "synced", "presence":
 		default:
 			w.t.Fatalf("unexpected frame %+v", f)
 		}

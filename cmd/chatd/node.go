@@ -26,11 +26,14 @@ import (
 	"github.com/evchat/evchat/gateway/auth"
 	"github.com/evchat/evchat/gateway/chat"
 	"github.com/evchat/evchat/gateway/ws"
+	"github.com/evchat/evchat/projections/cursors"
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/fanout"
 	"github.com/evchat/evchat/projections/history"
 	"github.com/evchat/evchat/projections/inbox"
+	"github.com/evchat/evchat/projections/presence"
 	"github.com/evchat/evchat/projections/projector"
+	"github.com/evchat/evchat/projections/push"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/cassandra"
 	"github.com/evchat/evchat/projections/store/pebblestore"
@@ -50,6 +53,11 @@ type config struct {
 	MachineID         uint16   // default 1
 	Secret            string   // token secret; default: <data>/secret.key
 	Limits            domain.Limits
+	PresenceWindow    time.Duration // default 30s
+	Heartbeat         time.Duration // default 5s
+	PushDelay         time.Duration // default 3s
+	PushWebhook       string        // default "": log notifications
+	ClockSkew         time.Duration // default 0; testing only
 	Logger            *slog.Logger
 	Stdout            io.Writer
 }
@@ -58,6 +66,7 @@ func defaultConfig() config {
 	return config{
 		HTTPAddr: "127.0.0.1:8080", DataDir: "data", Keyspace: "evchat", TopicPrefix: "chat",
 		Partitions: 8, MachineID: 1, Limits: domain.DefaultLimits(),
+		PresenceWindow: domain.DefaultPresenceWindow, Heartbeat: 5 * time.Second, PushDelay: 3 * time.Second,
 	}
 }
 
@@ -114,7 +123,7 @@ func runNode(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	ids, err := chat.NewSonyflake(cfg.MachineID)
+	ids, err := chat.NewSonyflake(cfg.MachineID, cfg.ClockSkew)
 	if err != nil {
 		return err
 	}
@@ -139,10 +148,23 @@ func runNode(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	gw := ws.NewServer(ws.Config{Epoch: logCfg.Epoch(), Logger: log, Metrics: ws.NewMetrics(reg, hub.Count)}, hub, tailer, svc, st)
+	gw := ws.NewServer(ws.Config{
+		Epoch: logCfg.Epoch(), Logger: log, Metrics: ws.NewMetrics(reg, hub.Count),
+		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions,
+	}, hub, tailer, svc, st, app)
+	presenceTail := ws.NewPresence(logCfg, hub, st, cfg.Limits.MaxGroupSize, log)
+	pres, err := presence.New(presence.Config{Log: logCfg, Window: cfg.PresenceWindow, Tick: min(time.Second, cfg.PresenceWindow/4), Instance: instance, Logger: log})
+	if err != nil {
+		return err
+	}
+	var sender push.Sender = push.LogSender{Logger: log}
+	if cfg.PushWebhook != "" {
+		sender = push.WebhookSender{URL: cfg.PushWebhook}
+	}
+	pusher := push.New(push.Config{Epoch: logCfg.Epoch(), Delay: cfg.PushDelay, Logger: log}, st, presenceTail, sender)
 
 	var ready atomic.Bool
-	e := api.New(api.Config{Service: svc, Reader: st, Tokens: tokens, WS: gw, Ready: ready.Load})
+	e := api.New(api.Config{Service: svc, Reader: st, Tokens: tokens, WS: gw, Presence: presenceTail, Ready: ready.Load})
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return err
@@ -171,7 +193,18 @@ func runNode(ctx context.Context, cfg config) error {
 		return projector.Run(ctx, projector.Config{Name: inbox.Name, Topic: logCfg.Topics().Inbox, Log: logCfg, Instance: instance, Logger: log},
 			st, inbox.New(st, logCfg.Epoch(), log))
 	})
+	start(cursors.Name, func(ctx context.Context) error {
+		return projector.Run(ctx, projector.Config{Name: cursors.Name, Topic: logCfg.Topics().Sessions, Log: logCfg, Instance: instance, Logger: log},
+			st, cursors.New(st, log))
+	})
+	start(push.Name, func(ctx context.Context) error {
+		return projector.Run(ctx, projector.Config{Name: push.Name, Topic: logCfg.Topics().Inbox, Log: logCfg, Instance: instance, Logger: log},
+			st, pusher)
+	})
 	start(fanout.Name, fan.Run)
+	start(presence.Name, pres.Run)
+	start("presence-tail", presenceTail.Run)
+	start("heartbeats", gw.RunHeartbeats)
 	start("tailer", tailer.Run)
 	start("http", func(ctx context.Context) error {
 		errc := make(chan error, 1)

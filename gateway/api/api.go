@@ -39,6 +39,12 @@ type Reader interface {
 	MessagesBefore(ctx context.Context, ch domain.ChannelID, before int64, limit int) ([]store.Message, error)
 	MessagesAfter(ctx context.Context, ch domain.ChannelID, after int64, limit int) ([]store.Message, error)
 	MessageByID(ctx context.Context, ch domain.ChannelID, id domain.MessageID) (store.Message, error)
+	ChannelReads(ctx context.Context, ch domain.ChannelID) ([]store.ReadMark, error)
+}
+
+// PresenceReader answers who is online.
+type PresenceReader interface {
+	Of(u domain.UserID) (domain.PresenceChange, bool)
 }
 
 // Verifier checks tokens.
@@ -53,10 +59,11 @@ type WebSocket interface {
 
 // Config wires the API.
 type Config struct {
-	Service Service
-	Reader  Reader
-	Tokens  Verifier
-	WS      WebSocket
+	Service  Service
+	Reader   Reader
+	Tokens   Verifier
+	WS       WebSocket
+	Presence PresenceReader
 	// Ready reports whether the process is ready to serve; nil means
 	// always.
 	Ready func() bool
@@ -76,16 +83,20 @@ func New(cfg Config) *echo.Echo {
 	e.GET("/healthz", h.health)
 	e.POST("/v1/users", h.signUp)
 	e.POST("/v1/login", h.login)
-	a := e.Group("", h.authenticate)
-	a.GET("/v1/users", h.userByName)
-	a.POST("/v1/logout", h.logout)
-	a.GET("/v1/channels", h.channels)
-	a.POST("/v1/channels", h.createChannel)
-	a.GET("/v1/channels/:channel_id", h.channel)
-	a.POST("/v1/channels/:channel_id/members", h.addMember)
-	a.DELETE("/v1/channels/:channel_id/members/:user_id", h.removeMember)
-	a.GET("/v1/channels/:channel_id/messages", h.messages)
-	a.GET("/v1/ws", h.ws)
+	// The token check sits on each route, not on a group: a group would
+	// answer unknown paths with 401 instead of 404.
+	auth := h.authenticate
+	e.GET("/v1/users", h.userByName, auth)
+	e.POST("/v1/logout", h.logout, auth)
+	e.GET("/v1/channels", h.channels, auth)
+	e.POST("/v1/channels", h.createChannel, auth)
+	e.GET("/v1/channels/:channel_id", h.channel, auth)
+	e.POST("/v1/channels/:channel_id/members", h.addMember, auth)
+	e.DELETE("/v1/channels/:channel_id/members/:user_id", h.removeMember, auth)
+	e.GET("/v1/channels/:channel_id/messages", h.messages, auth)
+	e.GET("/v1/channels/:channel_id/reads", h.reads, auth)
+	e.GET("/v1/presence", h.presence, auth)
+	e.GET("/v1/ws", h.ws, auth)
 	return e
 }
 
@@ -361,4 +372,54 @@ func (h *handlers) after(ctx context.Context, ch domain.ChannelID, after int64, 
 func (h *handlers) ws(c echo.Context) error {
 	h.cfg.WS.Serve(c.Response(), c.Request(), claims(c))
 	return nil
+}
+
+// reads lists how far each member has read the channel.
+func (h *handlers) reads(c echo.Context) error {
+	ctx := c.Request().Context()
+	ch, err := h.cfg.Service.Channel(ctx, claims(c).UserID, domain.ChannelID(c.Param("channel_id")))
+	if err != nil {
+		return err
+	}
+	rs, err := h.cfg.Reader.ChannelReads(ctx, ch.ID)
+	if err != nil {
+		return err
+	}
+	type readJSON struct {
+		UserID    domain.UserID    `json:"user_id"`
+		MessageID domain.MessageID `json:"message_id"`
+		Seq       int64            `json:"seq"`
+		UpdatedAt time.Time        `json:"updated_at"`
+	}
+	out := []readJSON{}
+	for _, r := range rs {
+		if ch.IsMember(r.UserID) {
+			out = append(out, readJSON{r.UserID, r.MessageID, r.Seq, r.UpdatedAt})
+		}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"reads": out})
+}
+
+// presence answers for up to 500 users given as user_id query parameters.
+func (h *handlers) presence(c echo.Context) error {
+	ids := c.QueryParams()["user_id"]
+	if len(ids) == 0 || len(ids) > 500 {
+		return domain.Errorf(domain.CodeBadRequest, "give 1 to 500 user_id query parameters")
+	}
+	type presenceJSON struct {
+		UserID       domain.UserID `json:"user_id"`
+		Online       bool          `json:"online"`
+		LastActiveAt *time.Time    `json:"last_active_at"`
+	}
+	out := make([]presenceJSON, 0, len(ids))
+	for _, id := range ids {
+		p := presenceJSON{UserID: domain.UserID(id)}
+		if ch, ok := h.cfg.Presence.Of(p.UserID); ok {
+			p.Online = ch.Online
+			at := ch.LastActiveAt.UTC()
+			p.LastActiveAt = &at
+		}
+		out = append(out, p)
+	}
+	return c.JSON(http.StatusOK, map[string]any{"presence": out})
 }

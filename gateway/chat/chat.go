@@ -103,10 +103,13 @@ func New(cfg Config, st Store, app Appender, ids IDs, tokens *auth.Tokens) (*Ser
 func (s *Service) Limits() domain.Limits { return s.cfg.Limits }
 
 // NewSonyflake returns a sonyflake generator with a fixed machine id (each
-// process of a deployment needs its own).
-func NewSonyflake(machineID uint16) (*sonyflake.Sonyflake, error) {
+// process of a deployment needs its own). skew shifts the generator's
+// clock, to test what clock skew between gateways does (nothing, if
+// positions are right): a positive skew issues ids as if the clock ran
+// ahead.
+func NewSonyflake(machineID uint16, skew time.Duration) (*sonyflake.Sonyflake, error) {
 	sf, err := sonyflake.New(sonyflake.Settings{
-		StartTime: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		StartTime: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(-skew),
 		MachineID: func() (uint16, error) { return machineID, nil },
 	})
 	if err != nil {
@@ -391,4 +394,37 @@ func (s *Service) awaitFirst(ctx context.Context, r store.SendReservation) (bool
 		}
 		r = got
 	}
+}
+
+// Acked records that a device has received its inbox up to position.
+func (s *Service) Acked(ctx context.Context, c auth.Claims, epoch int32, position int64) error {
+	if position < 0 {
+		return domain.Errorf(domain.CodeBadRequest, "position must be 0 or more")
+	}
+	m, err := s.meta()
+	if err != nil {
+		return err
+	}
+	_, err = s.log.Append(ctx, s.cfg.Topics.Sessions, string(c.UserID),
+		domain.DeviceAcked{UserID: c.UserID, DeviceID: c.DeviceID, Epoch: epoch, Position: position}, m)
+	return err
+}
+
+// Read records that the caller has read a channel up to a message.
+func (s *Service) Read(ctx context.Context, c auth.Claims, ch domain.ChannelID, id domain.MessageID) error {
+	if _, err := s.Channel(ctx, c.UserID, ch); err != nil {
+		return err
+	}
+	msg, err := s.st.MessageByID(ctx, ch, id)
+	if err != nil {
+		return err
+	}
+	m, err := s.meta()
+	if err != nil {
+		return err
+	}
+	_, err = s.log.Append(ctx, s.cfg.Topics.Sessions, string(c.UserID), domain.ChannelRead{
+		UserID: c.UserID, DeviceID: c.DeviceID, ChannelID: ch, MessageID: id, Seq: msg.Offset,
+	}, m)
+	return err
 }

@@ -3,6 +3,7 @@ package ws
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"time"
 
 	"github.com/evchat/evchat/domain"
@@ -13,6 +14,10 @@ const (
 	TypeSend = "send"
 	TypeSync = "sync"
 	TypePing = "ping"
+	// TypeReceived acknowledges inbox entries up to a position.
+	TypeReceived = "received"
+	// TypeRead marks a channel read up to a message.
+	TypeRead = "read"
 )
 
 // Frame types, server to client.
@@ -24,6 +29,9 @@ const (
 	TypeResync  = "resync"
 	TypePong    = "pong"
 	TypeError   = "error"
+	// TypePresence tells a user that someone they share a small channel
+	// with went online or offline.
+	TypePresence = "presence"
 )
 
 // ClientFrame is any frame a client sends; Type says which fields count.
@@ -35,6 +43,7 @@ type ClientFrame struct {
 	Text        string           `json:"text,omitempty"`
 	Epoch       *int32           `json:"epoch,omitempty"`
 	Position    *int64           `json:"position,omitempty"`
+	MessageID   domain.MessageID `json:"message_id,omitempty"`
 }
 
 // DecodeClientFrame parses and checks one client frame. Every error is a
@@ -45,13 +54,13 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 	if err := d.Decode(&f); err != nil {
 		return ClientFrame{}, domain.Errorf(domain.CodeBadRequest, "malformed frame: %v", err)
 	}
-	if d.More() {
+	if _, err := d.Token(); err != io.EOF {
 		return ClientFrame{}, domain.Errorf(domain.CodeBadRequest, "malformed frame: trailing data")
 	}
 	switch f.Type {
 	case TypeSend:
-		if f.ChannelID == "" {
-			return f, domain.Errorf(domain.CodeBadRequest, "send: channel_id is required")
+		if !domain.ValidChannelID(f.ChannelID) {
+			return f, domain.Errorf(domain.CodeBadRequest, "send: channel_id is missing or malformed")
 		}
 		if f.ClientMsgID == "" || len(f.ClientMsgID) > domain.MaxClientMsgIDLen {
 			return f, domain.Errorf(domain.CodeBadRequest, "send: client_msg_id must be 1 to %d bytes", domain.MaxClientMsgIDLen)
@@ -60,11 +69,19 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 			return f, domain.Errorf(domain.CodeBadRequest, "send: text is required")
 		}
 	case TypeSync:
-		if f.Epoch == nil || f.Position == nil {
-			return f, domain.Errorf(domain.CodeBadRequest, "sync: epoch and position are required")
+		if f.Epoch == nil || *f.Epoch < 0 {
+			return f, domain.Errorf(domain.CodeBadRequest, "sync: an epoch of 0 or more is required")
 		}
-		if *f.Position < -1 {
+		if f.Position != nil && *f.Position < -1 {
 			return f, domain.Errorf(domain.CodeBadRequest, "sync: position must be -1 or more")
+		}
+	case TypeReceived:
+		if f.Epoch == nil || *f.Epoch < 0 || f.Position == nil || *f.Position < 0 {
+			return f, domain.Errorf(domain.CodeBadRequest, "received: epoch and a position of 0 or more are required")
+		}
+	case TypeRead:
+		if !domain.ValidChannelID(f.ChannelID) || f.MessageID == 0 {
+			return f, domain.Errorf(domain.CodeBadRequest, "read: channel_id and message_id are required")
 		}
 	case TypePing:
 	case "":
@@ -91,6 +108,8 @@ type ServerFrame struct {
 	ClientMsgID string           `json:"client_msg_id,omitempty"`
 	Code        domain.Code      `json:"code,omitempty"`
 	Message     string           `json:"message,omitempty"`
+	Online      *bool            `json:"online,omitempty"`
+	LastActive  *time.Time       `json:"last_active_at,omitempty"`
 }
 
 // errorFrame reports err, echoing the client's message id when it is one

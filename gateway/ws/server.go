@@ -3,29 +3,40 @@ package ws
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/gateway/auth"
+	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/inbox"
 	"github.com/evchat/evchat/projections/projector"
 	"github.com/evchat/evchat/projections/store"
 )
 
-// Sender carries out a send.
-type Sender interface {
+// Commands carries out what devices ask over WebSocket.
+type Commands interface {
 	Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, ch domain.ChannelID, clientMsgID, text string) (domain.MessageID, error)
+	Acked(ctx context.Context, c auth.Claims, epoch int32, position int64) error
+	Read(ctx context.Context, c auth.Claims, ch domain.ChannelID, id domain.MessageID) error
+}
+
+// RecordAppender appends records built with eventlog.Record.
+type RecordAppender interface {
+	AppendRecords(ctx context.Context, recs ...*kgo.Record) error
 }
 
 // InboxStore is what a sync reads.
 type InboxStore interface {
 	Inbox(ctx context.Context, u domain.UserID, epoch int32, after int64, limit int) ([]store.InboxEntry, error)
 	Positions(ctx context.Context, projection string) (map[int32]int64, error)
+	DeviceCursors(ctx context.Context, u domain.UserID) ([]store.DeviceCursor, error)
 }
 
 // Config configures the gateway. Zero fields take the defaults written
@@ -53,6 +64,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics; nil records none.
 	Metrics *Metrics
+	// Heartbeat is how often each connected device's heartbeat is
+	// appended to the session topic (and once at connect). Default 5s.
+	Heartbeat time.Duration
+	// SessionsTopic is where heartbeats go. Required for heartbeats.
+	SessionsTopic string
 }
 
 func (c Config) withDefaults() Config {
@@ -80,6 +96,9 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 5 * time.Second
+	}
 	return c
 }
 
@@ -88,8 +107,9 @@ type Server struct {
 	cfg      Config
 	hub      *Hub
 	tailer   *Tailer
-	svc      Sender
+	svc      Commands
 	st       InboxStore
+	beats    RecordAppender
 	upgrader websocket.Upgrader
 
 	mu      sync.Mutex
@@ -98,10 +118,10 @@ type Server struct {
 }
 
 // NewServer returns a gateway. The tailer must run for deliveries to flow.
-func NewServer(cfg Config, hub *Hub, tailer *Tailer, svc Sender, st InboxStore) *Server {
+func NewServer(cfg Config, hub *Hub, tailer *Tailer, svc Commands, st InboxStore, beats RecordAppender) *Server {
 	cfg = cfg.withDefaults()
 	return &Server{
-		cfg: cfg, hub: hub, tailer: tailer, svc: svc, st: st,
+		cfg: cfg, hub: hub, tailer: tailer, svc: svc, st: st, beats: beats,
 		upgrader: websocket.Upgrader{
 			ReadBufferSize: 1024, WriteBufferSize: 1024,
 			// Tokens, not cookies, authenticate: a foreign origin gains
@@ -151,6 +171,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	defer s.hub.remove(c)
 	epoch := s.cfg.Epoch
 	c.send(ServerFrame{Type: TypeHello, UserID: c.user, DeviceID: c.device, Epoch: &epoch})
+	s.heartbeat(r.Context(), c)
 
 	log := s.cfg.Logger.With("user", c.user, "device", c.device)
 	for {
@@ -193,13 +214,50 @@ func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame,
 		}
 		s.cfg.Metrics.acked(time.Since(start).Seconds())
 		c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
+	case TypeReceived:
+		if *f.Epoch != s.cfg.Epoch {
+			e := s.cfg.Epoch
+			c.send(ServerFrame{Type: TypeResync, Epoch: &e})
+			return
+		}
+		if err := s.svc.Acked(ctx, auth.Claims{UserID: c.user, DeviceID: c.device}, *f.Epoch, *f.Position); err != nil {
+			s.cfg.Metrics.failed(err)
+			c.send(errorFrame(err, ""))
+		}
+	case TypeRead:
+		if err := s.svc.Read(ctx, auth.Claims{UserID: c.user, DeviceID: c.device}, f.ChannelID, f.MessageID); err != nil {
+			s.cfg.Metrics.failed(err)
+			c.send(errorFrame(err, ""))
+		}
 	case TypeSync:
-		if err := s.sync(ctx, c, part, *f.Epoch, *f.Position); err != nil {
+		pos, err := s.syncFrom(ctx, c, f)
+		if err == nil {
+			err = s.sync(ctx, c, part, *f.Epoch, pos)
+		}
+		if err != nil {
 			log.Warn("sync", "err", err)
 			s.cfg.Metrics.failed(err)
 			c.send(errorFrame(err, ""))
 		}
 	}
+}
+
+// syncFrom returns the position a sync starts after: the frame's, or the
+// last one the device acknowledged (received), or -1.
+func (s *Server) syncFrom(ctx context.Context, c *conn, f ClientFrame) (int64, error) {
+	if f.Position != nil {
+		return *f.Position, nil
+	}
+	cs, err := s.st.DeviceCursors(ctx, c.user)
+	if err != nil {
+		return 0, err
+	}
+	for _, dc := range cs {
+		if dc.DeviceID == c.device && dc.Epoch == *f.Epoch {
+			return dc.Position, nil
+		}
+	}
+	return -1, nil
 }
 
 // sync brings the device from position to the present, then leaves it on
@@ -263,6 +321,59 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 	}
 }
 
+// heartbeat appends one device's heartbeat without waiting.
+func (s *Server) heartbeat(ctx context.Context, c *conn) {
+	if s.beats == nil || s.cfg.SessionsTopic == "" {
+		return
+	}
+	rec, err := eventlog.Record(s.cfg.SessionsTopic, string(c.user),
+		domain.DeviceHeartbeat{UserID: c.user, DeviceID: c.device}, heartbeatMeta(c.user, c.device, time.Now()))
+	if err != nil {
+		return
+	}
+	if err := s.beats.AppendRecords(ctx, rec); err != nil {
+		s.cfg.Logger.Warn("heartbeat", "user", c.user, "err", err)
+	}
+}
+
+// RunHeartbeats appends a heartbeat for every connected device each
+// Heartbeat interval until ctx is cancelled; it returns nil then.
+func (s *Server) RunHeartbeats(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			if s.beats == nil || s.cfg.SessionsTopic == "" {
+				continue
+			}
+			var recs []*kgo.Record
+			for i := range s.hub.shards {
+				sh := &s.hub.shards[i]
+				sh.mu.RLock()
+				for u, m := range sh.conns {
+					for c := range m {
+						r, err := eventlog.Record(s.cfg.SessionsTopic, string(u),
+							domain.DeviceHeartbeat{UserID: u, DeviceID: c.device}, heartbeatMeta(u, c.device, now))
+						if err == nil {
+							recs = append(recs, r)
+						}
+					}
+				}
+				sh.mu.RUnlock()
+			}
+			if len(recs) == 0 {
+				continue
+			}
+			if err := s.beats.AppendRecords(ctx, recs...); err != nil && ctx.Err() == nil {
+				s.cfg.Logger.Warn("heartbeats", "devices", len(recs), "err", err)
+			}
+		}
+	}
+}
+
 // Count returns the number of open connections.
 func (s *Server) Count() int { return s.hub.Count() }
 
@@ -290,4 +401,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return errors.New("ws: shutdown: connections still open")
 	}
+}
+
+// heartbeatMeta names a heartbeat by its device and time: unique without a
+// call to the id generator per heartbeat.
+func heartbeatMeta(u domain.UserID, d domain.DeviceID, t time.Time) domain.Meta {
+	return domain.Meta{EventID: fmt.Sprintf("hb.%s.%s.%d", u, d, t.UnixNano()), Time: t.UTC()}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -126,13 +127,19 @@ func EnsureTopics(ctx context.Context, cfg Config) error {
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	resp, err := adm.CreateTopics(ctx, cfg.Partitions, cfg.ReplicationFactor, nil, cfg.Topics().All()...)
-	if err != nil {
-		return fmt.Errorf("eventlog: create topics: %w", err)
-	}
-	for _, t := range resp.Sorted() {
-		if t.Err != nil && !errors.Is(t.Err, kerr.TopicAlreadyExists) {
-			return fmt.Errorf("eventlog: create topic %s: %w", t.Topic, t.Err)
+	compact := "compact"
+	topics := cfg.Topics()
+	for _, name := range topics.All() {
+		var configs map[string]*string
+		if slices.Contains(topics.Compacted(), name) {
+			configs = map[string]*string{"cleanup.policy": &compact}
+		}
+		resp, err := adm.CreateTopic(ctx, cfg.Partitions, cfg.ReplicationFactor, configs, name)
+		if err == nil {
+			err = resp.Err
+		}
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("eventlog: create topic %s: %w", name, err)
 		}
 	}
 	// Topic creation is asynchronous on real brokers: wait until every
@@ -231,3 +238,12 @@ func (q quiet) Enabled(ctx context.Context, l slog.Level) bool {
 
 func (q quiet) WithAttrs(as []slog.Attr) slog.Handler { return quiet{q.Handler.WithAttrs(as)} }
 func (q quiet) WithGroup(g string) slog.Handler       { return quiet{q.Handler.WithGroup(g)} }
+
+// AppendRecords writes records built with Record and waits for all of
+// them; the first error is returned.
+func (a *Appender) AppendRecords(ctx context.Context, recs ...*kgo.Record) error {
+	if err := a.cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		return &domain.Error{Code: domain.CodeUnavailable, Msg: "the log did not accept the events", Err: err}
+	}
+	return nil
+}

@@ -20,6 +20,12 @@ type Topics struct {
 	// membership as the fan-out last saw it, keyed by channel id and
 	// partitioned like Channels, written in the fan-out's transactions.
 	FanoutState string
+	// Presence carries presence.changed, keyed by user id: each user's
+	// latest presence (compacted on a real broker). Gateways tail it.
+	Presence string
+	// PresenceState is the presence projection's changelog, partitioned
+	// like Sessions.
+	PresenceState string
 }
 
 // NewTopics returns the topic names for a prefix (default "chat") and an
@@ -32,12 +38,19 @@ func NewTopics(prefix string, inboxEpoch int32) Topics {
 		inboxEpoch = 1
 	}
 	return Topics{
-		Channels:    prefix + ".channels",
-		Sessions:    prefix + ".sessions",
-		Inbox:       fmt.Sprintf("%s.inbox.e%d", prefix, inboxEpoch),
-		FanoutState: fmt.Sprintf("%s.fanout-state.e%d", prefix, inboxEpoch),
+		Channels:      prefix + ".channels",
+		Sessions:      prefix + ".sessions",
+		Inbox:         fmt.Sprintf("%s.inbox.e%d", prefix, inboxEpoch),
+		FanoutState:   fmt.Sprintf("%s.fanout-state.e%d", prefix, inboxEpoch),
+		Presence:      prefix + ".presence",
+		PresenceState: prefix + ".presence-state",
 	}
 }
 
 // All lists every topic.
-func (t Topics) All() []string { return []string{t.Channels, t.Sessions, t.Inbox, t.FanoutState} }
+func (t Topics) All() []string {
+	return []string{t.Channels, t.Sessions, t.Inbox, t.FanoutState, t.Presence, t.PresenceState}
+}
+
+// Compacted lists the topics that keep only each key's latest record.
+func (t Topics) Compacted() []string { return []string{t.FanoutState, t.Presence, t.PresenceState} }

@@ -66,8 +66,40 @@ type Store interface {
 	// second copy of an entry at a later offset.
 	InboxByMessage(ctx context.Context, u domain.UserID, epoch int32, id domain.MessageID) (InboxEntry, error)
 
+	// DeviceCursors returns every device position of u recorded by the
+	// cursors projection, sorted by device id.
+	DeviceCursors(ctx context.Context, u domain.UserID) ([]DeviceCursor, error)
+	// ChannelReads returns each member's read mark in the channel, sorted
+	// by user id.
+	ChannelReads(ctx context.Context, ch domain.ChannelID) ([]ReadMark, error)
+
+	// ReservePush records that the push notification of message id for u
+	// is being sent, unless it was already: then created is false. Atomic:
+	// of two concurrent calls exactly one creates. Reservations are never
+	// removed, also not by a projection replay, so no notification is
+	// sent twice.
+	ReservePush(ctx context.Context, u domain.UserID, id domain.MessageID, at time.Time) (created bool, err error)
+
 	// Close releases the store.
 	Close() error
+}
+
+// DeviceCursor is how far one device has received its user's inbox.
+type DeviceCursor struct {
+	UserID    domain.UserID
+	DeviceID  domain.DeviceID
+	Epoch     int32
+	Position  int64 // offset of the last inbox entry the device has
+	UpdatedAt time.Time
+}
+
+// ReadMark is how far a member has read a channel.
+type ReadMark struct {
+	ChannelID domain.ChannelID
+	UserID    domain.UserID
+	Seq       int64 // the read message's offset in the channel's partition
+	MessageID domain.MessageID
+	UpdatedAt time.Time
 }
 
 // User is an account.
@@ -103,6 +135,11 @@ type Batch struct {
 	Messages []Message
 	// Inbox entries to upsert (keyed by user, epoch and offset).
 	Inbox []InboxEntry
+	// Cursors to upsert (keyed by user and device). The projection
+	// decides; the store writes what it is given.
+	Cursors []DeviceCursor
+	// Reads to upsert (keyed by channel and user).
+	Reads []ReadMark
 }
 
 // Membership says that UserID is (or is no longer) a member of ChannelID.

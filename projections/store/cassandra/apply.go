@@ -27,10 +27,10 @@ const (
 //
 // The messages of each channel, and the inbox entries of each user and
 // epoch, are written in offset order, one bucket after another (see the
-// package documentation); channels, memberships, the message id index and
-// the inbox message index are written concurrently with them. The positions
-// are written only after all of that succeeded, as one single-partition
-// batch.
+// package documentation); channels, memberships, the message id index, the
+// inbox message index, device cursors and read marks are written
+// concurrently with them. The positions are written only after all of that
+// succeeded, as one single-partition batch.
 func (s *Store) Apply(ctx context.Context, b store.Batch) error {
 	if b.Projection == "" && len(b.Positions) > 0 {
 		return domain.Errorf(domain.CodeBadRequest, "cassandra: positions without a projection name")
@@ -116,6 +116,22 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 	// lowest offset first; a second row appears only for a second copy.
 	for _, e := range entries {
 		g.exec(s.query(g.ctx, s.q.insertInboxByMessage, string(e.UserID), e.Epoch, int64(e.Message.MessageID), e.Offset))
+	}
+
+	// Device cursors and read marks: one upsert per key, the batch's last.
+	type cursorKey struct {
+		u      domain.UserID
+		device domain.DeviceID
+	}
+	for _, c := range lastByKey(b.Cursors, func(c store.DeviceCursor) cursorKey { return cursorKey{c.UserID, c.DeviceID} }) {
+		g.exec(s.query(g.ctx, s.q.insertCursor, string(c.UserID), string(c.DeviceID), c.Epoch, c.Position, c.UpdatedAt))
+	}
+	type readKey struct {
+		ch domain.ChannelID
+		u  domain.UserID
+	}
+	for _, r := range lastByKey(b.Reads, func(r store.ReadMark) readKey { return readKey{r.ChannelID, r.UserID} }) {
+		g.exec(s.query(g.ctx, s.q.insertRead, string(r.ChannelID), string(r.UserID), r.Seq, int64(r.MessageID), r.UpdatedAt))
 	}
 
 	return g.wait()

@@ -19,13 +19,18 @@
 // inbox offset, per (user_id, epoch). inbox_by_message finds an inbox entry
 // by the message it copies: its partition (user_id, epoch, message_id)
 // holds the offsets of the entries that copy the message, lowest first.
+// device_cursors (by user, clustered by device) and channel_reads (by
+// channel, clustered by user) hold the cursors projection's state;
+// push_reservations has one row per (user, message) whose push
+// notification was reserved.
 //
 // # Writes
 //
-// Names and send reservations are unique through lightweight transactions
-// (INSERT ... IF NOT EXISTS at the serial consistency), and rows created
-// that way are changed only by lightweight transactions. Everything else is
-// an idempotent upsert, so applying a Batch twice leaves the same state.
+// Names, send reservations and push reservations are unique through
+// lightweight transactions (INSERT ... IF NOT EXISTS at the serial
+// consistency), and rows created that way are changed only by lightweight
+// transactions. Everything else is an idempotent upsert, so applying a
+// Batch twice leaves the same state.
 //
 // Apply writes a batch's state first and its positions last, so a crash in
 // between makes the projection apply the batch again. Within the batch, the

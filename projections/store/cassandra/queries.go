@@ -19,6 +19,8 @@ type queries struct {
 	selectMessageOffset, selectMessage                              string
 	insertInbox, insertInboxBucket, selectInboxBuckets, selectInbox string
 	insertInboxByMessage, selectInboxByMessage, selectInboxEntry    string
+
+	insertCursor, selectCursors, insertRead, selectReads, insertPush string
 }
 
 // newQueries returns the statements for keyspace ks.
@@ -63,5 +65,11 @@ func newQueries(ks string) queries {
 		insertInboxByMessage: q(`INSERT INTO ${keyspace}.inbox_by_message (user_id, epoch, message_id, log_offset) VALUES (?, ?, ?, ?)`),
 		selectInboxByMessage: q(`SELECT log_offset FROM ${keyspace}.inbox_by_message WHERE user_id = ? AND epoch = ? AND message_id = ? ORDER BY log_offset ASC LIMIT ?`),
 		selectInboxEntry:     q(`SELECT partition, msg_user_id, channel_id, message_id, sender_id, text, sent_at, channel_partition, channel_offset FROM ${keyspace}.inbox WHERE user_id = ? AND epoch = ? AND bucket = ? AND log_offset = ?`),
+
+		insertCursor:  q(`INSERT INTO ${keyspace}.device_cursors (user_id, device_id, epoch, position, updated_at) VALUES (?, ?, ?, ?, ?)`),
+		selectCursors: q(`SELECT device_id, epoch, position, updated_at FROM ${keyspace}.device_cursors WHERE user_id = ?`),
+		insertRead:    q(`INSERT INTO ${keyspace}.channel_reads (channel_id, user_id, seq, message_id, updated_at) VALUES (?, ?, ?, ?, ?)`),
+		selectReads:   q(`SELECT user_id, seq, message_id, updated_at FROM ${keyspace}.channel_reads WHERE channel_id = ?`),
+		insertPush:    q(`INSERT INTO ${keyspace}.push_reservations (user_id, message_id, reserved_at) VALUES (?, ?, ?) IF NOT EXISTS`),
 	}
 }

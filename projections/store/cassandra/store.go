@@ -488,3 +488,58 @@ func (s *Store) InboxByMessage(ctx context.Context, u domain.UserID, epoch int32
 	}
 	return store.InboxEntry{}, domain.Errorf(domain.CodeNotFound, "message %s not found in the inbox of %s, epoch %d", id, u, epoch)
 }
+
+// DeviceCursors returns every device position of u, sorted by device id:
+// the clustering order of the user's partition of device_cursors.
+func (s *Store) DeviceCursors(ctx context.Context, u domain.UserID) ([]store.DeviceCursor, error) {
+	cursors := []store.DeviceCursor{}
+	iter := s.query(ctx, s.q.selectCursors, string(u)).Iter()
+	var (
+		c      = store.DeviceCursor{UserID: u}
+		device string
+	)
+	for iter.Scan(&device, &c.Epoch, &c.Position, &c.UpdatedAt) {
+		c.DeviceID = domain.DeviceID(device)
+		cursors = append(cursors, c)
+	}
+	if err := iter.Close(); err != nil {
+		return nil, fail("device cursors of "+string(u), err)
+	}
+	return cursors, nil
+}
+
+// ChannelReads returns each member's read mark in the channel, sorted by
+// user id: the clustering order of the channel's partition of
+// channel_reads.
+func (s *Store) ChannelReads(ctx context.Context, ch domain.ChannelID) ([]store.ReadMark, error) {
+	reads := []store.ReadMark{}
+	iter := s.query(ctx, s.q.selectReads, string(ch)).Iter()
+	var (
+		r    = store.ReadMark{ChannelID: ch}
+		user string
+		id   int64
+	)
+	for iter.Scan(&user, &r.Seq, &id, &r.UpdatedAt) {
+		r.UserID = domain.UserID(user)
+		r.MessageID = domain.MessageID(id)
+		reads = append(reads, r)
+	}
+	if err := iter.Close(); err != nil {
+		return nil, fail("reads of "+string(ch), err)
+	}
+	return reads, nil
+}
+
+// ReservePush records that the push notification of message id for u is
+// being sent, unless it was already: then created is false. A lightweight
+// transaction decides between concurrent calls; like ReserveSend's it is
+// not retried by the driver, and an error (such as a timeout, after which
+// the row may or may not exist) leaves the decision to the caller.
+func (s *Store) ReservePush(ctx context.Context, u domain.UserID, id domain.MessageID, at time.Time) (bool, error) {
+	existing := map[string]any{}
+	applied, err := s.lwt(ctx, s.q.insertPush, string(u), int64(id), at).MapScanCAS(existing)
+	if err != nil {
+		return false, fail("reserve push", err)
+	}
+	return applied, nil
+}

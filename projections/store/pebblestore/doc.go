@@ -23,6 +23,9 @@
 //	b user epoch message_id        → lowest offset of the user's inbox
 //	                                 entries of the epoch that copy the
 //	                                 message (the inbox message index)
+//	d user device                  → device cursor
+//	s channel user                 → read mark
+//	o user message_id              → push reservation
 //
 // Values are JSON.
 //
@@ -30,9 +33,9 @@
 //
 // Apply writes a batch's state and positions in one Pebble batch, committed
 // with fsync, so a crash never separates state from position. CreateUser,
-// ReserveSend and MarkSendAppended read and then write; one mutex serializes
-// them, which is enough because a single process owns the directory (Pebble
-// locks it). Their writes are also fsynced. Apply reads the inbox message
+// ReserveSend, MarkSendAppended and ReservePush read and then write; a mutex
+// serializes them per key, which is enough because a single process owns
+// the directory (Pebble locks it). Their writes are also fsynced. Apply reads the inbox message
 // index to keep its lowest offset, so Applys that carry inbox entries hold
 // another mutex from that read to their commit. Reads see the last committed
 // writes and take no lock.

@@ -18,6 +18,9 @@ const (
 	tMessageID   byte = 'i'
 	tInbox       byte = 'x'
 	tInboxMsg    byte = 'b'
+	tCursor      byte = 'd'
+	tRead        byte = 's'
+	tPush        byte = 'o'
 )
 
 // key builds keys column by column.
@@ -106,4 +109,18 @@ func inboxKey(u domain.UserID, epoch int32, offset int64) key {
 // of u's entries of the epoch that copy message id.
 func inboxMsgKey(u domain.UserID, epoch int32, id domain.MessageID) key {
 	return newKey(tInboxMsg, len(u)+2+4+8).str(string(u)).i32(epoch).u64(uint64(id))
+}
+
+func cursorPrefix(u domain.UserID) key { return newKey(tCursor, len(u)+2+24).str(string(u)) }
+
+func cursorKey(u domain.UserID, device domain.DeviceID) key {
+	return cursorPrefix(u).last(string(device))
+}
+
+func readPrefix(ch domain.ChannelID) key { return newKey(tRead, len(ch)+2+24).str(string(ch)) }
+
+func readKey(ch domain.ChannelID, u domain.UserID) key { return readPrefix(ch).last(string(u)) }
+
+func pushKey(u domain.UserID, id domain.MessageID) key {
+	return newKey(tPush, len(u)+2+8).str(string(u)).u64(uint64(id))
 }

@@ -55,6 +55,9 @@ func TestReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if created, err := s.ReservePush(ctx, "1", 7, time.UnixMilli(4).UTC()); err != nil || !created {
+		t.Fatalf("ReservePush: created=%v, %v", created, err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -78,6 +81,9 @@ func TestReopen(t *testing.T) {
 	}
 	if ms, err := s.MessagesBefore(ctx, "gx", math.MaxInt64, 10); err != nil || len(ms) != 1 || ms[0].Text != "hi" {
 		t.Fatalf("MessagesBefore after reopen: %+v, %v", ms, err)
+	}
+	if created, err := s.ReservePush(ctx, "1", 7, time.UnixMilli(5).UTC()); err != nil || created {
+		t.Fatalf("ReservePush after reopen: created=%v, %v", created, err)
 	}
 }
 

@@ -39,8 +39,8 @@ func (o Options) Validate() error {
 
 const defaultCacheSize = 64 << 20
 
-// reservationStripes is how many locks guard send reservations: reservations
-// of different (sender, client message id) pairs rarely wait for each other.
+// reservationStripes is how many locks guard send and push reservations:
+// reservations of different keys rarely wait for each other.
 const reservationStripes = 64
 
 // Store is a store.Store on a Pebble database in one directory. Its methods
@@ -52,8 +52,8 @@ type Store struct {
 
 	// userMu serializes CreateUser's check of the name and id with its write.
 	userMu sync.Mutex
-	// resMu serializes ReserveSend and MarkSendAppended per reservation
-	// key; seed picks the stripe. Lock order: userMu and resMu are never
+	// resMu serializes ReserveSend, MarkSendAppended and ReservePush per
+	// reservation key; seed picks the stripe. Lock order: userMu and resMu are never
 	// held together.
 	resMu [reservationStripes]sync.Mutex
 	seed  maphash.Seed
@@ -157,6 +157,26 @@ type inboxRecord struct {
 	Partition int32               `json:"partition"`
 	Offset    int64               `json:"offset"`
 	Message   domain.InboxMessage `json:"message"`
+}
+
+type cursorRecord struct {
+	UserID    domain.UserID   `json:"user_id"`
+	DeviceID  domain.DeviceID `json:"device_id"`
+	Epoch     int32           `json:"epoch"`
+	Position  int64           `json:"position"`
+	UpdatedAt time.Time       `json:"updated_at"`
+}
+
+type readRecord struct {
+	ChannelID domain.ChannelID `json:"channel_id"`
+	UserID    domain.UserID    `json:"user_id"`
+	Seq       int64            `json:"seq"`
+	MessageID domain.MessageID `json:"message_id"`
+	UpdatedAt time.Time        `json:"updated_at"`
+}
+
+type pushRecord struct {
+	ReservedAt time.Time `json:"reserved_at"`
 }
 
 // get reads key into v (JSON); found is false if the key is absent.
@@ -385,6 +405,24 @@ func (s *Store) apply(in store.Batch) error {
 			return err
 		}
 		if err := b.Set(inboxKey(e.UserID, e.Epoch, e.Offset), v, nil); err != nil {
+			return err
+		}
+	}
+	for _, c := range in.Cursors {
+		v, err := json.Marshal(cursorRecord(c))
+		if err != nil {
+			return err
+		}
+		if err := b.Set(cursorKey(c.UserID, c.DeviceID), v, nil); err != nil {
+			return err
+		}
+	}
+	for _, r := range in.Reads {
+		v, err := json.Marshal(readRecord(r))
+		if err != nil {
+			return err
+		}
+		if err := b.Set(readKey(r.ChannelID, r.UserID), v, nil); err != nil {
 			return err
 		}
 	}
@@ -633,6 +671,75 @@ func (s *Store) InboxByMessage(ctx context.Context, u domain.UserID, epoch int32
 		return store.InboxEntry{}, notFound
 	}
 	return store.InboxEntry(r), nil
+}
+
+// DeviceCursors returns every device position of u, sorted by device id.
+func (s *Store) DeviceCursors(ctx context.Context, u domain.UserID) ([]store.DeviceCursor, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	cursors := []store.DeviceCursor{}
+	prefix := cursorPrefix(u)
+	err := s.scan(prefix, prefixEnd(prefix), false, -1, func(_, v []byte) error {
+		var r cursorRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		cursors = append(cursors, store.DeviceCursor(r))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: device cursors of %s: %w", u, err)
+	}
+	return cursors, nil
+}
+
+// ChannelReads returns each member's read mark in the channel, sorted by
+// user id.
+func (s *Store) ChannelReads(ctx context.Context, ch domain.ChannelID) ([]store.ReadMark, error) {
+	if err := s.check(ctx); err != nil {
+		return nil, err
+	}
+	reads := []store.ReadMark{}
+	prefix := readPrefix(ch)
+	err := s.scan(prefix, prefixEnd(prefix), false, -1, func(_, v []byte) error {
+		var r readRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		reads = append(reads, store.ReadMark(r))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: reads of %s: %w", ch, err)
+	}
+	return reads, nil
+}
+
+// ReservePush records that the push notification of message id for u is
+// being sent, unless it was already: then created is false. The check and
+// the fsynced write happen under the key's reservation lock.
+func (s *Store) ReservePush(ctx context.Context, u domain.UserID, id domain.MessageID, at time.Time) (bool, error) {
+	if err := s.check(ctx); err != nil {
+		return false, err
+	}
+	k := pushKey(u, id)
+	mu := s.resLock(k)
+	mu.Lock()
+	defer mu.Unlock()
+	if found, err := s.has(k); err != nil {
+		return false, fmt.Errorf("pebblestore: reserve push: %w", err)
+	} else if found {
+		return false, nil
+	}
+	v, err := json.Marshal(pushRecord{ReservedAt: at})
+	if err != nil {
+		return false, fmt.Errorf("pebblestore: reserve push: %w", err)
+	}
+	if err := s.db.Set(k, v, pebble.Sync); err != nil {
+		return false, fmt.Errorf("pebblestore: reserve push: %w", err)
+	}
+	return true, nil
 }
 
 // scan calls fn for each key in [lower, upper), in reverse order if

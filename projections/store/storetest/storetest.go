@@ -41,6 +41,10 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"MessageByID", testMessageByID},
 		{"Inbox", testInbox},
 		{"InboxByMessage", testInboxByMessage},
+		{"DeviceCursors", testDeviceCursors},
+		{"ChannelReads", testChannelReads},
+		{"ReservePush", testReservePush},
+		{"ReservePushConcurrently", testReservePushConcurrently},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,559 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// password is every load user's password.
+const password = "loadgen-password-0"
+
+// runner is one load run. run owns it: every goroutine it starts (the
+// progress line, setup workers, one reader per connection, the pacer's
+// senders) is waited for before run returns.
+type runner struct {
+	cfg      Config
+	api      *api
+	out      io.Writer // progress lines
+	start    time.Time
+	users    []*user
+	channels []*channel
+	conns    []*wsConn
+	tr       *tracker
+	errs     errorCounts
+	closing  atomic.Bool
+	dropped  atomic.Int64 // connections the server closed
+	readers  sync.WaitGroup
+	phase    atomic.Pointer[func() string]
+}
+
+// run carries out one load run against cfg.Server and returns its result.
+// A result with an error is as far as the run got.
+func run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
+	r := &runner{cfg: cfg, api: newAPI(cfg.Server, cfg.Concurrency), out: progress, start: time.Now(), tr: newTracker()}
+	defer r.api.close()
+	res := newResult(cfg, r.start)
+	res.Limits.NoFileSoft, res.Limits.NoFileHard = raiseNoFile(uint64(cfg.Connections()) + 512)
+	if soft := res.Limits.NoFileSoft; soft != 0 && soft < uint64(cfg.Connections())+64 {
+		fmt.Fprintf(progress, "loadgen: warning: open-files limit %d is below the %d connections asked for\n", soft, cfg.Connections())
+	}
+
+	pctx, pstop := context.WithCancel(ctx)
+	var pwg sync.WaitGroup
+	pwg.Go(func() { r.progressLoop(pctx) })
+	defer func() { pstop(); pwg.Wait() }()
+	defer r.closeAll() // before the progress line stops: deferred calls run last first
+
+	err := r.run(ctx, res)
+	res.Errors = r.errs.snapshot()
+	return res, err
+}
+
+func (r *runner) run(ctx context.Context, res *Result) error {
+	cfg := r.cfg
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := r.api.healthy(hctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("server %s not ready: %w", cfg.Server, err)
+	}
+	r.layout()
+	res.Channels = len(r.channels)
+
+	t := time.Now()
+	if err := r.signUp(ctx); err != nil {
+		return err
+	}
+	res.Setup.SignUp = seconds(time.Since(t))
+	t = time.Now()
+	if err := r.login(ctx); err != nil {
+		return err
+	}
+	res.Setup.Login = seconds(time.Since(t))
+	if !cfg.Idle {
+		t = time.Now()
+		if err := r.createChannels(ctx); err != nil {
+			return err
+		}
+		res.Setup.Channels = seconds(time.Since(t))
+	}
+
+	res.Memory.Before, res.Memory.BeforeAfterGC, err = r.memory(ctx, cfg.Idle, "before connecting")
+	if err != nil {
+		return err
+	}
+	t = time.Now()
+	opened, stop := r.connect(ctx)
+	res.Setup.Connect = seconds(time.Since(t))
+	res.Connections = opened
+	if stop != nil {
+		res.StoppedBy = stop.reason(res.Limits.NoFileSoft)
+		if !cfg.Idle || opened == 0 {
+			return fmt.Errorf("connecting (%d of %d open): %w", opened, cfg.Connections(), stop)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	held := time.Now()
+	r.setPhase(func() string { return fmt.Sprintf("settling: %d connections open", opened) })
+	if err := sleep(ctx, cfg.Settle); err != nil {
+		return err
+	}
+	res.Memory.After, res.Memory.AfterAfterGC, err = r.memory(ctx, cfg.Idle, fmt.Sprintf("at %d connections", opened))
+	if err != nil {
+		return err
+	}
+	res.Memory.perConnection(opened)
+
+	if cfg.Idle {
+		r.setPhase(r.idlePhase(ctx, opened))
+		err := sleep(ctx, time.Until(held.Add(cfg.Duration)))
+		res.HeldSeconds = seconds(time.Since(held))
+		if d := r.dropped.Load(); d > 0 {
+			return fmt.Errorf("the server closed %d of %d connections while they were held", d, opened)
+		}
+		return err
+	}
+	err = r.load(ctx)
+	res.Load = r.loadResult()
+	return err
+}
+
+// layout builds users, devices, connections and channels, named but not
+// yet made.
+func (r *runner) layout() {
+	cfg := r.cfg
+	r.users = make([]*user, cfg.Users)
+	for i := range r.users {
+		u := &user{name: fmt.Sprintf("%s-u%d", cfg.Prefix, i)}
+		for d := range cfg.Devices {
+			dev := &device{id: fmt.Sprintf("d%d", d)}
+			for range cfg.ConnsPerDevice {
+				c := &wsConn{dev: dev}
+				dev.conns = append(dev.conns, c)
+				r.conns = append(r.conns, c)
+			}
+			u.devices = append(u.devices, dev)
+		}
+		r.users[i] = u
+	}
+	if cfg.Idle {
+		return
+	}
+	size := cfg.GroupSize
+	if size == 0 {
+		size = 2
+	}
+	for i := 0; i+size <= len(r.users); i += size {
+		ch := &channel{index: len(r.channels), members: r.users[i : i+size]}
+		for _, u := range ch.members {
+			for _, d := range u.devices {
+				for _, c := range d.conns {
+					c.ch, c.slot = ch, len(ch.conns)
+					ch.conns = append(ch.conns, c)
+				}
+			}
+		}
+		r.channels = append(r.channels, ch)
+	}
+}
+
+func (r *runner) setPhase(f func() string) { r.phase.Store(&f) }
+
+// counter returns a phase line "what: n/total".
+func counter(what string, n *atomic.Int64, total int) func() string {
+	return func() string { return fmt.Sprintf("%s: %d/%d", what, n.Load(), total) }
+}
+
+func (r *runner) signUp(ctx context.Context) error {
+	var done atomic.Int64
+	r.setPhase(counter("signing up users", &done, len(r.users)))
+	return parallel(ctx, len(r.users), r.cfg.Concurrency, func(ctx context.Context, i int) error {
+		u := r.users[i]
+		first := true
+		err := r.retry(ctx, "signup_", func() error {
+			err := r.api.signUp(ctx, u.name, password)
+			var ae *apiError
+			if !first && errors.As(err, &ae) && ae.Code == "conflict" {
+				return nil // an earlier attempt went through
+			}
+			first = false
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("signing up %s: %w", u.name, err)
+		}
+		done.Add(1)
+		return nil
+	})
+}
+
+func (r *runner) login(ctx context.Context) error {
+	type job struct {
+		u *user
+		d *device
+	}
+	var jobs []job
+	for _, u := range r.users {
+		for _, d := range u.devices {
+			jobs = append(jobs, job{u, d})
+		}
+	}
+	var done atomic.Int64
+	r.setPhase(counter("logging devices in", &done, len(jobs)))
+	return parallel(ctx, len(jobs), r.cfg.Concurrency, func(ctx context.Context, i int) error {
+		j := jobs[i]
+		var uid string
+		err := r.retry(ctx, "login_", func() error {
+			var err error
+			j.d.token, uid, err = r.api.login(ctx, j.u.name, password, j.d.id)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("logging %s/%s in: %w", j.u.name, j.d.id, err)
+		}
+		if j.d == j.u.devices[0] {
+			j.u.id = uid // each user's first device is the only writer
+		}
+		done.Add(1)
+		return nil
+	})
+}
+
+func (r *runner) createChannels(ctx context.Context) error {
+	var done atomic.Int64
+	r.setPhase(counter("creating channels", &done, len(r.channels)))
+	return parallel(ctx, len(r.channels), r.cfg.Concurrency, func(ctx context.Context, i int) error {
+		ch := r.channels[i]
+		creator := ch.members[0]
+		var others []string
+		for _, u := range ch.members[1:] {
+			others = append(others, u.id)
+		}
+		kind, name := "group", fmt.Sprintf("%s-g%d", r.cfg.Prefix, i)
+		if r.cfg.GroupSize == 0 {
+			kind, name = "direct", ""
+		}
+		err := r.retry(ctx, "channel_", func() error {
+			var err error
+			ch.id, err = r.api.createChannel(ctx, creator.devices[0].token, kind, name, others)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("creating channel %d: %w", i, err)
+		}
+		done.Add(1)
+		return nil
+	})
+}
+
+// retry runs fn up to 4 times while it fails with a retryable error,
+// counting each failure under prefix and its code.
+func (r *runner) retry(ctx context.Context, prefix string, fn func() error) error {
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.errs.add(errCode(prefix, err))
+		if attempt == 4 || !retryable(err) {
+			return err
+		}
+		if err := sleep(ctx, backoff); err != nil {
+			return err
+		}
+		backoff *= 2
+	}
+}
+
+// memory reads the server's memory; with waitGC, first waits (at most
+// cfg.GCWait) for the server's next garbage collection, and says whether
+// one was seen.
+func (r *runner) memory(ctx context.Context, waitGC bool, when string) (memSample, bool, error) {
+	m, err := r.api.metrics(ctx)
+	if err != nil || !waitGC || r.cfg.GCWait == 0 {
+		return m, false, err
+	}
+	start := time.Now()
+	r.setPhase(func() string {
+		return fmt.Sprintf("memory %s: waiting for the server's next GC (%ds of at most %s)", when, int(time.Since(start).Seconds()), r.cfg.GCWait)
+	})
+	for time.Since(start) < r.cfg.GCWait {
+		if err := sleep(ctx, time.Second); err != nil {
+			return m, false, err
+		}
+		m2, err := r.api.metrics(ctx)
+		if err != nil {
+			return m, false, err
+		}
+		if m2.GCs > m.GCs {
+			return m2, true, nil
+		}
+	}
+	m, err = r.api.metrics(ctx)
+	return m, false, err
+}
+
+// connect dials every connection and starts its reader. It stops at the
+// first failure and returns it with the number open.
+func (r *runner) connect(ctx context.Context) (int, *dialError) {
+	srcs := r.cfg.sourceIPs()
+	dialers := make([]*dialer, len(srcs))
+	for i, ip := range srcs {
+		dialers[i] = newDialer(r.cfg.Server, ip)
+	}
+	var open atomic.Int64
+	r.setPhase(counter("connecting", &open, len(r.conns)))
+	err := parallel(ctx, len(r.conns), r.cfg.ConnectConcurrency, func(ctx context.Context, i int) error {
+		c := r.conns[i]
+		ws, err := dialers[i%len(dialers)].dial(ctx, c.dev.token)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.errs.add(errCode("", err))
+			return err
+		}
+		c.ws = ws
+		open.Add(1)
+		r.readers.Go(func() { r.read(c) })
+		return nil
+	})
+	var de *dialError
+	if errors.As(err, &de) {
+		return int(open.Load()), de
+	}
+	return int(open.Load()), nil
+}
+
+// read runs a connection's reader: it matches acks, errors and messages
+// to sends until the connection closes.
+func (r *runner) read(c *wsConn) {
+	for {
+		_, data, err := c.ws.ReadMessage()
+		if err != nil {
+			if !r.closing.Load() {
+				r.dropped.Add(1)
+				if isClosed(err) {
+					r.errs.add("conn_closed_by_server")
+				} else {
+					r.errs.add("conn_read_error")
+				}
+			}
+			return
+		}
+		now := time.Now()
+		var f serverFrame
+		if err := json.Unmarshal(data, &f); err != nil {
+			r.errs.add("bad_frame")
+			continue
+		}
+		switch f.Type {
+		case "ack":
+			if id, ok := parseClientMsgID(f.ClientMsgID); ok {
+				r.tr.acked(id, now)
+			} else {
+				r.tr.unexpected()
+			}
+		case "message":
+			id, ok := parseStamp(r.cfg.Prefix, f.Text)
+			if !ok || c.ch == nil {
+				r.tr.unexpected()
+				continue
+			}
+			r.tr.delivered(id, c.ch.index, c.slot, now)
+		case "error":
+			r.errs.add(f.Code)
+			if id, ok := parseClientMsgID(f.ClientMsgID); ok {
+				r.tr.failed(id)
+			}
+		}
+	}
+}
+
+// closeAll closes every connection and waits for the readers.
+func (r *runner) closeAll() {
+	r.closing.Store(true)
+	for _, c := range r.conns {
+		if c.ws != nil {
+			_ = c.ws.Close()
+		}
+	}
+	r.readers.Wait()
+}
+
+type sendJob struct {
+	c  *wsConn
+	id uint64
+}
+
+// load sends at cfg.Rate for the warm-up and the measured window, then
+// waits up to cfg.Grace for what is still missing.
+func (r *runner) load(ctx context.Context) error {
+	cfg := r.cfg
+	jobs := make(chan sendJob, 4*cfg.Senders)
+	var senders sync.WaitGroup
+	start := time.Now()
+	winStart := start.Add(cfg.Warmup)
+	end := winStart.Add(cfg.Duration)
+	r.tr.setWindow(winStart, end)
+	for range cfg.Senders {
+		senders.Go(func() {
+			for j := range jobs {
+				r.send(j, winStart)
+			}
+		})
+	}
+	r.setPhase(r.loadPhase(start, winStart))
+	p := newPacer(cfg.Rate, start)
+	rng := rand.New(rand.NewPCG(uint64(start.UnixNano()), 1))
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var id uint64
+	err := func() error {
+		for {
+			now := time.Now()
+			if !now.Before(end) {
+				return nil
+			}
+			for n := p.take(now); n > 0; n-- {
+				id++
+				ch := r.channels[int(id%uint64(len(r.channels)))]
+				u := ch.members[rng.IntN(len(ch.members))]
+				d := u.devices[rng.IntN(len(u.devices))]
+				select {
+				case jobs <- sendJob{c: d.conns[rng.IntN(len(d.conns))], id: id}:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			next := p.next()
+			if next.After(end) {
+				next = end
+			}
+			timer.Reset(max(0, time.Until(next)))
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}()
+	close(jobs)
+	senders.Wait()
+	if err != nil {
+		return err
+	}
+
+	graceStart := time.Now()
+	r.setPhase(func() string {
+		c := r.tr.counts()
+		return fmt.Sprintf("grace (%.0fs of %s): %d sends not yet on every recipient, %d unacknowledged",
+			time.Since(graceStart).Seconds(), cfg.Grace, c.Pending, c.Unacked)
+	})
+	for time.Since(graceStart) < cfg.Grace {
+		if c := r.tr.counts(); c.Pending == 0 && c.Unacked == 0 {
+			break
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// send writes one send frame.
+func (r *runner) send(j sendJob, winStart time.Time) {
+	c := j.c
+	b, _ := json.Marshal(sendFrame{
+		Type: "send", ChannelID: c.ch.id, ClientMsgID: clientMsgID(j.id),
+		Text: stamp(r.cfg.Prefix, j.id, r.cfg.TextSize),
+	})
+	at := time.Now()
+	r.tr.sent(j.id, c.ch.index, len(c.ch.conns), at, !at.Before(winStart))
+	c.wmu.Lock()
+	_ = c.ws.SetWriteDeadline(at.Add(10 * time.Second))
+	err := c.ws.WriteMessage(websocket.TextMessage, b)
+	c.wmu.Unlock()
+	if err != nil {
+		r.tr.failed(j.id)
+		r.errs.add("write")
+	}
+}
+
+// loadResult sums the tracker up.
+func (r *runner) loadResult() *LoadResult {
+	cfg := r.cfg
+	c := r.tr.counts()
+	l := r.tr.losses()
+	ack, del := r.tr.histograms()
+	win := cfg.Duration.Seconds()
+	return &LoadResult{
+		TargetRate: cfg.Rate, WindowSeconds: win, WarmupSeconds: cfg.Warmup.Seconds(),
+		Sent: c.Sent, SentInWindow: c.Measured, Acked: c.Acked, Failed: c.Failed, Unacked: l.Unacked,
+		ExpectedDeliveries: l.Expected, Deliveries: c.Deliveries,
+		LostMessages: l.LostMessages, LostDeliveries: l.LostDeliveries,
+		Duplicates: c.Duplicates, Unexpected: c.Unexpected,
+		SendRate: float64(c.Measured) / win, DeliveryRate: float64(c.WindowDeliveries) / win,
+		Ack: summarize(ack), Deliver: summarize(del),
+	}
+}
+
+// parallel runs fn(ctx, i) for every i in [0, n) on at most k goroutines
+// and waits for them. The first error stops the rest and is returned.
+func parallel(ctx context.Context, n, k int, fn func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(k, n) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := fn(ctx, i); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return nil
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func seconds(d time.Duration) float64 { return d.Seconds() }

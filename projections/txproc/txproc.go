@@ -1,0 +1,285 @@
+// Package txproc runs a projection that reads one topic and writes to
+// others exactly once, with its state in memory and a changelog topic: the
+// way Kafka Streams runs a stateful processor.
+//
+// It consumes in a consumer group through a kgo.GroupTransactSession. For
+// each poll it begins a transaction, hands every record to the Handler, which
+// emits output records and state changes, and commits the outputs, the
+// state changes (to the changelog, keyed by the state's key and partitioned
+// like the input) and the group's offsets together, or none of them. On
+// assignment, and after any aborted transaction, it drops its state and
+// restores each partition from the changelog, where aborted writes are
+// invisible to its read-committed reader.
+package txproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/evchat/evchat/projections/eventlog"
+)
+
+// Handler is a projection's logic. Run calls it from one goroutine.
+type Handler interface {
+	// Restore loads one changelog record of partition p (called in log
+	// order while restoring, before any Process of p).
+	Restore(p int32, key, value []byte)
+	// Process handles one input record of partition p.
+	Process(ctx context.Context, p int32, rec *kgo.Record, out *Out) error
+	// Drop forgets all state.
+	Drop()
+}
+
+// Out collects what Process emits.
+type Out struct {
+	changelog string
+	produce   func(*kgo.Record)
+}
+
+// NewOut returns an Out that hands records to produce: for tests of a
+// Handler's Process.
+func NewOut(changelog string, produce func(*kgo.Record)) *Out {
+	return &Out{changelog: changelog, produce: produce}
+}
+
+// Emit writes an output record in the transaction.
+func (o *Out) Emit(r *kgo.Record) { o.produce(r) }
+
+// SaveState writes a state change (a key's new value) to the changelog in
+// the transaction. Its key must route it to the input's partition: use the
+// input record's key, or rely on equal partition counts and the same key.
+func (o *Out) SaveState(p int32, key, value []byte) {
+	o.produce(&kgo.Record{Topic: o.changelog, Partition: p, Key: key, Value: value})
+}
+
+// Config configures a processor.
+type Config struct {
+	// Name is the role's name: its consumer group and transactional id
+	// derive from it. Required.
+	Name string
+	// Input is the topic consumed. Required.
+	Input string
+	// Changelog is the state topic, with as many partitions as Input.
+	// Required.
+	Changelog string
+	// Log is the log's config. Required.
+	Log eventlog.Config
+	// Instance identifies this process (static membership, transactional
+	// id). Default "0".
+	Instance string
+	// OnAssigned, if set, is called with the input partitions this process
+	// owns after every assignment.
+	OnAssigned func(partitions []int32)
+	// Logger; default discard.
+	Logger *slog.Logger
+	// Hooks are extra client hooks (kprom metrics).
+	Hooks []kgo.Hook
+}
+
+// Run processes until ctx is cancelled and returns nil then.
+func Run(ctx context.Context, cfg Config, h Handler) error {
+	if cfg.Name == "" || cfg.Input == "" || cfg.Changelog == "" {
+		return errors.New("txproc: name, input and changelog are required")
+	}
+	if err := cfg.Log.Validate(); err != nil {
+		return err
+	}
+	if cfg.Instance == "" {
+		cfg.Instance = "0"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("projection", cfg.Name)
+	r := &runner{cfg: cfg, h: h, log: log, restored: map[int32]bool{}}
+	var mu sync.Mutex
+	markDirty := func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+		mu.Lock()
+		r.dirty = true
+		mu.Unlock()
+	}
+	opts := append(cfg.Log.GroupOpts(cfg.Name, cfg.Instance),
+		kgo.TransactionalID(cfg.Log.Group(cfg.Name)+"-"+cfg.Instance),
+		kgo.TransactionTimeout(30*time.Second),
+		kgo.ConsumeTopics(cfg.Input),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.OnPartitionsAssigned(func(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
+			markDirty(ctx, cl, m)
+			if cfg.OnAssigned != nil {
+				cfg.OnAssigned(m[cfg.Input])
+			}
+		}),
+		kgo.OnPartitionsRevoked(markDirty),
+		kgo.OnPartitionsLost(markDirty),
+		kgo.WithHooks(cfg.Hooks...),
+	)
+	// Changelog records carry their partition; everything else is keyed.
+	opts = append(opts, kgo.RecordPartitioner(partitioner{cfg.Changelog}))
+	sess, err := kgo.NewGroupTransactSession(cfg.Log.ClientOpts(opts...)...)
+	if err != nil {
+		return fmt.Errorf("txproc %s: session: %w", cfg.Name, err)
+	}
+	defer sess.Close()
+
+	for attempt := 0; ; {
+		fetches := sess.PollFetches(ctx)
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			return nil
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			log.Warn("fetch", "topic", t, "partition", p, "err", err)
+		})
+		if fetches.NumRecords() == 0 {
+			continue
+		}
+		mu.Lock()
+		if r.dirty {
+			r.dirty = false
+			r.drop()
+		}
+		mu.Unlock()
+		committed, err := r.batch(ctx, sess, fetches)
+		if err == nil && committed {
+			attempt = 0
+			continue
+		}
+		// Not committed: the records come again from the committed
+		// offsets; the state goes back to what the changelog says.
+		r.drop()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			log.Warn("batch aborted", "err", err)
+			attempt++
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(min(50*time.Millisecond<<min(attempt, 6), 3*time.Second)):
+			}
+		}
+	}
+}
+
+// partitioner sends changelog records to the partition they carry and
+// hashes the key of every other record like Kafka's default partitioner.
+type partitioner struct{ changelog string }
+
+func (p partitioner) ForTopic(t string) kgo.TopicPartitioner {
+	if t == p.changelog {
+		return kgo.ManualPartitioner().ForTopic(t)
+	}
+	return kgo.StickyKeyPartitioner(nil).ForTopic(t)
+}
+
+type runner struct {
+	cfg      Config
+	h        Handler
+	log      *slog.Logger
+	dirty    bool // guarded by Run's mu
+	restored map[int32]bool
+}
+
+func (r *runner) drop() {
+	clear(r.restored)
+	r.h.Drop()
+}
+
+func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetches kgo.Fetches) (bool, error) {
+	if err := sess.Begin(); err != nil {
+		return false, fmt.Errorf("begin: %w", err)
+	}
+	var (
+		errMu      sync.Mutex
+		produceErr error
+		wg         sync.WaitGroup
+	)
+	out := &Out{changelog: r.cfg.Changelog, produce: func(rec *kgo.Record) {
+		wg.Add(1)
+		sess.Produce(ctx, rec, func(_ *kgo.Record, err error) {
+			defer wg.Done()
+			if err != nil {
+				errMu.Lock()
+				produceErr = errors.Join(produceErr, err)
+				errMu.Unlock()
+			}
+		})
+	}}
+	var err error
+	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+		if err != nil {
+			return
+		}
+		if !r.restored[fp.Partition] {
+			if err = r.restore(ctx, fp.Partition); err != nil {
+				return
+			}
+			r.restored[fp.Partition] = true
+		}
+		for _, rec := range fp.Records {
+			if err = r.h.Process(ctx, fp.Partition, rec, out); err != nil {
+				return
+			}
+		}
+	})
+	wg.Wait()
+	if err == nil {
+		err = produceErr
+	}
+	if err != nil {
+		_, endErr := sess.End(ctx, kgo.TryAbort)
+		return false, errors.Join(err, endErr)
+	}
+	return sess.End(ctx, kgo.TryCommit)
+}
+
+// restore reads the changelog partition to its last stable offset.
+func (r *runner) restore(ctx context.Context, part int32) error {
+	topic := r.cfg.Changelog
+	cl, err := kgo.NewClient(r.cfg.Log.ClientOpts(
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {part: kgo.NewOffset().AtStart()}}),
+		kgo.FetchMaxWait(50*time.Millisecond),
+	)...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ends, err := kadm.NewClient(cl).ListCommittedOffsets(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("txproc %s: changelog end: %w", r.cfg.Name, err)
+	}
+	end, ok := ends.Lookup(topic, part)
+	if !ok || end.Err != nil {
+		return fmt.Errorf("txproc %s: changelog end of partition %d: %v", r.cfg.Name, part, end.Err)
+	}
+	n := 0
+	// Read until a record at end-1, or until nothing more comes: the
+	// transaction markers take offsets but are never returned, so the
+	// last readable record may sit below end-1.
+	for next := int64(0); next < end.Offset; {
+		pctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+		fs := cl.PollFetches(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if fs.NumRecords() == 0 {
+			break
+		}
+		fs.EachRecord(func(rec *kgo.Record) {
+			r.h.Restore(part, rec.Key, rec.Value)
+			next = rec.Offset + 1
+			n++
+		})
+	}
+	r.log.Debug("restored", "partition", part, "records", n, "end", end.Offset)
+	return nil
+}
