@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"go.yaml.in/yaml/v4"
 
@@ -37,6 +38,11 @@ var domainEventTypes = []string{
 	domain.TypeDeviceLoggedIn,
 	domain.TypeDeviceLogout,
 	domain.TypeInboxMessage,
+	domain.TypeHeartbeat,
+	domain.TypeDeviceAcked,
+	domain.TypeChannelRead,
+	domain.TypeClockTicked,
+	domain.TypePresence,
 }
 
 // sampleEvents has at least one event of every type.
@@ -54,7 +60,27 @@ func sampleEvents() []domain.Event {
 		domain.DeviceLoggedIn{UserID: alice, DeviceID: "phone-1"},
 		domain.DeviceLoggedOut{UserID: alice, DeviceID: "phone-1"},
 		domain.InboxMessage{UserID: bob, ChannelID: group, MessageID: msgID, SenderID: alice, Text: "hello", SentAt: time.Date(2025, 1, 2, 3, 4, 5, 123456789, time.UTC), ChannelPartition: 3, ChannelOffset: 0},
+		domain.DeviceHeartbeat{UserID: alice, DeviceID: "phone-1"},
+		domain.DeviceAcked{UserID: alice, DeviceID: "phone-1", Epoch: 1, Position: 0},
+		domain.DeviceAcked{UserID: alice, DeviceID: "web.tab_2", Epoch: 2147483647, Position: 9223372036854775807},
+		domain.ChannelRead{UserID: bob, DeviceID: "phone-1", ChannelID: group, MessageID: msgID, Seq: 0},
+		domain.ChannelRead{UserID: bob, DeviceID: "d", ChannelID: direct, MessageID: msgID, Seq: 1 << 40},
+		domain.ClockTicked{Partition: 0},
+		domain.ClockTicked{Partition: 2147483647},
+		domain.PresenceChanged{UserID: alice, Online: true, LastActiveAt: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), At: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)},
+		domain.PresenceChanged{UserID: bob, Online: false, LastActiveAt: time.Date(2025, 1, 2, 3, 4, 5, 1, time.UTC), At: time.Date(2025, 1, 2, 3, 4, 35, 0, time.UTC)},
+		// A change built as domain.ApplyPresence builds it.
+		presenceOf(domain.DeviceLoggedIn{UserID: carol, DeviceID: "phone-1"}),
 	}
+}
+
+// presenceOf returns the change that ev makes to a user never seen before.
+func presenceOf(ev domain.Event) domain.PresenceChanged {
+	_, ch := domain.ApplyPresence(domain.Presence{}, ev, time.Date(2025, 1, 2, 3, 4, 5, 6, time.FixedZone("x", 3600)), domain.DefaultPresenceWindow)
+	if ch == nil {
+		panic("no presence change")
+	}
+	return domain.PresenceChanged(*ch)
 }
 
 func encode(t *testing.T, ev domain.Event) []byte {
@@ -114,6 +140,11 @@ func TestValidateEventRefuses(t *testing.T) {
 	sent := domain.MessageSent{ChannelID: group, MessageID: msgID, SenderID: alice, DeviceID: "phone-1", ClientMsgID: "c-1", Text: "hello"}
 	inbox := domain.InboxMessage{UserID: bob, ChannelID: group, MessageID: msgID, SenderID: alice, Text: "hello", SentAt: time.Now()}
 	created := domain.ChannelCreated{ChannelID: domain.DirectChannelID(alice, bob), Kind: domain.KindDirect, CreatorID: alice, Members: []domain.UserID{alice, bob}}
+	beat := domain.DeviceHeartbeat{UserID: alice, DeviceID: "phone-1"}
+	acked := domain.DeviceAcked{UserID: alice, DeviceID: "phone-1", Epoch: 1, Position: 41}
+	read := domain.ChannelRead{UserID: bob, DeviceID: "phone-1", ChannelID: group, MessageID: msgID, Seq: 7}
+	tick := domain.ClockTicked{Partition: 3}
+	pres := domain.PresenceChanged{UserID: alice, Online: true, LastActiveAt: time.Now(), At: time.Now()}
 	set := func(k string, v any) func(env, payload map[string]any) {
 		return func(_, p map[string]any) { p[k] = v }
 	}
@@ -157,6 +188,29 @@ func TestValidateEventRefuses(t *testing.T) {
 		{"inbox sent_at not a time", mutate(t, encode(t, inbox), set("sent_at", "yesterday")), domain.CodeBadRequest},
 		{"inbox negative offset", mutate(t, encode(t, inbox), set("channel_offset", -1)), domain.CodeBadRequest},
 		{"inbox fractional partition", mutate(t, encode(t, inbox), set("channel_partition", 1.5)), domain.CodeBadRequest},
+
+		{"heartbeat without device_id", mutate(t, encode(t, beat), func(_, p map[string]any) { delete(p, "device_id") }), domain.CodeBadRequest},
+		{"heartbeat user_id not decimal", encode(t, domain.DeviceHeartbeat{UserID: "alice", DeviceID: "d"}), domain.CodeBadRequest},
+		{"heartbeat empty event_id", mutate(t, encode(t, beat), func(e, _ map[string]any) { e["event_id"] = "" }), domain.CodeBadRequest},
+		{"acked without epoch", mutate(t, encode(t, acked), func(_, p map[string]any) { delete(p, "epoch") }), domain.CodeBadRequest},
+		{"acked without position", mutate(t, encode(t, acked), func(_, p map[string]any) { delete(p, "position") }), domain.CodeBadRequest},
+		{"acked position -1", mutate(t, encode(t, acked), set("position", -1)), domain.CodeBadRequest},
+		{"acked position a string", mutate(t, encode(t, acked), set("position", "7")), domain.CodeBadRequest},
+		{"acked epoch over int32", mutate(t, encode(t, acked), set("epoch", 2147483648)), domain.CodeBadRequest},
+		{"acked negative epoch", encode(t, domain.DeviceAcked{UserID: alice, DeviceID: "d", Epoch: -1, Position: 3}), domain.CodeBadRequest},
+		{"read without seq", mutate(t, encode(t, read), func(_, p map[string]any) { delete(p, "seq") }), domain.CodeBadRequest},
+		{"read without channel_id", mutate(t, encode(t, read), func(_, p map[string]any) { delete(p, "channel_id") }), domain.CodeBadRequest},
+		{"read negative seq", mutate(t, encode(t, read), set("seq", -1)), domain.CodeBadRequest},
+		{"read message_id a number", mutate(t, encode(t, read), set("message_id", 468192741203755009)), domain.CodeBadRequest},
+		{"read message_id zero", encode(t, domain.ChannelRead{UserID: bob, DeviceID: "d", ChannelID: group, MessageID: 0, Seq: 1}), domain.CodeBadRequest},
+		{"tick without partition", mutate(t, encode(t, tick), func(_, p map[string]any) { delete(p, "partition") }), domain.CodeBadRequest},
+		{"tick negative partition", encode(t, domain.ClockTicked{Partition: -1}), domain.CodeBadRequest},
+		{"tick partition over int32", mutate(t, encode(t, tick), set("partition", 2147483648)), domain.CodeBadRequest},
+		{"presence without online", mutate(t, encode(t, pres), func(_, p map[string]any) { delete(p, "online") }), domain.CodeBadRequest},
+		{"presence without at", mutate(t, encode(t, pres), func(_, p map[string]any) { delete(p, "at") }), domain.CodeBadRequest},
+		{"presence online a string", mutate(t, encode(t, pres), set("online", "true")), domain.CodeBadRequest},
+		{"presence last_active_at null", mutate(t, encode(t, pres), set("last_active_at", nil)), domain.CodeBadRequest},
+		{"presence at not RFC 3339", mutate(t, encode(t, pres), set("at", "2025-01-02")), domain.CodeBadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -168,6 +222,30 @@ func TestValidateEventRefuses(t *testing.T) {
 				t.Fatalf("code %s, want %s: %v", got, tt.code, err)
 			}
 		})
+	}
+}
+
+// TestValidateEventIDs holds the envelope to the event ids writers use:
+// anything non-empty, "tick" on every clock.ticked included.
+func TestValidateEventIDs(t *testing.T) {
+	at := time.Date(2025, 1, 2, 3, 4, 5, 6, time.UTC)
+	for _, tt := range []struct {
+		ev domain.Event
+		id string
+	}{
+		{domain.ClockTicked{Partition: 0}, "tick"},
+		{domain.DeviceHeartbeat{UserID: alice, DeviceID: "phone-1"}, "hb"},
+		{domain.DeviceHeartbeat{UserID: alice, DeviceID: "phone-1"}, "hb." + string(alice) + "." + strings.Repeat("d", 64) + ".1735787045000000006"},
+		{domain.PresenceChanged{UserID: alice, Online: true, LastActiveAt: at, At: at}, string(alice) + "@" + at.Format(time.RFC3339Nano)},
+		{domain.DeviceAcked{UserID: alice, DeviceID: "d", Epoch: 1, Position: 1}, "468192741203755013"},
+	} {
+		b, err := domain.Encode(tt.ev, domain.Meta{EventID: tt.id, Time: at})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := schemas.ValidateEvent(b); err != nil {
+			t.Errorf("%s with event_id %q: %v", tt.ev.EventType(), tt.id, err)
+		}
 	}
 }
 
@@ -239,6 +317,10 @@ var clientFrames = []frameCase{
 	{"sync nothing yet", `{"type":"sync","epoch":1,"position":-1}`, ""},
 	{"sync largest", `{"type":"sync","epoch":2147483647,"position":9223372036854775807}`, ""},
 	{"ping", `{"type":"ping"}`, ""},
+	{"received", `{"type":"received","epoch":1,"position":0}`, ""},
+	{"received largest", `{"type":"received","epoch":2147483647,"position":9223372036854775807}`, ""},
+	{"read", `{"type":"read","channel_id":"g468192741203755011","message_id":"468192741203755009"}`, ""},
+	{"read direct, unknown field", `{"type":"read","channel_id":"d1-2","message_id":"9","at":"now"}`, ""},
 
 	{"not json", `{"type":"ping"`, domain.CodeBadRequest},
 	{"not an object", `"ping"`, domain.CodeBadRequest},
@@ -261,6 +343,18 @@ var clientFrames = []frameCase{
 	{"sync position a string", `{"type":"sync","epoch":1,"position":"4"}`, domain.CodeBadRequest},
 	{"sync epoch over int32", `{"type":"sync","epoch":2147483648,"position":1}`, domain.CodeBadRequest},
 	{"sync negative epoch", `{"type":"sync","epoch":-1,"position":1}`, domain.CodeBadRequest},
+	{"received position -1", `{"type":"received","epoch":1,"position":-1}`, domain.CodeBadRequest},
+	{"received without position", `{"type":"received","epoch":1}`, domain.CodeBadRequest},
+	{"received without epoch", `{"type":"received","position":4}`, domain.CodeBadRequest},
+	{"received position fractional", `{"type":"received","epoch":1,"position":2.5}`, domain.CodeBadRequest},
+	{"received position over int64", `{"type":"received","epoch":1,"position":9223372036854775808}`, domain.CodeBadRequest},
+	{"received epoch over int32", `{"type":"received","epoch":2147483648,"position":1}`, domain.CodeBadRequest},
+	{"read without message_id", `{"type":"read","channel_id":"g1"}`, domain.CodeBadRequest},
+	{"read without channel_id", `{"type":"read","message_id":"9"}`, domain.CodeBadRequest},
+	{"read message_id a number", `{"type":"read","channel_id":"g1","message_id":468192741203755009}`, domain.CodeBadRequest},
+	{"read message_id zero", `{"type":"read","channel_id":"g1","message_id":"0"}`, domain.CodeBadRequest},
+	{"read message_id not decimal", `{"type":"read","channel_id":"g1","message_id":"abc"}`, domain.CodeBadRequest},
+	{"read bad channel_id", `{"type":"read","channel_id":"general","message_id":"9"}`, domain.CodeBadRequest},
 }
 
 var serverFrames = []frameCase{
@@ -273,8 +367,10 @@ var serverFrames = []frameCase{
 	{"pong", `{"type":"pong"}`, ""},
 	{"error", `{"type":"error","code":"not_member","message":"not a member"}`, ""},
 	{"error of a send", `{"type":"error","code":"too_long","message":"too long","client_msg_id":"c-1"}`, ""},
+	{"presence online", `{"type":"presence","user_id":"468192741203755008","online":true,"last_active_at":"2025-01-02T03:04:05.123456789Z"}`, ""},
+	{"presence offline", `{"type":"presence","user_id":"8","online":false,"last_active_at":"2025-01-02T03:04:05Z"}`, ""},
 
-	{"unknown type", `{"type":"presence","user_id":"8"}`, domain.CodeUnknownType},
+	{"unknown type", `{"type":"typing","user_id":"8"}`, domain.CodeUnknownType},
 	{"client type from server", `{"type":"send","channel_id":"g1","client_msg_id":"c","text":"hi"}`, domain.CodeUnknownType},
 	{"hello without epoch", `{"type":"hello","user_id":"8","device_id":"d"}`, domain.CodeBadRequest},
 	{"hello user_id a number", `{"type":"hello","user_id":8,"device_id":"d","epoch":1}`, domain.CodeBadRequest},
@@ -288,7 +384,15 @@ var serverFrames = []frameCase{
 	{"resync without epoch", `{"type":"resync"}`, domain.CodeBadRequest},
 	{"error unknown code", `{"type":"error","code":"oops","message":"x"}`, domain.CodeBadRequest},
 	{"error without message", `{"type":"error","code":"internal"}`, domain.CodeBadRequest},
+	{"presence without online", `{"type":"presence","user_id":"8","last_active_at":"2025-01-02T03:04:05Z"}`, domain.CodeBadRequest},
+	{"presence without last_active_at", `{"type":"presence","user_id":"8","online":true}`, domain.CodeBadRequest},
+	{"presence last_active_at null", `{"type":"presence","user_id":"8","online":false,"last_active_at":null}`, domain.CodeBadRequest},
+	{"presence online a string", `{"type":"presence","user_id":"8","online":"yes","last_active_at":"2025-01-02T03:04:05Z"}`, domain.CodeBadRequest},
+	{"presence user_id a number", `{"type":"presence","user_id":8,"online":true,"last_active_at":"2025-01-02T03:04:05Z"}`, domain.CodeBadRequest},
 }
+
+// clientFrameTypes is every frame type a client may send.
+var clientFrameTypes = []string{"send", "sync", "ping", "received", "read"}
 
 func TestValidateFrames(t *testing.T) {
 	whole := compileFromDisk(t)
@@ -299,8 +403,8 @@ func TestValidateFrames(t *testing.T) {
 		cases    []frameCase
 		types    []string
 	}{
-		{"client", schemas.ValidateClientFrame, "frames/client.v1.json", clientFrames, []string{"send", "sync", "ping"}},
-		{"server", schemas.ValidateServerFrame, "frames/server.v1.json", serverFrames, []string{"hello", "ack", "message", "synced", "resync", "pong", "error"}},
+		{"client", schemas.ValidateClientFrame, "frames/client.v1.json", clientFrames, clientFrameTypes},
+		{"server", schemas.ValidateServerFrame, "frames/server.v1.json", serverFrames, []string{"hello", "ack", "message", "synced", "resync", "pong", "error", "presence"}},
 	} {
 		validTypes := map[string]bool{}
 		invalidTypes := map[string]bool{}
@@ -432,6 +536,8 @@ func TestOpenAPIRoutes(t *testing.T) {
 		"GET /v1/channels",
 		"GET /v1/channels/:channel_id",
 		"GET /v1/channels/:channel_id/messages",
+		"GET /v1/channels/:channel_id/reads",
+		"GET /v1/presence",
 		"GET /v1/users",
 		"GET /v1/ws",
 		"POST /v1/channels",
@@ -449,6 +555,41 @@ func TestOpenAPIRoutes(t *testing.T) {
 	}
 	if !bytes.Equal(schemas.OpenAPI(), disk) {
 		t.Error("OpenAPI() differs from openapi.yaml")
+	}
+}
+
+// TestOpenAPIBodies checks answers shaped as the handlers of gateway/api
+// write them against their schemas in openapi.yaml.
+func TestOpenAPIBodies(t *testing.T) {
+	doc, err := openapi3.NewLoader().LoadFromData(schemas.OpenAPI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		schema, body string
+		ok           bool
+	}{
+		{"PresenceList", `{"presence":[{"user_id":"468192741203755008","online":true,"last_active_at":"2025-01-02T03:04:05Z"},{"user_id":"468192741203755010","online":false,"last_active_at":null}]}`, true},
+		{"PresenceList", `{"presence":[]}`, true},
+		{"PresenceList", `{"presence":[{"user_id":"468192741203755010","online":false}]}`, false},
+		{"PresenceList", `{"presence":[{"user_id":"468192741203755010","online":"no","last_active_at":null}]}`, false},
+		{"ReadList", `{"reads":[{"user_id":"468192741203755008","message_id":"468192741203755009","seq":12,"updated_at":"2025-01-02T03:04:05.5Z"}]}`, true},
+		{"ReadList", `{"reads":[]}`, true},
+		{"ReadList", `{"reads":[{"user_id":"468192741203755008","message_id":468192741203755009,"seq":12,"updated_at":"2025-01-02T03:04:05Z"}]}`, false},
+		{"ReadList", `{"reads":[{"user_id":"468192741203755008","message_id":"9","seq":-1,"updated_at":"2025-01-02T03:04:05Z"}]}`, false},
+		{"ReadList", `{}`, false},
+	} {
+		ref := doc.Components.Schemas[tt.schema]
+		if ref == nil || ref.Value == nil {
+			t.Fatalf("no schema %s", tt.schema)
+		}
+		var v any
+		if err := json.Unmarshal([]byte(tt.body), &v); err != nil {
+			t.Fatal(err)
+		}
+		if err := ref.Value.VisitJSON(v); (err == nil) != tt.ok {
+			t.Errorf("%s %s: %v, want ok %v", tt.schema, tt.body, err, tt.ok)
+		}
 	}
 }
 
@@ -533,7 +674,7 @@ func TestAsyncAPI(t *testing.T) {
 		names = append(names, name)
 	}
 	slices.Sort(names)
-	if want := []string{"/v1/ws", "chat.channels", "chat.inbox.e1", "chat.sessions"}; !slices.Equal(names, want) {
+	if want := []string{"/v1/ws", "chat.channels", "chat.inbox.e1", "chat.presence", "chat.sessions"}; !slices.Equal(names, want) {
 		t.Errorf("channels %v, want %v", names, want)
 	}
 	msgs, _ := doc["components"].(map[string]any)["messages"].(map[string]any)
@@ -547,6 +688,30 @@ func TestAsyncAPI(t *testing.T) {
 	slices.Sort(eventNames)
 	if got := schemas.EventTypes(); !slices.Equal(eventNames, got) {
 		t.Errorf("asyncapi event messages %v, want %v", eventNames, got)
+	}
+
+	// Every frame type of frames/*.v1.json has a message, and no message
+	// names a frame that is not there.
+	var frameRefs, frameDefs []string
+	for _, m := range msgs {
+		ref, _ := m.(map[string]any)["payload"].(map[string]any)["$ref"].(string)
+		if strings.HasPrefix(ref, "frames/") {
+			frameRefs = append(frameRefs, ref)
+		}
+	}
+	for _, f := range []string{"frames/client.v1.json", "frames/server.v1.json"} {
+		var d struct {
+			Defs map[string]any `json:"$defs"`
+		}
+		readJSON(t, f, &d)
+		for name := range d.Defs {
+			frameDefs = append(frameDefs, f+"#/$defs/"+name)
+		}
+	}
+	slices.Sort(frameRefs)
+	slices.Sort(frameDefs)
+	if !slices.Equal(frameRefs, frameDefs) {
+		t.Errorf("asyncapi frame messages %v, want %v", frameRefs, frameDefs)
 	}
 
 	// Every $ref resolves: within the document, or to a file and a JSON
@@ -619,7 +784,7 @@ func FuzzValidateClientFrame(f *testing.F) {
 		err := schemas.ValidateClientFrame(raw)
 		if err == nil {
 			var fr struct{ Type string }
-			if json.Unmarshal(raw, &fr) != nil || !slices.Contains([]string{"send", "sync", "ping"}, fr.Type) {
+			if json.Unmarshal(raw, &fr) != nil || !slices.Contains(clientFrameTypes, fr.Type) {
 				t.Fatalf("accepted %q", raw)
 			}
 		} else if c := domain.CodeOf(err); c != domain.CodeBadRequest && c != domain.CodeUnknownType {

@@ -34,5 +34,5 @@ func (p *pacer) take(now time.Time) int64 {
 
 // next returns when the next send not yet taken is due.
 func (p *pacer) next() time.Time {
-	return p.start.Add(time.Duration(float64(p.taken) / p.rate * float64(time.Second)))
+	return p.start.Add(time.Duration(float64(p.taken) * float64(time.Second) / p.rate))
 }

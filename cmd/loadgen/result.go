@@ -166,7 +166,7 @@ func (res *Result) Summary(w io.Writer) {
 		if b {
 			return "just after a GC"
 		}
-		return "no GC awaited"
+		return "no GC seen"
 	}
 	p("  memory:  before, %.0f connections: RSS %s, heap in use %s, stacks %s (%s)",
 		m.Before.Connections, mib(m.Before.RSS), mib(m.Before.HeapInuse), mib(m.Before.StackInuse), gc(m.BeforeAfterGC))

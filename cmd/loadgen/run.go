@@ -280,9 +280,10 @@ func (r *runner) retry(ctx context.Context, prefix string, fn func() error) erro
 	}
 }
 
-// memory reads the server's memory; with waitGC, first waits (at most
-// cfg.GCWait) for the server's next garbage collection, and says whether
-// one was seen.
+// memory reads the server's memory. With waitGC it first waits (at most
+// cfg.GCWait) for the server's next garbage collection, then (at most
+// rssSteadyWait more) for its RSS to stop falling as freed pages go back
+// to the system, and says whether a GC was seen.
 func (r *runner) memory(ctx context.Context, waitGC bool, when string) (memSample, bool, error) {
 	m, err := r.api.metrics(ctx)
 	if err != nil || !waitGC || r.cfg.GCWait == 0 {
@@ -290,23 +291,42 @@ func (r *runner) memory(ctx context.Context, waitGC bool, when string) (memSampl
 	}
 	start := time.Now()
 	r.setPhase(func() string {
-		return fmt.Sprintf("memory %s: waiting for the server's next GC (%ds of at most %s)", when, int(time.Since(start).Seconds()), r.cfg.GCWait)
+		return fmt.Sprintf("memory %s: waiting for the server's next GC and a steady RSS (%ds)", when, int(time.Since(start).Seconds()))
 	})
-	for time.Since(start) < r.cfg.GCWait {
+	gcs, gc := m.GCs, false
+	for !gc && time.Since(start) < r.cfg.GCWait {
 		if err := sleep(ctx, time.Second); err != nil {
 			return m, false, err
 		}
-		m2, err := r.api.metrics(ctx)
-		if err != nil {
+		if m, err = r.api.metrics(ctx); err != nil {
 			return m, false, err
 		}
-		if m2.GCs > m.GCs {
-			return m2, true, nil
+		gc = m.GCs > gcs
+	}
+	steady := 0
+	for t := time.Now(); gc && steady < 3 && time.Since(t) < rssSteadyWait; {
+		if err := sleep(ctx, time.Second); err != nil {
+			return m, false, err
+		}
+		prev := m.RSS
+		if m, err = r.api.metrics(ctx); err != nil {
+			return m, false, err
+		}
+		if prev-m.RSS < rssSteadyStep {
+			steady++
+		} else {
+			steady = 0
 		}
 	}
-	m, err = r.api.metrics(ctx)
-	return m, false, err
+	return m, gc, nil
 }
+
+// The RSS counts as steady once it fell less than rssSteadyStep in each of
+// three seconds running; it is awaited at most rssSteadyWait.
+const (
+	rssSteadyStep = 256 << 10
+	rssSteadyWait = 60 * time.Second
+)
 
 // connect dials every connection and starts its reader. It stops at the
 // first failure and returns it with the number open.

@@ -47,7 +47,7 @@ type Config struct {
 	// Default 30s.
 	Window time.Duration
 	// Tick is how often the clock of each owned partition is advanced.
-	// Default 1s. 0 < Tick < Window.
+	// Default 1s; negative turns the ticker off (tests write the ticks).
 	Tick time.Duration
 	// Instance identifies this process. Default "0".
 	Instance string
@@ -100,7 +100,9 @@ func (p *Projection) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wg.Go(func() { p.tick(ctx, ticker) })
+	if p.cfg.Tick > 0 {
+		wg.Go(func() { p.tick(ctx, ticker) })
+	}
 	return txproc.Run(ctx, txproc.Config{
 		Name: Name, Input: p.topics.Sessions, Changelog: p.topics.PresenceState,
 		Log: p.cfg.Log, Instance: p.cfg.Instance, Logger: p.cfg.Logger,
