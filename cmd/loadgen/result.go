@@ -46,6 +46,7 @@ type Result struct {
 // Memory is the server's memory before connecting and with every
 // connection open and idle, and the difference per connection.
 type Memory struct {
+	WaitedForGC   bool      `json:"waited_for_gc"` // readings waited for a server GC (idle runs)
 	Before        memSample `json:"before"`
 	BeforeAfterGC bool      `json:"before_after_gc"` // read just after a server GC
 	After         memSample `json:"after"`
@@ -163,10 +164,13 @@ func (res *Result) Summary(w io.Writer) {
 		res.Setup.SignUp, res.Setup.Login, res.Setup.Channels, res.Setup.Connect)
 	m := res.Memory
 	gc := func(b bool) string {
-		if b {
-			return "just after a GC"
+		switch {
+		case b:
+			return "just after a GC, RSS steady"
+		case m.WaitedForGC:
+			return "no GC came in time"
 		}
-		return "no GC seen"
+		return "read at once, garbage included"
 	}
 	p("  memory:  before, %.0f connections: RSS %s, heap in use %s, stacks %s (%s)",
 		m.Before.Connections, mib(m.Before.RSS), mib(m.Before.HeapInuse), mib(m.Before.StackInuse), gc(m.BeforeAfterGC))
@@ -180,7 +184,7 @@ func (res *Result) Summary(w io.Writer) {
 		p("  held:    %.0fs", res.HeldSeconds)
 	}
 	if l := res.Load; l != nil {
-		p("  load:    target %.0f msg/s for %.0fs after %.0fs warm-up: %.1f msg/s sent, %.1f deliveries/s",
+		p("  load:    target %.0f msg/s for %.1fs after %.1fs warm-up: %.1f msg/s sent, %.1f deliveries/s",
 			l.TargetRate, l.WindowSeconds, l.WarmupSeconds, l.SendRate, l.DeliveryRate)
 		p("           sent %d (%d in window), acked %d, failed %d, unacked %d", l.Sent, l.SentInWindow, l.Acked, l.Failed, l.Unacked)
 		p("           delivered %d of %d expected; lost %d messages (%d deliveries), duplicated %d, unexpected %d",

@@ -87,6 +87,7 @@ func (r *runner) run(ctx context.Context, res *Result) error {
 		res.Setup.Channels = seconds(time.Since(t))
 	}
 
+	res.Memory.WaitedForGC = cfg.Idle && cfg.GCWait > 0
 	res.Memory.Before, res.Memory.BeforeAfterGC, err = r.memory(ctx, cfg.Idle, "before connecting")
 	if err != nil {
 		return err

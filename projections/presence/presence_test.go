@@ -44,7 +44,7 @@ func TestReplay(t *testing.T) {
 		{domain.DeviceLoggedIn{UserID: "2", DeviceID: "a"}, 1},
 		{domain.DeviceHeartbeat{UserID: "1", DeviceID: "a"}, 5},
 		{tick, 20},
-		{domain.DeviceLoggedIn{UserID: "1", DeviceID: "b"}, 21}, // a second device
+		{domain.DeviceLoggedIn{UserID: "1", DeviceID: "b"}, 21},  // a second device
 		{domain.DeviceLoggedOut{UserID: "2", DeviceID: "a"}, 22}, // logout: offline at once
 		{tick, 30},
 		{domain.DeviceHeartbeat{UserID: "1", DeviceID: "b"}, 40},
