@@ -38,6 +38,12 @@ type Channel struct {
 	CreatorID UserID      `json:"creator_id"`
 	Members   []UserID    `json:"members"` // sorted, no duplicates
 	CreatedAt time.Time   `json:"created_at"`
+	// Version is the channel-topic offset just past the last event that
+	// changed this state; 0 before any. Projections set it (Evolve does
+	// not): a history rebuild knows a stored state with a version past the
+	// record it reads comes from later in the log, and starts that channel
+	// afresh.
+	Version int64 `json:"version,omitempty"`
 }
 
 // Exists reports whether the channel has been created.

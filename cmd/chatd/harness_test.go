@@ -97,6 +97,7 @@ type node struct {
 	done      chan struct{}
 	extra     []string // more flags
 	machine   int      // --machine-id; 0 means 1
+	admin     string   // --admin address
 }
 
 func freePort(t testing.TB) int {
@@ -118,6 +119,7 @@ func startNode(t *testing.T, b backend, extra ...string) *node {
 		prefix:    "t" + suffix,
 		keyspace:  "e2e_" + suffix,
 		extra:     extra,
+		admin:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 	}
 	n.start()
 	t.Cleanup(n.stop)
@@ -132,6 +134,7 @@ func startPeer(t *testing.T, n *node, machine int, extra ...string) *node {
 	p := &node{
 		t: t, b: n.b, dir: t.TempDir(), http: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		kafkaPort: freePort(t), prefix: n.prefix, keyspace: n.keyspace, extra: extra, machine: machine,
+		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 	}
 	p.start()
 	t.Cleanup(p.stop)
@@ -152,7 +155,7 @@ func (n *node) start() {
 		"--http", n.http, "--data", n.dir, "--topic-prefix", n.prefix,
 		"--embedded-kafka-port", fmt.Sprint(n.kafkaPort), "--partitions", "4", "--log-level", "warn",
 		"--kafka", n.b.kafka, "--cassandra", n.b.cassandra, "--keyspace", n.keyspace,
-		"--machine-id", fmt.Sprint(max(n.machine, 1)),
+		"--machine-id", fmt.Sprint(max(n.machine, 1)), "--admin", n.admin,
 	}
 	args = append(args, n.extra...)
 	n.cmd = exec.Command(chatdBin, args...)
@@ -583,4 +586,13 @@ func (n *node) validateTopics(topics ...string) {
 			n.t.Errorf("topic %s: no records read", topic)
 		}
 	}
+}
+
+// ops runs "chatd replay" or "chatd verify" against the node, as an
+// operator would, and returns its output and whether it succeeded.
+func (n *node) ops(args ...string) (string, bool) {
+	n.t.Helper()
+	cmd := exec.Command(chatdBin, append(args, "--admin", n.admin)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err == nil
 }

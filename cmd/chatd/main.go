@@ -28,6 +28,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && (args[0] == "replay" || args[0] == "verify") {
+		return opsCommand(ctx, args[0], args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("chatd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := defaultConfig()
@@ -45,6 +48,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.PushDelay, "push-delay", cfg.PushDelay, "how long a push notification waits for a device to acknowledge the message")
 	fs.StringVar(&cfg.PushWebhook, "push-webhook", cfg.PushWebhook, "URL that receives push notifications as FCM-shaped JSON; empty logs them")
 	fs.DurationVar(&cfg.ClockSkew, "clock-skew", 0, "testing: shift this process's message-id clock")
+	fs.StringVar(&cfg.AdminAddr, "admin", cfg.AdminAddr, "address of the operators' endpoints (replay, verify, pprof); empty: off")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -77,4 +81,31 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// opsCommand runs "chatd replay" or "chatd verify" against a running node's
+// admin address.
+func opsCommand(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("chatd "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("admin", "127.0.0.1:8081", "the node's --admin address")
+	projection := fs.String("projection", "", "history, inbox, cursors or push (verify: history or inbox)")
+	from := "start"
+	if name == "replay" {
+		fs.StringVar(&from, "from", from, "start (delete the state and rebuild), offset:N, or time:RFC3339")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if *projection == "" {
+		return fmt.Errorf("%s: --projection is required", name)
+	}
+	out := newPrinter(stdout)
+	if name == "replay" {
+		return replayCmd(ctx, *addr, *projection, from, out)
+	}
+	return verifyCmd(*addr, *projection, out)
 }

@@ -8,12 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -58,6 +59,7 @@ type config struct {
 	PushDelay         time.Duration // default 3s
 	PushWebhook       string        // default "": log notifications
 	ClockSkew         time.Duration // default 0; testing only
+	AdminAddr         string        // default "": no admin listener
 	Logger            *slog.Logger
 	Stdout            io.Writer
 }
@@ -176,61 +178,71 @@ func runNode(ctx context.Context, cfg config) error {
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var wg sync.WaitGroup
-	start := func(name string, fn func(context.Context) error) {
-		wg.Go(func() {
-			if err := fn(ctx); err != nil {
-				log.Error("stopped", "role", name, "err", err)
-				cancel(fmt.Errorf("%s: %w", name, err))
-			}
+	rs := newRoles(ctx, cancel, log)
+	start := rs.start
+	projections := map[string]replayable{
+		history.Name: {logCfg.Topics().Channels, func() projector.Handler { return history.New(st, cfg.Limits, log) }},
+		inbox.Name:   {logCfg.Topics().Inbox, func() projector.Handler { return inbox.New(st, logCfg.Epoch(), log) }},
+		cursors.Name: {logCfg.Topics().Sessions, func() projector.Handler { return cursors.New(st, log) }},
+		push.Name:    {logCfg.Topics().Inbox, func() projector.Handler { return pusher }},
+	}
+	for _, name := range slices.Sorted(maps.Keys(projections)) {
+		p := projections[name]
+		start(name, func(ctx context.Context) error {
+			return projector.Run(ctx, projector.Config{Name: name, Topic: p.topic, Log: logCfg, Instance: instance, Logger: log},
+				st, p.handler())
 		})
 	}
-	start(history.Name, func(ctx context.Context) error {
-		return projector.Run(ctx, projector.Config{Name: history.Name, Topic: logCfg.Topics().Channels, Log: logCfg, Instance: instance, Logger: log},
-			st, history.New(st, cfg.Limits, log))
-	})
-	start(inbox.Name, func(ctx context.Context) error {
-		return projector.Run(ctx, projector.Config{Name: inbox.Name, Topic: logCfg.Topics().Inbox, Log: logCfg, Instance: instance, Logger: log},
-			st, inbox.New(st, logCfg.Epoch(), log))
-	})
-	start(cursors.Name, func(ctx context.Context) error {
-		return projector.Run(ctx, projector.Config{Name: cursors.Name, Topic: logCfg.Topics().Sessions, Log: logCfg, Instance: instance, Logger: log},
-			st, cursors.New(st, log))
-	})
-	start(push.Name, func(ctx context.Context) error {
-		return projector.Run(ctx, projector.Config{Name: push.Name, Topic: logCfg.Topics().Inbox, Log: logCfg, Instance: instance, Logger: log},
-			st, pusher)
-	})
 	start(fanout.Name, fan.Run)
 	start(presence.Name, pres.Run)
 	start("presence-tail", presenceTail.Run)
 	start("heartbeats", gw.RunHeartbeats)
 	start("tailer", tailer.Run)
 	start("http", func(ctx context.Context) error {
-		errc := make(chan error, 1)
-		go func() { errc <- srv.Serve(ln) }()
-		select {
-		case err := <-errc:
-			return err
-		case <-ctx.Done():
-		}
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer scancel()
-		_ = gw.Shutdown(sctx)
-		if err := srv.Shutdown(sctx); err != nil {
-			return err
-		}
-		if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
+		defer func() {
+			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer scancel()
+			_ = gw.Shutdown(sctx)
+		}()
+		return serve(ctx, srv, ln)
 	})
 	ready.Store(true)
 	fmt.Fprintf(cfg.Stdout, "chatd listening on http://%s (data in %s)\n", ln.Addr(), cfg.DataDir)
 	log.Info("ready", "http", ln.Addr().String(), "kafka", strings.Join(brokers, ","), "store", storeName(cfg))
+	if cfg.AdminAddr != "" {
+		adm := &admin{roles: rs, projections: projections, st: st, log: logCfg, limits: cfg.Limits, logger: log}
+		aln, err := net.Listen("tcp", cfg.AdminAddr)
+		if err != nil {
+			cancel(err)
+		} else {
+			asrv := &http.Server{Handler: adm.handler(), ReadHeaderTimeout: 10 * time.Second}
+			start("admin", func(ctx context.Context) error { return serve(ctx, asrv, aln) })
+			log.Info("admin", "addr", aln.Addr().String())
+		}
+	}
 	<-ctx.Done()
-	wg.Wait()
+	rs.wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// serve serves srv on ln until ctx ends, then shuts it down within 10 s.
+func serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

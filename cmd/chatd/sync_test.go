@@ -37,6 +37,10 @@ func TestPresence(t *testing.T) {
 				}
 			}
 		}
+		// Her login counted as activity; with no connection she goes
+		// offline after the window.
+		waitFor(t, func() bool { return !n.presence(bobTok, ann.ID).Online })
+		online(false)
 		annWS := n.connect(annTok)
 		online(true)
 		if p := n.presence(bobTok, ann.ID); !p.Online {
@@ -171,7 +175,15 @@ func TestPush(t *testing.T) {
 		n.start()
 		time.Sleep(3 * time.Second) // the push projection resumes; nothing is sent again
 		if got := ps.counts(); !mapsEqual(got, want) {
-			t.Fatalf("push requests %v, want %v", got, want)
+			t.Fatalf("push requests after the restart %v, want %v", got, want)
+		}
+		// A full replay of the push projection sends nothing again either.
+		if out, ok := n.ops("replay", "--projection", "push"); !ok {
+			t.Fatalf("replay push:\n%s", out)
+		}
+		time.Sleep(2 * time.Second)
+		if got := ps.counts(); !mapsEqual(got, want) {
+			t.Fatalf("push requests after a replay %v, want %v", got, want)
 		}
 		ps.mu.Lock()
 		msg, _ := ps.body[0]["message"].(map[string]any)

@@ -15,16 +15,28 @@ import (
 
 // api is chatd's REST interface, as much of it as a load run needs.
 type api struct {
-	base string // http://host:port
-	hc   *http.Client
+	base string       // http://host:port
+	hc   *http.Client // setup requests
+	// mc reads /metrics over one connection kept open from the first
+	// reading on, so that a server out of file descriptors (every
+	// connection asked for open) can still be read.
+	mc *http.Client
 }
 
 func newAPI(server string, conns int) *api {
 	tr := &http.Transport{MaxIdleConns: conns, MaxIdleConnsPerHost: conns, IdleConnTimeout: time.Minute}
-	return &api{base: "http://" + server, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+	mtr := &http.Transport{MaxIdleConns: 1, MaxIdleConnsPerHost: 1, MaxConnsPerHost: 1}
+	return &api{
+		base: "http://" + server,
+		hc:   &http.Client{Transport: tr, Timeout: 60 * time.Second},
+		mc:   &http.Client{Transport: mtr, Timeout: 30 * time.Second},
+	}
 }
 
-func (a *api) close() { a.hc.CloseIdleConnections() }
+func (a *api) close() {
+	a.hc.CloseIdleConnections()
+	a.mc.CloseIdleConnections()
+}
 
 // apiError is an error answer: its stable code and HTTP status.
 type apiError struct {
@@ -133,7 +145,7 @@ func (a *api) metrics(ctx context.Context) (memSample, error) {
 	if err != nil {
 		return memSample{}, err
 	}
-	resp, err := a.hc.Do(req)
+	resp, err := a.mc.Do(req)
 	if err != nil {
 		return memSample{}, err
 	}

@@ -413,6 +413,9 @@ func (h *handlers) presence(c echo.Context) error {
 	}
 	out := make([]presenceJSON, 0, len(ids))
 	for _, id := range ids {
+		if _, err := domain.ParseMessageID(id); err != nil { // user ids are sonyflake ids too
+			return domain.Errorf(domain.CodeBadRequest, "user_id %q is not a user id", id)
+		}
 		p := presenceJSON{UserID: domain.UserID(id)}
 		if ch, ok := h.cfg.Presence.Of(p.UserID); ok {
 			p.Online = ch.Online

@@ -67,6 +67,12 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b 
 		if err != nil {
 			return err
 		}
+		if c.Version > rec.Offset {
+			// A state from later in the log: the projection is being
+			// rebuilt (replayed from the start). Start this channel
+			// afresh; the store's row is overwritten as the replay moves.
+			c = domain.Channel{ID: id}
+		}
 		if !domain.Admit(c, ev, p.limits) {
 			p.log.Debug("event not admitted", "type", ev.EventType(), "channel", id, "offset", rec.Offset)
 			continue
@@ -90,6 +96,7 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b 
 			continue
 		}
 		next := domain.Evolve(c, ev, meta.Time)
+		next.Version = rec.Offset + 1
 		for _, u := range next.Members {
 			if !c.IsMember(u) {
 				b.Memberships = append(b.Memberships, store.Membership{ChannelID: id, UserID: u, Member: true})

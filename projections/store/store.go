@@ -80,6 +80,17 @@ type Store interface {
 	// sent twice.
 	ReservePush(ctx context.Context, u domain.UserID, id domain.MessageID, at time.Time) (created bool, err error)
 
+	// ResetProjection deletes a projection's positions and the state only
+	// it writes, so that it can be rebuilt from the beginning of the log:
+	// "history" owns the messages; "inbox" owns the inbox entries;
+	// "cursors" owns device cursors and read marks; any other name owns
+	// only its positions. Channels and memberships are kept: the gateway
+	// checks membership against them while history is rebuilt, and the
+	// rebuild overwrites them (see domain.Channel.Version). Accounts and send and push
+	// reservations are never deleted. It must not run while the projection
+	// applies batches.
+	ResetProjection(ctx context.Context, projection string) error
+
 	// Close releases the store.
 	Close() error
 }

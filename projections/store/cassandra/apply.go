@@ -61,7 +61,7 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 			members[i] = string(m)
 		}
 		g.exec(s.query(g.ctx, s.q.insertChannel,
-			string(c.ID), string(c.Kind), c.Name, string(c.CreatorID), members, c.CreatedAt))
+			string(c.ID), string(c.Kind), c.Name, string(c.CreatorID), members, c.CreatedAt, c.Version))
 	}
 
 	type memberKey struct {

@@ -333,3 +333,45 @@ func TestLastByKey(t *testing.T) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
+
+// TestOwnedTables checks that ResetProjection's table lists classify every
+// table of the schema: each table is owned by at most one projection, and
+// the tables no projection owns are the ones a reset must keep.
+func TestOwnedTables(t *testing.T) {
+	ms, err := migrations(cql.FS, "ks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := []string{"users", "users_by_name", "send_reservations", "push_reservations", "positions", "channels", "user_channels"}
+	owner := map[string]string{}
+	for projection, tables := range ownedTables {
+		for _, table := range tables {
+			if o, ok := owner[table]; ok {
+				t.Errorf("table %s is owned by both %s and %s: a TRUNCATE would delete the other's state", table, o, projection)
+			}
+			if slices.Contains(kept, table) {
+				t.Errorf("table %s, owned by %s, must never be truncated", table, projection)
+			}
+			owner[table] = projection
+		}
+	}
+	seen := map[string]bool{}
+	for _, m := range ms {
+		for _, stmt := range m.statements {
+			f := strings.Fields(stmt)
+			if len(f) < 6 || f[0] != "CREATE" || f[1] != "TABLE" {
+				continue
+			}
+			table := strings.TrimPrefix(strings.TrimSuffix(f[5], "("), "ks.")
+			seen[table] = true
+			if _, ok := owner[table]; !ok && !slices.Contains(kept, table) {
+				t.Errorf("%s: table %s is neither owned by a projection nor kept by a reset: add it to ownedTables or to this test", m.name, table)
+			}
+		}
+	}
+	for table := range owner {
+		if !seen[table] {
+			t.Errorf("ownedTables names %s, which the schema does not create", table)
+		}
+	}
+}

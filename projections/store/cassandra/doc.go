@@ -45,6 +45,16 @@
 // without skipping. Different channels and inboxes are written concurrently,
 // bounded by Config.WriteConcurrency.
 //
+// # Reset
+//
+// Every table but positions is written by at most one projection, so
+// ResetProjection deletes the projection's partition of positions and then
+// TRUNCATEs the tables it owns (ownedTables): channels, user_channels,
+// messages, channel_buckets and messages_by_id for "history"; inbox,
+// inbox_buckets and inbox_by_message for "inbox"; device_cursors and
+// channel_reads for "cursors". Accounts and send and push reservations are
+// never deleted. TRUNCATE needs every node up.
+//
 // # Goroutines
 //
 // Apply runs its writes on at most Config.WriteConcurrency goroutines, each

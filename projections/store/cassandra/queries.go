@@ -9,7 +9,7 @@ type queries struct {
 
 	insertReservation, markAppended string
 
-	insertPosition, selectPositions string
+	insertPosition, selectPositions, deletePositions string
 
 	insertChannel, insertMembership, deleteMembership, selectChannel, selectUserChannels string
 
@@ -40,11 +40,12 @@ func newQueries(ks string) queries {
 
 		insertPosition:  q(`INSERT INTO ${keyspace}.positions (projection, partition, next_offset) VALUES (?, ?, ?)`),
 		selectPositions: q(`SELECT partition, next_offset FROM ${keyspace}.positions WHERE projection = ?`),
+		deletePositions: q(`DELETE FROM ${keyspace}.positions WHERE projection = ?`),
 
-		insertChannel:      q(`INSERT INTO ${keyspace}.channels (channel_id, kind, name, creator_id, members, created_at) VALUES (?, ?, ?, ?, ?, ?)`),
+		insertChannel:      q(`INSERT INTO ${keyspace}.channels (channel_id, kind, name, creator_id, members, created_at, version) VALUES (?, ?, ?, ?, ?, ?, ?)`),
 		insertMembership:   q(`INSERT INTO ${keyspace}.user_channels (user_id, channel_id) VALUES (?, ?)`),
 		deleteMembership:   q(`DELETE FROM ${keyspace}.user_channels WHERE user_id = ? AND channel_id = ?`),
-		selectChannel:      q(`SELECT kind, name, creator_id, members, created_at FROM ${keyspace}.channels WHERE channel_id = ?`),
+		selectChannel:      q(`SELECT kind, name, creator_id, members, created_at, version FROM ${keyspace}.channels WHERE channel_id = ?`),
 		selectUserChannels: q(`SELECT channel_id FROM ${keyspace}.user_channels WHERE user_id = ?`),
 
 		insertMessage:        q(`INSERT INTO ${keyspace}.messages (channel_id, bucket, ` + msgCols + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),

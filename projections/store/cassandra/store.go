@@ -270,7 +270,7 @@ func (s *Store) Channel(ctx context.Context, id domain.ChannelID) (domain.Channe
 		kind, creator string
 		members       []string
 	)
-	err := s.query(ctx, s.q.selectChannel, string(id)).Scan(&kind, &c.Name, &creator, &members, &c.CreatedAt)
+	err := s.query(ctx, s.q.selectChannel, string(id)).Scan(&kind, &c.Name, &creator, &members, &c.CreatedAt, &c.Version)
 	if errors.Is(err, gocql.ErrNotFound) {
 		return domain.Channel{}, domain.Errorf(domain.CodeNotFound, "channel %s not found", id)
 	}

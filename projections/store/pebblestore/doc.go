@@ -39,4 +39,9 @@
 // index to keep its lowest offset, so Applys that carry inbox entries hold
 // another mutex from that read to their commit. Reads see the last committed
 // writes and take no lock.
+//
+// ResetProjection deletes the projection's positions and the tables (key
+// prefixes) that it alone writes with range deletions, in one fsynced
+// batch: "history" owns c, g, m and i; "inbox" owns x and b; "cursors" owns
+// d and s.
 package pebblestore

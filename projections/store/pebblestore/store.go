@@ -784,3 +784,36 @@ func (l pebbleLogger) Fatalf(format string, args ...any) {
 	l.log.Error(msg, "component", "pebble")
 	panic("pebble: " + msg)
 }
+
+// ownedTables are the key prefixes of the state each projection alone
+// writes: ResetProjection deletes them.
+var ownedTables = map[string][]byte{
+	"history": {tMessage, tMessageID}, // channels and memberships are kept (store.Store.ResetProjection)
+	"inbox":   {tInbox, tInboxMsg},
+	"cursors": {tCursor, tRead},
+}
+
+// ResetProjection deletes the projection's positions and the tables it
+// alone writes (see store.Store), with range deletions in one atomic,
+// fsynced batch. Accounts and send and push reservations are never
+// deleted.
+func (s *Store) ResetProjection(ctx context.Context, projection string) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	prefix := positionPrefix(projection)
+	if err := b.DeleteRange(prefix, prefixEnd(prefix), nil); err != nil {
+		return fmt.Errorf("pebblestore: reset %s: %w", projection, err)
+	}
+	for _, t := range ownedTables[projection] {
+		if err := b.DeleteRange([]byte{t}, []byte{t + 1}, nil); err != nil {
+			return fmt.Errorf("pebblestore: reset %s: %w", projection, err)
+		}
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("pebblestore: reset %s: %w", projection, err)
+	}
+	return nil
+}
