@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 )
 
 func main() {
@@ -46,6 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.PresenceWindow, "presence-window", cfg.PresenceWindow, "a device is online this long after its last heartbeat")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "how often the gateway records each connected device's heartbeat")
 	fs.DurationVar(&cfg.PushDelay, "push-delay", cfg.PushDelay, "how long a push notification waits for a device to acknowledge the message")
+	fs.DurationVar(&cfg.PushMaxAge, "push-max-age", 2*time.Minute, "entries older than this when they come up for a push decision are dropped")
 	fs.StringVar(&cfg.PushWebhook, "push-webhook", cfg.PushWebhook, "URL that receives push notifications as FCM-shaped JSON; empty logs them")
 	fs.DurationVar(&cfg.ClockSkew, "clock-skew", 0, "testing: shift this process's message-id clock")
 	fs.StringVar(&cfg.AdminAddr, "admin", cfg.AdminAddr, "address of the operators' endpoints (replay, verify, pprof); empty: off")

@@ -58,6 +58,7 @@ type config struct {
 	Heartbeat         time.Duration // default 5s
 	PushDelay         time.Duration // default 3s
 	PushWebhook       string        // default "": log notifications
+	PushMaxAge        time.Duration // default 2m
 	ClockSkew         time.Duration // default 0; testing only
 	AdminAddr         string        // default "": no admin listener
 	Logger            *slog.Logger
@@ -163,7 +164,7 @@ func runNode(ctx context.Context, cfg config) error {
 	if cfg.PushWebhook != "" {
 		sender = push.WebhookSender{URL: cfg.PushWebhook}
 	}
-	pusher := push.New(push.Config{Epoch: logCfg.Epoch(), Delay: cfg.PushDelay, Logger: log}, st, presenceTail, sender)
+	pusher := push.New(push.Config{Epoch: logCfg.Epoch(), Delay: cfg.PushDelay, MaxAge: cfg.PushMaxAge, Logger: log}, st, presenceTail, sender)
 
 	var ready atomic.Bool
 	e := api.New(api.Config{Service: svc, Reader: st, Tokens: tokens, WS: gw, Presence: presenceTail, Ready: ready.Load})

@@ -3,7 +3,8 @@
 //
 // Each entry waits Delay after it was sent; then it is dropped if the
 // recipient is online or a device of theirs has acknowledged the entry
-// meanwhile, and otherwise handed to the Sender, once: a notification is
+// meanwhile, or if it is older than MaxAge (a replay of old entries sends
+// nothing), and otherwise handed to the Sender, once: a notification is
 // keyed by (user, message) in the store (ReservePush) before it is sent, so
 // neither a restart nor a full replay of the projection sends it again.
 // The price is at most once: a crash between the reservation and the send
@@ -60,6 +61,11 @@ type Config struct {
 	Epoch int32
 	// Delay before deciding on an entry. Default 3s.
 	Delay time.Duration
+	// MaxAge drops entries sent longer ago than this when they come up
+	// for decision (after a long outage, or in a replay): a notification
+	// about an old message is noise, and a replay must not send what the
+	// first run did not. Default 2m.
+	MaxAge time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// Logger; default discard.
@@ -81,6 +87,9 @@ func New(cfg Config, st Store, presence Presence, send Sender) *Projection {
 	}
 	if cfg.Delay == 0 {
 		cfg.Delay = 3 * time.Second
+	}
+	if cfg.MaxAge == 0 {
+		cfg.MaxAge = 2 * time.Minute
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -104,6 +113,9 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, _ 
 		}
 		m, ok := ev.(domain.InboxMessage)
 		if !ok || m.SenderID == m.UserID {
+			continue
+		}
+		if p.cfg.Now().Sub(m.SentAt) > p.cfg.MaxAge {
 			continue
 		}
 		if wait := m.SentAt.Add(p.cfg.Delay).Sub(p.cfg.Now()); wait > 0 {
