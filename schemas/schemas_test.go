@@ -533,6 +533,7 @@ func TestOpenAPIRoutes(t *testing.T) {
 	want := []string{
 		"DELETE /v1/channels/:channel_id/members/:user_id",
 		"GET /healthz",
+		"GET /readyz",
 		"GET /v1/channels",
 		"GET /v1/channels/:channel_id",
 		"GET /v1/channels/:channel_id/messages",
@@ -625,7 +626,7 @@ func TestOpenAPIShape(t *testing.T) {
 			t.Errorf("response %s: want application/json of Error", name)
 		}
 	}
-	public := map[string]bool{"GET /healthz": true, "POST /v1/users": true, "POST /v1/login": true}
+	public := map[string]bool{"GET /healthz": true, "GET /readyz": true, "POST /v1/users": true, "POST /v1/login": true}
 	for p, item := range api.Paths {
 		for method, node := range item {
 			if method == "parameters" {

@@ -51,6 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.PushWebhook, "push-webhook", cfg.PushWebhook, "URL that receives push notifications as FCM-shaped JSON; empty logs them")
 	fs.DurationVar(&cfg.ClockSkew, "clock-skew", 0, "testing: shift this process's message-id clock")
 	fs.StringVar(&cfg.AdminAddr, "admin", cfg.AdminAddr, "address of the operators' endpoints (replay, verify, pprof); empty: off")
+	fs.Int64Var(&cfg.ReadyLag, "ready-lag", cfg.ReadyLag, "GET /readyz answers 503 while a projection is more records behind than this")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

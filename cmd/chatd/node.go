@@ -21,6 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/gateway/api"
@@ -61,6 +63,7 @@ type config struct {
 	PushMaxAge        time.Duration // default 2m
 	ClockSkew         time.Duration // default 0; testing only
 	AdminAddr         string        // default "": no admin listener
+	ReadyLag          int64         // default 1000: /readyz bound on projection lag
 	Logger            *slog.Logger
 	Stdout            io.Writer
 }
@@ -69,7 +72,7 @@ func defaultConfig() config {
 	return config{
 		HTTPAddr: "127.0.0.1:8080", DataDir: "data", Keyspace: "evchat", TopicPrefix: "chat",
 		Partitions: 8, MachineID: 1, Limits: domain.DefaultLimits(),
-		PresenceWindow: domain.DefaultPresenceWindow, Heartbeat: 5 * time.Second, PushDelay: 3 * time.Second,
+		ReadyLag: 1000, PresenceWindow: domain.DefaultPresenceWindow, Heartbeat: 5 * time.Second, PushDelay: 3 * time.Second,
 	}
 }
 
@@ -91,7 +94,10 @@ func runNode(ctx context.Context, cfg config) error {
 		brokers = emb.Addrs()
 		log.Info("embedded broker", "addr", strings.Join(brokers, ","))
 	}
-	logCfg := eventlog.Config{Brokers: brokers, Prefix: cfg.TopicPrefix, Partitions: cfg.Partitions, Logger: log}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	lag := eventlog.NewLag(reg)
+	logCfg := eventlog.Config{Brokers: brokers, Prefix: cfg.TopicPrefix, Partitions: cfg.Partitions, Logger: log, Lag: lag}
 	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancelStart()
 	if err := eventlog.EnsureTopics(startCtx, logCfg); err != nil {
@@ -117,6 +123,7 @@ func runNode(ctx context.Context, cfg config) error {
 		st = cs
 	}
 	defer st.Close()
+	st = store.NewMetered(st, reg)
 
 	secret, err := loadSecret(cfg)
 	if err != nil {
@@ -130,7 +137,9 @@ func runNode(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	app, err := eventlog.NewAppender(logCfg)
+	// kprom registers its collectors per client: it instruments the
+	// appender, the client every send goes through.
+	app, err := eventlog.NewAppender(logCfg, kgo.WithHooks(kprom.NewMetrics("evchat_kafka", kprom.Registerer(reg), kprom.Subsystem("appender"))))
 	if err != nil {
 		return err
 	}
@@ -144,8 +153,6 @@ func runNode(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	hub := ws.NewHub()
 	tailer, err := ws.NewTailer(startCtx, logCfg, st, hub, log)
 	if err != nil {
@@ -167,7 +174,20 @@ func runNode(ctx context.Context, cfg config) error {
 	pusher := push.New(push.Config{Epoch: logCfg.Epoch(), Delay: cfg.PushDelay, MaxAge: cfg.PushMaxAge, Logger: log}, st, presenceTail, sender)
 
 	var ready atomic.Bool
-	e := api.New(api.Config{Service: svc, Reader: st, Tokens: tokens, WS: gw, Presence: presenceTail, Ready: ready.Load})
+	restErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "evchat_http_errors_total", Help: "REST error responses, by code.",
+	}, []string{"code"})
+	reg.MustRegister(restErrors)
+	e := api.New(api.Config{
+		Service: svc, Reader: st, Tokens: tokens, WS: gw, Presence: presenceTail, Errors: restErrors,
+		Live: ready.Load,
+		Ready: func() (bool, string) {
+			if l := lag.Max(); l > cfg.ReadyLag {
+				return false, fmt.Sprintf("a projection is %d records behind (bound %d)", l, cfg.ReadyLag)
+			}
+			return true, ""
+		},
+	})
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return err

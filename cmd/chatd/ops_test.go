@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -131,4 +133,68 @@ func (n *node) corrupt(fn func(store.Store)) {
 	}
 	defer st.Close()
 	fn(st)
+}
+
+// TestMetrics: the metrics move when traffic flows, and /readyz answers.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, b backend) {
+		n := startNode(t, b)
+		ann, bob := n.signUp("ann"), n.signUp("bob")
+		tok := n.login(ann, "phone")
+		bobWS := n.connect(n.login(bob, "phone"))
+		ch := n.createChannel(tok, "direct", bob.ID)
+		w := n.connect(tok)
+		for i := range 5 {
+			w.send(ch.ChannelID, fmt.Sprint(i), "hi")
+		}
+		bobWS.messages(5)
+		n.do("GET", "/v1/channels", "bad-token", nil, nil)
+		var text string
+		waitFor(t, func() bool {
+			resp, err := http.Get("http://" + n.http + "/metrics")
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			text = string(body)
+			return metric(text, "evchat_send_deliver_seconds_count") >= 5
+		})
+		for name, least := range map[string]float64{
+			"evchat_ws_connections":                         2,
+			"evchat_ws_deliveries_total":                    10,
+			"evchat_send_ack_seconds_count":                 5,
+			"evchat_send_deliver_seconds_count":             5,
+			`evchat_store_seconds_count{method="apply"}`:    1,
+			`evchat_http_errors_total{code="unauthorized"}`: 1,
+			"process_resident_memory_bytes":                 1,
+		} {
+			if got := metric(text, name); got < least {
+				t.Errorf("%s = %v, want at least %v", name, got, least)
+			}
+		}
+		for _, name := range []string{`evchat_projection_lag{projection="history"}`, "evchat_kafka_"} {
+			if !strings.Contains(text, name) {
+				t.Errorf("no %s in /metrics", name)
+			}
+		}
+		resp, err := http.Get("http://" + n.http + "/readyz")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("/readyz: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	})
+}
+
+// metric returns the value of the first sample whose line starts with name.
+func metric(text, name string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			var v float64
+			fmt.Sscan(strings.TrimPrefix(line, name+" "), &v)
+			return v
+		}
+	}
+	return -1
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/gateway/auth"
@@ -64,9 +65,14 @@ type Config struct {
 	Tokens   Verifier
 	WS       WebSocket
 	Presence PresenceReader
-	// Ready reports whether the process is ready to serve; nil means
+	// Live reports whether the process is up (GET /healthz); nil means
 	// always.
-	Ready func() bool
+	Live func() bool
+	// Ready reports whether the process is caught up with the log within
+	// its bound (GET /readyz), with a reason when not; nil means always.
+	Ready func() (bool, string)
+	// Errors, if set, counts error responses by code.
+	Errors *prometheus.CounterVec
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -79,8 +85,9 @@ func New(cfg Config) *echo.Echo {
 	h := &handlers{cfg: cfg}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.HTTPErrorHandler = httpError
+	e.HTTPErrorHandler = func(err error, c echo.Context) { httpError(err, c, cfg.Errors) }
 	e.GET("/healthz", h.health)
+	e.GET("/readyz", h.ready)
 	e.POST("/v1/users", h.signUp)
 	e.POST("/v1/login", h.login)
 	// The token check sits on each route, not on a group: a group would
@@ -131,11 +138,26 @@ func bind(c echo.Context, v any) error {
 	return nil
 }
 
+// health answers 200 while the process is up and serving.
 func (h *handlers) health(c echo.Context) error {
-	if h.cfg.Ready != nil && !h.cfg.Ready() {
+	if h.cfg.Live != nil && !h.cfg.Live() {
 		return domain.Errorf(domain.CodeUnavailable, "starting")
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// ready answers 200 when the process is caught up with the log within its
+// bound: a load balancer sends clients elsewhere meanwhile.
+func (h *handlers) ready(c echo.Context) error {
+	if h.cfg.Live != nil && !h.cfg.Live() {
+		return domain.Errorf(domain.CodeUnavailable, "starting")
+	}
+	if h.cfg.Ready != nil {
+		if ok, why := h.cfg.Ready(); !ok {
+			return domain.Errorf(domain.CodeUnavailable, "not ready: %s", why)
+		}
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
 }
 
 type userJSON struct {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/evchat/evchat/domain"
 )
@@ -32,8 +33,9 @@ type errorBody struct {
 	} `json:"error"`
 }
 
-// httpError writes every error as {"error":{"code","message"}}.
-func httpError(err error, c echo.Context) {
+// httpError writes every error as {"error":{"code","message"}} and counts
+// it by code.
+func httpError(err error, c echo.Context, counter *prometheus.CounterVec) {
 	if c.Response().Committed {
 		return
 	}
@@ -55,6 +57,9 @@ func httpError(err error, c echo.Context) {
 		if body.Error.Code == domain.CodeInternal {
 			c.Logger().Error(err)
 		}
+	}
+	if counter != nil {
+		counter.WithLabelValues(string(body.Error.Code)).Inc()
 	}
 	_ = c.JSON(status, body)
 }

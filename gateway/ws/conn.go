@@ -50,7 +50,7 @@ func (r *recentIDs) seen(id domain.MessageID) bool {
 
 // deliverLocked sends an inbox entry unless it is at or before the last
 // position delivered or a copy of a message just delivered.
-func (c *conn) deliverLocked(epoch int32, offset int64, m domain.InboxMessage) {
+func (c *conn) deliverLocked(epoch int32, offset int64, m domain.InboxMessage, live bool) {
 	if offset <= c.last {
 		return
 	}
@@ -62,7 +62,7 @@ func (c *conn) deliverLocked(epoch int32, offset int64, m domain.InboxMessage) {
 		return
 	}
 	c.sendLocked(messageFrame(epoch, offset, m))
-	c.metrics.delivered()
+	c.metrics.delivered(m.SentAt, live)
 }
 
 type pending struct {
@@ -83,7 +83,7 @@ func (c *conn) offer(offset int64, m domain.InboxMessage, epoch int32) {
 		c.buf = append(c.buf, pending{offset, m})
 		return
 	}
-	c.deliverLocked(epoch, offset, m)
+	c.deliverLocked(epoch, offset, m, true)
 }
 
 // send queues a frame for the writer.

@@ -1,6 +1,8 @@
 package ws
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/evchat/evchat/domain"
@@ -12,6 +14,7 @@ type Metrics struct {
 	deliveries  prometheus.Counter
 	errors      *prometheus.CounterVec
 	sendAck     prometheus.Histogram
+	deliver     prometheus.Histogram
 }
 
 // NewMetrics registers the gateway's metrics with reg. open reports the
@@ -33,13 +36,21 @@ func NewMetrics(reg prometheus.Registerer, open func() int) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 	}
-	reg.MustRegister(m.connections, m.deliveries, m.errors, m.sendAck)
+	m.deliver = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "evchat_send_deliver_seconds",
+		Help:    "Time from a message's acceptance (its event time) to its live delivery to a device.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	})
+	reg.MustRegister(m.connections, m.deliveries, m.errors, m.sendAck, m.deliver)
 	return m
 }
 
-func (m *Metrics) delivered() {
+func (m *Metrics) delivered(sentAt time.Time, live bool) {
 	if m != nil {
 		m.deliveries.Inc()
+		if live {
+			m.deliver.Observe(time.Since(sentAt).Seconds())
+		}
 	}
 }
 

@@ -288,7 +288,7 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for _, p := range c.buf {
-			c.deliverLocked(s.cfg.Epoch, p.offset, p.msg)
+			c.deliverLocked(s.cfg.Epoch, p.offset, p.msg, true)
 		}
 		c.buf = nil
 		c.syncing = false
@@ -312,7 +312,7 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 			}
 			after = e.Offset
 			c.mu.Lock()
-			c.deliverLocked(s.cfg.Epoch, e.Offset, e.Message)
+			c.deliverLocked(s.cfg.Epoch, e.Offset, e.Message, false)
 			c.mu.Unlock()
 		}
 		if len(es) < 500 {

@@ -31,6 +31,8 @@ type Config struct {
 	ReplicationFactor int16
 	// Logger receives the client's logs at warn and above. Default: discard.
 	Logger *slog.Logger
+	// Lag, if set, tracks the projections' lag.
+	Lag *Lag
 }
 
 func (c Config) withDefaults() Config {

@@ -101,6 +101,7 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 			return m, nil
 		}),
 		kgo.WithHooks(cfg.Hooks...),
+		kgo.ClientID("evchat-"+cfg.Name),
 	)
 	cl, err := kgo.NewClient(cfg.Log.ClientOpts(opts...)...)
 	if err != nil {
@@ -139,6 +140,7 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 			case <-time.After(backoff(attempt)):
 			}
 		}
+		cfg.Log.Lag.Observe(cfg.Name, fetches)
 		cl.AllowRebalance()
 	}
 }

@@ -120,6 +120,7 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 		kgo.OnPartitionsRevoked(markDirty),
 		kgo.OnPartitionsLost(markDirty),
 		kgo.WithHooks(cfg.Hooks...),
+		kgo.ClientID("evchat-"+cfg.Name),
 	)
 	// Changelog records carry their partition; everything else is keyed.
 	opts = append(opts, kgo.RecordPartitioner(partitioner{cfg.Changelog}))
@@ -148,6 +149,7 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 		mu.Unlock()
 		committed, err := r.batch(ctx, sess, fetches)
 		if err == nil && committed {
+			cfg.Log.Lag.Observe(cfg.Name, fetches)
 			attempt = 0
 			continue
 		}
