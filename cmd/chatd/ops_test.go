@@ -30,9 +30,10 @@ func TestVerifyAndReplay(t *testing.T) {
 		n.login(bob, "phone")
 		g := n.createChannel(tok, "group", bob.ID)
 		w := n.connect(tok)
-		var ids []string
 		for i := range 20 {
-			ids = append(ids, w.send(g.ChannelID, fmt.Sprint(i), fmt.Sprint("message ", i)).MessageID)
+			if f := w.send(g.ChannelID, fmt.Sprint(i), fmt.Sprint("message ", i)); f.Type != "ack" {
+				t.Fatalf("send: %+v", f)
+			}
 		}
 		waitFor(t, func() bool { return len(n.history(tok, g.ChannelID, "limit=100").Messages) == 20 })
 		for _, p := range []string{"history", "inbox"} {

@@ -30,7 +30,6 @@ type Presence struct {
 	st    MembershipStore
 	max   int
 	log   *slog.Logger
-	epoch int32
 
 	mu    sync.RWMutex
 	state map[domain.UserID]domain.PresenceChange

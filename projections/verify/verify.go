@@ -190,7 +190,6 @@ func history(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]i
 					continue // applied after verification began
 				}
 				got.Messages = append(got.Messages, messageDigest{m.Offset, m.MessageID, m.SenderID, m.Text, m.SentAt.UTC().Truncate(time.Millisecond)})
-				after = m.Offset
 			}
 			if len(ms) < 500 {
 				break

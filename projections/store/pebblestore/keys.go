@@ -50,7 +50,6 @@ func (k key) i32(n int32) key { return binary.BigEndian.AppendUint32(k, uint32(n
 // u64 appends an unsigned 64-bit column.
 func (k key) u64(n uint64) key { return binary.BigEndian.AppendUint64(k, n) }
 
-func decodeI64(b []byte) int64 { return int64(binary.BigEndian.Uint64(b) ^ (1 << 63)) }
 func decodeI32(b []byte) int32 { return int32(binary.BigEndian.Uint32(b) ^ (1 << 31)) }
 
 // prefixEnd returns the least key greater than every key with prefix p, or
