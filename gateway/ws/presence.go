@@ -25,11 +25,11 @@ type MembershipStore interface {
 // users who share a channel of at most FanoutMax members with the user.
 // Larger channels fetch presence on demand (REST).
 type Presence struct {
-	cfg   eventlog.Config
-	hub   *Hub
-	st    MembershipStore
-	max   int
-	log   *slog.Logger
+	cfg eventlog.Config
+	hub *Hub
+	st  MembershipStore
+	max int
+	log *slog.Logger
 
 	mu    sync.RWMutex
 	state map[domain.UserID]domain.PresenceChange
