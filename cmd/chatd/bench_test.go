@@ -5,8 +5,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/eventlog"
 )
 
 // BenchmarkSendDeliver measures one message's trip through the whole
@@ -61,4 +70,83 @@ func BenchmarkSendDeliver(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(toAck.Microseconds())/float64(b.N), "µs/ack")
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/delivery")
+}
+
+// BenchmarkReplay measures how fast a projection is rebuilt: it writes
+// EVCHAT_REPLAY_N message.sent events (default 100,000) straight into the
+// channel topic of a node (embedded, and on the real servers when
+// EVCHAT_KAFKA and EVCHAT_CASSANDRA are set), waits for history to apply
+// them, then replays history from the start through the operator's
+// command and reports events per second.
+//
+//	EVCHAT_REPLAY_N=1000000 go test -run x -bench Replay -benchtime 1x -timeout 2h ./cmd/chatd/
+func BenchmarkReplay(b *testing.B) {
+	total := 100_000
+	if s := os.Getenv("EVCHAT_REPLAY_N"); s != "" {
+		fmt.Sscan(s, &total)
+	}
+	for _, be := range backends(b) {
+		b.Run(be.name, func(b *testing.B) {
+			n := startNode(b, be)
+			ann, bob := n.signUp("ann"), n.signUp("bob")
+			tok := n.login(ann, "phone")
+			ch := n.createChannel(tok, "group", bob.ID)
+			cl, err := kgo.NewClient(kgo.SeedBrokers(n.brokers()...), kgo.ProducerLinger(5*time.Millisecond),
+				kgo.MaxBufferedRecords(100_000))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cl.Close()
+			ctx := context.Background()
+			start := time.Now()
+			var wg sync.WaitGroup
+			var failed atomic.Int64
+			base := uint64(time.Now().UnixNano())
+			for i := range total {
+				rec, err := eventlog.Record(n.prefix+".channels", ch.ChannelID, domain.MessageSent{
+					ChannelID: domain.ChannelID(ch.ChannelID), MessageID: domain.MessageID(base + uint64(i)),
+					SenderID: domain.UserID(ann.ID), DeviceID: "phone", ClientMsgID: fmt.Sprint(i), Text: "replayed message",
+				}, domain.Meta{EventID: fmt.Sprint(base + uint64(i)), Time: time.Now()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				wg.Add(1)
+				cl.Produce(ctx, rec, func(_ *kgo.Record, err error) {
+					if err != nil {
+						failed.Add(1)
+					}
+					wg.Done()
+				})
+			}
+			wg.Wait()
+			if failed.Load() > 0 {
+				b.Fatalf("%d produces failed", failed.Load())
+			}
+			b.Logf("%s: wrote %d events in %v", be.name, total, time.Since(start))
+			waitForTB(b, 30*time.Minute, func() bool {
+				out, ok := n.ops("verify", "--projection", "history")
+				return ok && strings.Contains(out, fmt.Sprintf("%d events", total+1)) // + channel.created
+			})
+			b.ResetTimer()
+			start = time.Now()
+			out, ok := n.ops("replay", "--projection", "history")
+			elapsed := time.Since(start)
+			b.StopTimer()
+			if !ok {
+				b.Fatalf("replay: %s", out)
+			}
+			b.Logf("%s", strings.TrimSpace(out))
+			b.ReportMetric(float64(total)/elapsed.Seconds(), "events/s")
+		})
+	}
+}
+
+func waitForTB(tb testing.TB, d time.Duration, cond func() bool) {
+	tb.Helper()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if cond() {
+			return
+		}
+	}
+	tb.Fatalf("condition not met within %v", d)
 }

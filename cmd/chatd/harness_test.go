@@ -64,7 +64,7 @@ type backend struct {
 }
 
 // backends returns the embedded default, and the real servers when named.
-func backends(t *testing.T) []backend {
+func backends(t testing.TB) []backend {
 	bs := []backend{{name: "embedded"}}
 	k, c := os.Getenv("EVCHAT_KAFKA"), os.Getenv("EVCHAT_CASSANDRA")
 	switch {
@@ -109,7 +109,7 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func startNode(t *testing.T, b backend, extra ...string) *node {
+func startNode(t testing.TB, b backend, extra ...string) *node {
 	t.Helper()
 	suffix := fmt.Sprintf("%d", rand.Uint64()%1e12)
 	n := &node{

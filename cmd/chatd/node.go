@@ -139,7 +139,8 @@ func runNode(ctx context.Context, cfg config) error {
 	}
 	// kprom registers its collectors per client: it instruments the
 	// appender, the client every send goes through.
-	app, err := eventlog.NewAppender(logCfg, kgo.WithHooks(kprom.NewMetrics("evchat_kafka", kprom.Registerer(reg), kprom.Subsystem("appender"))))
+	app, err := eventlog.NewAppender(logCfg, kgo.WithHooks(kprom.NewMetrics("evchat_kafka", kprom.Registerer(reg), kprom.Subsystem("appender"),
+		kprom.FetchAndProduceDetail(kprom.ByTopic, kprom.Records, kprom.Batches))))
 	if err != nil {
 		return err
 	}
@@ -160,7 +161,7 @@ func runNode(ctx context.Context, cfg config) error {
 	}
 	gw := ws.NewServer(ws.Config{
 		Epoch: logCfg.Epoch(), Logger: log, Metrics: ws.NewMetrics(reg, hub.Count),
-		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions,
+		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions, MaxConnections: connectionLimit(),
 	}, hub, tailer, svc, st, app)
 	presenceTail := ws.NewPresence(logCfg, hub, st, cfg.Limits.MaxGroupSize, log)
 	pres, err := presence.New(presence.Config{Log: logCfg, Window: cfg.PresenceWindow, Tick: min(time.Second, cfg.PresenceWindow/4), Instance: instance, Logger: log})

@@ -137,6 +137,7 @@ type memSample struct {
 	Goroutines  float64 `json:"goroutines"`
 	Connections float64 `json:"connections"`
 	GCs         float64 `json:"gc_count"`
+	CPUSeconds  float64 `json:"cpu_seconds"`
 }
 
 // metrics reads the server's memory figures from /metrics.
@@ -167,6 +168,7 @@ func parseMetrics(r io.Reader) (memSample, error) {
 		"go_goroutines":                 &m.Goroutines,
 		"evchat_ws_connections":         &m.Connections,
 		"go_gc_duration_seconds_count":  &m.GCs,
+		"process_cpu_seconds_total":     &m.CPUSeconds,
 	}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)

@@ -27,3 +27,13 @@ func raiseNoFile(want uint64) (soft, hard uint64) {
 	}
 	return r.Cur, r.Max
 }
+
+// cpuTime is the CPU time (user and system) this process has used.
+func cpuTime() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return tv(ru.Utime) + tv(ru.Stime)
+}

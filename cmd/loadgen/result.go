@@ -73,6 +73,7 @@ type LoadResult struct {
 	TargetRate         float64 `json:"target_rate"`
 	WindowSeconds      float64 `json:"window_seconds"`
 	WarmupSeconds      float64 `json:"warmup_seconds"`
+	GraceSeconds       float64 `json:"grace_seconds"`
 	Sent               int64   `json:"sent"`
 	SentInWindow       int64   `json:"sent_in_window"`
 	Acked              int64   `json:"acked"`
@@ -86,6 +87,8 @@ type LoadResult struct {
 	Unexpected         int64   `json:"unexpected"`
 	SendRate           float64 `json:"send_rate"`
 	DeliveryRate       float64 `json:"delivery_rate"`
+	ServerCPUCores     float64 `json:"server_cpu_cores"`  // the server's CPU seconds per second over the window
+	LoadgenCPUCores    float64 `json:"loadgen_cpu_cores"` // the load generator's, likewise
 	Ack                Latency `json:"send_to_ack"`
 	Deliver            Latency `json:"send_to_deliver"`
 }
@@ -163,6 +166,9 @@ func (res *Result) Summary(w io.Writer) {
 	p("  setup:   sign-up %.1fs, login %.1fs, channels %.1fs, connect %.1fs",
 		res.Setup.SignUp, res.Setup.Login, res.Setup.Channels, res.Setup.Connect)
 	m := res.Memory
+	if m.Before.RSS == 0 {
+		p("  memory:  not read")
+	}
 	gc := func(b bool) string {
 		switch {
 		case b:
@@ -172,11 +178,13 @@ func (res *Result) Summary(w io.Writer) {
 		}
 		return "read at once, garbage included"
 	}
-	p("  memory:  before, %.0f connections: RSS %s, heap in use %s, stacks %s (%s)",
-		m.Before.Connections, mib(m.Before.RSS), mib(m.Before.HeapInuse), mib(m.Before.StackInuse), gc(m.BeforeAfterGC))
-	p("           after, %.0f connections: RSS %s, heap in use %s, stacks %s, %.0f goroutines (%s)",
-		m.After.Connections, mib(m.After.RSS), mib(m.After.HeapInuse), mib(m.After.StackInuse), m.After.Goroutines, gc(m.AfterAfterGC))
-	if res.Connections > 0 {
+	if m.Before.RSS != 0 {
+		p("  memory:  before, %.0f connections: RSS %s, heap in use %s, stacks %s (%s)",
+			m.Before.Connections, mib(m.Before.RSS), mib(m.Before.HeapInuse), mib(m.Before.StackInuse), gc(m.BeforeAfterGC))
+		p("           after, %.0f connections: RSS %s, heap in use %s, stacks %s, %.0f goroutines (%s)",
+			m.After.Connections, mib(m.After.RSS), mib(m.After.HeapInuse), mib(m.After.StackInuse), m.After.Goroutines, gc(m.AfterAfterGC))
+	}
+	if res.Connections > 0 && m.After.RSS != 0 {
 		p("           per connection: RSS %.1f KB, heap in use %.1f KB, stacks %.1f KB (KB = 1000 bytes)",
 			m.PerConnection.RSS/1000, m.PerConnection.HeapInuse/1000, m.PerConnection.StackInuse/1000)
 	}
@@ -187,8 +195,9 @@ func (res *Result) Summary(w io.Writer) {
 		p("  load:    target %.0f msg/s for %.1fs after %.1fs warm-up: %.1f msg/s sent, %.1f deliveries/s",
 			l.TargetRate, l.WindowSeconds, l.WarmupSeconds, l.SendRate, l.DeliveryRate)
 		p("           sent %d (%d in window), acked %d, failed %d, unacked %d", l.Sent, l.SentInWindow, l.Acked, l.Failed, l.Unacked)
-		p("           delivered %d of %d expected; lost %d messages (%d deliveries), duplicated %d, unexpected %d",
-			l.Deliveries, l.ExpectedDeliveries, l.LostMessages, l.LostDeliveries, l.Duplicates, l.Unexpected)
+		p("           delivered %d of %d expected; lost (missing %.0fs after the last send) %d messages (%d deliveries), duplicated %d, unexpected %d",
+			l.Deliveries, l.ExpectedDeliveries, l.GraceSeconds, l.LostMessages, l.LostDeliveries, l.Duplicates, l.Unexpected)
+		p("           CPU over the window: server %.2f cores, load generator %.2f cores", l.ServerCPUCores, l.LoadgenCPUCores)
 		p("  latency (ms)        p50      p90      p99    p99.9      max     mean    count")
 		row := func(name string, x Latency) {
 			p("    %-14s %8.2f %8.2f %8.2f %8.2f %8.2f %8.2f %8d", name,

@@ -6,12 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/gorilla/websocket"
 )
 
 // password is every load user's password.
@@ -34,6 +31,8 @@ type runner struct {
 	dropped  atomic.Int64 // connections the server closed
 	readers  sync.WaitGroup
 	phase    atomic.Pointer[func() string]
+
+	serverCores, ownCores atomic.Uint64 // float64 bits: CPU cores used over the window
 }
 
 // run carries out one load run against cfg.Server and returns its result.
@@ -176,111 +175,6 @@ func counter(what string, n *atomic.Int64, total int) func() string {
 	return func() string { return fmt.Sprintf("%s: %d/%d", what, n.Load(), total) }
 }
 
-func (r *runner) signUp(ctx context.Context) error {
-	var done atomic.Int64
-	r.setPhase(counter("signing up users", &done, len(r.users)))
-	return parallel(ctx, len(r.users), r.cfg.Concurrency, func(ctx context.Context, i int) error {
-		u := r.users[i]
-		first := true
-		err := r.retry(ctx, "signup_", func() error {
-			err := r.api.signUp(ctx, u.name, password)
-			var ae *apiError
-			if !first && errors.As(err, &ae) && ae.Code == "conflict" {
-				return nil // an earlier attempt went through
-			}
-			first = false
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("signing up %s: %w", u.name, err)
-		}
-		done.Add(1)
-		return nil
-	})
-}
-
-func (r *runner) login(ctx context.Context) error {
-	type job struct {
-		u *user
-		d *device
-	}
-	var jobs []job
-	for _, u := range r.users {
-		for _, d := range u.devices {
-			jobs = append(jobs, job{u, d})
-		}
-	}
-	var done atomic.Int64
-	r.setPhase(counter("logging devices in", &done, len(jobs)))
-	return parallel(ctx, len(jobs), r.cfg.Concurrency, func(ctx context.Context, i int) error {
-		j := jobs[i]
-		var uid string
-		err := r.retry(ctx, "login_", func() error {
-			var err error
-			j.d.token, uid, err = r.api.login(ctx, j.u.name, password, j.d.id)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("logging %s/%s in: %w", j.u.name, j.d.id, err)
-		}
-		if j.d == j.u.devices[0] {
-			j.u.id = uid // each user's first device is the only writer
-		}
-		done.Add(1)
-		return nil
-	})
-}
-
-func (r *runner) createChannels(ctx context.Context) error {
-	var done atomic.Int64
-	r.setPhase(counter("creating channels", &done, len(r.channels)))
-	return parallel(ctx, len(r.channels), r.cfg.Concurrency, func(ctx context.Context, i int) error {
-		ch := r.channels[i]
-		creator := ch.members[0]
-		var others []string
-		for _, u := range ch.members[1:] {
-			others = append(others, u.id)
-		}
-		kind, name := "group", fmt.Sprintf("%s-g%d", r.cfg.Prefix, i)
-		if r.cfg.GroupSize == 0 {
-			kind, name = "direct", ""
-		}
-		err := r.retry(ctx, "channel_", func() error {
-			var err error
-			ch.id, err = r.api.createChannel(ctx, creator.devices[0].token, kind, name, others)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("creating channel %d: %w", i, err)
-		}
-		done.Add(1)
-		return nil
-	})
-}
-
-// retry runs fn up to 4 times while it fails with a retryable error,
-// counting each failure under prefix and its code.
-func (r *runner) retry(ctx context.Context, prefix string, fn func() error) error {
-	backoff := 200 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		r.errs.add(errCode(prefix, err))
-		if attempt == 4 || !retryable(err) {
-			return err
-		}
-		if err := sleep(ctx, backoff); err != nil {
-			return err
-		}
-		backoff *= 2
-	}
-}
-
 // memory reads the server's memory. With waitGC it first waits (at most
 // cfg.GCWait) for the server's next garbage collection, then (at most
 // rssSteadyWait more) for its RSS to stop falling as freed pages go back
@@ -415,151 +309,6 @@ func (r *runner) closeAll() {
 		}
 	}
 	r.readers.Wait()
-}
-
-type sendJob struct {
-	c  *wsConn
-	id uint64
-}
-
-// load sends at cfg.Rate for the warm-up and the measured window, then
-// waits up to cfg.Grace for what is still missing.
-func (r *runner) load(ctx context.Context) error {
-	cfg := r.cfg
-	jobs := make(chan sendJob, 4*cfg.Senders)
-	var senders sync.WaitGroup
-	start := time.Now()
-	winStart := start.Add(cfg.Warmup)
-	end := winStart.Add(cfg.Duration)
-	r.tr.setWindow(winStart, end)
-	for range cfg.Senders {
-		senders.Go(func() {
-			for j := range jobs {
-				r.send(j, winStart)
-			}
-		})
-	}
-	r.setPhase(r.loadPhase(start, winStart))
-	p := newPacer(cfg.Rate, start)
-	rng := rand.New(rand.NewPCG(uint64(start.UnixNano()), 1))
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	var id uint64
-	err := func() error {
-		for {
-			now := time.Now()
-			if !now.Before(end) {
-				return nil
-			}
-			for n := p.take(now); n > 0; n-- {
-				id++
-				ch := r.channels[int(id%uint64(len(r.channels)))]
-				u := ch.members[rng.IntN(len(ch.members))]
-				d := u.devices[rng.IntN(len(u.devices))]
-				select {
-				case jobs <- sendJob{c: d.conns[rng.IntN(len(d.conns))], id: id}:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			}
-			next := p.next()
-			if next.After(end) {
-				next = end
-			}
-			timer.Reset(max(0, time.Until(next)))
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-	}()
-	close(jobs)
-	senders.Wait()
-	if err != nil {
-		return err
-	}
-
-	graceStart := time.Now()
-	r.setPhase(func() string {
-		c := r.tr.counts()
-		return fmt.Sprintf("grace (%.0fs of %s): %d sends not yet on every recipient, %d unacknowledged",
-			time.Since(graceStart).Seconds(), cfg.Grace, c.Pending, c.Unacked)
-	})
-	for time.Since(graceStart) < cfg.Grace {
-		if c := r.tr.counts(); c.Pending == 0 && c.Unacked == 0 {
-			break
-		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// send writes one send frame.
-func (r *runner) send(j sendJob, winStart time.Time) {
-	c := j.c
-	b, _ := json.Marshal(sendFrame{
-		Type: "send", ChannelID: c.ch.id, ClientMsgID: clientMsgID(j.id),
-		Text: stamp(r.cfg.Prefix, j.id, r.cfg.TextSize),
-	})
-	at := time.Now()
-	r.tr.sent(j.id, c.ch.index, len(c.ch.conns), at, !at.Before(winStart))
-	c.wmu.Lock()
-	_ = c.ws.SetWriteDeadline(at.Add(10 * time.Second))
-	err := c.ws.WriteMessage(websocket.TextMessage, b)
-	c.wmu.Unlock()
-	if err != nil {
-		r.tr.failed(j.id)
-		r.errs.add("write")
-	}
-}
-
-// loadResult sums the tracker up.
-func (r *runner) loadResult() *LoadResult {
-	cfg := r.cfg
-	c := r.tr.counts()
-	l := r.tr.losses()
-	ack, del := r.tr.histograms()
-	win := cfg.Duration.Seconds()
-	return &LoadResult{
-		TargetRate: cfg.Rate, WindowSeconds: win, WarmupSeconds: cfg.Warmup.Seconds(),
-		Sent: c.Sent, SentInWindow: c.Measured, Acked: c.Acked, Failed: c.Failed, Unacked: l.Unacked,
-		ExpectedDeliveries: l.Expected, Deliveries: c.Deliveries,
-		LostMessages: l.LostMessages, LostDeliveries: l.LostDeliveries,
-		Duplicates: c.Duplicates, Unexpected: c.Unexpected,
-		SendRate: float64(c.Measured) / win, DeliveryRate: float64(c.WindowDeliveries) / win,
-		Ack: summarize(ack), Deliver: summarize(del),
-	}
-}
-
-// parallel runs fn(ctx, i) for every i in [0, n) on at most k goroutines
-// and waits for them. The first error stops the rest and is returned.
-func parallel(ctx context.Context, n, k int, fn func(ctx context.Context, i int) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(k, n) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := fn(ctx, i); err != nil {
-					cancel(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if ctx.Err() != nil {
-		return context.Cause(ctx)
-	}
-	return nil
 }
 
 // sleep waits d or until ctx ends.

@@ -15,11 +15,18 @@ type conn struct {
 	user    domain.UserID
 	device  domain.DeviceID
 	ws      *websocket.Conn
-	queue   chan []byte
 	done    chan struct{}
 	once    sync.Once
 	maxBuf  int
 	metrics *Metrics
+
+	// The send queue: a slice that grows only as frames wait (an idle
+	// connection holds none), bounded by maxQueue, and a doorbell for the
+	// writer. Guarded by qmu, which is taken after mu, never before.
+	qmu      sync.Mutex
+	queue    [][]byte
+	maxQueue int
+	wake     chan struct{}
 
 	mu      sync.Mutex // guards the fields below
 	syncing bool
@@ -98,11 +105,19 @@ func (c *conn) sendLocked(f ServerFrame) {
 	if err != nil {
 		return
 	}
-	select {
-	case <-c.done:
-	case c.queue <- b:
-	default:
+	c.qmu.Lock()
+	full := len(c.queue) >= c.maxQueue
+	if !full {
+		c.queue = append(c.queue, b)
+	}
+	c.qmu.Unlock()
+	if full {
 		c.cutLocked("slow client: send queue full")
+		return
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default: // the writer has been woken already
 	}
 }
 
@@ -131,11 +146,17 @@ func (c *conn) write(writeTimeout, pingEvery time.Duration) {
 		select {
 		case <-c.done:
 			return
-		case b := <-c.queue:
-			_ = c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if err := c.ws.WriteMessage(websocket.TextMessage, b); err != nil {
-				c.close()
-				return
+		case <-c.wake:
+			c.qmu.Lock()
+			batch := c.queue
+			c.queue = nil
+			c.qmu.Unlock()
+			for _, b := range batch {
+				_ = c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
+				if err := c.ws.WriteMessage(websocket.TextMessage, b); err != nil {
+					c.close()
+					return
+				}
 			}
 		case <-tick.C:
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {

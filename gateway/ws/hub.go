@@ -3,6 +3,7 @@ package ws
 import (
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
 
 	"github.com/evchat/evchat/domain"
 )
@@ -13,6 +14,7 @@ const hubShards = 64
 // so that registration and delivery for different users rarely contend.
 type Hub struct {
 	seed   maphash.Seed
+	count  atomic.Int64
 	shards [hubShards]hubShard
 }
 
@@ -44,12 +46,16 @@ func (h *Hub) add(c *conn) {
 		s.conns[c.user] = m
 	}
 	m[c] = struct{}{}
+	h.count.Add(1)
 }
 
 func (h *Hub) remove(c *conn) {
 	s := h.shard(c.user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if _, ok := s.conns[c.user][c]; ok {
+		h.count.Add(-1)
+	}
 	delete(s.conns[c.user], c)
 	if len(s.conns[c.user]) == 0 {
 		delete(s.conns, c.user)
@@ -69,15 +75,4 @@ func (h *Hub) conns(u domain.UserID) []*conn {
 }
 
 // Count returns the number of open connections.
-func (h *Hub) Count() int {
-	n := 0
-	for i := range h.shards {
-		s := &h.shards[i]
-		s.mu.RLock()
-		for _, m := range s.conns {
-			n += len(m)
-		}
-		s.mu.RUnlock()
-	}
-	return n
-}
+func (h *Hub) Count() int { return int(h.count.Load()) }

@@ -45,8 +45,12 @@ type Config struct {
 	// Epoch is the inbox epoch positions are given in. Default 1.
 	Epoch int32
 	// QueueSize is the most frames waiting for a slow client before it is
-	// cut off. Default 1024.
+	// cut off. Default 1024. The queue takes memory only while frames wait.
 	QueueSize int
+	// MaxConnections is the most open connections; past it an upgrade is
+	// refused with 503, so the process keeps file descriptors for its log
+	// and store. 0: no limit.
+	MaxConnections int
 	// SyncBuffer is the most live entries held while a device syncs.
 	// Default 10000.
 	SyncBuffer int
@@ -123,7 +127,9 @@ func NewServer(cfg Config, hub *Hub, tailer *Tailer, svc Commands, st InboxStore
 	return &Server{
 		cfg: cfg, hub: hub, tailer: tailer, svc: svc, st: st, beats: beats,
 		upgrader: websocket.Upgrader{
-			ReadBufferSize: 1024, WriteBufferSize: 1024,
+			// Reuse the HTTP server's read buffer, and borrow a write
+			// buffer only while writing: an idle connection holds neither.
+			WriteBufferPool: &sync.Pool{},
 			// Tokens, not cookies, authenticate: a foreign origin gains
 			// nothing a script with the token does not already have.
 			CheckOrigin: func(*http.Request) bool { return true },
@@ -140,6 +146,14 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
 	}
+	if s.cfg.MaxConnections > 0 && s.hub.Count() >= s.cfg.MaxConnections {
+		s.mu.Unlock()
+		s.cfg.Metrics.failed(domain.ErrUnavailable)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"error":{"code":"unavailable","message":"this gateway is full; ask for another"}}`))
+		return
+	}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
@@ -151,7 +165,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	wsc.SetReadLimit(s.cfg.ReadLimit)
 	c := &conn{
 		user: cl.UserID, device: cl.DeviceID, ws: wsc,
-		queue: make(chan []byte, s.cfg.QueueSize), done: make(chan struct{}),
+		maxQueue: s.cfg.QueueSize, wake: make(chan struct{}, 1), done: make(chan struct{}),
 		maxBuf: s.cfg.SyncBuffer, last: -1, metrics: s.cfg.Metrics,
 	}
 	var writer sync.WaitGroup
