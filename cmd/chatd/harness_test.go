@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -153,7 +154,7 @@ func (n *node) start() {
 	t.Helper()
 	args := []string{
 		"--http", n.http, "--data", n.dir, "--topic-prefix", n.prefix,
-		"--embedded-kafka-port", fmt.Sprint(n.kafkaPort), "--partitions", "4", "--log-level", "warn",
+		"--embedded-kafka-port", fmt.Sprint(n.kafkaPort), "--partitions", "4", "--log-level", cmp.Or(os.Getenv("EVCHAT_TEST_LOG"), "warn"),
 		"--kafka", n.b.kafka, "--cassandra", n.b.cassandra, "--keyspace", n.keyspace,
 		"--machine-id", fmt.Sprint(max(n.machine, 1)), "--admin", n.admin,
 	}

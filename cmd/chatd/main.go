@@ -43,6 +43,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", cfg.TopicPrefix, "prefix of every topic name")
 	partitions := fs.Int("partitions", int(cfg.Partitions), "partitions of each topic created at start")
 	machine := fs.Uint("machine-id", uint(cfg.MachineID), "sonyflake machine id: unique per process of a deployment")
+	fs.BoolVar(&cfg.EmbeddedFsync, "embedded-fsync", cfg.EmbeddedFsync, "fsync every batch of the embedded broker (survives power loss; off is faster and still survives kill -9)")
 	fs.IntVar(&cfg.EmbeddedKafkaPort, "embedded-kafka-port", cfg.EmbeddedKafkaPort, "port of the embedded broker (0: any free port)")
 	fs.DurationVar(&cfg.PresenceWindow, "presence-window", cfg.PresenceWindow, "a device is online this long after its last heartbeat")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "how often the gateway records each connected device's heartbeat")

@@ -49,6 +49,7 @@ type config struct {
 	DataDir           string   // default ./data
 	Kafka             []string // empty: embedded broker
 	EmbeddedKafkaPort int      // default 0: any free port
+	EmbeddedFsync     bool     // default true: fsync every batch of the embedded broker
 	Cassandra         []string // empty: embedded store
 	Keyspace          string   // default evchat
 	TopicPrefix       string   // default chat
@@ -70,7 +71,7 @@ type config struct {
 
 func defaultConfig() config {
 	return config{
-		HTTPAddr: "127.0.0.1:8080", DataDir: "data", Keyspace: "evchat", TopicPrefix: "chat",
+		EmbeddedFsync: true, HTTPAddr: "127.0.0.1:8080", DataDir: "data", Keyspace: "evchat", TopicPrefix: "chat",
 		Partitions: 8, MachineID: 1, Limits: domain.DefaultLimits(),
 		ReadyLag: 1000, PresenceWindow: domain.DefaultPresenceWindow, Heartbeat: 5 * time.Second, PushDelay: 3 * time.Second,
 	}
@@ -86,7 +87,7 @@ func runNode(ctx context.Context, cfg config) error {
 	}
 	brokers := cfg.Kafka
 	if len(brokers) == 0 {
-		emb, err := eventlog.StartEmbedded(filepath.Join(cfg.DataDir, "log"), cfg.EmbeddedKafkaPort)
+		emb, err := eventlog.StartEmbedded(filepath.Join(cfg.DataDir, "log"), cfg.EmbeddedKafkaPort, cfg.EmbeddedFsync)
 		if err != nil {
 			return err
 		}

@@ -17,7 +17,7 @@ import (
 func TestReadlog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	broker, err := eventlog.StartEmbedded("", 0)
+	broker, err := eventlog.StartEmbedded("", 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -121,11 +121,27 @@ func (c *conn) sendLocked(f ServerFrame) {
 	}
 }
 
+func (c *conn) isCut() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cutWhy != ""
+}
+
 func (c *conn) cutLocked(why string) {
 	if c.cutWhy == "" {
 		c.cutWhy = why
+		// Tell the client why (WriteControl may run beside the writer).
+		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, truncate(why, 120)),
+			time.Now().Add(time.Second))
 	}
 	c.close()
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
 }
 
 // close ends the connection once: the writer stops and the reader's next

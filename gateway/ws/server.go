@@ -251,7 +251,9 @@ func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame,
 		if err != nil {
 			log.Warn("sync", "err", err)
 			s.cfg.Metrics.failed(err)
-			c.send(errorFrame(err, ""))
+			if !c.isCut() {
+				c.send(errorFrame(err, ""))
+			}
 		}
 	}
 }
@@ -283,7 +285,13 @@ func (s *Server) syncFrom(ctx context.Context, c *conn, f ClientFrame) (int64, e
 // past T arrives in the buffer. So: wait for the projection to reach T,
 // deliver the store's entries in (position, T), then the buffered ones past
 // the last delivered, and switch back to live delivery.
-func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, position int64) error {
+//
+// A sync that fails part way (the projection did not catch up in time, the
+// store did not answer) must not go on to live delivery: the entries it did
+// not deliver would be skipped for good once the device's position moved
+// past them. The connection is closed after the error frame; the client
+// reconnects and syncs again from the position it has.
+func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, position int64) (err error) {
 	if epoch != s.cfg.Epoch {
 		e := s.cfg.Epoch
 		c.send(ServerFrame{Type: TypeResync, Epoch: &e})
@@ -301,6 +309,12 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 	defer func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		if err != nil {
+			c.buf = nil
+			c.sendLocked(errorFrame(err, ""))
+			c.cutLocked("sync failed: " + err.Error())
+			return
+		}
 		for _, p := range c.buf {
 			c.deliverLocked(s.cfg.Epoch, p.offset, p.msg, true)
 		}

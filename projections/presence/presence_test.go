@@ -20,7 +20,7 @@ import (
 // changelog and its group and runs it again from the beginning: the same
 // changes, at the same times, in the same order.
 func TestReplay(t *testing.T) {
-	emb, err := eventlog.StartEmbedded("", 0)
+	emb, err := eventlog.StartEmbedded("", 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -129,6 +129,25 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 		return fmt.Errorf("txproc %s: session: %w", cfg.Name, err)
 	}
 	defer sess.Close()
+	// Initialise the transactional producer now, not at the first batch:
+	// that fences a predecessor with our transactional id (a process
+	// killed mid-transaction) and aborts its open transaction. Until then
+	// the group's offsets stay unstable and no batch would ever arrive.
+	for {
+		_, _, err := sess.Client().ProducerID(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		log.Warn("initialising the transactional producer", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
 
 	for attempt := 0; ; {
 		fetches := sess.PollFetches(ctx)

@@ -339,7 +339,10 @@ func (s *Store) MarkSendAppended(ctx context.Context, sender domain.UserID, clie
 	if err != nil {
 		return fmt.Errorf("pebblestore: mark send appended: %w", err)
 	}
-	if err := s.db.Set(k, v, pebble.Sync); err != nil {
+	// Not synced: the mark only spares a resend the wait for the first
+	// attempt's lease; losing it in a crash costs that wait, nothing more.
+	// The reservation itself (ReserveSend) is synced before any append.
+	if err := s.db.Set(k, v, pebble.NoSync); err != nil {
 		return fmt.Errorf("pebblestore: mark send appended: %w", err)
 	}
 	return nil
