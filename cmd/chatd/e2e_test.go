@@ -234,8 +234,7 @@ func TestRestart(t *testing.T) {
 		if f := annWS.send(ch.ChannelID, "a3", "before 3"); f.MessageID != acked[3] {
 			t.Fatalf("resend after restart: %+v, want %s", f, acked[3])
 		}
-		bobWS = n.connect(bobTok)
-		bobWS.write(map[string]any{"type": "sync", "epoch": 1, "position": pos})
+		bobWS = n.resume(bobTok, pos)
 		// What he missed arrives: from the store up to "synced", the rest
 		// live as the fan-out catches up after the restart.
 		var ids []string
@@ -260,8 +259,7 @@ func TestRestart(t *testing.T) {
 		if m := bobWS.messages(1)[0]; m.MessageID != live {
 			t.Fatalf("live after sync: %+v", m)
 		}
-		full := n.connect(bobTok)
-		full.write(map[string]any{"type": "sync", "epoch": 1, "position": -1})
+		full := n.resume(bobTok, -1)
 		_, all := full.readUntil("synced")
 		ids = ids[:0]
 		for _, m := range all {
@@ -335,6 +333,10 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("channel topic grew by %d, want 1 (the valid message only)", got-before)
 		}
 
+		// A malformed resume point is refused before the upgrade.
+		if _, resp, err := n.dial(tok, "epoch=1", "position=x"); err == nil || resp == nil || resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("dial with a bad position: err %v, resp %v", err, resp)
+		}
 		// WebSocket upgrade without or with a bad token.
 		for _, token := range []string{"", "v1.garbage.sig", strings.Replace(tok, "v1.", "v1.x", 1)} {
 			if _, resp, err := n.dial(token); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gocql/gocql"
 	"github.com/gorilla/websocket"
 
 	"github.com/evchat/evchat/schemas"
@@ -123,8 +124,29 @@ func startNode(t testing.TB, b backend, extra ...string) *node {
 		admin:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 	}
 	n.start()
+	t.Cleanup(n.dropKeyspace)
 	t.Cleanup(n.stop)
 	return n
+}
+
+// dropKeyspace removes the test's Cassandra keyspace after the node has
+// stopped: each holds some twenty tables, and a single test node's heap is
+// small.
+func (n *node) dropKeyspace() {
+	if n.b.cassandra == "" {
+		return
+	}
+	cluster := gocql.NewCluster(strings.Split(n.b.cassandra, ",")...)
+	cluster.Timeout = 30 * time.Second
+	s, err := cluster.CreateSession()
+	if err != nil {
+		n.t.Logf("drop keyspace %s: %v", n.keyspace, err)
+		return
+	}
+	defer s.Close()
+	if err := s.Query("DROP KEYSPACE IF EXISTS " + n.keyspace).Exec(); err != nil {
+		n.t.Logf("drop keyspace %s: %v", n.keyspace, err)
+	}
 }
 
 // startPeer starts a second process of the same deployment as n (same
@@ -201,6 +223,9 @@ func (n *node) stop() {
 		return
 	default:
 	}
+	if n.t.Failed() {
+		n.dumpGoroutines("stop")
+	}
 	_ = n.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-n.done:
@@ -213,6 +238,21 @@ func (n *node) stop() {
 	}
 	if n.t.Failed() {
 		n.t.Logf("chatd stderr:\n%s", n.stderr)
+	}
+}
+
+// dumpGoroutines writes the node's goroutines to a file for a post-mortem
+// and names it in the test log.
+func (n *node) dumpGoroutines(tag string) {
+	resp, err := http.Get("http://" + n.admin + "/debug/pprof/goroutine?debug=2")
+	if err != nil {
+		return
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	path := filepath.Join(os.TempDir(), "chatd-goroutines-"+tag+"-"+strings.ReplaceAll(n.http, ":", "-")+".txt")
+	if os.WriteFile(path, b, 0o644) == nil {
+		n.t.Logf("goroutines of the node at %s: %s", n.http, path)
 	}
 }
 
@@ -416,8 +456,11 @@ type wsClient struct {
 	err    error // set before frames is closed
 }
 
-func (n *node) dial(token string) (*wsClient, *http.Response, error) {
+func (n *node) dial(token string, query ...string) (*wsClient, *http.Response, error) {
 	u := url.URL{Scheme: "ws", Host: n.http, Path: "/v1/ws", RawQuery: "token=" + url.QueryEscape(token)}
+	for _, q := range query {
+		u.RawQuery += "&" + q
+	}
 	c, resp, err := websocket.DefaultDialer.Dial(u.String(), nil)
 	if err != nil {
 		return nil, resp, err
@@ -453,7 +496,19 @@ var errTimeout = errors.New("timeout")
 // connect dials and reads the hello frame.
 func (n *node) connect(token string) *wsClient {
 	n.t.Helper()
-	w, _, err := n.dial(token)
+	return n.connectQuery(token)
+}
+
+// resume connects a device that has everything up to position: it syncs
+// from there before any live entry.
+func (n *node) resume(token string, position int64) *wsClient {
+	n.t.Helper()
+	return n.connectQuery(token, "epoch=1", fmt.Sprintf("position=%d", position))
+}
+
+func (n *node) connectQuery(token string, query ...string) *wsClient {
+	n.t.Helper()
+	w, _, err := n.dial(token, query...)
 	if err != nil {
 		n.t.Fatalf("dial: %v", err)
 	}
@@ -513,12 +568,22 @@ func (w *wsClient) readUntil(typ string) (frame, []frame) {
 	}
 }
 
+// send sends and returns the ack or error frame. Like a real client, it
+// resends with the same client message id while the answer is
+// "unavailable" (a store or log that did not answer in time).
 func (w *wsClient) send(channel, cmid, text string) frame {
 	w.t.Helper()
-	w.write(map[string]string{"type": "send", "channel_id": channel, "client_msg_id": cmid, "text": text})
-	for {
-		f := w.read()
-		if f.ClientMsgID == cmid && (f.Type == "ack" || f.Type == "error") {
+	for attempt := 0; ; attempt++ {
+		w.write(map[string]string{"type": "send", "channel_id": channel, "client_msg_id": cmid, "text": text})
+		for {
+			f := w.read()
+			if f.ClientMsgID != cmid || (f.Type != "ack" && f.Type != "error") {
+				continue
+			}
+			if f.Type == "error" && f.Code == "unavailable" && attempt < 5 {
+				time.Sleep(time.Second)
+				break
+			}
 			return f
 		}
 	}

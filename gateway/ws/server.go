@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -158,6 +159,13 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	s.mu.Unlock()
 	defer s.wg.Done()
 
+	resume, epoch, position, err := resumeFrom(r)
+	if err != nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(`{"error":{"code":"bad_request","message":"` + domain.MessageOf(err) + `"}}`))
+		return
+	}
 	wsc, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader has answered
@@ -173,21 +181,32 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	defer writer.Wait()
 	defer c.close()
 
-	// Register for live entries from the tailer's point on: a device that
-	// never syncs gets what arrives after it connected.
+	// Register for live entries from the present on: a device that never
+	// syncs gets what arrives after it connected.
 	part := s.tailer.Partition(c.user)
+	ectx, cancel := context.WithTimeout(r.Context(), s.cfg.CommandTimeout)
+	end, err := s.tailer.end(ectx, part)
+	cancel()
+	if err != nil {
+		c.send(errorFrame(err, ""))
+		return
+	}
 	s.tailer.mark(part, func(next int64) {
 		c.mu.Lock()
-		c.last = next - 1
+		c.last = max(next, end) - 1
+		c.syncing = resume // a resuming device gets nothing live before its sync
 		c.mu.Unlock()
 		s.hub.add(c)
 	})
 	defer s.hub.remove(c)
-	epoch := s.cfg.Epoch
-	c.send(ServerFrame{Type: TypeHello, UserID: c.user, DeviceID: c.device, Epoch: &epoch})
+	hello := s.cfg.Epoch
+	c.send(ServerFrame{Type: TypeHello, UserID: c.user, DeviceID: c.device, Epoch: &hello})
 	s.heartbeat(r.Context(), c)
-
 	log := s.cfg.Logger.With("user", c.user, "device", c.device)
+	if resume {
+		s.handle(r.Context(), c, part, ClientFrame{Type: TypeSync, Epoch: &epoch, Position: &position}, log)
+	}
+
 	for {
 		_, data, err := wsc.ReadMessage()
 		if err != nil {
@@ -324,8 +343,12 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 		c.sendLocked(ServerFrame{Type: TypeSynced, Epoch: &e, Position: &last})
 	}()
 	if t > 0 {
+		start := time.Now()
 		if err := projector.WaitApplied(ctx, s.st, inbox.Name, part, t-1); err != nil {
 			return err
+		}
+		if d := time.Since(start); d > time.Second {
+			s.cfg.Logger.Info("sync waited for the inbox projection", "user", c.user, "partition", part, "point", t, "waited", d)
 		}
 	}
 	after := position
@@ -400,6 +423,24 @@ func (s *Server) RunHeartbeats(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// resumeFrom reads the resume point a device may give at connect,
+// ?epoch=E&position=P (both or neither): the connection then syncs from
+// there before any live entry, so no live entry can overtake what the
+// device missed. A sync frame later replays from the position it names.
+func resumeFrom(r *http.Request) (resume bool, epoch int32, position int64, err error) {
+	q := r.URL.Query()
+	e, p := q.Get("epoch"), q.Get("position")
+	if e == "" && p == "" {
+		return false, 0, 0, nil
+	}
+	ev, err1 := strconv.ParseInt(e, 10, 32)
+	pv, err2 := strconv.ParseInt(p, 10, 64)
+	if err1 != nil || err2 != nil || ev < 0 || pv < -1 {
+		return false, 0, 0, domain.Errorf(domain.CodeBadRequest, "resume with epoch (0 or more) and position (-1 or more) together")
+	}
+	return true, int32(ev), pv, nil
 }
 
 // Count returns the number of open connections.

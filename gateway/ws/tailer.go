@@ -29,6 +29,7 @@ type Tailer struct {
 	hub   *Hub
 	log   *slog.Logger
 	cl    *kgo.Client
+	adm   *kadm.Client // for the log's end at each connection
 	part  kgo.TopicPartitioner
 	n     int
 	parts []partState
@@ -46,25 +47,29 @@ func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *
 		log = slog.New(slog.DiscardHandler)
 	}
 	topic := cfg.Topics().Inbox
-	probe, err := kgo.NewClient(cfg.ClientOpts()...)
+	admCl, err := kgo.NewClient(cfg.ClientOpts()...) // owned by Run, through t.adm
 	if err != nil {
 		return nil, err
 	}
-	md, err := kadm.NewClient(probe).Metadata(ctx, topic)
-	probe.Close()
+	adm := kadm.NewClient(admCl)
+	fail := func(err error) (*Tailer, error) {
+		admCl.Close()
+		return nil, err
+	}
+	md, err := adm.Metadata(ctx, topic)
 	if err != nil {
-		return nil, fmt.Errorf("ws: inbox metadata: %w", err)
+		return fail(fmt.Errorf("ws: inbox metadata: %w", err))
 	}
 	td, ok := md.Topics[topic]
 	if !ok || td.Err != nil || len(td.Partitions) == 0 {
-		return nil, fmt.Errorf("ws: inbox topic %s: not found (%v)", topic, td.Err)
+		return fail(fmt.Errorf("ws: inbox topic %s: not found (%v)", topic, td.Err))
 	}
 	n := len(td.Partitions)
 	pos, err := st.Positions(ctx, inbox.Name)
 	if err != nil {
-		return nil, fmt.Errorf("ws: inbox positions: %w", err)
+		return fail(fmt.Errorf("ws: inbox positions: %w", err))
 	}
-	t := &Tailer{cfg: cfg, topic: topic, hub: hub, log: log, n: n, parts: make([]partState, n),
+	t := &Tailer{cfg: cfg, topic: topic, hub: hub, log: log, n: n, parts: make([]partState, n), adm: adm,
 		part: kgo.StickyKeyPartitioner(nil).ForTopic(topic)}
 	start := map[int32]kgo.Offset{}
 	for p := range n {
@@ -73,7 +78,7 @@ func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *
 	}
 	t.cl, err = kgo.NewClient(cfg.ClientOpts(kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: start}))...)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	return t, nil
 }
@@ -86,6 +91,7 @@ func (t *Tailer) Partition(u domain.UserID) int32 {
 // Run tails until ctx is cancelled and returns nil then.
 func (t *Tailer) Run(ctx context.Context) error {
 	defer t.cl.Close()
+	defer t.adm.Close()
 	for {
 		fs := t.cl.PollFetches(ctx)
 		if ctx.Err() != nil || fs.IsClientClosed() {
@@ -122,4 +128,20 @@ func (t *Tailer) mark(p int32, fn func(next int64)) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	fn(ps.next)
+}
+
+// end returns the partition's last stable offset: the present of the
+// user's inbox. A connection that has not synced gets live entries from
+// there on, never older ones, even while this gateway's tailer still
+// catches up (it starts from the inbox projection's positions).
+func (t *Tailer) end(ctx context.Context, p int32) (int64, error) {
+	ends, err := t.adm.ListCommittedOffsets(ctx, t.topic)
+	if err != nil {
+		return 0, &domain.Error{Code: domain.CodeUnavailable, Msg: "the log did not answer", Err: err}
+	}
+	o, ok := ends.Lookup(t.topic, p)
+	if !ok || o.Err != nil {
+		return 0, domain.Errorf(domain.CodeUnavailable, "the log did not answer for partition %d", p)
+	}
+	return o.Offset, nil
 }
