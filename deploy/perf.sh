@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Reproduce the performance figures, one command each:
+#
+#   bash deploy/perf.sh idle  [embedded|real]   # ~20,000 idle WebSocket connections, memory per connection
+#   bash deploy/perf.sh rate  [embedded|real]   # 2,000 messages/s into groups of 10 for 60 s, send→deliver latency
+#   bash deploy/perf.sh bench                   # the testing.B benchmarks of the hot paths and the stores
+#
+# It builds chatd and the load generator, starts chatd on 127.0.0.1 with a
+# fresh data directory (embedded default, or against the Kafka and
+# Cassandra of deploy/servers.sh, which it starts if needed), runs
+# cmd/loadgen against it, writes the JSON result next to the human summary
+# under $EVCHAT_PERF_OUT (default /tmp/evchat-perf), and stops chatd by its
+# pid. Extra arguments after the mode and backend go to the load generator.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+mode="${1:-}"; backend="${2:-embedded}"; shift $(( $# > 2 ? 2 : $# )) || true
+out="${EVCHAT_PERF_OUT:-/tmp/evchat-perf}"
+mkdir -p "$out"
+
+if [[ "$mode" == bench ]]; then
+  eval "$(bash deploy/servers.sh start)"
+  export EVCHAT_KAFKA EVCHAT_CASSANDRA
+  go test -run x -bench . -benchtime 2000x ./domain/ ./gateway/ws/ ./projections/fanout/ | tee "$out/bench-hot.txt"
+  go test -run x -bench . -benchtime 500x ./projections/store/... | tee "$out/bench-store.txt"
+  go test -run x -bench SendDeliver -benchtime 2000x ./cmd/chatd/ | tee "$out/bench-send.txt"
+  exit 0
+fi
+case "$mode" in idle|rate) ;; *) echo "usage: $0 idle|rate [embedded|real] [loadgen flags] | bench" >&2; exit 64 ;; esac
+
+go build -o "$out/chatd" ./cmd/chatd
+go build -o "$out/loadgen" ./cmd/loadgen
+port=18471; data="$(mktemp -d "$out/data.XXXX")"
+args=(--http "127.0.0.1:$port" --data "$data" --log-level warn --admin 127.0.0.1:18473)
+if [[ "$backend" == real ]]; then
+  eval "$(bash deploy/servers.sh start)"
+  args+=(--kafka "$EVCHAT_KAFKA" --cassandra "$EVCHAT_CASSANDRA" --keyspace "perf_$$" --topic-prefix "perf$$")
+fi
+"$out/chatd" "${args[@]}" 2>"$out/chatd-$mode-$backend.log" &
+pid=$!
+trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data"' EXIT
+for _ in $(seq 300); do curl -fs "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
+
+if [[ "$mode" == idle ]]; then
+  # 250 users x 4 devices x 20 connections per device token = 20,000.
+  "$out/loadgen" --server "127.0.0.1:$port" --idle --users 250 --devices 4 --conns-per-device 20 \
+    --sources 4 --duration 30s --json "$out/idle-$backend.json" "$@"
+else
+  "$out/loadgen" --server "127.0.0.1:$port" --users 500 --group-size 10 --rate 2000 --duration 60s \
+    --warmup 5s --grace 10s --senders 32 --json "$out/rate-$backend.json" "$@"
+fi
