@@ -86,6 +86,8 @@ func TestChat(t *testing.T) {
 				t.Fatalf("devices disagree on the order:\n%v\n%v", orders[0], orders[i])
 			}
 		}
+		// History is another projection: it may trail the deliveries.
+		waitFor(t, func() bool { return len(n.allHistory(cat.Token["phone"], group.ChannelID, 200)) == 3*each })
 		var hist []string
 		for _, m := range n.allHistory(cat.Token["phone"], group.ChannelID, 7) {
 			hist = append(hist, m.MessageID)
