@@ -356,10 +356,17 @@ func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.
 	if _, err := s.log.Append(ctx, s.cfg.Topics.Channels, string(id), evs[0], m); err != nil {
 		return 0, err
 	}
-	if err := s.st.MarkSendAppended(ctx, sender, clientMsgID); err != nil {
-		s.logger.Warn("message appended but not marked", "message", r.MessageID, "err", err)
-	}
 	return r.MessageID, nil
+}
+
+// Sent records that a send's message is in the log, so that a resend is
+// answered at once. The gateway calls it after the acknowledgement: it is
+// off the send's critical path, and losing it costs a resend only the wait
+// for the first attempt's lease.
+func (s *Service) Sent(ctx context.Context, sender domain.UserID, clientMsgID string) {
+	if err := s.st.MarkSendAppended(ctx, sender, clientMsgID); err != nil {
+		s.logger.Warn("message appended but not marked", "sender", sender, "client_msg_id", clientMsgID, "err", err)
+	}
 }
 
 // awaitFirst handles a resend of a reserved message: it reports done when

@@ -24,6 +24,7 @@ import (
 // Commands carries out what devices ask over WebSocket.
 type Commands interface {
 	Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, ch domain.ChannelID, clientMsgID, text string) (domain.MessageID, error)
+	Sent(ctx context.Context, sender domain.UserID, clientMsgID string)
 	Acked(ctx context.Context, c auth.Claims, epoch int32, position int64) error
 	Read(ctx context.Context, c auth.Claims, ch domain.ChannelID, id domain.MessageID) error
 }
@@ -247,6 +248,7 @@ func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame,
 		}
 		s.cfg.Metrics.acked(time.Since(start).Seconds())
 		c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
+		s.svc.Sent(ctx, c.user, f.ClientMsgID)
 	case TypeReceived:
 		if *f.Epoch != s.cfg.Epoch {
 			e := s.cfg.Epoch

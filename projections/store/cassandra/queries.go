@@ -7,7 +7,7 @@ import "strings"
 type queries struct {
 	insertUserByName, insertUser, releaseUserName, selectUserByName, selectUser string
 
-	insertReservation, markAppended string
+	insertReservation, markAppended, reservationExists string
 
 	insertPosition, selectPositions, deletePositions string
 
@@ -36,7 +36,8 @@ func newQueries(ks string) queries {
 		selectUser:       q(`SELECT name, password_hash, created_at FROM ${keyspace}.users WHERE user_id = ?`),
 
 		insertReservation: q(`INSERT INTO ${keyspace}.send_reservations (sender_id, client_msg_id, channel_id, message_id, reserved_at, appended) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS`),
-		markAppended:      q(`UPDATE ${keyspace}.send_reservations SET appended = true WHERE sender_id = ? AND client_msg_id = ? IF EXISTS`),
+		markAppended:      q(`UPDATE ${keyspace}.send_reservations SET appended = true WHERE sender_id = ? AND client_msg_id = ?`),
+		reservationExists: q(`SELECT appended FROM ${keyspace}.send_reservations WHERE sender_id = ? AND client_msg_id = ?`),
 
 		insertPosition:  q(`INSERT INTO ${keyspace}.positions (projection, partition, next_offset) VALUES (?, ?, ?)`),
 		selectPositions: q(`SELECT partition, next_offset FROM ${keyspace}.positions WHERE projection = ?`),

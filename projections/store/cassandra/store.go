@@ -233,14 +233,25 @@ func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store
 
 // MarkSendAppended records that the reserved message is in the log. An
 // unknown reservation is domain.ErrNotFound.
+//
+// A read and a plain update, not a lightweight transaction: the mark only
+// moves false to true on a row the reservation's transaction created, and
+// a lost or shadowed mark costs a resend the wait for the first attempt's
+// lease, nothing more; a Paxos round here cost every send four round trips.
 func (s *Store) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string) error {
-	existing := map[string]any{}
-	applied, err := s.lwt(ctx, s.q.markAppended, string(sender), clientMsgID).MapScanCAS(existing)
+	var appended bool
+	err := s.query(ctx, s.q.reservationExists, string(sender), clientMsgID).Scan(&appended)
+	if errors.Is(err, gocql.ErrNotFound) {
+		return domain.Errorf(domain.CodeNotFound, "no reservation for sender %s, client message %q", sender, clientMsgID)
+	}
 	if err != nil {
 		return fail("mark send appended", err)
 	}
-	if !applied {
-		return domain.Errorf(domain.CodeNotFound, "no reservation for sender %s, client message %q", sender, clientMsgID)
+	if appended {
+		return nil
+	}
+	if err := s.query(ctx, s.q.markAppended, string(sender), clientMsgID).Exec(); err != nil {
+		return fail("mark send appended", err)
 	}
 	return nil
 }
