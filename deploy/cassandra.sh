@@ -152,7 +152,7 @@ jvm17_opts=(
   -Dio.netty.allocator.useCacheForAllThreads=true
   -Dio.netty.allocator.maxOrder=11
   -ea -da:net.openhft...
-  -XX:+UseThreadPriorities -XX:+HeapDumpOnOutOfMemoryError -XX:+ExitOnOutOfMemoryError -Xss256k
+  -XX:+UseThreadPriorities -XX:+ExitOnOutOfMemoryError -Xss256k
   -XX:+UseTLAB -XX:+ResizeTLAB -XX:+PerfDisableSharedMem -Djava.net.preferIPv4Stack=true
 )
 
