@@ -14,6 +14,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"sync"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -53,12 +54,29 @@ func (p *Projection) Reset() { clear(p.cache) }
 func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b *store.Batch) error {
 	seen := map[domain.MessageID]bool{}
 	changed := map[domain.ChannelID]bool{}
+	type decoded struct {
+		rec  *kgo.Record
+		meta domain.Meta
+		ev   domain.Event
+	}
+	evs := make([]decoded, 0, len(recs))
 	for _, rec := range recs {
 		meta, ev, err := domain.Decode(rec.Value)
 		if err != nil {
 			p.log.Warn("skipping undecodable record", "partition", rec.Partition, "offset", rec.Offset, "err", err)
 			continue
 		}
+		evs = append(evs, decoded{rec, meta, ev})
+	}
+	stored, err := storedMessages(ctx, p.st, evs, func(d decoded) (domain.MessageSent, bool) {
+		m, ok := d.ev.(domain.MessageSent)
+		return m, ok
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range evs {
+		rec, meta, ev := d.rec, d.meta, d.ev
 		id := domain.ChannelOf(ev)
 		if id == "" {
 			continue
@@ -81,12 +99,8 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b 
 			if seen[m.MessageID] {
 				continue
 			}
-			_, err := p.st.MessageByID(ctx, id, m.MessageID)
-			if err == nil {
-				continue // a resend that reached the log twice
-			}
-			if !errors.Is(err, domain.ErrNotFound) {
-				return err
+			if stored[m.MessageID] {
+				continue // a resend that reached the log twice, or a batch applied again
 			}
 			seen[m.MessageID] = true
 			b.Messages = append(b.Messages, store.Message{
@@ -138,4 +152,38 @@ func (p *Projection) channel(ctx context.Context, id domain.ChannelID) (domain.C
 	}
 	p.cache[id] = c
 	return c, nil
+}
+
+// storedMessages looks up, 16 at a time, which of the batch's messages the
+// store holds already: one round trip each, so in parallel rather than in
+// turn (the lookups do not depend on the channel states the batch builds).
+func storedMessages[T any](ctx context.Context, st Store, evs []T, msg func(T) (domain.MessageSent, bool)) (map[domain.MessageID]bool, error) {
+	var (
+		mu     sync.Mutex
+		stored = map[domain.MessageID]bool{}
+		first  error
+		wg     sync.WaitGroup
+		sem    = make(chan struct{}, 16)
+	)
+	for _, e := range evs {
+		m, ok := msg(e)
+		if !ok {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			_, err := st.MessageByID(ctx, m.ChannelID, m.MessageID)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				stored[m.MessageID] = true
+			case !errors.Is(err, domain.ErrNotFound) && first == nil:
+				first = err
+			}
+		})
+	}
+	wg.Wait()
+	return stored, first
 }
