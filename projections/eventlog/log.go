@@ -36,6 +36,9 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = "chat"
+	}
 	if c.Partitions == 0 {
 		c.Partitions = 8
 	}
@@ -72,12 +75,7 @@ func (c Config) Topics() Topics {
 // the topic prefix and the role's name, so deployments that share a
 // cluster under different prefixes never share a group.
 func (c Config) Group(role string) string {
-	c = c.withDefaults()
-	p := c.Prefix
-	if p == "" {
-		p = "chat"
-	}
-	return p + "." + role
+	return c.withDefaults().Prefix + "." + role
 }
 
 // GroupOpts returns the options of a role's consumer group member: the

@@ -35,8 +35,6 @@ type Config struct {
 	InstanceID string
 	// Logger; default discard.
 	Logger *slog.Logger
-	// Hooks are extra client hooks (kprom metrics).
-	Hooks []kgo.Hook
 }
 
 // Projection is the fan-out's logic: a txproc.Handler.
@@ -68,7 +66,7 @@ func New(cfg Config) (*Projection, error) {
 func (p *Projection) Run(ctx context.Context) error {
 	return txproc.Run(ctx, txproc.Config{
 		Name: Name, Input: p.topics.Channels, Changelog: p.topics.FanoutState,
-		Log: p.cfg.Log, Instance: p.cfg.InstanceID, Logger: p.cfg.Logger, Hooks: p.cfg.Hooks,
+		Log: p.cfg.Log, Instance: p.cfg.InstanceID, Logger: p.cfg.Logger,
 	}, p)
 }
 

@@ -68,10 +68,13 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b 
 		}
 		evs = append(evs, decoded{rec, meta, ev})
 	}
-	stored, err := storedMessages(ctx, p.st, evs, func(d decoded) (domain.MessageSent, bool) {
-		m, ok := d.ev.(domain.MessageSent)
-		return m, ok
-	})
+	var msgs []domain.MessageSent
+	for _, d := range evs {
+		if m, ok := d.ev.(domain.MessageSent); ok {
+			msgs = append(msgs, m)
+		}
+	}
+	stored, err := storedMessages(ctx, p.st, msgs)
 	if err != nil {
 		return err
 	}
@@ -157,7 +160,7 @@ func (p *Projection) channel(ctx context.Context, id domain.ChannelID) (domain.C
 // storedMessages looks up, 16 at a time, which of the batch's messages the
 // store holds already: one round trip each, so in parallel rather than in
 // turn (the lookups do not depend on the channel states the batch builds).
-func storedMessages[T any](ctx context.Context, st Store, evs []T, msg func(T) (domain.MessageSent, bool)) (map[domain.MessageID]bool, error) {
+func storedMessages(ctx context.Context, st Store, msgs []domain.MessageSent) (map[domain.MessageID]bool, error) {
 	var (
 		mu     sync.Mutex
 		stored = map[domain.MessageID]bool{}
@@ -165,11 +168,7 @@ func storedMessages[T any](ctx context.Context, st Store, evs []T, msg func(T) (
 		wg     sync.WaitGroup
 		sem    = make(chan struct{}, 16)
 	)
-	for _, e := range evs {
-		m, ok := msg(e)
-		if !ok {
-			continue
-		}
+	for _, m := range msgs {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()

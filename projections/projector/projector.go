@@ -59,8 +59,6 @@ type Config struct {
 	Instance string
 	// Logger; default discard.
 	Logger *slog.Logger
-	// Hooks are extra client hooks (kprom metrics).
-	Hooks []kgo.Hook
 }
 
 // Run consumes until ctx is cancelled and returns nil then.
@@ -100,7 +98,6 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 			}
 			return m, nil
 		}),
-		kgo.WithHooks(cfg.Hooks...),
 		kgo.ClientID("evchat-"+cfg.Name),
 	)
 	cl, err := kgo.NewClient(cfg.Log.ClientOpts(opts...)...)

@@ -79,8 +79,6 @@ type Config struct {
 	OnAssigned func(partitions []int32)
 	// Logger; default discard.
 	Logger *slog.Logger
-	// Hooks are extra client hooks (kprom metrics).
-	Hooks []kgo.Hook
 }
 
 // Run processes until ctx is cancelled and returns nil then.
@@ -119,7 +117,6 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 		}),
 		kgo.OnPartitionsRevoked(markDirty),
 		kgo.OnPartitionsLost(markDirty),
-		kgo.WithHooks(cfg.Hooks...),
 		kgo.ClientID("evchat-"+cfg.Name),
 	)
 	// Changelog records carry their partition; everything else is keyed.
