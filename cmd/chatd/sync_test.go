@@ -151,7 +151,7 @@ func TestPush(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ps := newPushServer(t)
-		n := startNode(t, b, "--push-webhook", ps.URL, "--push-delay", "1s", "--push-max-age", "15s", "--presence-window", "3s", "--heartbeat", "100ms")
+		n := startNode(t, b, "--push-webhook", ps.URL, "--push-delay", "1s", "--push-max-age", "40s", "--presence-window", "3s", "--heartbeat", "100ms")
 		ann, bob, cat := n.signUp("ann"), n.signUp("bob"), n.signUp("cat")
 		annTok, catTok := n.login(ann, "phone"), n.login(cat, "phone")
 		n.login(bob, "phone")
@@ -171,7 +171,7 @@ func TestPush(t *testing.T) {
 		for _, id := range ids {
 			want[bob.ID+":"+id] = 1
 		}
-		waitFor(t, func() bool { return len(ps.counts()) == len(want) })
+		waitForTB(t, time.Minute, func() bool { return len(ps.counts()) == len(want) })
 		time.Sleep(500 * time.Millisecond) // the push projection stores its position
 		n.kill()
 		n.start()
@@ -182,7 +182,7 @@ func TestPush(t *testing.T) {
 		// A full replay of the push projection sends nothing again either:
 		// not what was sent (reservations), nor what was not (the entries
 		// are older than --push-max-age by now).
-		time.Sleep(time.Until(sentAt.Add(16 * time.Second)))
+		time.Sleep(time.Until(sentAt.Add(41 * time.Second)))
 		if out, ok := n.ops("replay", "--projection", "push"); !ok {
 			t.Fatalf("replay push:\n%s", out)
 		}
@@ -207,7 +207,7 @@ func TestPush(t *testing.T) {
 		m := catWS.messages(1)[0]
 		catWS.write(map[string]any{"type": "received", "epoch": 1, "position": *m.Position})
 		want[bob.ID+":"+id] = 1
-		waitFor(t, func() bool { return ps.counts()[bob.ID+":"+id] == 1 })
+		waitForTB(t, time.Minute, func() bool { return ps.counts()[bob.ID+":"+id] == 1 })
 		time.Sleep(2 * time.Second)
 		if got := ps.counts(); !mapsEqual(got, want) {
 			t.Fatalf("push requests %v, want %v", got, want)
