@@ -657,6 +657,7 @@ func sampleEvents() []domain.Event {
 		domain.ChannelRead{UserID: alice, DeviceID: "phone-1", ChannelID: groupID, MessageID: 468192741203755009, Seq: 12},
 		domain.ClockTicked{Partition: 5},
 		domain.PresenceChanged{UserID: alice, Online: true, LastActiveAt: at, At: at.Add(time.Second)},
+		domain.EpochStarted{Output: domain.OutputInbox, Epoch: 2},
 	}
 }
 
@@ -696,6 +697,7 @@ func TestEncodeDecode(t *testing.T) {
 		domain.TypeChannelCreated, domain.TypeMemberAdded, domain.TypeMemberRemoved, domain.TypeMessageSent,
 		domain.TypeUserRegistered, domain.TypeDeviceLoggedIn, domain.TypeDeviceLogout, domain.TypeInboxMessage,
 		domain.TypeHeartbeat, domain.TypeDeviceAcked, domain.TypeChannelRead, domain.TypeClockTicked, domain.TypePresence,
+		domain.TypeEpochStarted,
 	} {
 		if !seen[typ] {
 			t.Errorf("no sample of %s", typ)

@@ -31,6 +31,7 @@ const (
 	TypeChannelRead    = "channel.read"
 	TypeClockTicked    = "clock.ticked"
 	TypePresence       = "presence.changed"
+	TypeEpochStarted   = "epoch.started"
 )
 
 // ChannelKind tells a direct (1-on-1) channel from a group.
@@ -134,6 +135,22 @@ type ClockTicked struct {
 // projection to the presence topic (compacted, keyed by user id).
 type PresenceChanged PresenceChange
 
+// Outputs whose topics are rebuilt in epochs (EpochStarted.Output).
+const (
+	OutputInbox    = "inbox"
+	OutputPresence = "presence"
+)
+
+// EpochStarted switches the readers of a derived topic to a new epoch: a
+// rebuild wrote the output (the inboxes, or presence) from the beginning
+// of the log into new topics whose names end in the epoch, caught up, and
+// every node now reads those. Travels on the epochs topic (compacted),
+// keyed by the output's name.
+type EpochStarted struct {
+	Output string `json:"output"`
+	Epoch  int32  `json:"epoch"`
+}
+
 // InboxMessage is one recipient's copy of a message, written by the fan-out
 // projection to the inbox topic keyed by the recipient's user id. Its offset
 // in the inbox partition is the recipient's position: the only order a
@@ -165,6 +182,7 @@ func (DeviceAcked) EventType() string     { return TypeDeviceAcked }
 func (ChannelRead) EventType() string     { return TypeChannelRead }
 func (ClockTicked) EventType() string     { return TypeClockTicked }
 func (PresenceChanged) EventType() string { return TypePresence }
+func (EpochStarted) EventType() string    { return TypeEpochStarted }
 
 // Envelope is the one shape of every record value on every topic.
 type Envelope struct {
@@ -246,6 +264,8 @@ func Decode(b []byte) (Meta, Event, error) {
 		ev, err = decodeAs[ClockTicked](env.Payload)
 	case TypePresence:
 		ev, err = decodeAs[PresenceChanged](env.Payload)
+	case TypeEpochStarted:
+		ev, err = decodeAs[EpochStarted](env.Payload)
 	default:
 		return m, nil, Errorf(CodeUnknownType, "unknown event type %q", env.Type)
 	}

@@ -43,6 +43,7 @@ var domainEventTypes = []string{
 	domain.TypeChannelRead,
 	domain.TypeClockTicked,
 	domain.TypePresence,
+	domain.TypeEpochStarted,
 }
 
 // sampleEvents has at least one event of every type.
@@ -67,6 +68,8 @@ func sampleEvents() []domain.Event {
 		domain.ChannelRead{UserID: bob, DeviceID: "d", ChannelID: direct, MessageID: msgID, Seq: 1 << 40},
 		domain.ClockTicked{Partition: 0},
 		domain.ClockTicked{Partition: 2147483647},
+		domain.EpochStarted{Output: domain.OutputInbox, Epoch: 2},
+		domain.EpochStarted{Output: domain.OutputPresence, Epoch: 2147483647},
 		domain.PresenceChanged{UserID: alice, Online: true, LastActiveAt: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), At: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)},
 		domain.PresenceChanged{UserID: bob, Online: false, LastActiveAt: time.Date(2025, 1, 2, 3, 4, 5, 1, time.UTC), At: time.Date(2025, 1, 2, 3, 4, 35, 0, time.UTC)},
 		// A change built as domain.ApplyPresence builds it.
@@ -675,7 +678,7 @@ func TestAsyncAPI(t *testing.T) {
 		names = append(names, name)
 	}
 	slices.Sort(names)
-	if want := []string{"/v1/ws", "chat.channels", "chat.inbox.e1", "chat.presence", "chat.sessions"}; !slices.Equal(names, want) {
+	if want := []string{"/v1/ws", "chat.channels", "chat.epochs", "chat.inbox.e1", "chat.presence.e1", "chat.sessions"}; !slices.Equal(names, want) {
 		t.Errorf("channels %v, want %v", names, want)
 	}
 	msgs, _ := doc["components"].(map[string]any)["messages"].(map[string]any)

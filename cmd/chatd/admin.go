@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,46 +19,58 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/cursors"
 	"github.com/evchat/evchat/projections/eventlog"
-	"github.com/evchat/evchat/projections/projector"
+	"github.com/evchat/evchat/projections/fanout"
+	"github.com/evchat/evchat/projections/history"
+	"github.com/evchat/evchat/projections/inbox"
+	"github.com/evchat/evchat/projections/presence"
+	"github.com/evchat/evchat/projections/push"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/verify"
 )
 
-// replayable is a projection the admin can rebuild: its topic and a fresh
-// handler.
-type replayable struct {
-	topic   string
-	handler func() projector.Handler
-}
-
 // admin serves the operators' endpoints on their own listener: replay,
 // verify and pprof.
 type admin struct {
-	roles       *roles
-	projections map[string]replayable
-	st          store.Store
-	log         eventlog.Config
-	limits      domain.Limits
-	logger      *slog.Logger
+	node   *proc
+	limits domain.Limits
+	logger *slog.Logger
 
 	mu  sync.Mutex
 	job *replayJob
 }
 
+// replayable names what can be replayed: the projections with store
+// positions are rewound in place; fanout and presence write topics that
+// others read, so they are rebuilt into their output's next epoch.
+var replayable = map[string]string{
+	history.Name: "", cursors.Name: "", push.Name: "",
+	fanout.Name: domain.OutputInbox, presence.Name: domain.OutputPresence,
+}
+
+// switchLag is how close (in events) a rebuilt epoch must be to the log's
+// end for its epoch to start: the rest follows within moments, and the
+// readers of the new epoch wait for it as they would for any projection.
+const switchLag = 50
+
 // replayJob is the state of the current (or last) replay.
 type replayJob struct {
 	Projection string    `json:"projection"`
 	From       string    `json:"from"`
-	State      string    `json:"state"` // running, done, failed
+	Epoch      int32     `json:"epoch,omitempty"` // the epoch a rebuild writes
+	State      string    `json:"state"`           // running, done, failed
 	Started    time.Time `json:"started"`
 	Finished   time.Time `json:"finished,omitzero"`
 	Applied    int64     `json:"applied"`           // events applied since the start
 	Lag        int64     `json:"lag"`               // events still to apply
-	Rate       float64   `json:"events_per_second"` // over the last second
+	Rate       float64   `json:"events_per_second"` // since the start
 	Error      string    `json:"error,omitempty"`
-	base       map[int32]int64
 }
+
+// progressFunc measures a replay: events applied since it started, and
+// how far it is behind the log.
+type progressFunc func(ctx context.Context) (applied, lag int64, err error)
 
 func (a *admin) handler() http.Handler {
 	mux := http.NewServeMux()
@@ -83,19 +97,27 @@ func writeErr(w http.ResponseWriter, status int, err error) {
 
 // startReplay takes {"projection": "history", "from": "start" | "offset:N" |
 // "time:RFC3339"} and rebuilds the projection while everything else runs.
+// A watcher (the role "replay") follows it to the end; for a rebuild into
+// a new epoch, it then starts the epoch.
 func (a *admin) startReplay(w http.ResponseWriter, r *http.Request) {
 	var req struct{ Projection, From string }
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		writeErr(w, http.StatusBadRequest, domain.Errorf(domain.CodeBadRequest, "malformed JSON body"))
 		return
 	}
-	p, ok := a.projections[req.Projection]
+	output, ok := replayable[req.Projection]
 	if !ok {
-		writeErr(w, http.StatusBadRequest, domain.Errorf(domain.CodeBadRequest, "projection %q: replayable are history, inbox, cursors, push", req.Projection))
+		writeErr(w, http.StatusBadRequest, domain.Errorf(domain.CodeBadRequest,
+			"projection %q: replayable are %s", req.Projection, strings.Join(slices.Sorted(maps.Keys(replayable)), ", ")))
 		return
 	}
 	if req.From == "" {
 		req.From = "start"
+	}
+	if output != "" && req.From != "start" {
+		writeErr(w, http.StatusBadRequest, domain.Errorf(domain.CodeBadRequest,
+			"%s is rebuilt from the start of the log into a new epoch; from %q is not possible", req.Projection, req.From))
+		return
 	}
 	a.mu.Lock()
 	if a.job != nil && a.job.State == "running" {
@@ -109,37 +131,149 @@ func (a *admin) startReplay(w http.ResponseWriter, r *http.Request) {
 
 	ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
 	defer cancel()
-	if err := a.rewind(ctx, req.Projection, p, req.From, job); err != nil {
+	var (
+		progress progressFunc
+		finish   func(context.Context) error
+		err      error
+	)
+	if output == "" {
+		progress, err = a.rewind(ctx, req.Projection, req.From)
+	} else {
+		var next eventlog.Config
+		if next, err = a.node.rebuild(ctx, output); err == nil {
+			job.Epoch = eventlog.EpochOf(next, output)
+			progress = a.epochProgress(next, output)
+			finish = func(ctx context.Context) error { return eventlog.StartEpoch(ctx, next, output, job.Epoch) }
+		}
+	}
+	if err != nil {
 		a.mu.Lock()
 		job.State, job.Error, job.Finished = "failed", err.Error(), time.Now().UTC()
 		a.mu.Unlock()
 		writeErr(w, http.StatusBadRequest, err)
 		return
 	}
-	a.logger.Info("replay started", "projection", req.Projection, "from", req.From)
-	writeJSON(w, http.StatusAccepted, a.status(r.Context()))
+	a.node.roles.start("replay", func(ctx context.Context) error { a.follow(ctx, job, progress, finish); return nil })
+	a.logger.Info("replay started", "projection", req.Projection, "from", req.From, "epoch", job.Epoch)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	writeJSON(w, http.StatusAccepted, *job)
 }
 
-// rewind stops the projection, resets or rewinds it, and starts it again.
-func (a *admin) rewind(ctx context.Context, name string, p replayable, from string, job *replayJob) error {
-	positions, err := a.fromPositions(ctx, p.topic, from)
-	if err != nil {
-		return err
+// follow measures the job every half second until it has caught up, then
+// finishes it.
+func (a *admin) follow(ctx context.Context, job *replayJob, progress progressFunc, finish func(context.Context) error) {
+	bound := int64(0)
+	if finish != nil {
+		bound = switchLag
 	}
-	run, err := a.roles.stop(name)
-	if err != nil {
-		return err
-	}
-	defer a.roles.start(name, run)
-	if positions == nil {
-		if err := a.st.ResetProjection(ctx, name); err != nil {
-			return err
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
 		}
-	} else if err := a.st.Apply(ctx, store.Batch{Projection: name, Positions: positions}); err != nil {
-		return err
+		applied, lag, err := progress(ctx)
+		if err != nil {
+			a.logger.Warn("replay progress", "err", err)
+			continue
+		}
+		now := time.Now().UTC()
+		a.mu.Lock()
+		job.Applied, job.Lag = applied, lag
+		if secs := now.Sub(job.Started).Seconds(); secs > 0 {
+			job.Rate = float64(applied) / secs
+		}
+		a.mu.Unlock()
+		if lag > bound {
+			continue
+		}
+		state, why := "done", ""
+		if finish != nil {
+			if err := finish(ctx); err != nil {
+				state, why = "failed", err.Error()
+			}
+		}
+		a.mu.Lock()
+		job.State, job.Error, job.Finished = state, why, time.Now().UTC()
+		a.mu.Unlock()
+		a.logger.Info("replay "+state, "projection", job.Projection, "applied", applied, "seconds", job.Finished.Sub(job.Started).Seconds(), "err", why)
+		return
 	}
-	job.base = positions
-	return nil
+}
+
+// rewind stops a store-positioned projection, resets or rewinds it, and
+// starts it again.
+func (a *admin) rewind(ctx context.Context, projection, from string) (progressFunc, error) {
+	lc := a.node.current()
+	role, topic := projection, ""
+	switch projection {
+	case history.Name:
+		topic = lc.Topics().Channels
+	case cursors.Name:
+		topic = lc.Topics().Sessions
+	case push.Name:
+		role, topic = eventlog.Epoched(push.Name, lc.Epoch()), lc.Topics().Inbox
+	}
+	positions, err := a.fromPositions(ctx, topic, from)
+	if err != nil {
+		return nil, err
+	}
+	run, err := a.node.roles.stop(role)
+	if err != nil {
+		return nil, err
+	}
+	defer a.node.roles.start(role, run)
+	if positions == nil {
+		if err := a.node.st.ResetProjection(ctx, role); err != nil {
+			return nil, err
+		}
+	} else if err := a.node.st.Apply(ctx, store.Batch{Projection: role, Positions: positions}); err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) (int64, int64, error) {
+		pos, err := a.node.st.Positions(ctx, role)
+		if err != nil {
+			return 0, 0, err
+		}
+		return a.measure(ctx, topic, pos, positions)
+	}, nil
+}
+
+// epochProgress measures a rebuild into a new epoch: the writer's consumer
+// group on its input, and for the inbox the new epoch's store projection.
+func (a *admin) epochProgress(next eventlog.Config, output string) progressFunc {
+	group, input := next.Group(eventlog.Epoched(presence.Name, next.PresenceEpoch)), next.Topics().Sessions
+	if output == domain.OutputInbox {
+		group, input = next.Group(eventlog.Epoched(fanout.Name, next.Epoch())), next.Topics().Channels
+	}
+	return func(ctx context.Context) (int64, int64, error) {
+		cl, err := kgo.NewClient(next.ClientOpts()...)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer cl.Close()
+		committed, err := kadm.NewClient(cl).FetchOffsets(ctx, group)
+		if err != nil {
+			return 0, 0, err
+		}
+		pos := map[int32]int64{}
+		committed.Each(func(o kadm.OffsetResponse) {
+			if o.Topic == input && o.Err == nil {
+				pos[o.Partition] = o.At
+			}
+		})
+		applied, lag, err := a.measure(ctx, input, pos, nil)
+		if err != nil || output != domain.OutputInbox {
+			return applied, lag, err
+		}
+		ipos, err := a.node.st.Positions(ctx, eventlog.Epoched(inbox.Name, next.Epoch()))
+		if err != nil {
+			return 0, 0, err
+		}
+		_, ilag, err := a.measure(ctx, next.Topics().Inbox, ipos, nil)
+		return applied, lag + ilag, err
+	}
 }
 
 // fromPositions returns the positions a replay starts from; nil means the
@@ -148,7 +282,7 @@ func (a *admin) fromPositions(ctx context.Context, topic, from string) (map[int3
 	if from == "start" {
 		return nil, nil
 	}
-	cl, err := kgo.NewClient(a.log.ClientOpts()...)
+	cl, err := kgo.NewClient(a.node.current().ClientOpts()...)
 	if err != nil {
 		return nil, err
 	}
@@ -184,53 +318,19 @@ func (a *admin) fromPositions(ctx context.Context, topic, from string) (map[int3
 
 func (a *admin) replayStatus(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
-	none := a.job == nil
-	a.mu.Unlock()
-	if none {
+	defer a.mu.Unlock()
+	if a.job == nil {
 		writeErr(w, http.StatusNotFound, domain.Errorf(domain.CodeNotFound, "no replay has run"))
 		return
 	}
-	writeJSON(w, http.StatusOK, a.status(r.Context()))
+	writeJSON(w, http.StatusOK, *a.job)
 }
 
-// status measures the running job: applied events, lag and rate.
-func (a *admin) status(ctx context.Context) replayJob {
-	a.mu.Lock()
-	job := a.job
-	a.mu.Unlock()
-	if job.State != "running" {
-		return *job
-	}
-	p := a.projections[job.Projection]
-	applied, lag, err := a.progress(ctx, job.Projection, p.topic, job.base)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err != nil {
-		return *job
-	}
-	if !job.Finished.IsZero() || applied < 0 {
-		return *job
-	}
-	now := time.Now().UTC()
-	if secs := now.Sub(job.Started).Seconds(); secs > 0 {
-		job.Rate = float64(applied) / secs
-	}
-	job.Applied, job.Lag = applied, lag
-	if lag == 0 {
-		job.State, job.Finished = "done", now
-		a.logger.Info("replay done", "projection", job.Projection, "applied", applied, "seconds", now.Sub(job.Started).Seconds())
-	}
-	return *job
-}
-
-// progress returns the events applied since base and the lag behind the
-// log's end, both summed over partitions.
-func (a *admin) progress(ctx context.Context, name, topic string, base map[int32]int64) (applied, lag int64, err error) {
-	pos, err := a.st.Positions(ctx, name)
-	if err != nil {
-		return 0, 0, err
-	}
-	cl, err := kgo.NewClient(a.log.ClientOpts()...)
+// measure returns the events applied since base (nil: the topic's start)
+// and the lag behind the topic's end, both summed over partitions, for a
+// consumer at pos (a partition missing from pos is at base).
+func (a *admin) measure(ctx context.Context, topic string, pos, base map[int32]int64) (applied, lag int64, err error) {
+	cl, err := kgo.NewClient(a.node.current().ClientOpts()...)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -266,7 +366,7 @@ func (a *admin) progress(ctx context.Context, name, topic string, base map[int32
 }
 
 func (a *admin) verify(w http.ResponseWriter, r *http.Request) {
-	rep, err := verify.Run(r.Context(), a.log, a.st, r.URL.Query().Get("projection"), a.limits)
+	rep, err := verify.Run(r.Context(), a.node.current(), a.node.st, r.URL.Query().Get("projection"), a.limits)
 	if err != nil {
 		status := http.StatusInternalServerError
 		if domain.CodeOf(err) == domain.CodeBadRequest {
@@ -300,8 +400,12 @@ func replayCmd(ctx context.Context, adminAddr, projection, from string, out *pri
 			job.Projection, job.From, job.Applied, job.Lag, job.Rate, eta(job)))
 		switch job.State {
 		case "done":
-			out.done(fmt.Sprintf("replay %s done: %d events in %.1f s (%.0f events/s)",
-				job.Projection, job.Applied, job.Finished.Sub(job.Started).Seconds(), job.Rate))
+			started := ""
+			if job.Epoch > 0 {
+				started = fmt.Sprintf(" %s epoch %d started;", replayable[job.Projection], job.Epoch)
+			}
+			out.done(fmt.Sprintf("replay %s done:%s %d events in %.1f s (%.0f events/s)",
+				job.Projection, started, job.Applied, job.Finished.Sub(job.Started).Seconds(), job.Rate))
 			return nil
 		case "failed":
 			out.done("")

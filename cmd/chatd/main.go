@@ -93,7 +93,7 @@ func opsCommand(ctx context.Context, name string, args []string, stdout, stderr 
 	fs := flag.NewFlagSet("chatd "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("admin", "127.0.0.1:8081", "the node's --admin address")
-	projection := fs.String("projection", "", "history, inbox, cursors or push (verify: history or inbox)")
+	projection := fs.String("projection", "", "replay: history, fanout, cursors, presence or push; verify: history or inbox")
 	from := "start"
 	if name == "replay" {
 		fs.StringVar(&from, "from", from, "start (delete the state and rebuild), offset:N, or time:RFC3339")

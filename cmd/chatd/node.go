@@ -8,12 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -29,13 +27,7 @@ import (
 	"github.com/evchat/evchat/gateway/auth"
 	"github.com/evchat/evchat/gateway/chat"
 	"github.com/evchat/evchat/gateway/ws"
-	"github.com/evchat/evchat/projections/cursors"
 	"github.com/evchat/evchat/projections/eventlog"
-	"github.com/evchat/evchat/projections/fanout"
-	"github.com/evchat/evchat/projections/history"
-	"github.com/evchat/evchat/projections/inbox"
-	"github.com/evchat/evchat/projections/presence"
-	"github.com/evchat/evchat/projections/projector"
 	"github.com/evchat/evchat/projections/push"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/cassandra"
@@ -104,6 +96,14 @@ func runNode(ctx context.Context, cfg config) error {
 	if err := eventlog.EnsureTopics(startCtx, logCfg); err != nil {
 		return err
 	}
+	// The current epochs of the inbox and of presence, and their topics.
+	logCfg, err := eventlog.ReadEpochs(startCtx, logCfg)
+	if err != nil {
+		return err
+	}
+	if err := eventlog.EnsureTopics(startCtx, logCfg); err != nil {
+		return err
+	}
 
 	var st store.Store
 	if len(cfg.Cassandra) == 0 {
@@ -150,30 +150,20 @@ func runNode(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	instance := fmt.Sprint(cfg.MachineID)
-	fan, err := fanout.New(fanout.Config{Log: logCfg, Limits: cfg.Limits, InstanceID: instance, Logger: log})
+	n := &proc{cfg: cfg, log: log, logCfg: logCfg, st: st, instance: fmt.Sprint(cfg.MachineID), hub: ws.NewHub()}
+	tailer, err := ws.NewTailer(startCtx, logCfg, st, n.hub, log)
 	if err != nil {
 		return err
 	}
-	hub := ws.NewHub()
-	tailer, err := ws.NewTailer(startCtx, logCfg, st, hub, log)
-	if err != nil {
-		return err
-	}
-	gw := ws.NewServer(ws.Config{
-		Epoch: logCfg.Epoch(), Logger: log, Metrics: ws.NewMetrics(reg, hub.Count),
+	n.gw = ws.NewServer(ws.Config{
+		Logger: log, Metrics: ws.NewMetrics(reg, n.hub.Count),
 		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions, MaxConnections: connectionLimit(),
-	}, hub, tailer, svc, st, app)
-	presenceTail := ws.NewPresence(logCfg, hub, st, cfg.Limits.MaxGroupSize, log)
-	pres, err := presence.New(presence.Config{Log: logCfg, Window: cfg.PresenceWindow, Tick: min(time.Second, cfg.PresenceWindow/4), Instance: instance, Logger: log})
-	if err != nil {
-		return err
-	}
-	var sender push.Sender = push.LogSender{Logger: log}
+	}, n.hub, tailer, svc, st, app)
+	n.presenceTail = ws.NewPresence(logCfg, n.hub, st, cfg.Limits.MaxGroupSize, log)
+	n.sender = push.LogSender{Logger: log}
 	if cfg.PushWebhook != "" {
-		sender = push.WebhookSender{URL: cfg.PushWebhook}
+		n.sender = push.WebhookSender{URL: cfg.PushWebhook}
 	}
-	pusher := push.New(push.Config{Epoch: logCfg.Epoch(), Delay: cfg.PushDelay, MaxAge: cfg.PushMaxAge, Logger: log}, st, presenceTail, sender)
 
 	var ready atomic.Bool
 	restErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -181,7 +171,7 @@ func runNode(ctx context.Context, cfg config) error {
 	}, []string{"code"})
 	reg.MustRegister(restErrors)
 	e := api.New(api.Config{
-		Service: svc, Reader: st, Tokens: tokens, WS: gw, Presence: presenceTail, Errors: restErrors,
+		Service: svc, Reader: st, Tokens: tokens, WS: n.gw, Presence: n.presenceTail, Errors: restErrors,
 		Live: ready.Load,
 		Ready: func() (bool, string) {
 			if l := lag.Max(); l > cfg.ReadyLag {
@@ -201,50 +191,33 @@ func runNode(ctx context.Context, cfg config) error {
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	rs := newRoles(ctx, cancel, log)
-	start := rs.start
-	projections := map[string]replayable{
-		history.Name: {logCfg.Topics().Channels, func() projector.Handler { return history.New(st, cfg.Limits, log) }},
-		inbox.Name:   {logCfg.Topics().Inbox, func() projector.Handler { return inbox.New(st, logCfg.Epoch(), log) }},
-		cursors.Name: {logCfg.Topics().Sessions, func() projector.Handler { return cursors.New(st, log) }},
-		push.Name:    {logCfg.Topics().Inbox, func() projector.Handler { return pusher }},
-	}
-	for _, name := range slices.Sorted(maps.Keys(projections)) {
-		p := projections[name]
-		start(name, func(ctx context.Context) error {
-			return projector.Run(ctx, projector.Config{Name: name, Topic: p.topic, Log: logCfg, Instance: instance, Logger: log},
-				st, p.handler())
-		})
-	}
-	start(fanout.Name, fan.Run)
-	start(presence.Name, pres.Run)
-	start("presence-tail", presenceTail.Run)
-	start("heartbeats", gw.RunHeartbeats)
-	start("tailer", tailer.Run)
-	start("http", func(ctx context.Context) error {
+	n.roles = newRoles(ctx, cancel, log)
+	n.startRoles(tailer)
+	n.roles.start("http", func(ctx context.Context) error {
 		defer func() {
 			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer scancel()
-			_ = gw.Shutdown(sctx)
+			_ = n.gw.Shutdown(sctx)
 		}()
 		return serve(ctx, srv, ln)
 	})
 	ready.Store(true)
 	fmt.Fprintf(cfg.Stdout, "chatd listening on http://%s (data in %s)\n", ln.Addr(), cfg.DataDir)
-	log.Info("ready", "http", ln.Addr().String(), "kafka", strings.Join(brokers, ","), "store", storeName(cfg))
+	log.Info("ready", "http", ln.Addr().String(), "kafka", strings.Join(brokers, ","), "store", storeName(cfg),
+		"inbox_epoch", logCfg.InboxEpoch, "presence_epoch", logCfg.PresenceEpoch)
 	if cfg.AdminAddr != "" {
-		adm := &admin{roles: rs, projections: projections, st: st, log: logCfg, limits: cfg.Limits, logger: log}
+		adm := &admin{node: n, limits: cfg.Limits, logger: log}
 		aln, err := net.Listen("tcp", cfg.AdminAddr)
 		if err != nil {
 			cancel(err)
 		} else {
 			asrv := &http.Server{Handler: adm.handler(), ReadHeaderTimeout: 10 * time.Second}
-			start("admin", func(ctx context.Context) error { return serve(ctx, asrv, aln) })
+			n.roles.start("admin", func(ctx context.Context) error { return serve(ctx, asrv, aln) })
 			log.Info("admin", "addr", aln.Addr().String())
 		}
 	}
 	<-ctx.Done()
-	rs.wait()
+	n.roles.wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}

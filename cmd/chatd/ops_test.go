@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -85,9 +86,9 @@ func TestVerifyAndReplay(t *testing.T) {
 			}
 			seen[m.MessageID] = true
 		}
-		// Replay from an offset re-applies (idempotently) and agrees.
-		if out, ok := n.ops("replay", "--projection", "inbox", "--from", "offset:3"); !ok {
-			t.Fatalf("replay inbox from offset:\n%s", out)
+		// Replay from an offset re-applies (idempotently).
+		if out, ok := n.ops("replay", "--projection", "cursors", "--from", "offset:3"); !ok || !strings.Contains(out, "replay cursors done") {
+			t.Fatalf("replay cursors from offset:\n%s", out)
 		}
 		if out, ok := n.ops("verify", "--projection", "inbox"); !ok {
 			t.Fatalf("verify inbox:\n%s", out)
@@ -99,7 +100,171 @@ func TestVerifyAndReplay(t *testing.T) {
 		if out, ok := n.ops("replay", "--projection", "history", "--from", "yesterday"); ok || !strings.Contains(out, "bad_request") {
 			t.Fatalf("replay from nonsense:\n%s", out)
 		}
+		if out, ok := n.ops("replay", "--projection", "fanout", "--from", "offset:3"); ok || !strings.Contains(out, "bad_request") {
+			t.Fatalf("replay of the fan-out from an offset:\n%s", out)
+		}
 	})
+}
+
+// TestReplayFanoutAndPresence: rebuilding the fan-out writes inbox epoch 2
+// while messages flow, and every node switches to it. A connected device
+// is told to reconnect, and with its position of epoch 1 gets the rest,
+// with nothing twice and nothing skipped; so does a device that was away
+// during the switch, and a new one. Rebuilding presence writes presence
+// epoch 2 without a single flap, and presence keeps working on it.
+func TestReplayFanoutAndPresence(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, b backend) {
+		n := startNode(t, b, "--presence-window", "5s", "--heartbeat", "100ms")
+		ann, bob := n.signUp("ann"), n.signUp("bob")
+		annTok, bobPhone, bobTablet := n.login(ann, "phone"), n.login(bob, "phone"), n.login(bob, "tablet")
+		bobLaptop := n.login(bob, "laptop")
+		g := n.createChannel(annTok, "group", bob.ID)
+		d := n.createChannel(annTok, "direct", bob.ID)
+		annWS, phone := n.connect(annTok), n.connect(bobPhone)
+		send := func(ch, cmid string) {
+			t.Helper()
+			if f := annWS.send(ch, cmid, "text "+cmid); f.Type != "ack" {
+				t.Errorf("send %s: %+v", cmid, f)
+			}
+		}
+		for i := range 15 {
+			send([]string{g.ChannelID, d.ChannelID}[i%3/2], fmt.Sprint("before ", i))
+		}
+		got := phone.messages(15) // the phone's messages, over all its connections
+		tablet := n.resume(bobTablet, -1)
+		had := tablet.messages(6)
+		tablet.c.Close()
+
+		// Rebuild the fan-out while ann keeps sending.
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for i := range 40 {
+				send(g.ChannelID, fmt.Sprint("during ", i))
+			}
+		})
+		out, ok := n.ops("replay", "--projection", "fanout")
+		if !ok || !strings.Contains(out, "replay fanout done") || !strings.Contains(out, "inbox epoch 2") {
+			t.Fatalf("replay fanout:\n%s", out)
+		}
+		wg.Wait()
+		const total = 55
+
+		// The phone's connection is closed by the switch; it reconnects
+		// with its position, as after any disconnect, and gets the rest.
+		for {
+			f, err := phone.tryRead(20 * time.Second)
+			if errors.Is(err, errTimeout) {
+				t.Fatal("the phone's connection was not closed by the switch")
+			}
+			if err != nil {
+				break
+			}
+			if f.Type == "message" {
+				got = append(got, f)
+			}
+		}
+		last := got[len(got)-1]
+		phone = n.connectQuery(bobPhone, fmt.Sprintf("epoch=%d", *last.Epoch), fmt.Sprintf("position=%d", *last.Position))
+		synced, missed := phone.readUntil("synced")
+		if *synced.Epoch != 2 {
+			t.Errorf("phone synced in epoch %d, want 2", *synced.Epoch)
+		}
+		for _, f := range missed {
+			if f.Type == "message" {
+				got = append(got, f)
+			}
+		}
+		if len(got) < total {
+			got = append(got, phone.messages(total-len(got))...)
+		}
+		assertExactlyOnce(t, "phone", got, total)
+		phone.quiet(time.Second)
+
+		// The tablet was away during the switch: it resumes with its
+		// epoch 1 position and gets exactly what it had not.
+		tablet = n.connectQuery(bobTablet, "epoch=1", fmt.Sprintf("position=%d", *had[len(had)-1].Position))
+		rest := tablet.messages(total - len(had))
+		assertExactlyOnce(t, "tablet", append(had, rest...), total)
+		if f, _ := tablet.readUntil("synced"); *f.Epoch != 2 {
+			t.Errorf("tablet synced in epoch %d, want 2", *f.Epoch)
+		}
+		tablet.quiet(time.Second)
+		// A new device gets everything; a position epoch 1 never had gets
+		// resync.
+		laptop := n.resume(bobLaptop, -1)
+		all := laptop.messages(total)
+		assertExactlyOnce(t, "laptop", all, total)
+		// The carry-over matters: the tablet's last message sits elsewhere
+		// in epoch 2 (the rebuild commits far fewer transactions, whose
+		// markers take offsets, than the live fan-out did).
+		for _, f := range all {
+			if f.MessageID == had[len(had)-1].MessageID && *f.Position == *had[len(had)-1].Position {
+				t.Errorf("message %s has position %d in both epochs: the test proves nothing", f.MessageID, *f.Position)
+			}
+		}
+		bogus := n.connectQuery(bobLaptop, "epoch=1", "position=100000")
+		if f, _ := bogus.readUntil("resync"); *f.Epoch != 2 {
+			t.Errorf("resync to epoch %d, want 2", *f.Epoch)
+		}
+		if out, ok := n.ops("verify", "--projection", "inbox"); !ok {
+			t.Fatalf("verify inbox of epoch 2:\n%s", out)
+		}
+		// Live delivery runs on the new epoch (ann's connection was closed
+		// by the switch too).
+		annWS = n.connect(annTok)
+		send(d.ChannelID, "after")
+		if f := tablet.messages(1)[0]; f.Text != "text after" || *f.Epoch != 2 {
+			t.Errorf("after the switch: %+v", f)
+		}
+
+		// Rebuild presence: bob stays online, nobody sees a flap.
+		waitFor(t, func() bool { return n.presence(annTok, bob.ID).Online })
+		out, ok = n.ops("replay", "--projection", "presence")
+		if !ok || !strings.Contains(out, "replay presence done") || !strings.Contains(out, "presence epoch 2") {
+			t.Fatalf("replay presence:\n%s", out)
+		}
+		noPresence(t, annWS, bob.ID, 3*time.Second)
+		if !n.presence(annTok, bob.ID).Online {
+			t.Error("bob offline after the presence rebuild")
+		}
+		// And presence still follows the log: bob's devices go away.
+		for _, w := range []*wsClient{phone, tablet, laptop, bogus} {
+			w.c.Close()
+		}
+		waitFor(t, func() bool { return !n.presence(annTok, bob.ID).Online })
+		n.validateTopics("epochs", "inbox.e2", "presence.e2")
+	})
+}
+
+// assertExactlyOnce checks that a device got total messages, none twice,
+// each channel's in the order they were sent ("text before 3" before "text
+// during 0": one sender, each send acknowledged before the next).
+func assertExactlyOnce(t *testing.T, device string, got []frame, total int) {
+	t.Helper()
+	seen := map[string]bool{}
+	last := map[string]int{}
+	for _, f := range got {
+		if seen[f.MessageID] {
+			t.Errorf("%s: message %s (%q) twice", device, f.MessageID, f.Text)
+		}
+		seen[f.MessageID] = true
+		var phase string
+		var i int
+		if _, err := fmt.Sscanf(f.Text, "text %s %d", &phase, &i); err != nil {
+			t.Fatalf("%s: message text %q", device, f.Text)
+		}
+		if phase == "during" {
+			i += 100
+		}
+		if p, ok := last[f.ChannelID]; ok && p >= i {
+			t.Errorf("%s: %q after message %d of its channel", device, f.Text, p)
+		}
+		last[f.ChannelID] = i
+	}
+	if len(seen) != total {
+		t.Errorf("%s: %d distinct messages, want %d", device, len(seen), total)
+	}
 }
 
 func mustID(t *testing.T, s string) domain.MessageID {

@@ -47,6 +47,26 @@ func (r *roles) start(name string, fn func(context.Context) error) {
 	})
 }
 
+// ensure starts fn as the role name unless a role of that name runs.
+func (r *roles) ensure(name string, fn func(context.Context) error) {
+	r.mu.Lock()
+	_, ok := r.running[name]
+	r.mu.Unlock()
+	if !ok {
+		r.start(name, fn)
+	}
+}
+
+// stopIf stops the role name if it runs.
+func (r *roles) stopIf(name string) {
+	r.mu.Lock()
+	_, ok := r.running[name]
+	r.mu.Unlock()
+	if ok {
+		_, _ = r.stop(name)
+	}
+}
+
 // stop stops a role and waits for it; it returns the role's function so
 // that the caller can start it again.
 func (r *roles) stop(name string) (func(context.Context) error, error) {

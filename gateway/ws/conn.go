@@ -19,6 +19,7 @@ type conn struct {
 	once    sync.Once
 	maxBuf  int
 	metrics *Metrics
+	gen     *generation // the inbox epoch the connection is in, for its life
 
 	// The send queue: a slice that grows only as frames wait (an idle
 	// connection holds none), bounded by maxQueue, and a doorbell for the
@@ -125,6 +126,13 @@ func (c *conn) isCut() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cutWhy != ""
+}
+
+// cut closes the connection, telling the client why.
+func (c *conn) cut(why string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cutLocked(why)
 }
 
 func (c *conn) cutLocked(why string) {

@@ -24,15 +24,21 @@ type MembershipStore interface {
 // who is online, and pushes each change (after its start) to the connected
 // users who share a channel of at most FanoutMax members with the user.
 // Larger channels fetch presence on demand (REST).
+//
+// When the presence epoch switches (Switch, then Run again), it reads the
+// new topic from its start while answering from what it has, then takes
+// the new state at once and pushes the changes between the two: a rebuild
+// shows no flaps, only what it corrected.
 type Presence struct {
-	cfg eventlog.Config
 	hub *Hub
 	st  MembershipStore
 	max int
 	log *slog.Logger
 
-	mu    sync.RWMutex
-	state map[domain.UserID]domain.PresenceChange
+	mu     sync.RWMutex
+	cfg    eventlog.Config
+	state  map[domain.UserID]domain.PresenceChange
+	loaded bool // a state has been read to its end once
 }
 
 // NewPresence returns a presence tail; fanoutMax defaults to 100.
@@ -46,6 +52,13 @@ func NewPresence(cfg eventlog.Config, hub *Hub, st MembershipStore, fanoutMax in
 	return &Presence{cfg: cfg, hub: hub, st: st, max: fanoutMax, log: log, state: map[domain.UserID]domain.PresenceChange{}}
 }
 
+// Switch makes the next Run read cfg's presence topic (a new epoch).
+func (p *Presence) Switch(cfg eventlog.Config) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cfg = cfg
+}
+
 // Of returns a user's latest presence; ok is false when the user has never
 // been online.
 func (p *Presence) Of(u domain.UserID) (domain.PresenceChange, bool) {
@@ -57,18 +70,65 @@ func (p *Presence) Of(u domain.UserID) (domain.PresenceChange, bool) {
 
 // Run tails until ctx is cancelled and returns nil then.
 func (p *Presence) Run(ctx context.Context) error {
-	topic := p.cfg.Topics().Presence
-	cl, err := kgo.NewClient(p.cfg.ClientOpts(kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
+	p.mu.RLock()
+	cfg := p.cfg
+	p.mu.RUnlock()
+	topic := cfg.Topics().Presence
+	cl, err := kgo.NewClient(cfg.ClientOpts(kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
 	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return fmt.Errorf("ws: presence end offsets: %w", err)
+	}
+	// Read the topic to its end into a fresh state. The presence
+	// projection writes in transactions, so a partition's last record is
+	// followed by a commit marker: it is read once a record at end-2 or
+	// later has come, or once nothing came for a second.
+	fresh := map[domain.UserID]domain.PresenceChange{}
+	left := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 {
+			left[o.Partition] = o.Offset
+		}
+	})
+	for len(left) > 0 {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		fs := cl.PollFetches(pctx)
+		cancel()
+		if ctx.Err() != nil || fs.IsClientClosed() {
+			return nil
+		}
+		if fs.NumRecords() == 0 && pctx.Err() != nil {
+			break
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if ch, ok := decodePresence(r); ok {
+				fresh[ch.UserID] = ch
+			}
+			if end, ok := left[r.Partition]; ok && r.Offset >= end-2 {
+				delete(left, r.Partition)
+			}
+		})
+	}
+	p.mu.Lock()
+	old, wasLoaded := p.state, p.loaded
+	p.state, p.loaded = fresh, true
+	p.mu.Unlock()
+	if wasLoaded {
+		for u, ch := range fresh {
+			if o, ok := old[u]; !ok || o.Online != ch.Online {
+				p.push(ctx, ch)
+			}
+		}
 	}
 	for {
 		fs := cl.PollFetches(ctx)
@@ -76,22 +136,25 @@ func (p *Presence) Run(ctx context.Context) error {
 			return nil
 		}
 		fs.EachRecord(func(r *kgo.Record) {
-			_, ev, err := domain.Decode(r.Value)
-			if err != nil {
-				return
-			}
-			ch, ok := ev.(domain.PresenceChanged)
+			ch, ok := decodePresence(r)
 			if !ok {
 				return
 			}
 			p.mu.Lock()
-			p.state[ch.UserID] = domain.PresenceChange(ch)
+			p.state[ch.UserID] = ch
 			p.mu.Unlock()
-			if end, ok := ends.Lookup(r.Topic, r.Partition); ok && r.Offset >= end.Offset {
-				p.push(ctx, domain.PresenceChange(ch))
-			}
+			p.push(ctx, ch)
 		})
 	}
+}
+
+func decodePresence(r *kgo.Record) (domain.PresenceChange, bool) {
+	_, ev, err := domain.Decode(r.Value)
+	if err != nil {
+		return domain.PresenceChange{}, false
+	}
+	ch, ok := ev.(domain.PresenceChanged)
+	return domain.PresenceChange(ch), ok
 }
 
 // push sends a change to the users who share a small channel with its user.

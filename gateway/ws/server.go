@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -37,6 +38,7 @@ type RecordAppender interface {
 // InboxStore is what a sync reads.
 type InboxStore interface {
 	Inbox(ctx context.Context, u domain.UserID, epoch int32, after int64, limit int) ([]store.InboxEntry, error)
+	InboxByMessage(ctx context.Context, u domain.UserID, epoch int32, id domain.MessageID) (store.InboxEntry, error)
 	Positions(ctx context.Context, projection string) (map[int32]int64, error)
 	DeviceCursors(ctx context.Context, u domain.UserID) ([]store.DeviceCursor, error)
 }
@@ -44,8 +46,6 @@ type InboxStore interface {
 // Config configures the gateway. Zero fields take the defaults written
 // beside them.
 type Config struct {
-	// Epoch is the inbox epoch positions are given in. Default 1.
-	Epoch int32
 	// QueueSize is the most frames waiting for a slow client before it is
 	// cut off. Default 1024. The queue takes memory only while frames wait.
 	QueueSize int
@@ -78,9 +78,6 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Epoch == 0 {
-		c.Epoch = 1
-	}
 	if c.QueueSize == 0 {
 		c.QueueSize = 1024
 	}
@@ -108,11 +105,17 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// generation is an inbox epoch and the tailer that reads it.
+type generation struct {
+	epoch  int32
+	tailer *Tailer
+}
+
 // Server upgrades and serves WebSocket connections.
 type Server struct {
 	cfg      Config
 	hub      *Hub
-	tailer   *Tailer
+	gen      atomic.Pointer[generation] // the current inbox epoch
 	svc      Commands
 	st       InboxStore
 	beats    RecordAppender
@@ -126,8 +129,8 @@ type Server struct {
 // NewServer returns a gateway. The tailer must run for deliveries to flow.
 func NewServer(cfg Config, hub *Hub, tailer *Tailer, svc Commands, st InboxStore, beats RecordAppender) *Server {
 	cfg = cfg.withDefaults()
-	return &Server{
-		cfg: cfg, hub: hub, tailer: tailer, svc: svc, st: st, beats: beats,
+	s := &Server{
+		cfg: cfg, hub: hub, svc: svc, st: st, beats: beats,
 		upgrader: websocket.Upgrader{
 			// Reuse the HTTP server's read buffer, and borrow a write
 			// buffer only while writing: an idle connection holds neither.
@@ -137,6 +140,41 @@ func NewServer(cfg Config, hub *Hub, tailer *Tailer, svc Commands, st InboxStore
 			CheckOrigin: func(*http.Request) bool { return true },
 		},
 	}
+	s.gen.Store(&generation{epoch: tailer.Epoch(), tailer: tailer})
+	return s
+}
+
+// Epoch returns the inbox epoch the gateway serves.
+func (s *Server) Epoch() int32 { return s.gen.Load().epoch }
+
+// SwitchEpoch moves the gateway to the inbox epoch that t reads. New
+// connections are in the new epoch at once; every connection of an older
+// one is closed (1013, with the reason), and its device reconnects with
+// the position it has: the sync carries the position over (see sync).
+func (s *Server) SwitchEpoch(t *Tailer) {
+	g := &generation{epoch: t.Epoch(), tailer: t}
+	s.gen.Store(g)
+	var old []*conn
+	for i := range s.hub.shards {
+		sh := &s.hub.shards[i]
+		sh.mu.RLock()
+		for _, m := range sh.conns {
+			for c := range m {
+				if c.gen != g {
+					old = append(old, c)
+				}
+			}
+		}
+		sh.mu.RUnlock()
+	}
+	for _, c := range old {
+		c.cut(epochChanged(g.epoch))
+	}
+	s.cfg.Logger.Info("inbox epoch switched", "epoch", g.epoch, "connections_closed", len(old))
+}
+
+func epochChanged(e int32) string {
+	return fmt.Sprintf("inbox epoch %d started: reconnect with your position", e)
 }
 
 // Serve upgrades an authenticated request and serves the connection until
@@ -172,8 +210,9 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 		return // the upgrader has answered
 	}
 	wsc.SetReadLimit(s.cfg.ReadLimit)
+	g := s.gen.Load()
 	c := &conn{
-		user: cl.UserID, device: cl.DeviceID, ws: wsc,
+		gen: g, user: cl.UserID, device: cl.DeviceID, ws: wsc,
 		maxQueue: s.cfg.QueueSize, wake: make(chan struct{}, 1), done: make(chan struct{}),
 		maxBuf: s.cfg.SyncBuffer, last: -1, metrics: s.cfg.Metrics,
 	}
@@ -184,15 +223,15 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 
 	// Register for live entries from the present on: a device that never
 	// syncs gets what arrives after it connected.
-	part := s.tailer.Partition(c.user)
+	part := g.tailer.Partition(c.user)
 	ectx, cancel := context.WithTimeout(r.Context(), s.cfg.CommandTimeout)
-	end, err := s.tailer.end(ectx, part)
+	end, err := g.tailer.end(ectx, part)
 	cancel()
 	if err != nil {
 		c.send(errorFrame(err, ""))
 		return
 	}
-	s.tailer.mark(part, func(next int64) {
+	g.tailer.mark(part, func(next int64) {
 		c.mu.Lock()
 		c.last = max(next, end) - 1
 		c.syncing = resume // a resuming device gets nothing live before its sync
@@ -200,7 +239,11 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 		s.hub.add(c)
 	})
 	defer s.hub.remove(c)
-	hello := s.cfg.Epoch
+	if s.gen.Load() != g { // the epoch switched while this one registered
+		c.cut(epochChanged(s.gen.Load().epoch))
+		return
+	}
+	hello := g.epoch
 	c.send(ServerFrame{Type: TypeHello, UserID: c.user, DeviceID: c.device, Epoch: &hello})
 	s.heartbeat(r.Context(), c)
 	log := s.cfg.Logger.With("user", c.user, "device", c.device)
@@ -250,8 +293,8 @@ func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame,
 		c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
 		s.svc.Sent(ctx, c.user, f.ClientMsgID)
 	case TypeReceived:
-		if *f.Epoch != s.cfg.Epoch {
-			e := s.cfg.Epoch
+		if *f.Epoch > c.gen.epoch {
+			e := c.gen.epoch
 			c.send(ServerFrame{Type: TypeResync, Epoch: &e})
 			return
 		}
@@ -307,19 +350,44 @@ func (s *Server) syncFrom(ctx context.Context, c *conn, f ClientFrame) (int64, e
 // deliver the store's entries in (position, T), then the buffered ones past
 // the last delivered, and switch back to live delivery.
 //
+// A position from an older epoch is carried over: the device had exactly
+// the old epoch's entries up to its position, so it gets every entry of the
+// current epoch, from the start, whose message is not among those (see
+// carryOver). Only a position the store cannot vouch for gets resync.
+//
 // A sync that fails part way (the projection did not catch up in time, the
 // store did not answer) must not go on to live delivery: the entries it did
 // not deliver would be skipped for good once the device's position moved
 // past them. The connection is closed after the error frame; the client
 // reconnects and syncs again from the position it has.
 func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, position int64) (err error) {
-	if epoch != s.cfg.Epoch {
-		e := s.cfg.Epoch
-		c.send(ServerFrame{Type: TypeResync, Epoch: &e})
-		return nil
+	g := c.gen
+	defer func() {
+		if err != nil {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			c.buf = nil
+			c.sendLocked(errorFrame(err, ""))
+			c.cutLocked("sync failed: " + err.Error())
+		}
+	}()
+	var had func(context.Context, domain.MessageID) (bool, error)
+	if epoch != g.epoch {
+		ok := false
+		if epoch >= 1 && epoch < g.epoch {
+			if had, ok, err = s.carryOver(ctx, c, part, epoch, position); err != nil {
+				return err
+			}
+		}
+		if !ok {
+			e := g.epoch
+			c.send(ServerFrame{Type: TypeResync, Epoch: &e})
+			return nil
+		}
+		position = -1
 	}
 	var t int64
-	s.tailer.mark(part, func(next int64) {
+	g.tailer.mark(part, func(next int64) {
 		t = next
 		c.mu.Lock()
 		c.syncing = true
@@ -327,26 +395,9 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 		c.last = position
 		c.mu.Unlock()
 	})
-	defer func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if err != nil {
-			c.buf = nil
-			c.sendLocked(errorFrame(err, ""))
-			c.cutLocked("sync failed: " + err.Error())
-			return
-		}
-		for _, p := range c.buf {
-			c.deliverLocked(s.cfg.Epoch, p.offset, p.msg, true)
-		}
-		c.buf = nil
-		c.syncing = false
-		last, e := c.last, s.cfg.Epoch
-		c.sendLocked(ServerFrame{Type: TypeSynced, Epoch: &e, Position: &last})
-	}()
 	if t > 0 {
 		start := time.Now()
-		if err := projector.WaitApplied(ctx, s.st, inbox.Name, part, t-1); err != nil {
+		if err := projector.WaitApplied(ctx, s.st, eventlog.Epoched(inbox.Name, g.epoch), part, t-1); err != nil {
 			return err
 		}
 		if d := time.Since(start); d > time.Second {
@@ -354,24 +405,99 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 		}
 	}
 	after := position
-	for {
-		es, err := s.st.Inbox(ctx, c.user, s.cfg.Epoch, after, 500)
+	for after+1 < t {
+		es, err := s.st.Inbox(ctx, c.user, g.epoch, after, 500)
 		if err != nil {
 			return err
 		}
+		pend := make([]pending, 0, len(es))
 		for _, e := range es {
 			if e.Offset >= t {
-				return nil
+				break
 			}
-			after = e.Offset
-			c.mu.Lock()
-			c.deliverLocked(s.cfg.Epoch, e.Offset, e.Message, false)
-			c.mu.Unlock()
+			pend = append(pend, pending{e.Offset, e.Message})
 		}
-		if len(es) < 500 {
+		if err := s.deliver(ctx, c, pend, had, false); err != nil {
+			return err
+		}
+		if len(pend) < 500 {
+			break
+		}
+		after = pend[len(pend)-1].offset
+	}
+	// Then what arrived live meanwhile, until nothing waits.
+	for {
+		c.mu.Lock()
+		batch := c.buf
+		if len(batch) == 0 {
+			c.buf = nil
+			c.syncing = false
+			last, e := c.last, g.epoch
+			c.sendLocked(ServerFrame{Type: TypeSynced, Epoch: &e, Position: &last})
+			c.mu.Unlock()
 			return nil
 		}
+		c.buf = nil
+		c.mu.Unlock()
+		if err := s.deliver(ctx, c, batch, had, true); err != nil {
+			return err
+		}
 	}
+}
+
+// deliver hands a sync's entries to the connection in order, passing over
+// (but moving the position past) those the device had already.
+func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, had func(context.Context, domain.MessageID) (bool, error), live bool) error {
+	skip := make([]bool, len(ps))
+	if had != nil {
+		for i, p := range ps {
+			var err error
+			if skip[i], err = had(ctx, p.msg.MessageID); err != nil {
+				return err
+			}
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, p := range ps {
+		if skip[i] {
+			c.last = max(c.last, p.offset)
+			continue
+		}
+		c.deliverLocked(c.gen.epoch, p.offset, p.msg, live)
+	}
+	return nil
+}
+
+// carryOver prepares the sync of a position from an older inbox epoch. The
+// device had every entry of that epoch up to its position; had reports
+// whether a message is among them. It waits (a few seconds at most) for
+// the old epoch's inbox projection to have stored the position, since the
+// device may have had the entries live before they were stored; ok is
+// false when it never does: the position is unknown.
+func (s *Server) carryOver(ctx context.Context, c *conn, part, epoch int32, position int64) (had func(context.Context, domain.MessageID) (bool, error), ok bool, err error) {
+	if position < 0 {
+		return func(context.Context, domain.MessageID) (bool, error) { return false, nil }, true, nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, min(5*time.Second, s.cfg.CommandTimeout/2))
+	defer cancel()
+	if err := projector.WaitApplied(wctx, s.st, eventlog.Epoched(inbox.Name, epoch), part, position); err != nil {
+		if ctx.Err() != nil {
+			return nil, false, err
+		}
+		s.cfg.Logger.Info("position of an older epoch unknown: resync", "user", c.user, "epoch", epoch, "position", position)
+		return nil, false, nil
+	}
+	return func(ctx context.Context, id domain.MessageID) (bool, error) {
+		e, err := s.st.InboxByMessage(ctx, c.user, epoch, id)
+		if errors.Is(err, domain.ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		return e.Offset <= position, nil
+	}, true, nil
 }
 
 // heartbeat appends one device's heartbeat without waiting.

@@ -65,7 +65,7 @@ func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *
 		return fail(fmt.Errorf("ws: inbox topic %s: not found (%v)", topic, td.Err))
 	}
 	n := len(td.Partitions)
-	pos, err := st.Positions(ctx, inbox.Name)
+	pos, err := st.Positions(ctx, eventlog.Epoched(inbox.Name, cfg.Epoch()))
 	if err != nil {
 		return fail(fmt.Errorf("ws: inbox positions: %w", err))
 	}
@@ -82,6 +82,9 @@ func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *
 	}
 	return t, nil
 }
+
+// Epoch returns the inbox epoch the tailer reads.
+func (t *Tailer) Epoch() int32 { return t.cfg.Epoch() }
 
 // Partition returns the inbox partition that holds u's entries.
 func (t *Tailer) Partition(u domain.UserID) int32 {
@@ -114,7 +117,9 @@ func (t *Tailer) Run(ctx context.Context) error {
 					continue
 				}
 				for _, c := range t.hub.conns(m.UserID) {
-					c.offer(rec.Offset, m, t.cfg.Epoch())
+					if c.gen.tailer == t { // not a connection of another epoch
+						c.offer(rec.Offset, m, t.cfg.Epoch())
+					}
 				}
 			}
 		})

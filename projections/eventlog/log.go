@@ -22,8 +22,11 @@ type Config struct {
 	Brokers []string
 	// Prefix starts every topic name. Default "chat".
 	Prefix string
-	// InboxEpoch is the inbox generation. Default 1.
+	// InboxEpoch is the epoch of the inbox topics (the fan-out's output).
+	// Default 1. A running node learns it from the epochs topic.
 	InboxEpoch int32
+	// PresenceEpoch is the epoch of the presence topics. Default 1.
+	PresenceEpoch int32
 	// Partitions is the partition count of each topic created at start.
 	// Default 8. Channels and FanoutState must keep equal counts.
 	Partitions int32
@@ -48,6 +51,9 @@ func (c Config) withDefaults() Config {
 	if c.InboxEpoch == 0 {
 		c.InboxEpoch = 1
 	}
+	if c.PresenceEpoch == 0 {
+		c.PresenceEpoch = 1
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -68,7 +74,7 @@ func (c Config) Validate() error {
 // Topics returns the topic names of this config.
 func (c Config) Topics() Topics {
 	c = c.withDefaults()
-	return NewTopics(c.Prefix, c.InboxEpoch)
+	return NewTopics(c.Prefix, c.InboxEpoch, c.PresenceEpoch)
 }
 
 // Group returns the consumer group (and transactional id stem) of a role:
@@ -97,6 +103,21 @@ func (c Config) GroupOpts(role, instance string) []kgo.Opt {
 
 // Epoch returns the inbox epoch.
 func (c Config) Epoch() int32 { return c.withDefaults().InboxEpoch }
+
+// WithEpoch returns the config with an output's epoch set.
+func (c Config) WithEpoch(output string, epoch int32) Config {
+	switch output {
+	case domain.OutputInbox:
+		c.InboxEpoch = epoch
+	case domain.OutputPresence:
+		c.PresenceEpoch = epoch
+	}
+	return c
+}
+
+// Epoched names what belongs to one epoch of an output: a projection's
+// positions, a consumer group, a role ("fanout.e2").
+func Epoched(name string, epoch int32) string { return fmt.Sprintf("%s.e%d", name, max(epoch, 1)) }
 
 // ClientOpts returns the options every client of the chat starts from:
 // the seed brokers, acks from all in-sync replicas with the idempotent

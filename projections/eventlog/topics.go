@@ -1,7 +1,5 @@
 package eventlog
 
-import "fmt"
-
 // Topics holds every topic name the chat uses. It is the one place they are
 // written down; schemas/asyncapi.yaml documents them.
 type Topics struct {
@@ -21,36 +19,40 @@ type Topics struct {
 	// partitioned like Channels, written in the fan-out's transactions.
 	FanoutState string
 	// Presence carries presence.changed, keyed by user id: each user's
-	// latest presence (compacted on a real broker). Gateways tail it.
+	// latest presence (compacted on a real broker). Gateways tail it. Its
+	// name ends in the presence epoch.
 	Presence string
 	// PresenceState is the presence projection's changelog, partitioned
 	// like Sessions.
 	PresenceState string
+	// Epochs carries epoch.started, keyed by output: which epoch of the
+	// inbox and of presence every node reads (compacted).
+	Epochs string
 }
 
-// NewTopics returns the topic names for a prefix (default "chat") and an
-// inbox epoch (default 1).
-func NewTopics(prefix string, inboxEpoch int32) Topics {
+// NewTopics returns the topic names for a prefix (default "chat"), an
+// inbox epoch and a presence epoch (default 1).
+func NewTopics(prefix string, inboxEpoch, presenceEpoch int32) Topics {
 	if prefix == "" {
 		prefix = "chat"
-	}
-	if inboxEpoch == 0 {
-		inboxEpoch = 1
 	}
 	return Topics{
 		Channels:      prefix + ".channels",
 		Sessions:      prefix + ".sessions",
-		Inbox:         fmt.Sprintf("%s.inbox.e%d", prefix, inboxEpoch),
-		FanoutState:   fmt.Sprintf("%s.fanout-state.e%d", prefix, inboxEpoch),
-		Presence:      prefix + ".presence",
-		PresenceState: prefix + ".presence-state",
+		Inbox:         Epoched(prefix+".inbox", inboxEpoch),
+		FanoutState:   Epoched(prefix+".fanout-state", inboxEpoch),
+		Presence:      Epoched(prefix+".presence", presenceEpoch),
+		PresenceState: Epoched(prefix+".presence-state", presenceEpoch),
+		Epochs:        prefix + ".epochs",
 	}
 }
 
 // All lists every topic.
 func (t Topics) All() []string {
-	return []string{t.Channels, t.Sessions, t.Inbox, t.FanoutState, t.Presence, t.PresenceState}
+	return []string{t.Channels, t.Sessions, t.Inbox, t.FanoutState, t.Presence, t.PresenceState, t.Epochs}
 }
 
 // Compacted lists the topics that keep only each key's latest record.
-func (t Topics) Compacted() []string { return []string{t.FanoutState, t.Presence, t.PresenceState} }
+func (t Topics) Compacted() []string {
+	return []string{t.FanoutState, t.Presence, t.PresenceState, t.Epochs}
+}

@@ -20,7 +20,8 @@ import (
 	"github.com/evchat/evchat/projections/txproc"
 )
 
-// Name is the projection's name; its consumer group is Log.Group(Name).
+// Name is the projection's name; its consumer group, per inbox epoch, is
+// Log.Group(eventlog.Epoched(Name, epoch)).
 const Name = "fanout"
 
 // Config configures the fan-out.
@@ -65,7 +66,7 @@ func New(cfg Config) (*Projection, error) {
 // Run consumes until ctx is cancelled and returns nil then.
 func (p *Projection) Run(ctx context.Context) error {
 	return txproc.Run(ctx, txproc.Config{
-		Name: Name, Input: p.topics.Channels, Changelog: p.topics.FanoutState,
+		Name: eventlog.Epoched(Name, p.cfg.Log.Epoch()), Input: p.topics.Channels, Changelog: p.topics.FanoutState,
 		Log: p.cfg.Log, Instance: p.cfg.InstanceID, Logger: p.cfg.Logger,
 	}, p)
 }

@@ -32,7 +32,8 @@ import (
 	"github.com/evchat/evchat/projections/txproc"
 )
 
-// Name is the projection's name.
+// Name is the projection's name; its consumer group, per presence epoch, is
+// Log.Group(eventlog.Epoched(Name, epoch)).
 const Name = "presence"
 
 // clockKey is the changelog key of a partition's presence clock; user ids
@@ -104,7 +105,7 @@ func (p *Projection) Run(ctx context.Context) error {
 		wg.Go(func() { p.tick(ctx, ticker) })
 	}
 	return txproc.Run(ctx, txproc.Config{
-		Name: Name, Input: p.topics.Sessions, Changelog: p.topics.PresenceState,
+		Name: eventlog.Epoched(Name, eventlog.EpochOf(p.cfg.Log, domain.OutputPresence)), Input: p.topics.Sessions, Changelog: p.topics.PresenceState,
 		Log: p.cfg.Log, Instance: p.cfg.Instance, Logger: p.cfg.Logger,
 		OnAssigned: func(ps []int32) {
 			p.mu.Lock()

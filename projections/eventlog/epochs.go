@@ -1,0 +1,119 @@
+package eventlog
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/evchat/evchat/domain"
+)
+
+// The epochs topic says which epoch of each derived output (the inbox, the
+// fan-out's output; presence) every node reads. A rebuild writes an output
+// into new topics whose names end in the next epoch and, once caught up,
+// appends epoch.started; every node tails the topic and switches.
+
+// ReadEpochs reads the epochs topic to its end and returns the config with
+// the epochs it names (1 for an output without a record).
+func ReadEpochs(ctx context.Context, cfg Config) (Config, error) {
+	cl, err := kgo.NewClient(cfg.ClientOpts()...)
+	if err != nil {
+		return cfg, err
+	}
+	defer cl.Close()
+	topic := cfg.Topics().Epochs
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("eventlog: epochs end offsets: %w", err)
+	}
+	start := map[int32]kgo.Offset{}
+	left := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 {
+			start[o.Partition] = kgo.NewOffset().AtStart()
+			left[o.Partition] = o.Offset
+		}
+	})
+	if len(start) == 0 {
+		return cfg, nil
+	}
+	cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{topic: start})
+	for len(left) > 0 {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return cfg, fmt.Errorf("eventlog: reading epochs: %w", err)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if ev, ok := decodeEpoch(r); ok && ev.Epoch > epochOf(cfg, ev.Output) {
+				cfg = cfg.WithEpoch(ev.Output, ev.Epoch)
+			}
+			if r.Offset+1 >= left[r.Partition] {
+				delete(left, r.Partition)
+			}
+		})
+	}
+	return cfg, nil
+}
+
+// (Epochs are appended without transactions: the offsets of the topic are
+// its records, and the last one is at the end offset minus one.)
+
+// WatchEpochs calls fn with every epoch.started appended from now on, in
+// order, until ctx ends; it returns nil then.
+func WatchEpochs(ctx context.Context, cfg Config, fn func(domain.EpochStarted)) error {
+	cl, err := kgo.NewClient(cfg.ClientOpts(kgo.ConsumeTopics(cfg.Topics().Epochs),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()))...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	for {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil || fs.IsClientClosed() {
+			return nil
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if ev, ok := decodeEpoch(r); ok {
+				fn(ev)
+			}
+		})
+	}
+}
+
+// StartEpoch appends epoch.started: every node switches output to epoch.
+func StartEpoch(ctx context.Context, cfg Config, output string, epoch int32) error {
+	a, err := NewAppender(cfg)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	ev := domain.EpochStarted{Output: output, Epoch: epoch}
+	_, err = a.Append(ctx, cfg.Topics().Epochs, output, ev,
+		domain.Meta{EventID: fmt.Sprintf("epoch.%s.%d", output, epoch), Time: time.Now().UTC()})
+	return err
+}
+
+func decodeEpoch(r *kgo.Record) (domain.EpochStarted, bool) {
+	_, ev, err := domain.Decode(r.Value)
+	if err != nil {
+		return domain.EpochStarted{}, false
+	}
+	e, ok := ev.(domain.EpochStarted)
+	return e, ok && e.Epoch >= 1 && (e.Output == domain.OutputInbox || e.Output == domain.OutputPresence)
+}
+
+// EpochOf returns the config's epoch of an output.
+func EpochOf(cfg Config, output string) int32 { return epochOf(cfg.withDefaults(), output) }
+
+func epochOf(cfg Config, output string) int32 {
+	if output == domain.OutputPresence {
+		return max(cfg.PresenceEpoch, 1)
+	}
+	return max(cfg.InboxEpoch, 1)
+}
