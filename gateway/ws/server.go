@@ -273,7 +273,11 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 }
 
 func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.CommandTimeout)
+	timeout := s.cfg.CommandTimeout
+	if f.Type == TypeSync && *f.Epoch < c.gen.epoch {
+		timeout *= 10 // a carry-over reads the user's whole inbox
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	switch f.Type {
 	case TypePing:
@@ -449,12 +453,20 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 // (but moving the position past) those the device had already.
 func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, had func(context.Context, domain.MessageID) (bool, error), live bool) error {
 	skip := make([]bool, len(ps))
-	if had != nil {
+	if had != nil { // 16 lookups at a time
+		errs := make([]error, len(ps))
+		sem := make(chan struct{}, 16)
+		var wg sync.WaitGroup
 		for i, p := range ps {
-			var err error
-			if skip[i], err = had(ctx, p.msg.MessageID); err != nil {
-				return err
-			}
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				skip[i], errs[i] = had(ctx, p.msg.MessageID)
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return err
 		}
 	}
 	c.mu.Lock()
