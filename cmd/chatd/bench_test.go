@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -75,9 +76,11 @@ func BenchmarkSendDeliver(b *testing.B) {
 // BenchmarkReplay measures how fast a projection is rebuilt: it writes
 // EVCHAT_REPLAY_N message.sent events (default 100,000) straight into the
 // channel topic of a node (embedded, and on the real servers when
-// EVCHAT_KAFKA and EVCHAT_CASSANDRA are set), waits for history to apply
-// them, then replays history from the start through the operator's
-// command and reports events per second.
+// EVCHAT_KAFKA and EVCHAT_CASSANDRA are set), into a group of two, waits
+// for every projection to apply them, then replays EVCHAT_REPLAY_PROJECTION
+// (default history; fanout rebuilds both inboxes into epoch 2 and stores
+// them) from the start through the operator's command and reports
+// message.sent events per second.
 //
 //	EVCHAT_REPLAY_N=1000000 go test -run x -bench Replay -benchtime 1x -timeout 2h ./cmd/chatd/
 func BenchmarkReplay(b *testing.B) {
@@ -85,6 +88,7 @@ func BenchmarkReplay(b *testing.B) {
 	if s := os.Getenv("EVCHAT_REPLAY_N"); s != "" {
 		fmt.Sscan(s, &total)
 	}
+	projection := cmp.Or(os.Getenv("EVCHAT_REPLAY_PROJECTION"), "history")
 	for _, be := range backends(b) {
 		b.Run(be.name, func(b *testing.B) {
 			n := startNode(b, be)
@@ -132,9 +136,10 @@ func BenchmarkReplay(b *testing.B) {
 				}
 				return len(p.Messages) == 1 && p.Messages[0].MessageID == last
 			})
+			waitForTB(b, 60*time.Minute, func() bool { return n.maxLag() == 0 })
 			b.ResetTimer()
 			start = time.Now()
-			out, ok := n.ops("replay", "--projection", "history")
+			out, ok := n.ops("replay", "--projection", projection)
 			elapsed := time.Since(start)
 			b.StopTimer()
 			if !ok {
@@ -144,6 +149,31 @@ func BenchmarkReplay(b *testing.B) {
 			b.ReportMetric(float64(total)/elapsed.Seconds(), "events/s")
 		})
 	}
+}
+
+// maxLag reads the node's largest projection lag from /metrics; -1 when
+// it cannot.
+func (n *node) maxLag() float64 {
+	resp, err := http.Get("http://" + n.http + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	most, found := 0.0, false
+	for line := range strings.Lines(string(body)) {
+		if rest, ok := strings.CutPrefix(line, "evchat_projection_lag{"); ok {
+			_, v, _ := strings.Cut(rest, "} ")
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				most, found = max(most, f), true
+			}
+		}
+	}
+	if !found {
+		return -1
+	}
+	return most
 }
 
 func waitForTB(tb testing.TB, d time.Duration, cond func() bool) {
