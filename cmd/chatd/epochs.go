@@ -24,9 +24,10 @@ import (
 // in. Roles of an output's epoch are named eventlog.Epoched(role, epoch):
 //
 //   - inbox epoch E: fanout.eE (writes chat.inbox.eE), inbox.eE (stores
-//     it), push.eE and tailer.eE (read it). inbox.e(E-1) keeps running so
-//     that the store holds every entry of the previous epoch: a device
-//     that comes back with a position of that epoch is carried over.
+//     it), push.eE and tailer.eE (read it). The inbox projections of older
+//     epochs keep running (idle once their topic no longer grows), so that
+//     the store holds every entry of theirs: a device that comes back with
+//     a position of an older epoch is carried over.
 //   - presence epoch P: presence.eP (writes chat.presence.eP); the
 //     presence tail reads it.
 //
@@ -56,8 +57,9 @@ func (n *proc) current() eventlog.Config {
 }
 
 // startRoles starts every projection and reader of the current epochs,
-// and the watcher of the epochs topic.
-func (n *proc) startRoles(tailer *ws.Tailer) {
+// the inbox projections of the older inbox epochs (olderInboxes), and the
+// watcher of the epochs topic.
+func (n *proc) startRoles(tailer *ws.Tailer, olderInboxes []int32) {
 	lc := n.current()
 	e := lc.Epoch()
 	for _, name := range []string{history.Name, cursors.Name} {
@@ -65,8 +67,10 @@ func (n *proc) startRoles(tailer *ws.Tailer) {
 	}
 	n.roles.start(eventlog.Epoched(fanout.Name, e), n.fanoutRun(lc))
 	n.roles.start(eventlog.Epoched(inbox.Name, e), n.inboxRun(lc))
-	if e > 1 {
-		n.roles.start(eventlog.Epoched(inbox.Name, e-1), n.inboxRun(lc.WithEpoch(domain.OutputInbox, e-1)))
+	for _, o := range olderInboxes {
+		if o < e {
+			n.roles.start(eventlog.Epoched(inbox.Name, o), n.inboxRun(lc.WithEpoch(domain.OutputInbox, o)))
+		}
 	}
 	n.roles.start(eventlog.Epoched(push.Name, e), n.pushRun(lc))
 	n.roles.start(eventlog.Epoched("tailer", e), tailer.Run)
@@ -136,10 +140,20 @@ func (n *proc) presenceRun(lc eventlog.Config, tick bool) func(context.Context) 
 
 // rebuild starts writing output's next epoch beside the current one and
 // returns the log's config in that epoch. Only "start" is a valid origin:
-// an epoch holds the whole output.
+// an epoch holds the whole output. The next epoch is one above any that
+// has topics: a rebuild cut short (by a crash, say) is abandoned, never
+// continued by code that may have changed since.
 func (n *proc) rebuild(ctx context.Context, output string) (eventlog.Config, error) {
 	lc := n.current()
-	next := lc.WithEpoch(output, eventlog.EpochOf(lc, output)+1)
+	inboxes, presences, err := eventlog.ExistingEpochs(ctx, lc)
+	if err != nil {
+		return lc, err
+	}
+	existing := inboxes
+	if output == domain.OutputPresence {
+		existing = presences
+	}
+	next := lc.WithEpoch(output, max(existing[len(existing)-1], eventlog.EpochOf(lc, output))+1)
 	if err := eventlog.EnsureTopics(ctx, next); err != nil {
 		return next, err
 	}
@@ -186,9 +200,6 @@ func (n *proc) onEpoch(ev domain.EpochStarted) {
 		n.roles.stopIf(eventlog.Epoched(fanout.Name, old))
 		n.roles.stopIf(eventlog.Epoched(push.Name, old))
 		n.roles.start(eventlog.Epoched(push.Name, e), n.pushRun(lc))
-		for o := old - 1; o >= 1 && o < e-1; o-- { // keep the previous epoch's inbox
-			n.roles.stopIf(eventlog.Epoched(inbox.Name, o))
-		}
 	case domain.OutputPresence:
 		// The rebuild ran without ticks: run the new epoch's projection
 		// with them, and stop the old one.

@@ -104,6 +104,10 @@ func runNode(ctx context.Context, cfg config) error {
 	if err := eventlog.EnsureTopics(startCtx, logCfg); err != nil {
 		return err
 	}
+	inboxEpochs, _, err := eventlog.ExistingEpochs(startCtx, logCfg)
+	if err != nil {
+		return err
+	}
 
 	var st store.Store
 	if len(cfg.Cassandra) == 0 {
@@ -192,7 +196,7 @@ func runNode(ctx context.Context, cfg config) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	n.roles = newRoles(ctx, cancel, log)
-	n.startRoles(tailer)
+	n.startRoles(tailer, inboxEpochs)
 	n.roles.start("http", func(ctx context.Context) error {
 		defer func() {
 			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -136,6 +136,15 @@ func TestReplayFanoutAndPresence(t *testing.T) {
 		had := tablet.messages(6)
 		tablet.c.Close()
 
+		// On the real servers, a second node of the deployment holds a
+		// device of bob's too: it must switch as well.
+		var peer *node
+		var desk *wsClient
+		if b.kafka != "" {
+			peer = startPeer(t, n, 2, "--presence-window", "5s", "--heartbeat", "100ms")
+			desk = peer.connect(n.login(bob, "desk"))
+		}
+
 		// Rebuild the fan-out while ann keeps sending.
 		var wg sync.WaitGroup
 		wg.Go(func() {
@@ -180,6 +189,40 @@ func TestReplayFanoutAndPresence(t *testing.T) {
 		}
 		assertExactlyOnce(t, "phone", got, total)
 		phone.quiet(time.Second)
+
+		if peer != nil {
+			var deskGot []frame
+			for {
+				f, err := desk.tryRead(20 * time.Second)
+				if errors.Is(err, errTimeout) {
+					t.Fatal("the peer did not close the desk's connection at the switch")
+				}
+				if err != nil {
+					if !strings.Contains(err.Error(), "inbox epoch 2 started") {
+						t.Errorf("desk closed with %v", err)
+					}
+					break
+				}
+				if f.Type == "message" {
+					deskGot = append(deskGot, f)
+				}
+			}
+			if len(deskGot) == 0 {
+				t.Fatal("the desk got no message before the switch")
+			}
+			last := deskGot[len(deskGot)-1]
+			desk = peer.connectQuery(bob.Token["desk"], "epoch=1", fmt.Sprintf("position=%d", *last.Position))
+			synced, missed := desk.readUntil("synced")
+			if *synced.Epoch != 2 {
+				t.Errorf("desk synced on the peer in epoch %d, want 2", *synced.Epoch)
+			}
+			for _, f := range missed {
+				if f.Type == "message" {
+					deskGot = append(deskGot, f)
+				}
+			}
+			assertExactlyOnce(t, "desk (on the peer)", deskGot, total-15)
+		}
 
 		// The tablet was away during the switch: it resumes with its
 		// epoch 1 position and gets exactly what it had not.
@@ -229,8 +272,10 @@ func TestReplayFanoutAndPresence(t *testing.T) {
 			t.Error("bob offline after the presence rebuild")
 		}
 		// And presence still follows the log: bob's devices go away.
-		for _, w := range []*wsClient{phone, tablet, laptop, bogus} {
-			w.c.Close()
+		for _, w := range []*wsClient{phone, tablet, laptop, bogus, desk} {
+			if w != nil {
+				w.c.Close()
+			}
 		}
 		waitFor(t, func() bool { return !n.presence(annTok, bob.ID).Online })
 		n.validateTopics("epochs", "inbox.e2", "presence.e2")

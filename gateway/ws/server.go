@@ -483,13 +483,13 @@ func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, had func(co
 
 // carryOver prepares the sync of a position from an older inbox epoch. The
 // device had every entry of that epoch up to its position; had reports
-// whether a message is among them. It waits (a few seconds at most) for
-// the old epoch's inbox projection to have stored the position, since the
-// device may have had the entries live before they were stored; ok is
-// false when it never does: the position is unknown.
+// whether a message is among them (nil: none is). It waits (a few seconds
+// at most) for the old epoch's inbox projection to have stored the
+// position, since the device may have had the entries live before they
+// were stored; ok is false when it never does: the position is unknown.
 func (s *Server) carryOver(ctx context.Context, c *conn, part, epoch int32, position int64) (had func(context.Context, domain.MessageID) (bool, error), ok bool, err error) {
 	if position < 0 {
-		return func(context.Context, domain.MessageID) (bool, error) { return false, nil }, true, nil
+		return nil, true, nil // it had nothing
 	}
 	wctx, cancel := context.WithTimeout(ctx, min(5*time.Second, s.cfg.CommandTimeout/2))
 	defer cancel()

@@ -3,6 +3,9 @@ package eventlog
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -116,4 +119,33 @@ func epochOf(cfg Config, output string) int32 {
 		return max(cfg.PresenceEpoch, 1)
 	}
 	return max(cfg.InboxEpoch, 1)
+}
+
+// ExistingEpochs returns, in order, the epochs of output that have a
+// topic, begun or finished (epoch 1 always counts).
+func ExistingEpochs(ctx context.Context, cfg Config) (inbox, presence []int32, err error) {
+	cl, err := kgo.NewClient(cfg.ClientOpts()...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer cl.Close()
+	topics, err := kadm.NewClient(cl).ListTopics(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("eventlog: list topics: %w", err)
+	}
+	first := NewTopics(cfg.withDefaults().Prefix, 1, 1)
+	find := func(topic string) []int32 {
+		stem := strings.TrimSuffix(topic, "1")
+		out := []int32{1}
+		for _, name := range topics.Names() {
+			if rest, ok := strings.CutPrefix(name, stem); ok {
+				if e, err := strconv.ParseInt(rest, 10, 32); err == nil && e > 1 {
+					out = append(out, int32(e))
+				}
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	return find(first.Inbox), find(first.Presence), nil
 }
