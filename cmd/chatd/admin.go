@@ -141,9 +141,12 @@ func (a *admin) startReplay(w http.ResponseWriter, r *http.Request) {
 	} else {
 		var next eventlog.Config
 		if next, err = a.node.rebuild(ctx, output); err == nil {
-			job.Epoch = eventlog.EpochOf(next, output)
+			epoch := eventlog.EpochOf(next, output)
+			a.mu.Lock()
+			job.Epoch = epoch
+			a.mu.Unlock()
 			progress = a.epochProgress(next, output)
-			finish = func(ctx context.Context) error { return eventlog.StartEpoch(ctx, next, output, job.Epoch) }
+			finish = func(ctx context.Context) error { return eventlog.StartEpoch(ctx, next, output, epoch) }
 		}
 	}
 	if err != nil {
