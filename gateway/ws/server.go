@@ -453,19 +453,12 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 // (but moving the position past) those the device had already.
 func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, had func(context.Context, domain.MessageID) (bool, error), live bool) error {
 	skip := make([]bool, len(ps))
-	if had != nil { // 16 lookups at a time
-		errs := make([]error, len(ps))
-		sem := make(chan struct{}, 16)
-		var wg sync.WaitGroup
-		for i, p := range ps {
-			sem <- struct{}{}
-			wg.Go(func() {
-				defer func() { <-sem }()
-				skip[i], errs[i] = had(ctx, p.msg.MessageID)
-			})
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
+	if had != nil {
+		err := store.EachParallel(len(ps), func(i int) (err error) {
+			skip[i], err = had(ctx, ps[i].msg.MessageID)
+			return err
+		})
+		if err != nil {
 			return err
 		}
 	}

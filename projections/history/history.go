@@ -14,7 +14,6 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
-	"sync"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -157,32 +156,24 @@ func (p *Projection) channel(ctx context.Context, id domain.ChannelID) (domain.C
 	return c, nil
 }
 
-// storedMessages looks up, 16 at a time, which of the batch's messages the
-// store holds already: one round trip each, so in parallel rather than in
-// turn (the lookups do not depend on the channel states the batch builds).
+// storedMessages looks up which of the batch's messages the store holds
+// already, store.Lookups at a time (the lookups do not depend on the
+// channel states the batch builds).
 func storedMessages(ctx context.Context, st Store, msgs []domain.MessageSent) (map[domain.MessageID]bool, error) {
-	var (
-		mu     sync.Mutex
-		stored = map[domain.MessageID]bool{}
-		first  error
-		wg     sync.WaitGroup
-		sem    = make(chan struct{}, 16)
-	)
-	for _, m := range msgs {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			_, err := st.MessageByID(ctx, m.ChannelID, m.MessageID)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				stored[m.MessageID] = true
-			case !errors.Is(err, domain.ErrNotFound) && first == nil:
-				first = err
-			}
-		})
+	found := make([]bool, len(msgs))
+	err := store.EachParallel(len(msgs), func(i int) error {
+		_, err := st.MessageByID(ctx, msgs[i].ChannelID, msgs[i].MessageID)
+		if errors.Is(err, domain.ErrNotFound) {
+			return nil
+		}
+		found[i] = err == nil
+		return err
+	})
+	stored := map[domain.MessageID]bool{}
+	for i, m := range msgs {
+		if found[i] {
+			stored[m.MessageID] = true
+		}
 	}
-	wg.Wait()
-	return stored, first
+	return stored, err
 }

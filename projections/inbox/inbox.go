@@ -53,8 +53,14 @@ type userMsg struct {
 	id domain.MessageID
 }
 
-// Handle stores the inbox entries of one partition.
+// Handle stores the inbox entries of one partition. It looks up whether
+// each entry's message has an entry already, store.Lookups at a time.
 func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Record, b *store.Batch) error {
+	type candidate struct {
+		offset int64
+		m      domain.InboxMessage
+	}
+	var cs []candidate
 	seen := map[userMsg]bool{}
 	for _, rec := range recs {
 		_, ev, err := domain.Decode(rec.Value)
@@ -66,21 +72,31 @@ func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Re
 		if !ok {
 			continue
 		}
-		k := userMsg{m.UserID, m.MessageID}
-		if seen[k] {
+		if k := (userMsg{m.UserID, m.MessageID}); !seen[k] { // a second copy in the batch
+			seen[k] = true
+			cs = append(cs, candidate{rec.Offset, m})
+		}
+	}
+	first := make([]int64, len(cs)) // the offset of the stored entry, or -1
+	err := store.EachParallel(len(cs), func(i int) error {
+		e, err := p.st.InboxByMessage(ctx, cs[i].m.UserID, p.epoch, cs[i].m.MessageID)
+		first[i] = e.Offset
+		if errors.Is(err, domain.ErrNotFound) {
+			first[i] = -1
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for i, c := range cs {
+		if first[i] >= 0 && first[i] != c.offset {
+			p.log.Warn("dropping a second inbox copy", "user", c.m.UserID, "message", c.m.MessageID, "offset", c.offset, "first", first[i])
 			continue
 		}
-		e, err := p.st.InboxByMessage(ctx, m.UserID, p.epoch, m.MessageID)
-		switch {
-		case err == nil && e.Offset != rec.Offset:
-			p.log.Warn("dropping a second inbox copy", "user", m.UserID, "message", m.MessageID, "offset", rec.Offset, "first", e.Offset)
-			continue
-		case err != nil && !errors.Is(err, domain.ErrNotFound):
-			return err
-		}
-		seen[k] = true
 		b.Inbox = append(b.Inbox, store.InboxEntry{
-			UserID: m.UserID, Epoch: p.epoch, Partition: partition, Offset: rec.Offset, Message: m,
+			UserID: c.m.UserID, Epoch: p.epoch, Partition: partition, Offset: c.offset, Message: c.m,
 		})
 	}
 	return nil
