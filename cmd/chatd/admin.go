@@ -65,6 +65,7 @@ type replayJob struct {
 	Applied    int64     `json:"applied"`           // events applied since the start
 	Lag        int64     `json:"lag"`               // events still to apply
 	Rate       float64   `json:"events_per_second"` // since the start
+	Left       float64   `json:"seconds_left"`      // estimated from how fast the lag fell lately; 0: unknown
 	Error      string    `json:"error,omitempty"`
 }
 
@@ -170,6 +171,11 @@ func (a *admin) follow(ctx context.Context, job *replayJob, progress progressFun
 	if finish != nil {
 		bound = switchLag
 	}
+	type sample struct {
+		at  time.Time
+		lag int64
+	}
+	var recent []sample // the last 10 s
 	for {
 		select {
 		case <-ctx.Done():
@@ -182,8 +188,16 @@ func (a *admin) follow(ctx context.Context, job *replayJob, progress progressFun
 			continue
 		}
 		now := time.Now().UTC()
+		recent = append(recent, sample{now, lag})
+		for len(recent) > 2 && now.Sub(recent[0].at) > 10*time.Second {
+			recent = recent[1:]
+		}
+		left := 0.0
+		if fell, secs := recent[0].lag-lag, now.Sub(recent[0].at).Seconds(); fell > 0 && secs > 0 {
+			left = float64(lag) / (float64(fell) / secs)
+		}
 		a.mu.Lock()
-		job.Applied, job.Lag = applied, lag
+		job.Applied, job.Lag, job.Left = applied, lag, left
 		if secs := now.Sub(job.Started).Seconds(); secs > 0 {
 			job.Rate = float64(applied) / secs
 		}
@@ -430,10 +444,10 @@ func replayCmd(ctx context.Context, adminAddr, projection, from string, out *pri
 }
 
 func eta(j replayJob) string {
-	if j.Rate <= 0 || j.Lag <= 0 {
+	if j.Left <= 0 || j.Lag <= 0 {
 		return ""
 	}
-	return fmt.Sprintf(", about %s left", (time.Duration(float64(j.Lag)/j.Rate) * time.Second).Round(time.Second))
+	return fmt.Sprintf(", about %s left", (time.Duration(j.Left) * time.Second).Round(time.Second))
 }
 
 // verifyCmd asks a running node to verify a projection and prints the
