@@ -92,8 +92,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// writeErr answers an error with its code and message; an operator sees
+// the whole text of an internal error.
 func writeErr(w http.ResponseWriter, status int, err error) {
-	writeJSON(w, status, map[string]any{"error": map[string]string{"code": string(domain.CodeOf(err)), "message": err.Error()}})
+	msg := err.Error()
+	if e := (*domain.Error)(nil); errors.As(err, &e) {
+		msg = domain.MessageOf(err)
+	}
+	writeJSON(w, status, map[string]any{"error": map[string]string{"code": string(domain.CodeOf(err)), "message": msg}})
 }
 
 // startReplay takes {"projection": "history", "from": "start" | "offset:N" |

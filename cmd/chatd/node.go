@@ -208,7 +208,7 @@ func runNode(ctx context.Context, cfg config) error {
 	ready.Store(true)
 	fmt.Fprintf(cfg.Stdout, "chatd listening on http://%s (data in %s)\n", ln.Addr(), cfg.DataDir)
 	log.Info("ready", "http", ln.Addr().String(), "kafka", strings.Join(brokers, ","), "store", storeName(cfg),
-		"inbox_epoch", logCfg.InboxEpoch, "presence_epoch", logCfg.PresenceEpoch)
+		"inbox_epoch", logCfg.Epoch(), "presence_epoch", eventlog.EpochOf(logCfg, domain.OutputPresence))
 	if cfg.AdminAddr != "" {
 		adm := &admin{node: n, limits: cfg.Limits, logger: log}
 		aln, err := net.Listen("tcp", cfg.AdminAddr)
