@@ -589,6 +589,26 @@ func (w *wsClient) send(channel, cmid, text string) frame {
 	}
 }
 
+// trySend sends once and returns the ack or error frame, or the error
+// that closed the connection meanwhile.
+func (w *wsClient) trySend(channel, cmid, text string) (frame, error) {
+	w.mu.Lock()
+	err := w.c.WriteJSON(map[string]string{"type": "send", "channel_id": channel, "client_msg_id": cmid, "text": text})
+	w.mu.Unlock()
+	if err != nil {
+		return frame{}, err
+	}
+	for {
+		f, err := w.tryRead(20 * time.Second)
+		if err != nil {
+			return f, err
+		}
+		if f.ClientMsgID == cmid && (f.Type == "ack" || f.Type == "error") {
+			return f, nil
+		}
+	}
+}
+
 // messages reads until it has n message frames, ignoring acks.
 func (w *wsClient) messages(n int) []frame {
 	w.t.Helper()
