@@ -102,14 +102,28 @@ type node struct {
 	admin     string   // --admin address
 }
 
+// freePort returns a port that was free a moment ago, below the
+// ephemeral range (32768 and up on Linux) from which the kernel picks the
+// local ports of outgoing connections: a port from that range can be taken
+// by any client connection before chatd binds it.
 func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 20000 + rand.IntN(12000)
+		if _, taken := portsTaken.LoadOrStore(port, true); taken {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			l.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port in 20000-32000")
+	return 0
 }
+
+// portsTaken are the ports freePort has handed out in this process.
+var portsTaken sync.Map
 
 func startNode(t testing.TB, b backend, extra ...string) *node {
 	t.Helper()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os/exec"
@@ -371,13 +372,21 @@ func startChatd(t *testing.T) string {
 	return ""
 }
 
+// freePort returns a port that was free a moment ago, from 15000-20000:
+// below the kernel's ephemeral range (a client connection could take a
+// port from there before chatd binds it) and apart from the ports the
+// chatd package's tests use (20000-32000), which run at the same time.
 func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 15000 + rand.IntN(5000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			l.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port in 15000-20000")
+	return 0
 }
 
 // lockedBuffer is a bytes.Buffer the child's output goroutine and the
