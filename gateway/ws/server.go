@@ -144,9 +144,6 @@ func NewServer(cfg Config, hub *Hub, tailer *Tailer, svc Commands, st InboxStore
 	return s
 }
 
-// Epoch returns the inbox epoch the gateway serves.
-func (s *Server) Epoch() int32 { return s.gen.Load().epoch }
-
 // SwitchEpoch moves the gateway to the inbox epoch that t reads. New
 // connections are in the new epoch at once; every connection of an older
 // one is closed (1013, with the reason), and its device reconnects with
@@ -357,7 +354,9 @@ func (s *Server) syncFrom(ctx context.Context, c *conn, f ClientFrame) (int64, e
 // A position from an older epoch is carried over: the device had exactly
 // the old epoch's entries up to its position, so it gets every entry of the
 // current epoch, from the start, whose message is not among those (see
-// carryOver). Only a position the store cannot vouch for gets resync.
+// carryOver). A position from the next epoch (another gateway switched
+// first) waits for this gateway to switch too. Only a position the store
+// cannot vouch for, or an epoch that does not come, gets resync.
 //
 // A sync that fails part way (the projection did not catch up in time, the
 // store did not answer) must not go on to live delivery: the entries it did
@@ -376,6 +375,12 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 		}
 	}()
 	var had func(context.Context, domain.MessageID) (bool, error)
+	if epoch > g.epoch && s.awaitEpoch(ctx, epoch) {
+		// Another gateway switched first; this one has now too, and
+		// SwitchEpoch closes c: the device reconnects into the epoch.
+		c.cut(epochChanged(epoch))
+		return nil
+	}
 	if epoch != g.epoch {
 		ok := false
 		if epoch >= 1 && epoch < g.epoch {
@@ -447,6 +452,24 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 			return err
 		}
 	}
+}
+
+// awaitEpoch waits, a few seconds at most, for this gateway to reach an
+// epoch that a device already has from another gateway: during a switch,
+// gateways move to the new epoch moments apart.
+func (s *Server) awaitEpoch(ctx context.Context, epoch int32) bool {
+	deadline := time.Now().Add(min(5*time.Second, s.cfg.CommandTimeout/2))
+	for s.gen.Load().epoch < epoch {
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return true
 }
 
 // deliver hands a sync's entries to the connection in order, passing over
