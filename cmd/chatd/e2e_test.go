@@ -209,6 +209,54 @@ func TestResend(t *testing.T) {
 // conversation and starts it again on the same data: every acknowledged
 // message is there once, a device resumes from its position and gets
 // exactly what it missed, and resends after the restart create nothing.
+// TestLongAbsence: a device on a slow network back after 20,000 messages
+// (twenty times its send queue) gets every one, in order, at the pace it
+// reads: a sync waits for the client instead of cutting it off as a slow
+// one.
+func TestLongAbsence(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, b backend) {
+		n := startNode(t, b)
+		ann, bob := n.signUp("ann"), n.signUp("bob")
+		annTok, bobTok := n.login(ann, "phone"), n.login(bob, "phone")
+		ch := n.createChannel(annTok, "group", bob.ID)
+		const count = 20_000
+		last := n.appendMessages(ch.ChannelID, ann.ID, count)
+		// Long ago: every projection has it (history has the last message,
+		// and no projection has lagged for two seconds).
+		waitFor(t, func() bool {
+			h := n.history(annTok, ch.ChannelID, "limit=1")
+			return len(h.Messages) == 1 && h.Messages[0].MessageID == last.String()
+		})
+		for calm := 0; calm < 4; time.Sleep(500 * time.Millisecond) {
+			if calm++; n.maxLag() != 0 {
+				calm = 0
+			}
+		}
+		// The device reads nothing for two seconds: its socket buffers
+		// fill, and the server's sync must wait for it.
+		w, wake := n.dialAsleep(bobTok, "epoch=1", "position=-1")
+		time.Sleep(2 * time.Second)
+		wake()
+		if f := w.read(); f.Type != "hello" {
+			t.Fatalf("first frame %+v", f)
+		}
+		prev := int64(-1)
+		for i, f := range w.messages(count) {
+			if *f.Position <= prev {
+				t.Fatalf("message %d at position %d after %d", i, *f.Position, prev)
+			}
+			prev = *f.Position
+			if i == count-1 && f.MessageID != last.String() {
+				t.Errorf("last message %s, want %s", f.MessageID, last)
+			}
+		}
+		if f, _ := w.readUntil("synced"); *f.Position != prev {
+			t.Errorf("synced at %d, want %d", *f.Position, prev)
+		}
+	})
+}
+
 func TestRestart(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,9 +25,12 @@ import (
 	"github.com/gocql/gocql"
 	"github.com/gorilla/websocket"
 
-	"github.com/evchat/evchat/schemas"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/schemas"
 )
 
 // The end-to-end tests start chatd as a child process, built once by
@@ -480,12 +484,34 @@ func (n *node) dial(token string, query ...string) (*wsClient, *http.Response, e
 		return nil, resp, err
 	}
 	w := &wsClient{t: n.t, c: c, frames: make(chan frame, 100000)}
-	go w.readLoop()
+	go w.readLoop(nil)
 	return w, resp, nil
 }
 
-func (w *wsClient) readLoop() {
+// dialAsleep connects a device that reads nothing until wake is called:
+// a client on a slow network, whose socket buffers fill.
+func (n *node) dialAsleep(token string, query ...string) (w *wsClient, wake func()) {
+	n.t.Helper()
+	u := url.URL{Scheme: "ws", Host: n.http, Path: "/v1/ws", RawQuery: "token=" + url.QueryEscape(token)}
+	for _, q := range query {
+		u.RawQuery += "&" + q
+	}
+	c, _, err := websocket.DefaultDialer.Dial(u.String(), nil)
+	if err != nil {
+		n.t.Fatalf("dial: %v", err)
+	}
+	n.t.Cleanup(func() { c.Close() })
+	gate := make(chan struct{})
+	w = &wsClient{t: n.t, c: c, frames: make(chan frame, 100000)}
+	go w.readLoop(gate)
+	return w, sync.OnceFunc(func() { close(gate) })
+}
+
+func (w *wsClient) readLoop(gate <-chan struct{}) {
 	defer close(w.frames)
+	if gate != nil {
+		<-gate
+	}
 	for {
 		_, b, err := w.c.ReadMessage()
 		if err != nil {
@@ -686,6 +712,43 @@ func (n *node) validateTopics(topics ...string) {
 			n.t.Errorf("topic %s: no records read", topic)
 		}
 	}
+}
+
+// appendMessages writes count message.sent events from sender straight
+// into the channel's topic, as gateways would after accepting them (much
+// faster than sending each), and returns the last message id.
+func (n *node) appendMessages(channel, sender string, count int) domain.MessageID {
+	n.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(n.brokers()...), kgo.ProducerLinger(5*time.Millisecond),
+		kgo.MaxBufferedRecords(100_000))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer cl.Close()
+	base := uint64(time.Now().UnixNano())
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := range count {
+		rec, err := eventlog.Record(n.prefix+".channels", channel, domain.MessageSent{
+			ChannelID: domain.ChannelID(channel), MessageID: domain.MessageID(base + uint64(i)),
+			SenderID: domain.UserID(sender), DeviceID: "phone", ClientMsgID: fmt.Sprint("appended ", i), Text: "appended message",
+		}, domain.Meta{EventID: fmt.Sprint(base + uint64(i)), Time: time.Now()})
+		if err != nil {
+			n.t.Fatal(err)
+		}
+		wg.Add(1)
+		cl.Produce(context.Background(), rec, func(_ *kgo.Record, err error) {
+			if err != nil {
+				failed.Add(1)
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		n.t.Fatalf("%d of %d appends failed", failed.Load(), count)
+	}
+	return domain.MessageID(base + uint64(count) - 1)
 }
 
 // ops runs "chatd replay" or "chatd verify" against the node, as an

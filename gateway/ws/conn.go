@@ -1,7 +1,9 @@
 package ws
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"time"
 
@@ -26,8 +28,10 @@ type conn struct {
 	// writer. Guarded by qmu, which is taken after mu, never before.
 	qmu      sync.Mutex
 	queue    [][]byte
+	writing  int // frames the writer has taken and not yet written
 	maxQueue int
 	wake     chan struct{}
+	drained  chan struct{} // the writer finished a batch (a sync waits on it)
 
 	mu      sync.Mutex // guards the fields below
 	syncing bool
@@ -93,6 +97,29 @@ func (c *conn) offer(offset int64, m domain.InboxMessage, epoch int32) {
 	}
 	c.deliverLocked(epoch, offset, m, true)
 }
+
+// waitRoom waits until n more frames fit in half the send queue, counting
+// those being written: a sync, which can wait, delivers at the pace the
+// client reads, where live delivery, which cannot, cuts a slow client off.
+func (c *conn) waitRoom(ctx context.Context, n int) error {
+	for {
+		c.qmu.Lock()
+		waiting := len(c.queue) + c.writing
+		c.qmu.Unlock()
+		if waiting == 0 || waiting+n <= c.maxQueue/2 {
+			return nil
+		}
+		select {
+		case <-c.drained:
+		case <-c.done:
+			return errClosed
+		case <-ctx.Done():
+			return &domain.Error{Code: domain.CodeUnavailable, Msg: "the client does not read", Err: ctx.Err()}
+		}
+	}
+}
+
+var errClosed = errors.New("ws: connection closed")
 
 // send queues a frame for the writer.
 func (c *conn) send(f ServerFrame) {
@@ -174,6 +201,7 @@ func (c *conn) write(writeTimeout, pingEvery time.Duration) {
 			c.qmu.Lock()
 			batch := c.queue
 			c.queue = nil
+			c.writing = len(batch)
 			c.qmu.Unlock()
 			for _, b := range batch {
 				_ = c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
@@ -181,6 +209,13 @@ func (c *conn) write(writeTimeout, pingEvery time.Duration) {
 					c.close()
 					return
 				}
+			}
+			c.qmu.Lock()
+			c.writing = 0
+			c.qmu.Unlock()
+			select {
+			case c.drained <- struct{}{}:
+			default:
 			}
 		case <-tick.C:
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {

@@ -210,7 +210,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	g := s.gen.Load()
 	c := &conn{
 		gen: g, user: cl.UserID, device: cl.DeviceID, ws: wsc,
-		maxQueue: s.cfg.QueueSize, wake: make(chan struct{}, 1), done: make(chan struct{}),
+		maxQueue: s.cfg.QueueSize, wake: make(chan struct{}, 1), drained: make(chan struct{}, 1), done: make(chan struct{}),
 		maxBuf: s.cfg.SyncBuffer, last: -1, metrics: s.cfg.Metrics,
 	}
 	var writer sync.WaitGroup
@@ -473,8 +473,19 @@ func (s *Server) awaitEpoch(ctx context.Context, epoch int32) bool {
 }
 
 // deliver hands a sync's entries to the connection in order, passing over
-// (but moving the position past) those the device had already.
+// (but moving the position past) those the device had already, a chunk at
+// a time as the client reads them.
 func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, had func(context.Context, domain.MessageID) (bool, error), live bool) error {
+	chunk := max(1, c.maxQueue/4)
+	for len(ps) > chunk {
+		if err := s.deliver(ctx, c, ps[:chunk], had, live); err != nil {
+			return err
+		}
+		ps = ps[chunk:]
+	}
+	if err := c.waitRoom(ctx, len(ps)); err != nil {
+		return err
+	}
 	skip := make([]bool, len(ps))
 	if had != nil {
 		err := store.EachParallel(len(ps), func(i int) (err error) {
