@@ -185,7 +185,7 @@ func TestReplayFanoutAndPresence(t *testing.T) {
 
 		// The phone's connection is closed by the switch; it reconnects
 		// with its position, as after any disconnect, and gets the rest.
-		phone, got = rideSwitch(t, "phone", phone, n, bobPhone, got, total)
+		phone, _ = rideSwitch(t, "phone", phone, n, bobPhone, got, total)
 		phone.quiet(time.Second)
 		if peer != nil { // the desk got only what was sent after it connected
 			desk, _ = rideSwitch(t, "desk (on the peer)", desk, peer, bob.Token["desk"], nil, total-15)
