@@ -470,7 +470,11 @@ func verifyCmd(adminAddr, projection string, out *printer) error {
 	out.done(fmt.Sprintf("verify %s: %d entities, %d events; log digest %s, store digest %s",
 		rep.Projection, rep.Entities, rep.Events, short(rep.LogDigest), short(rep.StoreDigest)))
 	if !rep.Agree {
-		return fmt.Errorf("the store and the log disagree: %s", rep.FirstDifference)
+		repair := rep.Projection
+		if repair == inbox.Name {
+			repair = fanout.Name // the inbox in the store is the fan-out's output
+		}
+		return fmt.Errorf("the store and the log disagree: %s (repair: chatd replay --projection %s)", rep.FirstDifference, repair)
 	}
 	out.done("they agree")
 	return nil
