@@ -257,6 +257,40 @@ func TestLongAbsence(t *testing.T) {
 	})
 }
 
+// TestBurst: 20,000 messages arrive for a connected device on a slow
+// network, far faster than it reads. Rather than cutting it off, the
+// gateway stops sending it live entries and catches it up from the store
+// at its pace: every message, in order.
+func TestBurst(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, b backend) {
+		n := startNode(t, b)
+		ann, bob := n.signUp("ann"), n.signUp("bob")
+		annTok, bobTok := n.login(ann, "phone"), n.login(bob, "phone")
+		ch := n.createChannel(annTok, "group", bob.ID)
+		w, wake := n.dialAsleep(bobTok)
+		time.Sleep(500 * time.Millisecond) // registered for live entries
+		const count = 20_000
+		last := n.appendMessages(ch.ChannelID, ann.ID, count)
+		time.Sleep(2 * time.Second)
+		wake()
+		if f := w.read(); f.Type != "hello" {
+			t.Fatalf("first frame %+v", f)
+		}
+		prev := int64(-1)
+		for i, f := range w.messages(count) {
+			if *f.Position <= prev {
+				t.Fatalf("message %d at position %d after %d", i, *f.Position, prev)
+			}
+			prev = *f.Position
+			if i == count-1 && f.MessageID != last.String() {
+				t.Errorf("last message %s, want %s", f.MessageID, last)
+			}
+		}
+		w.quiet(time.Second)
+	})
+}
+
 func TestRestart(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {

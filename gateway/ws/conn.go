@@ -33,9 +33,18 @@ type conn struct {
 	wake     chan struct{}
 	drained  chan struct{} // the writer finished a batch (a sync waits on it)
 
-	mu      sync.Mutex // guards the fields below
-	syncing bool
-	buf     []pending
+	// behind starts a catch-up from the store (Server.catchUp) when live
+	// entries come faster than the client reads; set by Serve.
+	behind func()
+	// syncMu is held by a sync, so that a catch-up and a sync the device
+	// asked for take turns.
+	syncMu sync.Mutex
+
+	mu       sync.Mutex // guards the fields below
+	syncing  bool
+	dropping bool // live entries are dropped: a sync will read them from the store
+	buf      []pending
+	had      func(domain.MessageID) bool // after a carry-over: whether the device had a message
 	last    int64 // offset of the newest entry delivered; -1: none
 	recent  *recentIDs
 	cutWhy  string
@@ -83,19 +92,39 @@ type pending struct {
 }
 
 // offer hands the connection a live inbox entry. Called by the tailer with
-// the entry's partition held.
+// the entry's partition held, so it must not wait for the client.
+//
+// When entries come faster than the client reads (its send queue is half
+// full), or more of them arrive during a sync than the sync may hold, the
+// connection stops taking live entries and catches up from the store
+// instead, at the client's pace: every entry it drops is below the
+// tailer's point, so the next sync reads it from the store.
 func (c *conn) offer(offset int64, m domain.InboxMessage, epoch int32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.syncing {
+	switch {
+	case c.dropping:
+		return
+	case c.syncing:
 		if len(c.buf) >= c.maxBuf {
-			c.cutLocked("too many entries arrived during sync")
+			c.dropping, c.buf = true, nil // the running sync goes round again
 			return
 		}
 		c.buf = append(c.buf, pending{offset, m})
 		return
+	case c.queued() >= c.maxQueue/2 && c.behind != nil:
+		c.syncing, c.dropping = true, true
+		c.behind()
+		return
 	}
 	c.deliverLocked(epoch, offset, m, true)
+}
+
+// queued returns the frames waiting for the writer or being written.
+func (c *conn) queued() int {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	return len(c.queue) + c.writing
 }
 
 // waitRoom waits until n more frames fit in half the send queue, counting
@@ -103,9 +132,7 @@ func (c *conn) offer(offset int64, m domain.InboxMessage, epoch int32) {
 // client reads, where live delivery, which cannot, cuts a slow client off.
 func (c *conn) waitRoom(ctx context.Context, n int) error {
 	for {
-		c.qmu.Lock()
-		waiting := len(c.queue) + c.writing
-		c.qmu.Unlock()
+		waiting := c.queued()
 		if waiting == 0 || waiting+n <= c.maxQueue/2 {
 			return nil
 		}

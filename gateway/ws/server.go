@@ -216,6 +216,28 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	var writer sync.WaitGroup
 	writer.Go(func() { c.write(s.cfg.WriteTimeout, s.cfg.PingInterval) })
 	defer writer.Wait()
+	// Catch-ups (see conn.offer) run beside the handler, at most one at a
+	// time, and end before it returns.
+	cctx, cancelCatchUps := context.WithCancel(r.Context())
+	var (
+		catchUps   sync.WaitGroup
+		catchUpsMu sync.Mutex
+		ended      bool
+	)
+	c.behind = func() {
+		catchUpsMu.Lock()
+		defer catchUpsMu.Unlock()
+		if !ended {
+			catchUps.Go(func() { s.catchUp(cctx, c, g.tailer.Partition(c.user)) })
+		}
+	}
+	defer func() {
+		catchUpsMu.Lock()
+		ended = true
+		catchUpsMu.Unlock()
+		catchUps.Wait()
+	}()
+	defer cancelCatchUps()
 	defer c.close()
 
 	// Register for live entries from the present on: a device that never
@@ -364,6 +386,8 @@ func (s *Server) syncFrom(ctx context.Context, c *conn, f ClientFrame) (int64, e
 // past them. The connection is closed after the error frame; the client
 // reconnects and syncs again from the position it has.
 func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, position int64) (err error) {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
 	g := c.gen
 	defer func() {
 		if err != nil {
@@ -374,7 +398,6 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 			c.cutLocked("sync failed: " + err.Error())
 		}
 	}()
-	var had func(domain.MessageID) bool
 	if epoch > g.epoch && s.awaitEpoch(ctx, epoch) {
 		// Another gateway switched first; this one has now too, and
 		// SwitchEpoch closes c: the device reconnects into the epoch.
@@ -383,6 +406,7 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 	}
 	if epoch != g.epoch {
 		ok := false
+		var had func(domain.MessageID) bool
 		if epoch >= 1 && epoch < g.epoch {
 			if had, ok, err = s.carryOver(ctx, c, part, epoch, position); err != nil {
 				return err
@@ -393,21 +417,44 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 			c.send(ServerFrame{Type: TypeResync, Epoch: &e})
 			return nil
 		}
+		c.mu.Lock()
+		c.had = had // for every later sync of this connection too
+		c.mu.Unlock()
 		position = -1
 	}
+	// Rounds: a round that dropped live entries (too many arrived) goes
+	// round again from where it got to; they are in the store by then.
+	for {
+		again, err := s.syncRound(ctx, c, part, position)
+		if err != nil || !again {
+			return err
+		}
+		c.mu.Lock()
+		position = c.last
+		c.mu.Unlock()
+	}
+}
+
+// syncRound is one round of a sync; again is true when live entries were
+// dropped meanwhile.
+func (s *Server) syncRound(ctx context.Context, c *conn, part int32, position int64) (again bool, err error) {
+	g := c.gen
 	var t int64
 	g.tailer.mark(part, func(next int64) {
 		t = next
 		c.mu.Lock()
-		c.syncing = true
+		c.syncing, c.dropping = true, false
 		c.buf = c.buf[:0]
 		c.last = position
 		c.mu.Unlock()
 	})
 	if t > 0 {
 		start := time.Now()
-		if err := projector.WaitApplied(ctx, s.st, eventlog.Epoched(inbox.Name, g.epoch), part, t-1); err != nil {
-			return err
+		wctx, cancel := context.WithTimeout(ctx, s.cfg.CommandTimeout)
+		err := projector.WaitApplied(wctx, s.st, eventlog.Epoched(inbox.Name, g.epoch), part, t-1)
+		cancel()
+		if err != nil {
+			return false, err
 		}
 		if d := time.Since(start); d > time.Second {
 			s.cfg.Logger.Info("sync waited for the inbox projection", "user", c.user, "partition", part, "point", t, "waited", d)
@@ -417,7 +464,7 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 	for after+1 < t {
 		es, err := s.st.Inbox(ctx, c.user, g.epoch, after, 500)
 		if err != nil {
-			return err
+			return false, err
 		}
 		pend := make([]pending, 0, len(es))
 		for _, e := range es {
@@ -426,8 +473,8 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 			}
 			pend = append(pend, pending{e.Offset, e.Message})
 		}
-		if err := s.deliver(ctx, c, pend, had, false); err != nil {
-			return err
+		if err := s.deliver(ctx, c, pend, false); err != nil {
+			return false, err
 		}
 		if len(pend) < 500 {
 			break
@@ -437,6 +484,10 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 	// Then what arrived live meanwhile, until nothing waits.
 	for {
 		c.mu.Lock()
+		if c.dropping {
+			c.mu.Unlock()
+			return true, nil
+		}
 		batch := c.buf
 		if len(batch) == 0 {
 			c.buf = nil
@@ -444,13 +495,24 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 			last, e := c.last, g.epoch
 			c.sendLocked(ServerFrame{Type: TypeSynced, Epoch: &e, Position: &last})
 			c.mu.Unlock()
-			return nil
+			return false, nil
 		}
 		c.buf = nil
 		c.mu.Unlock()
-		if err := s.deliver(ctx, c, batch, had, true); err != nil {
-			return err
+		if err := s.deliver(ctx, c, batch, true); err != nil {
+			return false, err
 		}
+	}
+}
+
+// catchUp syncs a connection that fell behind live delivery (see
+// conn.offer) from the last position it was sent.
+func (s *Server) catchUp(ctx context.Context, c *conn, part int32) {
+	c.mu.Lock()
+	position := c.last
+	c.mu.Unlock()
+	if err := s.sync(ctx, c, part, c.gen.epoch, position); err != nil && ctx.Err() == nil {
+		s.cfg.Logger.Warn("catch-up", "user", c.user, "device", c.device, "err", err)
 	}
 }
 
@@ -475,10 +537,10 @@ func (s *Server) awaitEpoch(ctx context.Context, epoch int32) bool {
 // deliver hands a sync's entries to the connection in order, passing over
 // (but moving the position past) those the device had already, a chunk at
 // a time as the client reads them.
-func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, had func(domain.MessageID) bool, live bool) error {
+func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, live bool) error {
 	chunk := max(1, c.maxQueue/4)
 	for len(ps) > chunk {
-		if err := s.deliver(ctx, c, ps[:chunk], had, live); err != nil {
+		if err := s.deliver(ctx, c, ps[:chunk], live); err != nil {
 			return err
 		}
 		ps = ps[chunk:]
@@ -489,7 +551,7 @@ func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, had func(do
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, p := range ps {
-		if had != nil && had(p.msg.MessageID) {
+		if c.had != nil && c.had(p.msg.MessageID) {
 			c.last = max(c.last, p.offset)
 			continue
 		}
