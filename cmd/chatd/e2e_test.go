@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/evchat/evchat/domain"
 )
 
 // TestChat: 1-on-1, a three-member group, one user on two devices. Every
@@ -205,10 +207,6 @@ func TestResend(t *testing.T) {
 	})
 }
 
-// TestRestart stops the process with SIGKILL in the middle of a
-// conversation and starts it again on the same data: every acknowledged
-// message is there once, a device resumes from its position and gets
-// exactly what it missed, and resends after the restart create nothing.
 // TestLongAbsence: a device on a slow network back after 20,000 messages
 // (twenty times its send queue) gets every one, in order, at the pace it
 // reads: a sync waits for the client instead of cutting it off as a slow
@@ -241,16 +239,7 @@ func TestLongAbsence(t *testing.T) {
 		if f := w.read(); f.Type != "hello" {
 			t.Fatalf("first frame %+v", f)
 		}
-		prev := int64(-1)
-		for i, f := range w.messages(count) {
-			if *f.Position <= prev {
-				t.Fatalf("message %d at position %d after %d", i, *f.Position, prev)
-			}
-			prev = *f.Position
-			if i == count-1 && f.MessageID != last.String() {
-				t.Errorf("last message %s, want %s", f.MessageID, last)
-			}
-		}
+		prev := inOrder(t, w, count, last)
 		if f, _ := w.readUntil("synced"); *f.Position != prev {
 			t.Errorf("synced at %d, want %d", *f.Position, prev)
 		}
@@ -277,20 +266,32 @@ func TestBurst(t *testing.T) {
 		if f := w.read(); f.Type != "hello" {
 			t.Fatalf("first frame %+v", f)
 		}
-		prev := int64(-1)
-		for i, f := range w.messages(count) {
-			if *f.Position <= prev {
-				t.Fatalf("message %d at position %d after %d", i, *f.Position, prev)
-			}
-			prev = *f.Position
-			if i == count-1 && f.MessageID != last.String() {
-				t.Errorf("last message %s, want %s", f.MessageID, last)
-			}
-		}
+		inOrder(t, w, count, last)
 		w.quiet(time.Second)
 	})
 }
 
+// inOrder reads count messages, checks that their positions grow and that
+// the last is last, and returns the last position.
+func inOrder(t *testing.T, w *wsClient, count int, last domain.MessageID) int64 {
+	t.Helper()
+	prev := int64(-1)
+	for i, f := range w.messages(count) {
+		if *f.Position <= prev {
+			t.Fatalf("message %d at position %d after %d", i, *f.Position, prev)
+		}
+		prev = *f.Position
+		if i == count-1 && f.MessageID != last.String() {
+			t.Errorf("last message %s, want %s", f.MessageID, last)
+		}
+	}
+	return prev
+}
+
+// TestRestart stops the process with SIGKILL in the middle of a
+// conversation and starts it again on the same data: every acknowledged
+// message is there once, a device resumes from its position and gets
+// exactly what it missed, and resends after the restart create nothing.
 func TestRestart(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
