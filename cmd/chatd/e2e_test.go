@@ -222,15 +222,18 @@ func TestLongAbsence(t *testing.T) {
 		last := n.appendMessages(ch.ChannelID, ann.ID, count)
 		// Long ago: every projection has it (history has the last message,
 		// and no projection has lagged for two seconds).
-		waitFor(t, func() bool {
+		// Minutes, not seconds: on Cassandra, with the other tests running.
+		waitForTB(t, 3*time.Minute, func() bool {
 			h := n.history(annTok, ch.ChannelID, "limit=1")
 			return len(h.Messages) == 1 && h.Messages[0].MessageID == last.String()
 		})
-		for calm := 0; calm < 4; time.Sleep(500 * time.Millisecond) {
+		calm := 0
+		waitForTB(t, 3*time.Minute, func() bool {
 			if calm++; n.maxLag() != 0 {
 				calm = 0
 			}
-		}
+			return calm == 2 // the waits are a second apart
+		})
 		// The device reads nothing for two seconds: its socket buffers
 		// fill, and the server's sync must wait for it.
 		w, wake := n.dialAsleep(bobTok, "epoch=1", "position=-1")

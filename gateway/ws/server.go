@@ -450,7 +450,9 @@ func (s *Server) syncRound(ctx context.Context, c *conn, part int32, position in
 	})
 	if t > 0 {
 		start := time.Now()
-		wctx, cancel := context.WithTimeout(ctx, s.cfg.CommandTimeout)
+		// A sync the device asked for has its command's deadline; a
+		// catch-up waits for a projection working through a burst longer.
+		wctx, cancel := context.WithTimeout(ctx, 10*s.cfg.CommandTimeout)
 		err := projector.WaitApplied(wctx, s.st, eventlog.Epoched(inbox.Name, g.epoch), part, t-1)
 		cancel()
 		if err != nil {
