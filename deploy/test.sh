@@ -3,7 +3,8 @@
 #
 #   bash deploy/test.sh
 #
-# 1. go vet and staticcheck (fetched from the Go module proxy on first use);
+# 1. gofmt, go vet and staticcheck (fetched from the Go module proxy on
+#    first use);
 # 2. starts a real Kafka (KRaft) and a real Cassandra 5.0 on 127.0.0.1 with
 #    deploy/servers.sh (jars fetched from Maven Central and cached), and
 #    stops them again on exit, whatever happens;
@@ -18,6 +19,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CI="${CI:-true}"
 
 step() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)" >&2; }
+
+step "gofmt"
+unformatted="$(gofmt -l .)"
+if [[ -n "$unformatted" ]]; then
+  echo "test.sh: gofmt would change these files (run gofmt -w):" >&2
+  echo "$unformatted" >&2
+  exit 1
+fi
 
 step "go vet"
 go vet ./...

@@ -45,9 +45,9 @@ type conn struct {
 	dropping bool // live entries are dropped: a sync will read them from the store
 	buf      []pending
 	had      func(domain.MessageID) bool // after a carry-over: whether the device had a message
-	last    int64 // offset of the newest entry delivered; -1: none
-	recent  *recentIDs
-	cutWhy  string
+	last     int64                       // offset of the newest entry delivered; -1: none
+	recent   *recentIDs
+	cutWhy   string
 }
 
 // recentIDs remembers the last message ids delivered on a connection, so
