@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/cursors"
@@ -33,6 +32,7 @@ import (
 // admin serves the operators' endpoints on their own listener: replay,
 // verify and pprof.
 type admin struct {
+	kadm   *kadm.Client // offsets for replays: one client for the node's life
 	node   *proc
 	limits domain.Limits
 	logger *slog.Logger
@@ -271,12 +271,7 @@ func (a *admin) epochProgress(next eventlog.Config, output string) progressFunc 
 		group, input = next.Group(eventlog.Epoched(fanout.Name, next.Epoch())), next.Topics().Channels
 	}
 	return func(ctx context.Context) (int64, int64, error) {
-		cl, err := kgo.NewClient(next.ClientOpts()...)
-		if err != nil {
-			return 0, 0, err
-		}
-		defer cl.Close()
-		committed, err := kadm.NewClient(cl).FetchOffsets(ctx, group)
+		committed, err := a.kadm.FetchOffsets(ctx, group)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -305,12 +300,6 @@ func (a *admin) fromPositions(ctx context.Context, topic, from string) (map[int3
 	if from == "start" {
 		return nil, nil
 	}
-	cl, err := kgo.NewClient(a.node.current().ClientOpts()...)
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close()
-	adm := kadm.NewClient(cl)
 	var listed kadm.ListedOffsets
 	switch kind, v, _ := strings.Cut(from, ":"); kind {
 	case "offset":
@@ -318,7 +307,7 @@ func (a *admin) fromPositions(ctx context.Context, topic, from string) (map[int3
 		if err != nil || n < 0 {
 			return nil, domain.Errorf(domain.CodeBadRequest, "from %q: want offset:N with N ≥ 0", from)
 		}
-		if listed, err = adm.ListStartOffsets(ctx, topic); err != nil {
+		if listed, err = a.kadm.ListStartOffsets(ctx, topic); err != nil {
 			return nil, err
 		}
 		out := map[int32]int64{}
@@ -329,7 +318,7 @@ func (a *admin) fromPositions(ctx context.Context, topic, from string) (map[int3
 		if err != nil {
 			return nil, domain.Errorf(domain.CodeBadRequest, "from %q: want time:RFC3339", from)
 		}
-		if listed, err = adm.ListOffsetsAfterMilli(ctx, t.UnixMilli(), topic); err != nil {
+		if listed, err = a.kadm.ListOffsetsAfterMilli(ctx, t.UnixMilli(), topic); err != nil {
 			return nil, err
 		}
 		out := map[int32]int64{}
@@ -353,17 +342,11 @@ func (a *admin) replayStatus(w http.ResponseWriter, r *http.Request) {
 // and the lag behind the topic's end, both summed over partitions, for a
 // consumer at pos (a partition missing from pos is at base).
 func (a *admin) measure(ctx context.Context, topic string, pos, base map[int32]int64) (applied, lag int64, err error) {
-	cl, err := kgo.NewClient(a.node.current().ClientOpts()...)
+	ends, err := a.kadm.ListEndOffsets(ctx, topic)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer cl.Close()
-	adm := kadm.NewClient(cl)
-	ends, err := adm.ListEndOffsets(ctx, topic)
-	if err != nil {
-		return 0, 0, err
-	}
-	starts, err := adm.ListStartOffsets(ctx, topic)
+	starts, err := a.kadm.ListStartOffsets(ctx, topic)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -157,15 +157,21 @@ func (n *proc) rebuild(ctx context.Context, output string) (eventlog.Config, err
 	if err := eventlog.EnsureTopics(ctx, next); err != nil {
 		return next, err
 	}
+	n.startWriters(next, output)
+	return next, nil
+}
+
+// startWriters starts the roles that write lc's epoch of output, unless
+// they run: the fan-out and the inbox projection, or presence (without
+// ticks: only a current epoch's projection puts time on the log).
+func (n *proc) startWriters(lc eventlog.Config, output string) {
 	switch output {
 	case domain.OutputInbox:
-		e := next.Epoch()
-		n.roles.ensure(eventlog.Epoched(fanout.Name, e), n.fanoutRun(next))
-		n.roles.ensure(eventlog.Epoched(inbox.Name, e), n.inboxRun(next))
+		n.roles.ensure(eventlog.Epoched(fanout.Name, lc.Epoch()), n.fanoutRun(lc))
+		n.roles.ensure(eventlog.Epoched(inbox.Name, lc.Epoch()), n.inboxRun(lc))
 	case domain.OutputPresence:
-		n.roles.ensure(eventlog.Epoched(presence.Name, next.PresenceEpoch), n.presenceRun(next, false))
+		n.roles.ensure(eventlog.Epoched(presence.Name, lc.PresenceEpoch), n.presenceRun(lc, false))
 	}
-	return next, nil
 }
 
 // onEpoch switches this node to a new epoch of an output (from the epochs
@@ -180,15 +186,10 @@ func (n *proc) onEpoch(ev domain.EpochStarted) {
 	lc := n.logCfg.WithEpoch(ev.Output, ev.Epoch)
 	ctx, cancel := context.WithTimeout(n.roles.ctx, time.Minute)
 	defer cancel()
-	if err := eventlog.EnsureTopics(ctx, lc); err != nil {
-		n.roles.fail(fmt.Errorf("epoch %s %d: %w", ev.Output, ev.Epoch, err))
-		return
-	}
 	switch ev.Output {
 	case domain.OutputInbox:
 		e := ev.Epoch
-		n.roles.ensure(eventlog.Epoched(fanout.Name, e), n.fanoutRun(lc))
-		n.roles.ensure(eventlog.Epoched(inbox.Name, e), n.inboxRun(lc))
+		n.startWriters(lc, ev.Output) // the rebuild made their topics
 		t, err := ws.NewTailer(ctx, lc, n.st, n.hub, n.log)
 		if err != nil {
 			n.roles.fail(fmt.Errorf("epoch %s %d: %w", ev.Output, ev.Epoch, err))
@@ -201,8 +202,8 @@ func (n *proc) onEpoch(ev domain.EpochStarted) {
 		n.roles.stopIf(eventlog.Epoched(push.Name, old))
 		n.roles.start(eventlog.Epoched(push.Name, e), n.pushRun(lc))
 	case domain.OutputPresence:
-		// The rebuild ran without ticks: run the new epoch's projection
-		// with them, and stop the old one.
+		// The writer runs without ticks: run it with them now, and stop
+		// the old epoch's.
 		n.roles.stopIf(eventlog.Epoched(presence.Name, ev.Epoch))
 		n.roles.start(eventlog.Epoched(presence.Name, ev.Epoch), n.presenceRun(lc, true))
 		n.roles.stopIf(eventlog.Epoched(presence.Name, old))

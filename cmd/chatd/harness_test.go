@@ -759,3 +759,38 @@ func (n *node) ops(args ...string) (string, bool) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err == nil
 }
+
+// maxLag reads the node's largest projection lag from /metrics; -1 when
+// it cannot.
+func (n *node) maxLag() float64 {
+	resp, err := http.Get("http://" + n.http + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	most, found := 0.0, false
+	for line := range strings.Lines(string(body)) {
+		if rest, ok := strings.CutPrefix(line, "evchat_projection_lag{"); ok {
+			_, v, _ := strings.Cut(rest, "} ")
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err == nil {
+				most, found = max(most, f), true
+			}
+		}
+	}
+	if !found {
+		return -1
+	}
+	return most
+}
+
+func waitForTB(tb testing.TB, d time.Duration, cond func() bool) {
+	tb.Helper()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if cond() {
+			return
+		}
+	}
+	tb.Fatalf("condition not met within %v", d)
+}

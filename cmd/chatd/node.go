@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 
@@ -96,12 +98,10 @@ func runNode(ctx context.Context, cfg config) error {
 	if err := eventlog.EnsureTopics(startCtx, logCfg); err != nil {
 		return err
 	}
-	// The current epochs of the inbox and of presence, and their topics.
+	// The current epochs of the inbox and of presence (a rebuild made
+	// their topics before it started them).
 	logCfg, err := eventlog.ReadEpochs(startCtx, logCfg)
 	if err != nil {
-		return err
-	}
-	if err := eventlog.EnsureTopics(startCtx, logCfg); err != nil {
 		return err
 	}
 	inboxEpochs, _, err := eventlog.ExistingEpochs(startCtx, logCfg)
@@ -210,11 +210,18 @@ func runNode(ctx context.Context, cfg config) error {
 	log.Info("ready", "http", ln.Addr().String(), "kafka", strings.Join(brokers, ","), "store", storeName(cfg),
 		"inbox_epoch", logCfg.Epoch(), "presence_epoch", eventlog.EpochOf(logCfg, domain.OutputPresence))
 	if cfg.AdminAddr != "" {
-		adm := &admin{node: n, limits: cfg.Limits, logger: log}
-		aln, err := net.Listen("tcp", cfg.AdminAddr)
-		if err != nil {
+		acl, err := kgo.NewClient(logCfg.ClientOpts()...)
+		if err == nil {
+			defer acl.Close() // after every role, the admin's too, has ended
+		}
+		aln, lerr := net.Listen("tcp", cfg.AdminAddr)
+		if lerr == nil && err != nil {
+			aln.Close()
+		}
+		if err = cmp.Or(err, lerr); err != nil {
 			cancel(err)
 		} else {
+			adm := &admin{kadm: kadm.NewClient(acl), node: n, limits: cfg.Limits, logger: log}
 			asrv := &http.Server{Handler: adm.handler(), ReadHeaderTimeout: 10 * time.Second}
 			n.roles.start("admin", func(ctx context.Context) error { return serve(ctx, asrv, aln) })
 			log.Info("admin", "addr", aln.Addr().String())

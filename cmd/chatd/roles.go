@@ -35,6 +35,19 @@ func newRoles(ctx context.Context, fail context.CancelCauseFunc, log *slog.Logge
 func (r *roles) start(name string, fn func(context.Context) error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.startLocked(name, fn)
+}
+
+// ensure starts fn as the role name unless a role of that name runs.
+func (r *roles) ensure(name string, fn func(context.Context) error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.running[name]; !ok {
+		r.startLocked(name, fn)
+	}
+}
+
+func (r *roles) startLocked(name string, fn func(context.Context) error) {
 	ctx, cancel := context.WithCancel(r.ctx)
 	ro := &role{run: fn, cancel: cancel, done: make(chan struct{})}
 	r.running[name] = ro
@@ -47,25 +60,8 @@ func (r *roles) start(name string, fn func(context.Context) error) {
 	})
 }
 
-// ensure starts fn as the role name unless a role of that name runs.
-func (r *roles) ensure(name string, fn func(context.Context) error) {
-	r.mu.Lock()
-	_, ok := r.running[name]
-	r.mu.Unlock()
-	if !ok {
-		r.start(name, fn)
-	}
-}
-
 // stopIf stops the role name if it runs.
-func (r *roles) stopIf(name string) {
-	r.mu.Lock()
-	_, ok := r.running[name]
-	r.mu.Unlock()
-	if ok {
-		_, _ = r.stop(name)
-	}
-}
+func (r *roles) stopIf(name string) { _, _ = r.stop(name) }
 
 // stop stops a role and waits for it; it returns the role's function so
 // that the caller can start it again.

@@ -71,7 +71,7 @@ func (r *recentIDs) seen(id domain.MessageID) bool {
 
 // deliverLocked sends an inbox entry unless it is at or before the last
 // position delivered or a copy of a message just delivered.
-func (c *conn) deliverLocked(epoch int32, offset int64, m domain.InboxMessage, live bool) {
+func (c *conn) deliverLocked(offset int64, m domain.InboxMessage, live bool) {
 	if offset <= c.last {
 		return
 	}
@@ -82,7 +82,7 @@ func (c *conn) deliverLocked(epoch int32, offset int64, m domain.InboxMessage, l
 	if c.recent.seen(m.MessageID) {
 		return
 	}
-	c.sendLocked(messageFrame(epoch, offset, m))
+	c.sendLocked(messageFrame(c.gen.epoch, offset, m))
 	c.metrics.delivered(m.SentAt, live)
 }
 
@@ -99,7 +99,7 @@ type pending struct {
 // connection stops taking live entries and catches up from the store
 // instead, at the client's pace: every entry it drops is below the
 // tailer's point, so the next sync reads it from the store.
-func (c *conn) offer(offset int64, m domain.InboxMessage, epoch int32) {
+func (c *conn) offer(offset int64, m domain.InboxMessage) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
@@ -112,12 +112,12 @@ func (c *conn) offer(offset int64, m domain.InboxMessage, epoch int32) {
 		}
 		c.buf = append(c.buf, pending{offset, m})
 		return
-	case c.queued() >= c.maxQueue/2 && c.behind != nil:
+	case c.queued() >= c.maxQueue/2:
 		c.syncing, c.dropping = true, true
 		c.behind()
 		return
 	}
-	c.deliverLocked(epoch, offset, m, true)
+	c.deliverLocked(offset, m, true)
 }
 
 // queued returns the frames waiting for the writer or being written.

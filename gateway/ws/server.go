@@ -224,11 +224,12 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 		catchUpsMu sync.Mutex
 		ended      bool
 	)
+	part := g.tailer.Partition(c.user)
 	c.behind = func() {
 		catchUpsMu.Lock()
 		defer catchUpsMu.Unlock()
 		if !ended {
-			catchUps.Go(func() { s.catchUp(cctx, c, g.tailer.Partition(c.user)) })
+			catchUps.Go(func() { s.catchUp(cctx, c, part) })
 		}
 	}
 	defer func() {
@@ -242,7 +243,6 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 
 	// Register for live entries from the present on: a device that never
 	// syncs gets what arrives after it connected.
-	part := g.tailer.Partition(c.user)
 	ectx, cancel := context.WithTimeout(r.Context(), s.cfg.CommandTimeout)
 	end, err := g.tailer.end(ectx, part)
 	cancel()
@@ -557,7 +557,7 @@ func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, live bool) 
 			c.last = max(c.last, p.offset)
 			continue
 		}
-		c.deliverLocked(c.gen.epoch, p.offset, p.msg, live)
+		c.deliverLocked(p.offset, p.msg, live)
 	}
 	return nil
 }

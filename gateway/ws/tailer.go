@@ -118,7 +118,7 @@ func (t *Tailer) Run(ctx context.Context) error {
 				}
 				for _, c := range t.hub.conns(m.UserID) {
 					if c.gen.tailer == t { // not a connection of another epoch
-						c.offer(rec.Offset, m, t.cfg.Epoch())
+						c.offer(rec.Offset, m)
 					}
 				}
 			}

@@ -67,11 +67,12 @@ func ReadEpochs(ctx context.Context, cfg Config) (Config, error) {
 // (Epochs are appended without transactions: the offsets of the topic are
 // its records, and the last one is at the end offset minus one.)
 
-// WatchEpochs calls fn with every epoch.started appended from now on, in
-// order, until ctx ends; it returns nil then.
+// WatchEpochs calls fn with every epoch.started, from the topic's start
+// (so that none appended since ReadEpochs is missed; fn ignores the epochs
+// it is past), in order, until ctx ends; it returns nil then.
 func WatchEpochs(ctx context.Context, cfg Config, fn func(domain.EpochStarted)) error {
 	cl, err := kgo.NewClient(cfg.ClientOpts(kgo.ConsumeTopics(cfg.Topics().Epochs),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()))...)
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
 	if err != nil {
 		return err
 	}
