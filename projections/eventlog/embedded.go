@@ -1,10 +1,13 @@
 package eventlog
 
 import (
+	"context"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // Embedded is the in-process Kafka-protocol broker of the single-process
@@ -12,13 +15,26 @@ import (
 // to its file before it is acknowledged, so an acknowledged append survives
 // kill -9; with fsync it also survives a power loss, at a cost in
 // throughput (a real cluster gets the same from replication instead).
+//
+// Transactions survive kill -9 too. A transaction open when the process
+// died (its producer died with it: every client of this broker lives in
+// its process) is aborted when the broker starts again, with an ABORT
+// marker written to each of its partitions before StartEmbedded returns,
+// as a real coordinator does when it fences a dead producer. Its records
+// never become visible to read-committed readers, at this start or any
+// later one, and the last stable offset moves on. kfake alone aborts such
+// a transaction in memory only, and a later load can then take its
+// records into the same producer's next committed transaction.
 type Embedded struct {
-	c *kfake.Cluster
+	c       *kfake.Cluster
+	aborted int
 }
 
 // StartEmbedded starts the broker on 127.0.0.1:port (0 picks a free port)
 // with its data in dir ("" keeps it in memory, for tests), fsyncing every
-// batch when fsync is set.
+// batch when fsync is set. With a dir, it aborts every transaction the
+// previous process left open before it returns; no client of this
+// process may use the broker before then.
 func StartEmbedded(dir string, port int, fsync bool) (*Embedded, error) {
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
@@ -35,11 +51,36 @@ func StartEmbedded(dir string, port int, fsync bool) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: embedded broker: %w", err)
 	}
-	return &Embedded{c: c}, nil
+	e := &Embedded{c: c}
+	if dir != "" {
+		if e.aborted, err = e.abortOpenTxns(); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("eventlog: embedded broker: %w", err)
+		}
+	}
+	return e, nil
+}
+
+// abortOpenTxns closes the transactions a killed process left open.
+func (e *Embedded) abortOpenTxns() (int, error) {
+	// The scan reads the whole log once; bounded so a broken broker
+	// cannot hang the start.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Addrs()...), kgo.ClientID("evchat-embedded-recovery"))
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	return abortOpenTxns(ctx, cl)
 }
 
 // Addrs returns the broker's host:port addresses.
 func (e *Embedded) Addrs() []string { return e.c.ListenAddrs() }
+
+// AbortedAtStart returns how many (partition, producer) transactions left
+// open by the previous process the start aborted.
+func (e *Embedded) AbortedAtStart() int { return e.aborted }
 
 // Close stops the broker, flushing its data.
 func (e *Embedded) Close() { e.c.Close() }
