@@ -14,6 +14,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/evchat/evchat/domain"
 )
 
 // newCluster starts kfake with topic (of parts partitions, compacted if
@@ -291,4 +293,33 @@ func TestReadToEndFails(t *testing.T) {
 			t.Fatal("no error")
 		}
 	})
+}
+
+func TestReadEpochs(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := testCtx(t)
+	cfg := Config{Brokers: c.ListenAddrs(), Prefix: "e", Partitions: 2}
+	if err := EnsureTopics(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadEpochs(ctx, cfg)
+	if err != nil || got.Epoch() != 1 || EpochOf(got, domain.OutputPresence) != 1 {
+		t.Fatalf("no epochs: inbox %d presence %d, %v; want 1, 1", got.Epoch(), EpochOf(got, domain.OutputPresence), err)
+	}
+	for _, e := range []struct {
+		output string
+		epoch  int32
+	}{{domain.OutputInbox, 3}, {domain.OutputPresence, 2}, {domain.OutputInbox, 2}} {
+		if err := StartEpoch(ctx, cfg, e.output, e.epoch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err = ReadEpochs(ctx, cfg)
+	if err != nil || got.Epoch() != 3 || EpochOf(got, domain.OutputPresence) != 2 {
+		t.Fatalf("inbox %d presence %d, %v; want 3, 2", got.Epoch(), EpochOf(got, domain.OutputPresence), err)
+	}
 }
