@@ -2,12 +2,10 @@ package ws
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
@@ -74,51 +72,43 @@ func (p *Presence) Run(ctx context.Context) error {
 	cfg := p.cfg
 	p.mu.RUnlock()
 	topic := cfg.Topics().Presence
-	cl, err := kgo.NewClient(cfg.ClientOpts(kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
+	// Read the topic to its end into a fresh state, then tail it from
+	// there. A read that fails starts again (answering from the old
+	// state meanwhile): a state read in part would show users offline.
+	var (
+		fresh map[domain.UserID]domain.PresenceChange
+		ends  map[int32]int64
+		err   error
+	)
+	for attempt := 0; ; attempt++ {
+		fresh = map[domain.UserID]domain.PresenceChange{}
+		ends, err = eventlog.ReadToEnd(ctx, cfg, topic, eventlog.ReadRange{}, func(r *kgo.Record) {
+			if ch, ok := decodePresence(r); ok {
+				fresh[ch.UserID] = ch
+			}
+		})
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		p.log.Warn("reading presence", "topic", topic, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(min(100*time.Millisecond<<min(attempt, 5), 3*time.Second)):
+		}
+	}
+	from := map[int32]kgo.Offset{}
+	for part, end := range ends {
+		from[part] = kgo.NewOffset().At(end)
+	}
+	cl, err := kgo.NewClient(cfg.ClientOpts(kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}))...)
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
-	if err == nil {
-		err = ends.Error()
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("ws: presence end offsets: %w", err)
-	}
-	// Read the topic to its end into a fresh state. The presence
-	// projection writes in transactions, so a partition's last record is
-	// followed by a commit marker: it is read once a record at end-2 or
-	// later has come, or once nothing came for a second.
-	fresh := map[domain.UserID]domain.PresenceChange{}
-	left := map[int32]int64{}
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Offset > 0 {
-			left[o.Partition] = o.Offset
-		}
-	})
-	for len(left) > 0 {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		fs := cl.PollFetches(pctx)
-		cancel()
-		if ctx.Err() != nil || fs.IsClientClosed() {
-			return nil
-		}
-		if fs.NumRecords() == 0 && pctx.Err() != nil {
-			break
-		}
-		fs.EachRecord(func(r *kgo.Record) {
-			if ch, ok := decodePresence(r); ok {
-				fresh[ch.UserID] = ch
-			}
-			if end, ok := left[r.Partition]; ok && r.Offset >= end-2 {
-				delete(left, r.Partition)
-			}
-		})
-	}
 	p.mu.Lock()
 	old, wasLoaded := p.state, p.loaded
 	p.state, p.loaded = fresh, true

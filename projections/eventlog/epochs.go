@@ -22,50 +22,17 @@ import (
 // ReadEpochs reads the epochs topic to its end and returns the config with
 // the epochs it names (1 for an output without a record).
 func ReadEpochs(ctx context.Context, cfg Config) (Config, error) {
-	cl, err := kgo.NewClient(cfg.ClientOpts()...)
-	if err != nil {
-		return cfg, err
-	}
-	defer cl.Close()
-	topic := cfg.Topics().Epochs
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
-	if err == nil {
-		err = ends.Error()
-	}
-	if err != nil {
-		return cfg, fmt.Errorf("eventlog: epochs end offsets: %w", err)
-	}
-	start := map[int32]kgo.Offset{}
-	left := map[int32]int64{}
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Offset > 0 {
-			start[o.Partition] = kgo.NewOffset().AtStart()
-			left[o.Partition] = o.Offset
+	out := cfg
+	_, err := ReadToEnd(ctx, cfg, cfg.Topics().Epochs, ReadRange{}, func(r *kgo.Record) {
+		if ev, ok := decodeEpoch(r); ok && ev.Epoch > epochOf(out, ev.Output) {
+			out = out.WithEpoch(ev.Output, ev.Epoch)
 		}
 	})
-	if len(start) == 0 {
-		return cfg, nil
+	if err != nil {
+		return cfg, fmt.Errorf("eventlog: reading epochs: %w", err)
 	}
-	cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{topic: start})
-	for len(left) > 0 {
-		fs := cl.PollFetches(ctx)
-		if err := ctx.Err(); err != nil {
-			return cfg, fmt.Errorf("eventlog: reading epochs: %w", err)
-		}
-		fs.EachRecord(func(r *kgo.Record) {
-			if ev, ok := decodeEpoch(r); ok && ev.Epoch > epochOf(cfg, ev.Output) {
-				cfg = cfg.WithEpoch(ev.Output, ev.Epoch)
-			}
-			if r.Offset+1 >= left[r.Partition] {
-				delete(left, r.Partition)
-			}
-		})
-	}
-	return cfg, nil
+	return out, nil
 }
-
-// (Epochs are appended without transactions: the offsets of the topic are
-// its records, and the last one is at the end offset minus one.)
 
 // WatchEpochs calls fn with every epoch.started, from the topic's start
 // (so that none appended since ReadEpochs is missed; fn ignores the epochs

@@ -6,6 +6,18 @@
 // to its state (each channel's members at the current point of the log,
 // kept in a changelog topic) and its consumer offsets commit in one Kafka
 // transaction, or none of them do.
+//
+// A channel it holds no state for is a channel that does not exist (yet),
+// and its messages are dropped by domain.Admit; that is sound only because
+// absence of state is knowledge here. channel.created is the first event of
+// a channel in its partition of the channel topic, and its state change
+// commits in the same transaction as the input offset past it, so any
+// committed input beyond a channel's creation has the channel's state in
+// the changelog. txproc hands the fan-out a partition's records only after
+// restoring that partition's changelog to its end (a restore that cannot
+// finish fails, and the batch commits nothing), so the fan-out never
+// commits input offsets for a channel it has no state for without knowing
+// the channel does not exist.
 package fanout
 
 import (

@@ -10,6 +10,15 @@
 // assignment, and after any aborted transaction, it drops its state and
 // restores each partition from the changelog, where aborted writes are
 // invisible to its read-committed reader.
+//
+// A restore is complete or it fails: it reads the changelog partition up to
+// the end it takes when it starts (eventlog.ReadToEnd), never stopping
+// because nothing came for a while, and a fetch error fails it. A failed
+// restore aborts the batch it was for (nothing is processed, nothing
+// committed), drops every state and retries with a backoff, logging each
+// failure. So the Handler's Process of a partition only ever runs on the
+// whole state of that partition as of the committed input offsets: what the
+// state does not hold, no committed input has made.
 package txproc
 
 import (
@@ -20,7 +29,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/projections/eventlog"
@@ -29,7 +38,9 @@ import (
 // Handler is a projection's logic. Run calls it from one goroutine.
 type Handler interface {
 	// Restore loads one changelog record of partition p (called in log
-	// order while restoring, before any Process of p).
+	// order while restoring, before any Process of p). Process of p
+	// runs only after every record of p's changelog up to its end has
+	// been restored.
 	Restore(p int32, key, value []byte)
 	// Process handles one input record of partition p.
 	Process(ctx context.Context, p int32, rec *kgo.Record, out *Out) error
@@ -175,6 +186,13 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if fenced(err) {
+			// Another process took our transactional id: the
+			// session can commit nothing any more, and carrying on
+			// would only spin.
+			return fmt.Errorf("txproc %s: fenced by another process with transactional id %s: %w",
+				cfg.Name, cfg.Log.Group(cfg.Name)+"-"+cfg.Instance, err)
+		}
 		if err != nil {
 			log.Warn("batch aborted", "err", err)
 			attempt++
@@ -185,6 +203,14 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 			}
 		}
 	}
+}
+
+// fenced reports an error that means another producer with our
+// transactional id (or another group member with our instance id) has
+// replaced us.
+func fenced(err error) bool {
+	return errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) ||
+		errors.Is(err, kerr.FencedInstanceID)
 }
 
 // partitioner sends changelog records to the partition they carry and
@@ -259,45 +285,19 @@ func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetc
 	return sess.End(ctx, kgo.TryCommit)
 }
 
-// restore reads the changelog partition to its last stable offset.
+// restore reads the changelog partition to its end (the last stable
+// offset when it starts) into the handler, or fails: a partition restored
+// in part would look like channels that do not exist. The caller then
+// aborts the batch, commits nothing and drops every state.
 func (r *runner) restore(ctx context.Context, part int32) error {
-	topic := r.cfg.Changelog
-	cl, err := kgo.NewClient(r.cfg.Log.ClientOpts(
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {part: kgo.NewOffset().AtStart()}}),
-		kgo.FetchMaxWait(50*time.Millisecond),
-	)...)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	ends, err := kadm.NewClient(cl).ListCommittedOffsets(ctx, topic)
-	if err != nil {
-		return fmt.Errorf("txproc %s: changelog end: %w", r.cfg.Name, err)
-	}
-	end, ok := ends.Lookup(topic, part)
-	if !ok || end.Err != nil {
-		return fmt.Errorf("txproc %s: changelog end of partition %d: %v", r.cfg.Name, part, end.Err)
-	}
 	n := 0
-	// Read until a record at end-1, or until nothing more comes: the
-	// transaction markers take offsets but are never returned, so the
-	// last readable record may sit below end-1.
-	for next := int64(0); next < end.Offset; {
-		pctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
-		fs := cl.PollFetches(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if fs.NumRecords() == 0 {
-			break
-		}
-		fs.EachRecord(func(rec *kgo.Record) {
-			r.h.Restore(part, rec.Key, rec.Value)
-			next = rec.Offset + 1
-			n++
-		})
+	reached, err := eventlog.ReadToEnd(ctx, r.cfg.Log, r.cfg.Changelog, eventlog.ReadRange{Partitions: []int32{part}}, func(rec *kgo.Record) {
+		r.h.Restore(part, rec.Key, rec.Value)
+		n++
+	})
+	if err != nil {
+		return fmt.Errorf("txproc %s: restoring partition %d: %w", r.cfg.Name, part, err)
 	}
-	r.log.Debug("restored", "partition", part, "records", n, "end", end.Offset)
+	r.log.Debug("restored", "partition", part, "records", n, "end", reached[part])
 	return nil
 }

@@ -68,48 +68,21 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 
 // readLog calls fn for every record of topic below pos, in partition order.
 func readLog(ctx context.Context, cfg eventlog.Config, topic string, pos map[int32]int64, fn func(*kgo.Record)) (int64, error) {
-	parts := map[int32]kgo.Offset{}
+	var parts []int32
 	for p, end := range pos {
 		if end > 0 {
-			parts[p] = kgo.NewOffset().AtStart()
+			parts = append(parts, p)
 		}
 	}
 	if len(parts) == 0 {
 		return 0, nil
 	}
-	cl, err := kgo.NewClient(cfg.ClientOpts(kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: parts}))...)
-	if err != nil {
-		return 0, err
-	}
-	defer cl.Close()
 	var n int64
-	done := map[int32]bool{}
-	for len(done) < len(parts) {
-		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		fs := cl.PollFetches(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			return n, ctx.Err()
-		}
-		if fs.NumRecords() == 0 {
-			// Only transaction markers may remain below a position.
-			break
-		}
-		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
-			for _, r := range fp.Records {
-				if r.Offset >= pos[r.Partition] {
-					done[r.Partition] = true
-					continue
-				}
-				n++
-				fn(r)
-				if r.Offset == pos[r.Partition]-1 {
-					done[r.Partition] = true
-				}
-			}
-		})
-	}
-	return n, nil
+	_, err := eventlog.ReadToEnd(ctx, cfg, topic, eventlog.ReadRange{Partitions: parts, Until: pos}, func(r *kgo.Record) {
+		n++
+		fn(r)
+	})
+	return n, err
 }
 
 type channelState struct {
