@@ -123,10 +123,15 @@ func runChaos(t *testing.T, b backend, cfg chaosConfig) {
 		}
 		return done, total
 	}
-	// Kill in the middle of the burst: once it is under way, then again
-	// and again, 0.7 to 2.5 s after each restart.
-	waitForTB(t, 3*time.Minute, func() bool { a, _ := acked(); return a >= 50 })
+	// Kill in the middle of the burst, in rounds of three kills, each 0.7
+	// to 2.5 s after the restart before it (while the devices reconnect
+	// and resend); each round once the burst has moved on by a few hundred
+	// messages since the last.
 	for i := range cfg.kills {
+		if i%3 == 0 {
+			a0, _ := acked()
+			waitForTB(t, 3*time.Minute, func() bool { a, _ := acked(); return a >= a0+min(300, cfg.burst/(cfg.kills+1)) })
+		}
 		time.Sleep(700*time.Millisecond + rand.N(1800*time.Millisecond))
 		a, s := acked()
 		t.Logf("kill %d of %d with %d of %d sends acknowledged", i+1, cfg.kills, a, s)
