@@ -101,10 +101,10 @@ func (r Report) ComparedNothing() bool {
 func (r Report) Err() error {
 	switch {
 	case r.ComparedNothing() && r.Partitions == 0:
-		return fmt.Errorf("%w: %s holds %d records, but the store has no positions under %q to compare up to (has the projection applied anything?)",
+		return fmt.Errorf("%w: %s holds %d offsets of records and transaction markers, but the store has no positions under %q to compare up to (has the projection applied anything?)",
 			ErrComparedNothing, r.Topic, r.LogRecords, r.Positions)
 	case r.ComparedNothing():
-		return fmt.Errorf("%w: %s holds %d records; %d events and %d %s compared below the positions under %q of %d partitions",
+		return fmt.Errorf("%w: %s holds %d offsets of records and transaction markers; %d events and %d %s compared below the positions under %q of %d partitions",
 			ErrComparedNothing, r.Topic, r.LogRecords, r.Events, r.Entities, r.Kind, r.Positions, r.Partitions)
 	case !r.Agree:
 		return fmt.Errorf("%w: %s", ErrDisagree, r.FirstDifference)
@@ -119,8 +119,8 @@ func (r Report) Summary() string {
 	if r.Epoch > 0 {
 		what = fmt.Sprintf("%s epoch %d", r.Projection, r.Epoch)
 	}
-	return fmt.Sprintf("verify %s: compared %d %s and %d events of %s up to the positions under %s; log digest %s, store digest %s",
-		what, r.Entities, r.Kind, r.Events, r.Topic, r.Positions, short(r.LogDigest), short(r.StoreDigest))
+	return fmt.Sprintf("verify %s: compared %d %s and %d events of %s (%d offsets in the topic) up to the positions under %s; log digest %s, store digest %s",
+		what, r.Entities, r.Kind, r.Events, r.Topic, r.LogRecords, r.Positions, short(r.LogDigest), short(r.StoreDigest))
 }
 
 func short(d string) string { return d[:min(12, len(d))] }

@@ -267,7 +267,7 @@ func TestVerify(t *testing.T) {
 			if b.Projection == "inbox.e2" {
 				b.Projection = inbox.Name
 			}
-		}, ok, want{ErrComparedNothing, []string{`no positions under "inbox.e2"`, "v.inbox.e2 holds 13 records"}}},
+		}, ok, want{ErrComparedNothing, []string{`no positions under "inbox.e2"`, "v.inbox.e2 holds 13 offsets"}}},
 		{"nothing applied yet", func(b *store.Batch) { b.Positions = nil },
 			want{ErrComparedNothing, []string{`no positions under "history"`}},
 			want{ErrComparedNothing, []string{`no positions under "inbox.e2"`}}},
@@ -318,7 +318,7 @@ func TestVerify(t *testing.T) {
 			}
 			if c.name == "as built" {
 				rep, _ := Run(ctx, f.cfg, st, inbox.Name, domain.DefaultLimits())
-				if s := rep.Summary(); rep.Epoch != 2 || !strings.Contains(s, "verify inbox epoch 2: compared 3 users and 13 events of v.inbox.e2 up to the positions under inbox.e2") {
+				if s := rep.Summary(); rep.Epoch != 2 || !strings.Contains(s, "verify inbox epoch 2: compared 3 users and 13 events of v.inbox.e2 (13 offsets in the topic) up to the positions under inbox.e2") {
 					t.Errorf("summary: %s", s)
 				}
 			}
