@@ -440,7 +440,8 @@ func eta(j replayJob) string {
 }
 
 // verifyCmd asks a running node to verify a projection and prints the
-// report; it fails when the store and the log disagree.
+// report; it fails when the store and the log disagree, and when it
+// compared nothing while the log holds events.
 func verifyCmd(adminAddr, projection string, out *printer) error {
 	resp, err := http.Get("http://" + adminAddr + "/admin/verify?projection=" + projection)
 	if err != nil {
@@ -450,20 +451,20 @@ func verifyCmd(adminAddr, projection string, out *printer) error {
 	if err := decodeAdmin(resp, &rep); err != nil {
 		return err
 	}
-	out.done(fmt.Sprintf("verify %s: %d entities, %d events; log digest %s, store digest %s",
-		rep.Projection, rep.Entities, rep.Events, short(rep.LogDigest), short(rep.StoreDigest)))
-	if !rep.Agree {
+	out.done(rep.Summary())
+	if err := rep.Err(); err != nil {
 		repair := rep.Projection
 		if repair == inbox.Name {
 			repair = fanout.Name // the inbox in the store is the fan-out's output
 		}
-		return fmt.Errorf("the store and the log disagree: %s (repair: chatd replay --projection %s)", rep.FirstDifference, repair)
+		if errors.Is(err, verify.ErrComparedNothing) {
+			return fmt.Errorf("%w (wait for the projection to catch up, or rebuild it: chatd replay --projection %s)", err, repair)
+		}
+		return fmt.Errorf("%w (repair: chatd replay --projection %s)", err, repair)
 	}
 	out.done("they agree")
 	return nil
 }
-
-func short(d string) string { return d[:min(12, len(d))] }
 
 func decodeAdmin(resp *http.Response, v any) error {
 	defer resp.Body.Close()

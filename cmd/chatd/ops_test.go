@@ -7,13 +7,17 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/history"
+	"github.com/evchat/evchat/projections/inbox"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/cassandra"
 	"github.com/evchat/evchat/projections/store/pebblestore"
@@ -91,7 +95,7 @@ func TestVerifyAndReplay(t *testing.T) {
 		if out, ok := n.ops("replay", "--projection", "cursors", "--from", "offset:3"); !ok || !strings.Contains(out, "replay cursors done") {
 			t.Fatalf("replay cursors from offset:\n%s", out)
 		}
-		if out, ok := n.ops("verify", "--projection", "inbox"); !ok {
+		if out, ok := n.ops("verify", "--projection", "inbox"); !ok || !strings.Contains(out, "verify inbox epoch 1: compared 2 users") {
 			t.Fatalf("verify inbox:\n%s", out)
 		}
 		// Bad input to the operator's commands.
@@ -105,6 +109,215 @@ func TestVerifyAndReplay(t *testing.T) {
 			t.Fatalf("replay of the fan-out from an offset:\n%s", out)
 		}
 	})
+}
+
+// TestVerifyCatchesCorruption: verify compares the inbox of the epoch the
+// node reads, under that epoch's positions, and history, and says how many
+// users or channels and events it compared. Each change made to the store
+// behind the node's back (an inbox entry and a message changed, deleted,
+// added) fails verify, which names the user and the position, or the
+// channel and the offset; undone, verify agrees again.
+func TestVerifyCatchesCorruption(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, b backend) {
+		n := startNode(t, b)
+		ann, bob := n.signUp("ann"), n.signUp("bob")
+		tok := n.login(ann, "phone")
+		n.login(bob, "phone")
+		g := n.createChannel(tok, "group", bob.ID)
+		w := n.connect(tok)
+		const sent = 10
+		for i := range sent {
+			if f := w.send(g.ChannelID, fmt.Sprint(i), fmt.Sprint("message ", i)); f.Type != "ack" {
+				t.Fatalf("send: %+v", f)
+			}
+		}
+		w.c.Close()
+		// agree waits until verify passes having compared what was sent
+		// (the fan-out and the projections may still be behind), and
+		// holds it to the counts.
+		agree := func() {
+			t.Helper()
+			for _, c := range []struct {
+				projection, summary string
+				entities, events    int
+			}{
+				{"history", "verify history: compared ", 1, sent + 1}, // channel.created and the messages
+				{"inbox", "verify inbox epoch 1: compared ", 2, 2 * sent},
+			} {
+				var out string
+				var ok bool
+				var entities, events int
+				for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+					out, ok = n.ops("verify", "--projection", c.projection)
+					if entities, events = compared(t, out); ok && entities == c.entities && events >= c.events {
+						break
+					}
+				}
+				if !ok || !strings.Contains(out, c.summary) || !strings.Contains(out, "they agree") || entities != c.entities || events < c.events {
+					t.Fatalf("verify %s compared %d and %d events, want %d and at least %d:\n%s", c.projection, entities, events, c.entities, c.events, out)
+				}
+			}
+		}
+		// disagree expects both verifications to fail, each output saying
+		// every string of its list.
+		disagree := func(inboxSays, historySays []string) {
+			t.Helper()
+			for p, says := range map[string][]string{"inbox": inboxSays, "history": historySays} {
+				out, ok := n.ops("verify", "--projection", p)
+				t.Logf("%s", out)
+				if entities, events := compared(t, out); ok || entities == 0 || events == 0 {
+					t.Errorf("verify %s did not catch the change (ok=%v):\n%s", p, ok, out)
+				}
+				for _, s := range says {
+					if !strings.Contains(out, s) {
+						t.Errorf("verify %s does not say %q:\n%s", p, s, out)
+					}
+				}
+			}
+		}
+		agree()
+
+		users := []domain.UserID{domain.UserID(ann.ID), domain.UserID(bob.ID)}
+		ch := domain.ChannelID(g.ChannelID)
+		who := func(e store.InboxEntry) string {
+			return fmt.Sprintf("inbox epoch 1, user %s, position %d (partition %d)", e.UserID, e.Offset, e.Partition)
+		}
+		where := func(m store.Message) string {
+			return fmt.Sprintf("channel %s: message %s at offset %d", m.ChannelID, m.MessageID, m.Offset)
+		}
+		var entries []store.InboxEntry // bob's
+		var msgs []store.Message
+		var changedEntry store.InboxEntry
+		var changedMsg store.Message
+		n.corrupt(func(st store.Store) {
+			entries = inboxOf(t, st, users[1:])
+			msgs = messagesOf(t, st, ch)
+			if len(entries) != sent || len(msgs) != sent {
+				t.Fatalf("the store has %d of bob's entries and %d messages, want %d", len(entries), len(msgs), sent)
+			}
+			changedEntry, changedMsg = entries[3], msgs[5]
+			changedEntry.Message.Text, changedMsg.Text = "tampered", "tampered"
+			apply(t, st, store.Batch{Projection: "corruption", Inbox: []store.InboxEntry{changedEntry}, Messages: []store.Message{changedMsg}})
+		})
+		disagree([]string{who(entries[3]), "the entry differs", "tampered", "repair: chatd replay --projection fanout"},
+			[]string{where(msgs[5]) + " differs", "tampered", "repair: chatd replay --projection history"})
+
+		n.corrupt(func(st store.Store) {
+			apply(t, st, store.Batch{Projection: "corruption", Inbox: []store.InboxEntry{entries[3]}, Messages: []store.Message{msgs[5]}})
+			dropInbox(t, st, users, func(e store.InboxEntry) bool { return e.UserID == entries[4].UserID && e.Offset == entries[4].Offset })
+			dropMessages(t, st, ch, func(m store.Message) bool { return m.Offset == msgs[6].Offset })
+		})
+		disagree([]string{who(entries[4]), "is missing from the store"}, []string{where(msgs[6]) + " is missing from the store"})
+
+		forgedEntry := entries[0]
+		forgedEntry.Offset = freeOffset(t, entries, func(e store.InboxEntry) int64 { return e.Offset })
+		forgedEntry.Message.MessageID = 1
+		forgedMsg := msgs[0]
+		forgedMsg.Offset = freeOffset(t, msgs, func(m store.Message) int64 { return m.Offset })
+		forgedMsg.MessageID = 1
+		n.corrupt(func(st store.Store) {
+			apply(t, st, store.Batch{Projection: "corruption", Inbox: []store.InboxEntry{entries[4], forgedEntry}, Messages: []store.Message{msgs[6], forgedMsg}})
+		})
+		disagree([]string{who(forgedEntry), "message 1 is in the store but not in the log"}, []string{where(forgedMsg) + " is in the store but not in the log"})
+
+		n.corrupt(func(st store.Store) {
+			dropInbox(t, st, users, func(e store.InboxEntry) bool { return e.UserID == forgedEntry.UserID && e.Offset == forgedEntry.Offset })
+			dropMessages(t, st, ch, func(m store.Message) bool { return m.Offset == forgedMsg.Offset })
+		})
+		agree()
+	})
+}
+
+// compared reads how many entities and events verify's output says it
+// compared.
+func compared(t *testing.T, out string) (entities, events int) {
+	t.Helper()
+	m := regexp.MustCompile(`compared (\d+) (?:users|channels) and (\d+) events`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("verify does not say what it compared:\n%s", out)
+	}
+	entities, _ = strconv.Atoi(m[1])
+	events, _ = strconv.Atoi(m[2])
+	return entities, events
+}
+
+func apply(t *testing.T, st store.Store, b store.Batch) {
+	t.Helper()
+	if err := st.Apply(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// inboxOf reads the users' inbox entries of epoch 1.
+func inboxOf(t *testing.T, st store.Store, users []domain.UserID) []store.InboxEntry {
+	t.Helper()
+	var all []store.InboxEntry
+	for _, u := range users {
+		es, err := st.Inbox(context.Background(), u, 1, -1, 100_000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, es...)
+	}
+	return all
+}
+
+func messagesOf(t *testing.T, st store.Store, ch domain.ChannelID) []store.Message {
+	t.Helper()
+	ms, err := st.MessagesAfter(context.Background(), ch, -1, 100_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms
+}
+
+// dropInbox deletes the inbox entries (of epoch 1; users are all who
+// have any) that drop picks: the store deletes nothing but a projection's
+// whole state, so it resets the inbox's tables and writes back the rest.
+// The inbox projection's positions, under inbox.e1, stay.
+func dropInbox(t *testing.T, st store.Store, users []domain.UserID, drop func(store.InboxEntry) bool) {
+	t.Helper()
+	keep := slices.DeleteFunc(inboxOf(t, st, users), drop)
+	if err := st.ResetProjection(context.Background(), inbox.Name); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, st, store.Batch{Projection: "corruption", Inbox: keep})
+}
+
+// dropMessages deletes the messages of ch (the only channel) that drop
+// picks, as dropInbox does, keeping history's positions.
+func dropMessages(t *testing.T, st store.Store, ch domain.ChannelID, drop func(store.Message) bool) {
+	t.Helper()
+	pos, err := st.Positions(context.Background(), history.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := slices.DeleteFunc(messagesOf(t, st, ch), drop)
+	if err := st.ResetProjection(context.Background(), history.Name); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, st, store.Batch{Projection: history.Name, Positions: pos, Messages: keep})
+}
+
+// freeOffset returns the lowest offset below the highest of xs that none
+// of xs has: the offset of another record (another user's entry, another
+// event, a transaction marker) of the same partition.
+func freeOffset[T any](t *testing.T, xs []T, offset func(T) int64) int64 {
+	t.Helper()
+	used := map[int64]bool{}
+	var last int64
+	for _, x := range xs {
+		used[offset(x)] = true
+		last = max(last, offset(x))
+	}
+	for o := range last {
+		if !used[o] {
+			return o
+		}
+	}
+	t.Fatalf("no free offset below %d", last)
+	return 0
 }
 
 // TestReplayFanoutAndPresence: rebuilding the fan-out writes inbox epoch 2
@@ -227,7 +440,7 @@ func TestReplayFanoutAndPresence(t *testing.T) {
 		if f, _ := bogus.readUntil("resync"); *f.Epoch != 2 {
 			t.Errorf("resync to epoch %d, want 2", *f.Epoch)
 		}
-		if out, ok := n.ops("verify", "--projection", "inbox"); !ok {
+		if out, ok := n.ops("verify", "--projection", "inbox"); !ok || !strings.Contains(out, "verify inbox epoch 2: compared 2 users") {
 			t.Fatalf("verify inbox of epoch 2:\n%s", out)
 		}
 		// Live delivery runs on the new epoch (ann's connection was closed

@@ -1,8 +1,25 @@
 // Package verify checks a projection's state in the store against what the
-// log says it must be: it reads the projection's topic from the beginning up
-// to the projection's current positions, rebuilds the expected state with
-// the same domain rules, reads the store's state, and compares them entity
-// by entity (channel or user), in id order, with a digest of each.
+// log says it must be: it reads the projection's positions in the store,
+// reads the projection's topic from the beginning up to them, rebuilds the
+// expected state with the same rules as the projection, reads the store's
+// state, and compares them entity by entity (channel or user), in id order,
+// with a digest of each. Records past the positions (not applied yet) are
+// not compared.
+//
+// It verifies history (chat.channels → channels and messages, positions
+// under "history") and the inbox of the node's current inbox epoch N
+// (chat.inbox.eN → the store's inbox of epoch N, one entry per (user,
+// message), the first copy; positions under "inbox.eN").
+//
+// A verification that compared nothing proves nothing: when the topic holds
+// records but no entity or no event was compared (the projection has not
+// applied anything, or its positions are read under the wrong name), the
+// report does not agree and Report.Err says so. A disagreement names the
+// first difference: the channel and the message's offset, or the user and
+// the inbox position.
+//
+// The entities are those the log names: state the store holds for a
+// channel or user the log never mentions is not seen.
 package verify
 
 import (
@@ -15,10 +32,13 @@ import (
 	"slices"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/history"
+	"github.com/evchat/evchat/projections/inbox"
 	"github.com/evchat/evchat/projections/store"
 )
 
@@ -30,40 +50,152 @@ type Store interface {
 	Inbox(ctx context.Context, u domain.UserID, epoch int32, after int64, limit int) ([]store.InboxEntry, error)
 }
 
+// Errors of Report.Err.
+var (
+	// ErrComparedNothing: the log holds records, but verification
+	// compared no entity or no event.
+	ErrComparedNothing = errors.New("verify compared nothing")
+	// ErrDisagree: the store and the log disagree.
+	ErrDisagree = errors.New("the store and the log disagree")
+)
+
 // Report is the outcome of a verification.
 type Report struct {
 	Projection string `json:"projection"`
-	// Agree is true when every entity's state matches the log.
+	// Epoch is the inbox epoch compared (inbox only).
+	Epoch int32 `json:"epoch,omitempty"`
+	// Positions is the name the projection's positions are stored under
+	// ("history", "inbox.e2"); Partitions how many partitions have one.
+	Positions  string `json:"positions"`
+	Partitions int    `json:"partitions"`
+	// Topic is the topic read; LogRecords how many records (and
+	// transaction markers) it holds, compared or not.
+	Topic      string `json:"topic"`
+	LogRecords int64  `json:"log_records"`
+	// Agree is true when something was compared (or the log is empty) and
+	// every entity's state matches the log.
 	Agree bool `json:"agree"`
-	// Entities is how many channels (history) or users (inbox) were
-	// compared; Events how many log records were read.
-	Entities int   `json:"entities"`
-	Events   int64 `json:"events"`
+	// Entities is how many entities were compared, of Kind ("channels" or
+	// "users"); Events how many log records below the positions were read.
+	Entities int    `json:"entities"`
+	Kind     string `json:"kind"`
+	Events   int64  `json:"events"`
 	// LogDigest and StoreDigest digest the whole state, as rebuilt from the
 	// log and as read from the store.
 	LogDigest   string `json:"log_digest"`
 	StoreDigest string `json:"store_digest"`
 	// FirstDifference names the first entity (in id order) that differs,
-	// and how, when they do not agree.
+	// and how, when the digests differ.
 	FirstDifference string `json:"first_difference,omitempty"`
 }
 
-// Projections lists what Run can verify.
-var Projections = []string{"history", "inbox"}
+// ComparedNothing reports a verification that proves nothing: the topic
+// holds records, but no entity or no event was compared.
+func (r Report) ComparedNothing() bool {
+	return r.LogRecords > 0 && (r.Entities == 0 || r.Events == 0)
+}
 
-// Run verifies one projection.
+// Err returns nil when the verification passed, an error wrapping
+// ErrComparedNothing when it compared nothing while the log holds records,
+// and one wrapping ErrDisagree with the first difference otherwise.
+func (r Report) Err() error {
+	switch {
+	case r.ComparedNothing() && r.Partitions == 0:
+		return fmt.Errorf("%w: %s holds %d offsets of records and transaction markers, but the store has no positions under %q to compare up to (has the projection applied anything?)",
+			ErrComparedNothing, r.Topic, r.LogRecords, r.Positions)
+	case r.ComparedNothing():
+		return fmt.Errorf("%w: %s holds %d offsets of records and transaction markers; %d events and %d %s compared below the positions under %q of %d partitions",
+			ErrComparedNothing, r.Topic, r.LogRecords, r.Events, r.Entities, r.Kind, r.Positions, r.Partitions)
+	case !r.Agree:
+		return fmt.Errorf("%w: %s", ErrDisagree, r.FirstDifference)
+	}
+	return nil
+}
+
+// Summary is one line saying what was compared: the projection (and the
+// inbox's epoch), the counts and the digests.
+func (r Report) Summary() string {
+	what := r.Projection
+	if r.Epoch > 0 {
+		what = fmt.Sprintf("%s epoch %d", r.Projection, r.Epoch)
+	}
+	return fmt.Sprintf("verify %s: compared %d %s and %d events of %s (%d offsets in the topic) up to the positions under %s; log digest %s, store digest %s",
+		what, r.Entities, r.Kind, r.Events, r.Topic, r.LogRecords, r.Positions, short(r.LogDigest), short(r.StoreDigest))
+}
+
+func short(d string) string { return d[:min(12, len(d))] }
+
+// Projections lists what Run can verify.
+var Projections = []string{history.Name, inbox.Name}
+
+// Run verifies one projection: history, or the inbox of cfg's inbox epoch
+// (a node passes its config with the epochs it reads).
 func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, limits domain.Limits) (Report, error) {
-	pos, err := st.Positions(ctx, projection)
+	rep := Report{Projection: projection}
+	switch projection {
+	case history.Name:
+		rep.Positions, rep.Topic, rep.Kind = history.Name, cfg.Topics().Channels, "channels"
+	case inbox.Name:
+		rep.Epoch = cfg.Epoch()
+		rep.Positions, rep.Topic, rep.Kind = eventlog.Epoched(inbox.Name, rep.Epoch), cfg.Topics().Inbox, "users"
+	default:
+		return Report{}, domain.Errorf(domain.CodeBadRequest, "cannot verify %q: verify knows %v", projection, Projections)
+	}
+	held, err := logRecords(ctx, cfg, rep.Topic)
 	if err != nil {
 		return Report{}, err
 	}
-	switch projection {
-	case "history":
-		return history(ctx, cfg, st, pos, limits)
-	case "inbox":
-		return inbox(ctx, cfg, st, pos)
+	pos, err := st.Positions(ctx, rep.Positions)
+	if err != nil {
+		return Report{}, err
 	}
-	return Report{}, domain.Errorf(domain.CodeBadRequest, "cannot verify %q: verify knows %v", projection, Projections)
+	if projection == history.Name {
+		err = verifyHistory(ctx, cfg, st, pos, limits, &rep)
+	} else {
+		err = verifyInbox(ctx, cfg, st, pos, &rep)
+	}
+	if err != nil {
+		return Report{}, err
+	}
+	rep.LogRecords = held
+	for _, p := range pos {
+		if p > 0 {
+			rep.Partitions++
+		}
+	}
+	rep.Agree = rep.LogDigest == rep.StoreDigest && !rep.ComparedNothing()
+	return rep, nil
+}
+
+// logRecords returns how many offsets topic holds between its partitions'
+// start and end: records, and the markers of transactions.
+func logRecords(ctx context.Context, cfg eventlog.Config, topic string) (int64, error) {
+	cl, err := kgo.NewClient(cfg.ClientOpts()...)
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("verify: end offsets of %s: %w", topic, err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, topic)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return 0, fmt.Errorf("verify: start offsets of %s: %w", topic, err)
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) {
+		s, _ := starts.Lookup(o.Topic, o.Partition)
+		n += max(o.Offset-s.Offset, 0)
+	})
+	return n, nil
 }
 
 // readLog calls fn for every record of topic below pos, in partition order.
@@ -99,7 +231,7 @@ type messageDigest struct {
 	SentAt    time.Time        `json:"sent_at"`
 }
 
-func history(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]int64, limits domain.Limits) (Report, error) {
+func verifyHistory(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]int64, limits domain.Limits, rep *Report) error {
 	want := map[domain.ChannelID]*channelState{}
 	seen := map[domain.MessageID]bool{}
 	n, err := readLog(ctx, cfg, cfg.Topics().Channels, pos, func(r *kgo.Record) {
@@ -130,9 +262,9 @@ func history(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]i
 		cs.Channel.Version = r.Offset + 1
 	})
 	if err != nil {
-		return Report{}, err
+		return err
 	}
-	rep := Report{Projection: "history", Events: n}
+	rep.Events = n
 	ids := make([]string, 0, len(want))
 	for id := range want {
 		ids = append(ids, string(id))
@@ -148,7 +280,7 @@ func history(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]i
 		switch {
 		case errors.Is(err, domain.ErrNotFound):
 		case err != nil:
-			return Report{}, err
+			return err
 		default:
 			c.CreatedAt = c.CreatedAt.UTC().Truncate(time.Millisecond)
 			got.Channel = c
@@ -156,7 +288,7 @@ func history(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]i
 		for after := int64(-1); ; {
 			ms, err := st.MessagesAfter(ctx, id, after, 500)
 			if err != nil {
-				return Report{}, err
+				return err
 			}
 			for _, m := range ms {
 				if m.Offset >= pos[w.partition] {
@@ -174,29 +306,48 @@ func history(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]i
 		storeSum.Write([]byte(gd))
 		rep.Entities++
 		if wd != gd && rep.FirstDifference == "" {
-			rep.FirstDifference = describe(string(id), w, got)
+			rep.FirstDifference = describeChannel(string(id), w, got)
 		}
 	}
 	rep.LogDigest, rep.StoreDigest = hex.EncodeToString(logSum.Sum(nil)), hex.EncodeToString(storeSum.Sum(nil))
-	rep.Agree = rep.LogDigest == rep.StoreDigest
-	return rep, nil
+	return nil
 }
 
-func describe(id string, want, got *channelState) string {
+// describeChannel names how a channel differs: its members, or the first
+// message (by offset in the channel's partition) that differs.
+func describeChannel(id string, want, got *channelState) string {
 	if !slices.Equal(want.Channel.Members, got.Channel.Members) || want.Channel.Kind != got.Channel.Kind {
 		return fmt.Sprintf("channel %s: members %v in the log, %v in the store", id, want.Channel.Members, got.Channel.Members)
 	}
-	for i := range max(len(want.Messages), len(got.Messages)) {
-		switch {
-		case i >= len(got.Messages):
-			return fmt.Sprintf("channel %s: message %s (offset %d) missing from the store", id, want.Messages[i].MessageID, want.Messages[i].Offset)
-		case i >= len(want.Messages):
-			return fmt.Sprintf("channel %s: message %s (offset %d) in the store but not in the log", id, got.Messages[i].MessageID, got.Messages[i].Offset)
-		case want.Messages[i] != got.Messages[i]:
-			return fmt.Sprintf("channel %s: message at offset %d differs: log %+v, store %+v", id, want.Messages[i].Offset, want.Messages[i], got.Messages[i])
-		}
+	w, g, ok := firstDifference(want.Messages, got.Messages, func(m messageDigest) int64 { return m.Offset })
+	switch {
+	case !ok:
+		return fmt.Sprintf("channel %s: state differs: log %+v, store %+v", id, want.Channel, got.Channel)
+	case g == nil:
+		return fmt.Sprintf("channel %s: message %s at offset %d is missing from the store", id, w.MessageID, w.Offset)
+	case w == nil:
+		return fmt.Sprintf("channel %s: message %s at offset %d is in the store but not in the log", id, g.MessageID, g.Offset)
 	}
-	return fmt.Sprintf("channel %s: state differs: log %+v, store %+v", id, want.Channel, got.Channel)
+	return fmt.Sprintf("channel %s: message %s at offset %d differs: log %+v, store %+v", id, w.MessageID, w.Offset, *w, *g)
+}
+
+// firstDifference walks two lists in offset order and returns the first
+// offset at which they differ: an element only want has (got is nil), only
+// got has (want is nil), or both have with different digests.
+func firstDifference[T any](want, got []T, offset func(T) int64) (w, g *T, ok bool) {
+	i, j := 0, 0
+	for i < len(want) || j < len(got) {
+		switch {
+		case j == len(got) || i < len(want) && offset(want[i]) < offset(got[j]):
+			return &want[i], nil, true
+		case i == len(want) || offset(got[j]) < offset(want[i]):
+			return nil, &got[j], true
+		case digest(want[i]) != digest(got[j]):
+			return &want[i], &got[j], true
+		}
+		i, j = i+1, j+1
+	}
+	return nil, nil, false
 }
 
 func digest(v any) string {
@@ -205,14 +356,23 @@ func digest(v any) string {
 	return hex.EncodeToString(s[:])
 }
 
+// inboxDigest is one inbox entry: its position (partition, offset) and
+// the whole message it copies.
 type inboxDigest struct {
-	Offset    int64            `json:"offset"`
-	MessageID domain.MessageID `json:"message_id"`
-	ChannelID domain.ChannelID `json:"channel_id"`
-	Text      string           `json:"text"`
+	Partition int32               `json:"partition"`
+	Offset    int64               `json:"offset"`
+	Message   domain.InboxMessage `json:"message"`
 }
 
-func inbox(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]int64) (Report, error) {
+func newInboxDigest(partition int32, offset int64, m domain.InboxMessage) inboxDigest {
+	m.SentAt = m.SentAt.UTC().Truncate(time.Millisecond)
+	return inboxDigest{partition, offset, m}
+}
+
+// verifyInbox compares the store's inbox of cfg's epoch with the inbox
+// topic of that epoch: one entry per (user, message), the first copy, as
+// the inbox projection keeps.
+func verifyInbox(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]int64, rep *Report) error {
 	want := map[domain.UserID][]inboxDigest{}
 	seen := map[string]bool{}
 	n, err := readLog(ctx, cfg, cfg.Topics().Inbox, pos, func(r *kgo.Record) {
@@ -229,30 +389,29 @@ func inbox(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]int
 			return
 		}
 		seen[k] = true
-		want[m.UserID] = append(want[m.UserID], inboxDigest{r.Offset, m.MessageID, m.ChannelID, m.Text})
+		want[m.UserID] = append(want[m.UserID], newInboxDigest(r.Partition, r.Offset, m))
 	})
 	if err != nil {
-		return Report{}, err
+		return err
 	}
-	rep := Report{Projection: "inbox", Events: n}
+	rep.Events = n
 	users := make([]string, 0, len(want))
 	for u := range want {
 		users = append(users, string(u))
 	}
 	slices.Sort(users)
 	logSum, storeSum := sha256.New(), sha256.New()
-	epoch := cfg.Epoch()
 	for _, s := range users {
 		u := domain.UserID(s)
 		var got []inboxDigest
 		for after := int64(-1); ; {
-			es, err := st.Inbox(ctx, u, epoch, after, 500)
+			es, err := st.Inbox(ctx, u, rep.Epoch, after, 500)
 			if err != nil {
-				return Report{}, err
+				return err
 			}
 			for _, e := range es {
 				if p, ok := pos[e.Partition]; ok && e.Offset < p {
-					got = append(got, inboxDigest{e.Offset, e.Message.MessageID, e.Message.ChannelID, e.Message.Text})
+					got = append(got, newInboxDigest(e.Partition, e.Offset, e.Message))
 				}
 			}
 			if len(es) < 500 {
@@ -265,18 +424,27 @@ func inbox(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]int
 		storeSum.Write([]byte(gd))
 		rep.Entities++
 		if wd != gd && rep.FirstDifference == "" {
-			rep.FirstDifference = fmt.Sprintf("user %s: %d inbox entries in the log, %d in the store", u, len(want[u]), len(got))
-			if len(want[u]) == len(got) {
-				for i := range got {
-					if got[i] != want[u][i] {
-						rep.FirstDifference = fmt.Sprintf("user %s: entry at offset %d differs: log %+v, store %+v", u, want[u][i].Offset, want[u][i], got[i])
-						break
-					}
-				}
-			}
+			rep.FirstDifference = describeInbox(rep.Epoch, u, want[u], got)
 		}
 	}
 	rep.LogDigest, rep.StoreDigest = hex.EncodeToString(logSum.Sum(nil)), hex.EncodeToString(storeSum.Sum(nil))
-	rep.Agree = rep.LogDigest == rep.StoreDigest
-	return rep, nil
+	return nil
+}
+
+// describeInbox names the first position of a user's inbox at which the
+// store and the log differ.
+func describeInbox(epoch int32, u domain.UserID, want, got []inboxDigest) string {
+	w, g, ok := firstDifference(want, got, func(e inboxDigest) int64 { return e.Offset })
+	at := func(e *inboxDigest) string {
+		return fmt.Sprintf("inbox epoch %d, user %s, position %d (partition %d)", epoch, u, e.Offset, e.Partition)
+	}
+	switch {
+	case !ok:
+		return fmt.Sprintf("inbox epoch %d, user %s: entries differ", epoch, u)
+	case g == nil:
+		return fmt.Sprintf("%s: message %s is missing from the store", at(w), w.Message.MessageID)
+	case w == nil:
+		return fmt.Sprintf("%s: message %s is in the store but not in the log", at(g), g.Message.MessageID)
+	}
+	return fmt.Sprintf("%s: the entry differs: log %+v, store %+v", at(w), w.Message, g.Message)
 }
