@@ -415,7 +415,8 @@ func testTakeOverSend(t *testing.T, s store.Store) {
 	want := r
 	want.Attempt = second
 	reads(t, "after a takeover", want) // the other fields are kept
-	takeOver(t, 1, store.SendAttempt{Number: 2, Node: 5, Boot: "b3", LeaseAt: at(3)}, false) // a second takeover from 1
+	// A second takeover from attempt 1 is not taken.
+	takeOver(t, 1, store.SendAttempt{Number: 2, Node: 5, Boot: "b3", LeaseAt: at(3)}, false)
 	reads(t, "after a second takeover from the same attempt", want)
 	released := store.SendAttempt{Number: 3, LeaseAt: at(4)}
 	takeOver(t, 2, released, true)
