@@ -26,6 +26,29 @@ type hookedStore struct {
 	*pebblestore.Store
 	reads        atomic.Int64
 	afterReserve atomic.Pointer[func()]
+	barrier      atomic.Pointer[barrier] // ReserveSend answers when all of its calls have read
+}
+
+// barrier lets n calls through together.
+type barrier struct {
+	left atomic.Int64
+	all  chan struct{}
+}
+
+func newBarrier(n int) *barrier {
+	b := &barrier{all: make(chan struct{})}
+	b.left.Store(int64(n))
+	return b
+}
+
+func (b *barrier) wait(ctx context.Context) {
+	if b.left.Add(-1) == 0 {
+		close(b.all)
+	}
+	select {
+	case <-b.all:
+	case <-ctx.Done():
+	}
 }
 
 func (h *hookedStore) SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (store.SendReservation, error) {
@@ -35,6 +58,9 @@ func (h *hookedStore) SendReservation(ctx context.Context, sender domain.UserID,
 
 func (h *hookedStore) ReserveSend(ctx context.Context, r store.SendReservation) (store.SendReservation, bool, error) {
 	got, created, err := h.Store.ReserveSend(ctx, r)
+	if b := h.barrier.Load(); b != nil {
+		b.wait(ctx)
+	}
 	if f := h.afterReserve.Swap(nil); f != nil {
 		(*f)()
 	}
@@ -52,9 +78,10 @@ type fakeLog struct {
 	recs    []domain.MessageSent // the channel topic, offset = index
 	applied int                  // how many of recs history has applied
 	lag     bool
-	failing error // appends fail with it and write nothing
-	endErr  error // End fails with it
-	ends    int   // End calls
+	failing error         // appends fail with it and write nothing
+	endErr  error         // End fails with it
+	endGate chan struct{} // if set, End waits until it is closed
+	ends    int           // End calls
 }
 
 func (l *fakeLog) Append(ctx context.Context, topic, key string, ev domain.Event, m domain.Meta) (eventlog.Position, error) {
@@ -79,12 +106,21 @@ func (l *fakeLog) Append(ctx context.Context, topic, key string, ev domain.Event
 
 func (l *fakeLog) End(ctx context.Context, topic, key string) (eventlog.Position, error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.ends++
-	if l.endErr != nil {
-		return eventlog.Position{}, l.endErr
+	gate, err := l.endGate, l.endErr
+	end := eventlog.Position{Partition: 0, Offset: int64(len(l.recs))}
+	l.mu.Unlock()
+	if err != nil {
+		return eventlog.Position{}, err
 	}
-	return eventlog.Position{Partition: 0, Offset: int64(len(l.recs))}, nil
+	if gate != nil { // the answer is on its way back
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return eventlog.Position{}, ctx.Err()
+		}
+	}
+	return end, nil
 }
 
 // applyLocked plays history: it stores each new message unless its id is
@@ -320,10 +356,25 @@ func TestConcurrentResends(t *testing.T) {
 			e := newEnv(t)
 			id := e.firstAttemptDies(t, e.node(t, 1, "a"), "c1", "hi")
 			nodes := tc.resends(e, t)
+			// The first resend to look for the message in the log is held
+			// there until the others have either looked too (a takeover
+			// that was not exclusive) or are waiting for its outcome.
+			// History lags, so a resend that looked would not find
+			// another's copy.
+			gate := make(chan struct{})
+			e.log.set(func(l *fakeLog) { l.endGate, l.lag = gate, true })
+			reads := e.st.reads.Load()
+			const n = 8
+			// Every resend finds the reservation before any takes it over.
+			e.st.barrier.Store(newBarrier(n))
 			var outs []<-chan result
-			for i := range 8 {
+			for i := range n {
 				outs = append(outs, goSend(nodes[i%len(nodes)], ch1, "c1", "hi"))
 			}
+			waitFor(t, "a second resend looks in the log, or the others wait", func() bool {
+				return e.log.endCalls() >= 2 || e.st.reads.Load() >= reads+2*(n-1)
+			})
+			close(gate)
 			for i, out := range outs {
 				if r := <-out; r.err != nil || r.id != id {
 					t.Errorf("resend %d: id %d, %v; want %d", i, r.id, r.err, id)
@@ -461,7 +512,12 @@ func TestResendConflicts(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, s := range []*Service{a, e.node(t, 2, "b")} {
-				if _, err := s.Send(ctx, ann, "phone", tc.ch, "c1", tc.text); domain.CodeOf(err) != domain.CodeConflict {
+				// Bounded: a resend taken for the same message would wait
+				// for the first attempt's lease.
+				ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				_, err := s.Send(ctx, ann, "phone", tc.ch, "c1", tc.text)
+				cancel()
+				if domain.CodeOf(err) != domain.CodeConflict {
 					t.Fatalf("got %v, want code %s", err, domain.CodeConflict)
 				}
 			}
