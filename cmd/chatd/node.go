@@ -150,7 +150,13 @@ func runNode(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer app.Close()
-	svc, err := chat.New(chat.Config{Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: log}, st, app, ids, tokens)
+	// The service's attempts carry the machine id and a boot id of this
+	// process: after a restart, resends of what the dead process was
+	// sending take over at once.
+	svc, err := chat.New(chat.Config{
+		Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: log,
+		Node: cfg.MachineID, DeliveryTimeout: logCfg.DeliveryTimeout,
+	}, st, app, ids, tokens)
 	if err != nil {
 		return err
 	}

@@ -32,13 +32,26 @@ type Config struct {
 	Partitions int32
 	// ReplicationFactor of created topics. Default -1: the broker's default.
 	ReplicationFactor int16
+	// DeliveryTimeout bounds how long an Appender keeps trying to write one
+	// record (kgo.RecordDeliveryTimeout, Kafka's delivery.timeout.ms): after
+	// it the record fails and is not sent again, so an append started more
+	// than DeliveryTimeout ago (and a request on its way then) can no longer
+	// land. The resend lease of gateway/chat relies on it (see
+	// chat.Config.Validate). Default DefaultDeliveryTimeout.
+	DeliveryTimeout time.Duration
 	// Logger receives the client's logs at warn and above. Default: discard.
 	Logger *slog.Logger
 	// Lag, if set, tracks the projections' lag.
 	Lag *Lag
 }
 
+// DefaultDeliveryTimeout is Config.DeliveryTimeout's default.
+const DefaultDeliveryTimeout = 5 * time.Second
+
 func (c Config) withDefaults() Config {
+	if c.DeliveryTimeout == 0 {
+		c.DeliveryTimeout = DefaultDeliveryTimeout
+	}
 	if c.Prefix == "" {
 		c.Prefix = "chat"
 	}
@@ -67,6 +80,9 @@ func (c Config) Validate() error {
 	}
 	if c.Partitions < 0 {
 		return fmt.Errorf("eventlog: partitions %d < 0", c.Partitions)
+	}
+	if c.DeliveryTimeout < 0 {
+		return fmt.Errorf("eventlog: delivery timeout %s < 0", c.DeliveryTimeout)
 	}
 	return nil
 }
@@ -210,19 +226,47 @@ func Record(topic, key string, ev domain.Event, m domain.Meta) (*kgo.Record, err
 
 // Appender appends events and waits for the log to accept them.
 type Appender struct {
-	cl *kgo.Client
+	cl  *kgo.Client
+	adm *kadm.Client // on cl
 }
 
-// NewAppender returns an appender on a client of its own.
+// NewAppender returns an appender on a client of its own, which gives up on
+// a record after cfg.DeliveryTimeout.
 func NewAppender(cfg Config, extra ...kgo.Opt) (*Appender, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cl, err := kgo.NewClient(cfg.ClientOpts(extra...)...)
+	cfg = cfg.withDefaults()
+	opts := append([]kgo.Opt{kgo.RecordDeliveryTimeout(cfg.DeliveryTimeout)}, extra...)
+	cl, err := kgo.NewClient(cfg.ClientOpts(opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: client: %w", err)
 	}
-	return &Appender{cl: cl}, nil
+	return &Appender{cl: cl, adm: kadm.NewClient(cl)}, nil
+}
+
+// End returns the partition of topic that records keyed by key go to (the
+// producer's default partitioning: murmur2 of the key, as Kafka's) and
+// the offset just past its last record, the high watermark: every record
+// the log has acknowledged lies below it.
+func (a *Appender) End(ctx context.Context, topic, key string) (Position, error) {
+	ends, err := a.adm.ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return Position{}, &domain.Error{Code: domain.CodeUnavailable, Msg: "the log's end is unknown", Err: err}
+	}
+	n := len(ends[topic])
+	if n == 0 {
+		return Position{}, &domain.Error{Code: domain.CodeUnavailable, Msg: "topic " + topic + " has no partitions"}
+	}
+	p := int32(kgo.StickyKeyPartitioner(nil).ForTopic(topic).Partition(&kgo.Record{Key: []byte(key)}, n))
+	o, ok := ends.Lookup(topic, p)
+	if !ok {
+		return Position{}, &domain.Error{Code: domain.CodeUnavailable, Msg: fmt.Sprintf("no end offset of %s/%d", topic, p)}
+	}
+	return Position{Partition: p, Offset: o.Offset}, nil
 }
 
 // Position is where the log put a record.

@@ -49,6 +49,12 @@ func (m *Metered) ReserveSend(ctx context.Context, r SendReservation) (SendReser
 	return m.Store.ReserveSend(ctx, r)
 }
 
+// TakeOverSend is Store.TakeOverSend, timed.
+func (m *Metered) TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next SendAttempt) (bool, error) {
+	defer m.observe("take_over_send", time.Now())
+	return m.Store.TakeOverSend(ctx, sender, clientMsgID, from, next)
+}
+
 // MarkSendAppended is Store.MarkSendAppended, timed.
 func (m *Metered) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string) error {
 	defer m.observe("mark_send_appended", time.Now())

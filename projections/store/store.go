@@ -32,6 +32,15 @@ type Store interface {
 	// returns the existing one and created=false. It is atomic: of two
 	// concurrent calls for one pair, exactly one creates.
 	ReserveSend(ctx context.Context, r SendReservation) (got SendReservation, created bool, err error)
+	// SendReservation returns the reservation of (sender, clientMsgID), or
+	// domain.ErrNotFound. It may lag a moment behind the last write.
+	SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (SendReservation, error)
+	// TakeOverSend makes next the reservation's attempt if the reservation
+	// is not marked appended and its attempt number is still from: a
+	// compare-and-set, so of concurrent takeovers from one attempt at most
+	// one is taken. The other fields are kept. An unknown reservation is
+	// not taken. next.Number must be above from.
+	TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next SendAttempt) (taken bool, err error)
 	// MarkSendAppended records that the reserved message is in the log.
 	MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string) error
 
@@ -122,14 +131,40 @@ type User struct {
 }
 
 // SendReservation ties a client's message id to the message id the gateway
-// issued for it, so a resend finds the first id.
+// issued for it, so a resend finds the first id, and says which attempt may
+// append the message to the log now.
 type SendReservation struct {
 	SenderID    domain.UserID
 	ClientMsgID string
 	ChannelID   domain.ChannelID
 	MessageID   domain.MessageID
-	ReservedAt  time.Time
-	Appended    bool // the log accepted the message
+	ReservedAt  time.Time // the message's time in the log, whichever attempt appends it
+	// TextHash is a digest of the text: a resend with another text under
+	// the same client message id is a conflict. Empty in reservations
+	// made before it was kept.
+	TextHash string
+	Appended bool // the log accepted the message
+	// Attempt is the attempt that may append the message now. Only
+	// TakeOverSend changes it.
+	Attempt SendAttempt
+}
+
+// SendAttempt is who may append a reserved message to the log, and since
+// when. Its zero value is the attempt of a reservation made before attempts
+// were kept (its lease runs from ReservedAt).
+type SendAttempt struct {
+	// Number counts the attempts: 1 for the send that made the
+	// reservation, one more for each takeover.
+	Number int64
+	// Node is the machine id of the node that makes the attempt, Boot the
+	// process of that node (new at every start): a node that finds an
+	// attempt of its own machine id under another boot knows that the
+	// process that made it is gone. An empty Boot with a Number above 0
+	// is a released attempt: nobody holds the reservation.
+	Node uint16
+	Boot string
+	// LeaseAt is when the attempt's lease started, by its node's clock.
+	LeaseAt time.Time
 }
 
 // Batch is what a projection writes for a run of events.

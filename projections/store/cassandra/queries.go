@@ -8,6 +8,7 @@ type queries struct {
 	insertUserByName, insertUser, releaseUserName, selectUserByName, selectUser string
 
 	insertReservation, markAppended, reservationExists string
+	selectReservation, takeOverReservation             string
 
 	insertPosition, selectPositions, deletePositions string
 
@@ -28,6 +29,7 @@ func newQueries(ks string) queries {
 	r := strings.NewReplacer("${keyspace}", ks)
 	q := func(s string) string { return r.Replace(s) }
 	const msgCols = "log_offset, message_id, sender_id, device_id, client_msg_id, text, sent_at"
+	const resCols = "channel_id, message_id, reserved_at, text_hash, appended, attempt, node, boot, lease_at"
 	return queries{
 		insertUserByName: q(`INSERT INTO ${keyspace}.users_by_name (name, user_id, password_hash, created_at) VALUES (?, ?, ?, ?) IF NOT EXISTS`),
 		insertUser:       q(`INSERT INTO ${keyspace}.users (user_id, name, password_hash, created_at) VALUES (?, ?, ?, ?) IF NOT EXISTS`),
@@ -35,9 +37,11 @@ func newQueries(ks string) queries {
 		selectUserByName: q(`SELECT user_id, password_hash, created_at FROM ${keyspace}.users_by_name WHERE name = ?`),
 		selectUser:       q(`SELECT name, password_hash, created_at FROM ${keyspace}.users WHERE user_id = ?`),
 
-		insertReservation: q(`INSERT INTO ${keyspace}.send_reservations (sender_id, client_msg_id, channel_id, message_id, reserved_at, appended) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS`),
-		markAppended:      q(`UPDATE ${keyspace}.send_reservations SET appended = true WHERE sender_id = ? AND client_msg_id = ?`),
-		reservationExists: q(`SELECT appended FROM ${keyspace}.send_reservations WHERE sender_id = ? AND client_msg_id = ?`),
+		insertReservation:   q(`INSERT INTO ${keyspace}.send_reservations (sender_id, client_msg_id, ` + resCols + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS`),
+		markAppended:        q(`UPDATE ${keyspace}.send_reservations SET appended = true WHERE sender_id = ? AND client_msg_id = ?`),
+		reservationExists:   q(`SELECT appended FROM ${keyspace}.send_reservations WHERE sender_id = ? AND client_msg_id = ?`),
+		selectReservation:   q(`SELECT ` + resCols + ` FROM ${keyspace}.send_reservations WHERE sender_id = ? AND client_msg_id = ?`),
+		takeOverReservation: q(`UPDATE ${keyspace}.send_reservations SET attempt = ?, node = ?, boot = ?, lease_at = ? WHERE sender_id = ? AND client_msg_id = ? IF attempt = ? AND appended = false`),
 
 		insertPosition:  q(`INSERT INTO ${keyspace}.positions (projection, partition, next_offset) VALUES (?, ?, ?)`),
 		selectPositions: q(`SELECT partition, next_offset FROM ${keyspace}.positions WHERE projection = ?`),

@@ -207,7 +207,8 @@ func (s *Store) User(ctx context.Context, id domain.UserID) (store.User, error) 
 func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store.SendReservation, bool, error) {
 	existing := map[string]any{}
 	applied, err := s.lwt(ctx, s.q.insertReservation,
-		string(r.SenderID), r.ClientMsgID, string(r.ChannelID), int64(r.MessageID), r.ReservedAt, r.Appended,
+		string(r.SenderID), r.ClientMsgID, string(r.ChannelID), int64(r.MessageID), r.ReservedAt, r.TextHash, r.Appended,
+		attemptNumber(r.Attempt.Number), int(r.Attempt.Node), r.Attempt.Boot, leaseAt(r.Attempt.LeaseAt),
 	).MapScanCAS(existing)
 	if err != nil {
 		return store.SendReservation{}, false, fail("reserve send", err)
@@ -225,10 +226,87 @@ func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store
 	if v, ok := existing["reserved_at"].(time.Time); ok {
 		got.ReservedAt = v
 	}
+	if v, ok := existing["text_hash"].(string); ok {
+		got.TextHash = v
+	}
 	if v, ok := existing["appended"].(bool); ok {
 		got.Appended = v
 	}
+	if v, ok := existing["attempt"].(int64); ok {
+		got.Attempt.Number = v
+	}
+	if v, ok := existing["node"].(int); ok {
+		got.Attempt.Node = uint16(v)
+	}
+	if v, ok := existing["boot"].(string); ok {
+		got.Attempt.Boot = v
+	}
+	if v, ok := existing["lease_at"].(time.Time); ok && !v.IsZero() && v.UnixMilli() != 0 {
+		got.Attempt.LeaseAt = v
+	}
 	return got, false, nil
+}
+
+// attemptNumber is the attempt column's value: rows made before attempts
+// were kept have none, and attempt 0 stands for them, so 0 is written, and
+// compared, as null.
+func attemptNumber(n int64) *int64 {
+	if n == 0 {
+		return nil
+	}
+	return &n
+}
+
+// leaseAt is the lease_at column's value: null for no lease.
+func leaseAt(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// SendReservation returns the reservation of (sender, clientMsgID), or
+// domain.ErrNotFound. It reads at the store's consistency, not the serial
+// one: it may miss the latest takeover for a moment, which costs its
+// caller a takeover that fails, never a second owner.
+func (s *Store) SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (store.SendReservation, error) {
+	r := store.SendReservation{SenderID: sender, ClientMsgID: clientMsgID}
+	var (
+		ch, boot, hash string
+		id, attempt    int64
+		node           int
+		lease          time.Time
+	)
+	err := s.query(ctx, s.q.selectReservation, string(sender), clientMsgID).Scan(
+		&ch, &id, &r.ReservedAt, &hash, &r.Appended, &attempt, &node, &boot, &lease)
+	if errors.Is(err, gocql.ErrNotFound) {
+		return store.SendReservation{}, domain.Errorf(domain.CodeNotFound, "no reservation for sender %s, client message %q", sender, clientMsgID)
+	}
+	if err != nil {
+		return store.SendReservation{}, fail("send reservation", err)
+	}
+	r.ChannelID, r.MessageID, r.TextHash = domain.ChannelID(ch), domain.MessageID(id), hash
+	r.Attempt = store.SendAttempt{Number: attempt, Node: uint16(node), Boot: boot}
+	if !lease.IsZero() && lease.UnixMilli() != 0 {
+		r.Attempt.LeaseAt = lease
+	}
+	return r, nil
+}
+
+// TakeOverSend makes next the reservation's attempt if it is not marked
+// appended and its attempt is still from: a lightweight transaction
+// (UPDATE ... IF attempt = ? AND appended = false; a missing row has no
+// appended = false, so it is never created here). A timeout leaves the
+// outcome unknown and is an error: the caller does not append.
+func (s *Store) TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next store.SendAttempt) (bool, error) {
+	applied, err := s.lwt(ctx, s.q.takeOverReservation,
+		attemptNumber(next.Number), int(next.Node), next.Boot, leaseAt(next.LeaseAt),
+		string(sender), clientMsgID, attemptNumber(from),
+	).MapScanCAS(map[string]any{})
+	if err != nil {
+		return false, fail("take over send", err)
+	}
+	return applied, nil
 }
 
 // MarkSendAppended records that the reserved message is in the log. An
@@ -236,8 +314,10 @@ func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store
 //
 // A read and a plain update, not a lightweight transaction: the mark only
 // moves false to true on a row the reservation's transaction created, and
-// a lost or shadowed mark costs a resend the wait for the first attempt's
-// lease, nothing more; a Paxos round here cost every send four round trips.
+// a lost or shadowed mark costs a resend a takeover that finds the message
+// in the log, nothing more; a Paxos round here cost every send four round
+// trips. (A takeover may race the mark and win: it checks the log before
+// it appends.)
 func (s *Store) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string) error {
 	var appended bool
 	err := s.query(ctx, s.q.reservationExists, string(sender), clientMsgID).Scan(&appended)

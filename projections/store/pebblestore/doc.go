@@ -33,7 +33,7 @@
 //
 // Apply writes a batch's state and positions in one Pebble batch, committed
 // with fsync, so a crash never separates state from position. CreateUser,
-// ReserveSend, MarkSendAppended and ReservePush read and then write; a mutex
+// ReserveSend, TakeOverSend, MarkSendAppended and ReservePush read and then write; a mutex
 // serializes them per key, which is enough because a single process owns
 // the directory (Pebble locks it). Their writes are also fsynced. Apply reads the inbox message
 // index to keep its lowest offset, so Applys that carry inbox entries hold

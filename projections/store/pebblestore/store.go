@@ -52,7 +52,7 @@ type Store struct {
 
 	// userMu serializes CreateUser's check of the name and id with its write.
 	userMu sync.Mutex
-	// resMu serializes ReserveSend, MarkSendAppended and ReservePush per
+	// resMu serializes ReserveSend, TakeOverSend, MarkSendAppended and ReservePush per
 	// reservation key; seed picks the stripe. Lock order: userMu and resMu are never
 	// held together.
 	resMu [reservationStripes]sync.Mutex
@@ -137,7 +137,30 @@ type reservationRecord struct {
 	ChannelID   domain.ChannelID `json:"channel_id"`
 	MessageID   domain.MessageID `json:"message_id"`
 	ReservedAt  time.Time        `json:"reserved_at"`
+	TextHash    string           `json:"text_hash,omitempty"`
 	Appended    bool             `json:"appended"`
+	Attempt     attemptRecord    `json:"attempt"`
+}
+
+type attemptRecord struct {
+	Number  int64     `json:"number,omitempty"`
+	Node    uint16    `json:"node,omitempty"`
+	Boot    string    `json:"boot,omitempty"`
+	LeaseAt time.Time `json:"lease_at"`
+}
+
+func toReservationRecord(r store.SendReservation) reservationRecord {
+	return reservationRecord{
+		SenderID: r.SenderID, ClientMsgID: r.ClientMsgID, ChannelID: r.ChannelID, MessageID: r.MessageID,
+		ReservedAt: r.ReservedAt, TextHash: r.TextHash, Appended: r.Appended, Attempt: attemptRecord(r.Attempt),
+	}
+}
+
+func (r reservationRecord) reservation() store.SendReservation {
+	return store.SendReservation{
+		SenderID: r.SenderID, ClientMsgID: r.ClientMsgID, ChannelID: r.ChannelID, MessageID: r.MessageID,
+		ReservedAt: r.ReservedAt, TextHash: r.TextHash, Appended: r.Appended, Attempt: store.SendAttempt(r.Attempt),
+	}
 }
 
 type messageRecord struct {
@@ -301,9 +324,9 @@ func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store
 		return store.SendReservation{}, false, fmt.Errorf("pebblestore: reserve send: %w", err)
 	}
 	if found {
-		return store.SendReservation(old), false, nil
+		return old.reservation(), false, nil
 	}
-	v, err := json.Marshal(reservationRecord(r))
+	v, err := json.Marshal(toReservationRecord(r))
 	if err != nil {
 		return store.SendReservation{}, false, fmt.Errorf("pebblestore: reserve send: %w", err)
 	}
@@ -311,6 +334,54 @@ func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store
 		return store.SendReservation{}, false, fmt.Errorf("pebblestore: reserve send: %w", err)
 	}
 	return r, true, nil
+}
+
+// SendReservation returns the reservation of (sender, clientMsgID), or
+// domain.ErrNotFound.
+func (s *Store) SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (store.SendReservation, error) {
+	if err := s.check(ctx); err != nil {
+		return store.SendReservation{}, err
+	}
+	var r reservationRecord
+	found, err := s.get(reservationKey(sender, clientMsgID), &r)
+	if err != nil {
+		return store.SendReservation{}, fmt.Errorf("pebblestore: send reservation: %w", err)
+	}
+	if !found {
+		return store.SendReservation{}, domain.Errorf(domain.CodeNotFound, "no reservation for sender %s, client message %q", sender, clientMsgID)
+	}
+	return r.reservation(), nil
+}
+
+// TakeOverSend makes next the reservation's attempt if it is not marked
+// appended and its attempt is still from. The check and the fsynced write
+// happen under the key's reservation lock, so a takeover is durable before
+// its attempt appends anything.
+func (s *Store) TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next store.SendAttempt) (bool, error) {
+	if err := s.check(ctx); err != nil {
+		return false, err
+	}
+	k := reservationKey(sender, clientMsgID)
+	mu := s.resLock(k)
+	mu.Lock()
+	defer mu.Unlock()
+	var r reservationRecord
+	found, err := s.get(k, &r)
+	if err != nil {
+		return false, fmt.Errorf("pebblestore: take over send: %w", err)
+	}
+	if !found || r.Appended || r.Attempt.Number != from {
+		return false, nil
+	}
+	r.Attempt = attemptRecord(next)
+	v, err := json.Marshal(r)
+	if err != nil {
+		return false, fmt.Errorf("pebblestore: take over send: %w", err)
+	}
+	if err := s.db.Set(k, v, pebble.Sync); err != nil {
+		return false, fmt.Errorf("pebblestore: take over send: %w", err)
+	}
+	return true, nil
 }
 
 // MarkSendAppended records that the reserved message is in the log. An

@@ -38,6 +38,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ReserveSend", testReserveSend},
 		{"ReserveSendConcurrently", testReserveSendConcurrently},
 		{"MarkSendAppended", testMarkSendAppended},
+		{"SendReservation", testSendReservation},
+		{"TakeOverSend", testTakeOverSend},
+		{"TakeOverSendConcurrently", testTakeOverSendConcurrently},
 		{"ApplyIdempotent", testApplyIdempotent},
 		{"PositionsPerProjection", testPositionsPerProjection},
 		{"ChannelUpsert", testChannelUpsert},
@@ -95,6 +98,9 @@ func normUser(u store.User) store.User { u.CreatedAt = utc(u.CreatedAt); return 
 
 func normRes(r store.SendReservation) store.SendReservation {
 	r.ReservedAt = utc(r.ReservedAt)
+	if !r.Attempt.LeaseAt.IsZero() {
+		r.Attempt.LeaseAt = utc(r.Attempt.LeaseAt)
+	}
 	return r
 }
 
@@ -235,7 +241,8 @@ func testReserveSend(t *testing.T, s store.Store) {
 	g := newIDs(t)
 	first := store.SendReservation{
 		SenderID: g.user("1"), ClientMsgID: "c-1", ChannelID: g.channel("a"),
-		MessageID: 1001, ReservedAt: at(1),
+		MessageID: 1001, ReservedAt: at(1), TextHash: "hash-1",
+		Attempt: store.SendAttempt{Number: 1, Node: 7, Boot: "boot-a", LeaseAt: at(1)},
 	}
 	got, created, err := s.ReserveSend(ctx, first)
 	must(t, err)
@@ -245,7 +252,8 @@ func testReserveSend(t *testing.T, s store.Store) {
 	check(t, "first ReserveSend", normRes(got), first)
 
 	resend := first
-	resend.MessageID, resend.ReservedAt = 1002, at(2)
+	resend.MessageID, resend.ReservedAt, resend.TextHash = 1002, at(2), "hash-2"
+	resend.Attempt = store.SendAttempt{Number: 1, Node: 8, Boot: "boot-b", LeaseAt: at(2)}
 	got, created, err = s.ReserveSend(ctx, resend)
 	must(t, err)
 	if created {
@@ -339,6 +347,153 @@ func testMarkSendAppended(t *testing.T, s store.Store) {
 
 	if err := s.MarkSendAppended(ctx, r.SenderID, "never-reserved"); !errors.Is(err, domain.ErrNotFound) {
 		t.Fatalf("MarkSendAppended of an unknown reservation: got %v, want ErrNotFound", err)
+	}
+}
+
+func testSendReservation(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	g := newIDs(t)
+	r := store.SendReservation{
+		SenderID: g.user("1"), ClientMsgID: "c-1", ChannelID: g.channel("a"),
+		MessageID: 4001, ReservedAt: at(1), TextHash: "h",
+		Attempt: store.SendAttempt{Number: 1, Node: 3, Boot: "b1", LeaseAt: at(1)},
+	}
+	if _, err := s.SendReservation(ctx, r.SenderID, r.ClientMsgID); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("SendReservation before ReserveSend: got %v, want ErrNotFound", err)
+	}
+	_, _, err := s.ReserveSend(ctx, r)
+	must(t, err)
+	got, err := s.SendReservation(ctx, r.SenderID, r.ClientMsgID)
+	must(t, err)
+	check(t, "SendReservation", normRes(got), r)
+	must(t, s.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID))
+	got, err = s.SendReservation(ctx, r.SenderID, r.ClientMsgID)
+	must(t, err)
+	r.Appended = true
+	check(t, "SendReservation after MarkSendAppended", normRes(got), r)
+
+	// A reservation made before attempts were kept reads with the zero
+	// attempt.
+	old := store.SendReservation{SenderID: g.user("1"), ClientMsgID: "c-old", ChannelID: g.channel("a"), MessageID: 4002, ReservedAt: at(2)}
+	_, _, err = s.ReserveSend(ctx, old)
+	must(t, err)
+	got, err = s.SendReservation(ctx, old.SenderID, old.ClientMsgID)
+	must(t, err)
+	check(t, "SendReservation without an attempt", normRes(got), old)
+}
+
+func testTakeOverSend(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	g := newIDs(t)
+	r := store.SendReservation{
+		SenderID: g.user("1"), ClientMsgID: "c-1", ChannelID: g.channel("a"),
+		MessageID: 5001, ReservedAt: at(1), TextHash: "h",
+		Attempt: store.SendAttempt{Number: 1, Node: 3, Boot: "b1", LeaseAt: at(1)},
+	}
+	_, _, err := s.ReserveSend(ctx, r)
+	must(t, err)
+	takeOver := func(t *testing.T, from int64, next store.SendAttempt, want bool) {
+		t.Helper()
+		taken, err := s.TakeOverSend(ctx, r.SenderID, r.ClientMsgID, from, next)
+		must(t, err)
+		if taken != want {
+			t.Fatalf("TakeOverSend from %d to %+v: taken=%v, want %v", from, next, taken, want)
+		}
+	}
+	reads := func(t *testing.T, what string, want store.SendReservation) {
+		t.Helper()
+		got, err := s.SendReservation(ctx, want.SenderID, want.ClientMsgID)
+		must(t, err)
+		check(t, what, normRes(got), want)
+	}
+
+	second := store.SendAttempt{Number: 2, Node: 4, Boot: "b2", LeaseAt: at(2)}
+	takeOver(t, 0, second, false) // not the current attempt
+	takeOver(t, 2, second, false)
+	reads(t, "after takeovers from other attempts", r)
+	takeOver(t, 1, second, true)
+	want := r
+	want.Attempt = second
+	reads(t, "after a takeover", want) // the other fields are kept
+	// A second takeover from attempt 1 is not taken.
+	takeOver(t, 1, store.SendAttempt{Number: 2, Node: 5, Boot: "b3", LeaseAt: at(3)}, false)
+	reads(t, "after a second takeover from the same attempt", want)
+	released := store.SendAttempt{Number: 3, LeaseAt: at(4)}
+	takeOver(t, 2, released, true)
+	want.Attempt = released
+	reads(t, "after a release", want)
+
+	// An appended message is not taken over.
+	must(t, s.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID))
+	takeOver(t, 3, store.SendAttempt{Number: 4, Node: 4, Boot: "b4", LeaseAt: at(5)}, false)
+	want.Appended = true
+	reads(t, "after a takeover of an appended message", want)
+
+	// A reservation made before attempts were kept has attempt 0.
+	old := store.SendReservation{SenderID: g.user("1"), ClientMsgID: "c-old", ChannelID: g.channel("a"), MessageID: 5002, ReservedAt: at(6)}
+	_, _, err = s.ReserveSend(ctx, old)
+	must(t, err)
+	next := store.SendAttempt{Number: 1, Node: 4, Boot: "b5", LeaseAt: at(7)}
+	if taken, err := s.TakeOverSend(ctx, old.SenderID, old.ClientMsgID, 0, next); err != nil || !taken {
+		t.Fatalf("TakeOverSend of a reservation without an attempt: taken=%v, %v", taken, err)
+	}
+	if taken, err := s.TakeOverSend(ctx, old.SenderID, old.ClientMsgID, 0, next); err != nil || taken {
+		t.Fatalf("second TakeOverSend from attempt 0: taken=%v, %v", taken, err)
+	}
+	old.Attempt = next
+	reads(t, "after taking over a reservation without an attempt", old)
+
+	// An unknown reservation is neither taken nor created.
+	for _, from := range []int64{0, 1} {
+		if taken, err := s.TakeOverSend(ctx, r.SenderID, "never-reserved", from, next); err != nil || taken {
+			t.Fatalf("TakeOverSend of an unknown reservation from %d: taken=%v, %v", from, taken, err)
+		}
+	}
+	if _, err := s.SendReservation(ctx, r.SenderID, "never-reserved"); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("SendReservation after a takeover of an unknown reservation: got %v, want ErrNotFound", err)
+	}
+}
+
+func testTakeOverSendConcurrently(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	g := newIDs(t)
+	r := store.SendReservation{
+		SenderID: g.user("1"), ClientMsgID: "same", ChannelID: g.channel("a"),
+		MessageID: 6001, ReservedAt: at(1), Attempt: store.SendAttempt{Number: 1, Node: 1, Boot: "dead", LeaseAt: at(1)},
+	}
+	_, _, err := s.ReserveSend(ctx, r)
+	must(t, err)
+	const n = 10
+	taken := make([]bool, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			taken[i], errs[i] = s.TakeOverSend(ctx, r.SenderID, r.ClientMsgID, 1,
+				store.SendAttempt{Number: 2, Node: 1, Boot: fmt.Sprint("boot-", i), LeaseAt: at(2)})
+		})
+	}
+	close(start)
+	wg.Wait()
+	winner := -1
+	for i := range n {
+		must(t, errs[i])
+		if taken[i] {
+			if winner >= 0 {
+				t.Fatalf("both %d and %d took the reservation over", winner, i)
+			}
+			winner = i
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no TakeOverSend took the reservation over")
+	}
+	got, err := s.SendReservation(ctx, r.SenderID, r.ClientMsgID)
+	must(t, err)
+	if want := fmt.Sprint("boot-", winner); got.Attempt.Boot != want || got.Attempt.Number != 2 {
+		t.Fatalf("attempt after the race: %+v, want the winner's (boot %s)", got.Attempt, want)
 	}
 }
 
