@@ -12,6 +12,12 @@
 // topic from the inbox projection's positions and offers each entry to the
 // connections of its user.
 //
+// Bounds. A command has Config.CommandTimeout; a sync has no deadline but
+// must keep making progress: it fails (1013) after Config.SyncStall in
+// which the client took no frame and, while it waited for the inbox
+// projection, the projection did not move. Each store call of a sync has
+// CommandTimeout.
+//
 // Positions. A device's position is the offset of the last inbox entry it
 // has, in its user's partition of the inbox topic, with the inbox epoch.
 // On sync, the connection buffers live entries, reads what it missed from
