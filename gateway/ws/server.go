@@ -80,6 +80,10 @@ type Config struct {
 	// of a burst's tens of thousands of entries takes a while on a loaded
 	// machine; a device left waiting costs nothing. Default 2m.
 	SyncStall time.Duration
+	// SendsInFlight is the most sends of one connection carried out at
+	// once, off its read loop (see sends); when that many are in flight,
+	// the connection reads no further frame until one ends. Default 16.
+	SendsInFlight int
 	// Logger; default discard.
 	Logger *slog.Logger
 	// Metrics; nil records none.
@@ -112,6 +116,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SyncStall == 0 {
 		c.SyncStall = 2 * time.Minute
+	}
+	if c.SendsInFlight == 0 {
+		c.SendsInFlight = 16
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -233,6 +240,11 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	var writer sync.WaitGroup
 	writer.Go(func() { c.write(s.cfg.WriteTimeout, s.cfg.PingInterval) })
 	defer writer.Wait()
+	// Sends run beside the handler (see sends) and end before it returns;
+	// those the read loop took are carried out even if the connection
+	// closes meanwhile.
+	sends := newSends(s.cfg.SendsInFlight)
+	defer sends.wait()
 	// Catch-ups (see conn.offer) run beside the handler, at most one at a
 	// time, and end before it returns.
 	cctx, cancelCatchUps := context.WithCancel(r.Context())
@@ -304,13 +316,39 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 			c.send(errorFrame(err, f.ClientMsgID))
 			continue
 		}
+		if f.Type == TypeSend {
+			read := time.Now()
+			if !sends.start(c.done, f.ChannelID, func() { s.send(r.Context(), c, f, read, log) }) {
+				return // closing: the client resends what was not acknowledged
+			}
+			continue
+		}
 		s.handle(r.Context(), c, part, f, log)
 	}
 }
 
-// handle carries out a frame on the read loop. A command has
-// CommandTimeout; a sync has no deadline but must keep making progress
-// (see Config.SyncStall), each of its store reads bounded.
+// send carries out a send frame, read at the time given, and answers it
+// with an ack or an error frame. It runs off the read loop (see sends).
+func (s *Server) send(ctx context.Context, c *conn, f ClientFrame, read time.Time, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.CommandTimeout)
+	defer cancel()
+	id, err := s.svc.Send(ctx, c.user, c.device, f.ChannelID, f.ClientMsgID, f.Text)
+	if err != nil {
+		s.cfg.Metrics.failed(err)
+		if domain.CodeOf(err) == domain.CodeInternal {
+			log.Error("send", "err", err)
+		}
+		c.send(errorFrame(err, f.ClientMsgID))
+		return
+	}
+	s.cfg.Metrics.acked(time.Since(read).Seconds()) // as the client sees it: waiting for its turn included
+	c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
+	s.svc.Sent(ctx, c.user, f.ClientMsgID)
+}
+
+// handle carries out a frame other than a send, on the read loop. A
+// command has CommandTimeout; a sync has no deadline but must keep making
+// progress (see Config.SyncStall), each of its store reads bounded.
 func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame, log *slog.Logger) {
 	if f.Type != TypeSync {
 		var cancel context.CancelFunc
@@ -320,20 +358,6 @@ func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame,
 	switch f.Type {
 	case TypePing:
 		c.send(ServerFrame{Type: TypePong})
-	case TypeSend:
-		start := time.Now()
-		id, err := s.svc.Send(ctx, c.user, c.device, f.ChannelID, f.ClientMsgID, f.Text)
-		if err != nil {
-			s.cfg.Metrics.failed(err)
-			if domain.CodeOf(err) == domain.CodeInternal {
-				log.Error("send", "err", err)
-			}
-			c.send(errorFrame(err, f.ClientMsgID))
-			return
-		}
-		s.cfg.Metrics.acked(time.Since(start).Seconds())
-		c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
-		s.svc.Sent(ctx, c.user, f.ClientMsgID)
 	case TypeReceived:
 		if *f.Epoch > c.gen.epoch {
 			e := c.gen.epoch

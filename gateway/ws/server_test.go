@@ -88,6 +88,14 @@ func newFakeCommands() *fakeCommands {
 	}
 }
 
+func (f *fakeCommands) gate(cmid string) chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	g := make(chan struct{})
+	f.gates[cmid] = g
+	return g
+}
+
 func (f *fakeCommands) Send(ctx context.Context, _ domain.UserID, _ domain.DeviceID, ch domain.ChannelID, cmid, _ string) (domain.MessageID, error) {
 	f.mu.Lock()
 	f.log = append(f.log, cmid+" start")
@@ -269,6 +277,126 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("gave up waiting: %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(20 * time.Second):
+		t.Fatalf("gave up waiting: %s", what)
+		panic("unreachable")
+	}
+}
+
+// TestSlowSendHoldsOnlyItsChannel: while a send waits (as a resend waits
+// for its first attempt's lease), the connection's later frames are
+// handled: a send to another channel is acknowledged, ping, received and
+// read are answered; a later send to the same channel waits for it and
+// reaches the log after it.
+func TestSlowSendHoldsOnlyItsChannel(t *testing.T) {
+	t.Parallel()
+	cmds := newFakeCommands()
+	g := startGateway(t, ws.Config{SendsInFlight: 4}, newFakeStore(0, ""), cmds)
+	c := g.dial(t, "")
+	if f := c.must(); f.Type != ws.TypeHello {
+		t.Fatalf("first frame %+v", f)
+	}
+	gate := cmds.gate("a1")
+	send := func(ch, cmid string) {
+		c.write(map[string]any{"type": "send", "channel_id": ch, "client_msg_id": cmid, "text": "hi"})
+	}
+	send("g1", "a1")
+	if got := recv(t, cmds.started, "a1 to start"); got != "a1" {
+		t.Fatalf("started %s, want a1", got)
+	}
+	send("g1", "a2")
+	send("g2", "b1")
+	c.write(map[string]any{"type": "ping"})
+	c.write(map[string]any{"type": "received", "epoch": 1, "position": 7})
+	c.write(map[string]any{"type": "read", "channel_id": "g2", "message_id": "42"})
+
+	// All of it while a1 still waits.
+	var got []string
+	for len(got) < 2 {
+		f := c.must()
+		switch f.Type {
+		case ws.TypeAck:
+			got = append(got, "ack "+f.ClientMsgID)
+		case ws.TypePong:
+			got = append(got, "pong")
+		default:
+			t.Fatalf("unexpected frame %+v", f)
+		}
+	}
+	if !(got[0] == "ack b1" && got[1] == "pong" || got[0] == "pong" && got[1] == "ack b1") {
+		t.Fatalf("while a1 waits got %v, want the ack of b1 and a pong", got)
+	}
+	if p := recv(t, cmds.acked, "received to be handled"); p != 7 {
+		t.Fatalf("received %d, want 7", p)
+	}
+	if id := recv(t, cmds.read, "read to be handled"); id != 42 {
+		t.Fatalf("read %d, want 42", id)
+	}
+
+	close(gate)
+	for _, want := range []string{"a1", "a2"} {
+		if f := c.must(); f.Type != ws.TypeAck || f.ClientMsgID != want {
+			t.Fatalf("after a1 ended got %+v, want the ack of %s", f, want)
+		}
+	}
+	cmds.mu.Lock()
+	defer cmds.mu.Unlock()
+	var g1 []string
+	for _, e := range cmds.log {
+		if e[0] == 'a' {
+			g1 = append(g1, e)
+		}
+	}
+	if want := "a1 start,a1 end,a2 start,a2 end"; strings.Join(g1, ",") != want || len(cmds.overlaps) > 0 {
+		t.Fatalf("sends to g1: %v (overlapping: %v), want %s", g1, cmds.overlaps, want)
+	}
+}
+
+// TestSlowSendsFullSlots: with SendsInFlight sends in flight (one waiting,
+// one waiting behind it), the connection reads on once one ends and drops
+// nothing: a send to another channel read meanwhile starts only after the
+// waiting send ended, and the ping after it is answered after that send's
+// ack. (That the read loop waits, rather than reads on, is proved without
+// timing by TestSendsBackPressure.)
+func TestSlowSendsFullSlots(t *testing.T) {
+	t.Parallel()
+	cmds := newFakeCommands()
+	g := startGateway(t, ws.Config{SendsInFlight: 2}, newFakeStore(0, ""), cmds)
+	c := g.dial(t, "")
+	if f := c.must(); f.Type != ws.TypeHello {
+		t.Fatalf("first frame %+v", f)
+	}
+	gate := cmds.gate("a1")
+	for _, s := range [][2]string{{"g1", "a1"}, {"g1", "a2"}, {"g2", "b1"}} {
+		c.write(map[string]any{"type": "send", "channel_id": s[0], "client_msg_id": s[1], "text": "hi"})
+	}
+	c.write(map[string]any{"type": "ping"})
+	recv(t, cmds.started, "a1 to start")
+	close(gate)
+	got := map[string]int{}
+	for i := range 4 {
+		f := c.must()
+		got[f.Type+" "+f.ClientMsgID] = i
+	}
+	if len(got) != 4 || got["ack a1"] != 0 || got["ack a2"] == 0 || got["ack b1"] == 0 || got["pong "] == 0 {
+		t.Fatalf("got %v, want the ack of a1 first, then those of a2 and b1 and a pong", got)
+	}
+	cmds.mu.Lock()
+	defer cmds.mu.Unlock()
+	at := map[string]int{}
+	for i, e := range cmds.log {
+		at[e] = i
+	}
+	if at["b1 start"] < at["a1 end"] || at["a2 start"] < at["a1 end"] {
+		t.Fatalf("sends ran %v: a2 and b1 must start after a1 ended", cmds.log)
 	}
 }
 
