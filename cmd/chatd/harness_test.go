@@ -472,6 +472,8 @@ type wsClient struct {
 	mu     sync.Mutex
 	frames chan frame
 	err    error // set before frames is closed
+	// patience is how long read waits for a frame; 0: 20 s.
+	patience time.Duration
 }
 
 func (n *node) dial(token string, query ...string) (*wsClient, *http.Response, error) {
@@ -576,7 +578,11 @@ func (w *wsClient) write(v any) {
 
 func (w *wsClient) read() frame {
 	w.t.Helper()
-	f, err := w.tryRead(20 * time.Second)
+	d := w.patience
+	if d == 0 {
+		d = 20 * time.Second
+	}
+	f, err := w.tryRead(d)
 	if err != nil {
 		w.t.Fatalf("ws read: %v", err)
 	}

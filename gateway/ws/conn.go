@@ -31,7 +31,7 @@ type conn struct {
 	writing  int // frames the writer has taken and not yet written
 	maxQueue int
 	wake     chan struct{}
-	drained  chan struct{} // the writer finished a batch (a sync waits on it)
+	drained  chan struct{} // the writer wrote a frame (a sync waits on it)
 
 	// behind starts a catch-up from the store (Server.catchUp) when live
 	// entries come faster than the client reads; set by Serve.
@@ -130,18 +130,29 @@ func (c *conn) queued() int {
 // waitRoom waits until n more frames fit in half the send queue, counting
 // those being written: a sync, which can wait, delivers at the pace the
 // client reads, where live delivery, which cannot, cuts a slow client off.
-func (c *conn) waitRoom(ctx context.Context, n int) error {
+//
+// It waits as long as the client reads: every frame the writer writes is
+// progress. It fails when the writer has written nothing for stall.
+func (c *conn) waitRoom(ctx context.Context, n int, stall time.Duration) error {
+	var timer *time.Timer
 	for {
 		waiting := c.queued()
 		if waiting == 0 || waiting+n <= c.maxQueue/2 {
 			return nil
 		}
+		if timer == nil {
+			timer = time.NewTimer(stall)
+			defer timer.Stop()
+		}
 		select {
 		case <-c.drained:
+			timer.Reset(stall) // progress
 		case <-c.done:
 			return errClosed
 		case <-ctx.Done():
-			return &domain.Error{Code: domain.CodeUnavailable, Msg: "the client does not read", Err: ctx.Err()}
+			return &domain.Error{Code: domain.CodeUnavailable, Msg: "the sync was cancelled", Err: ctx.Err()}
+		case <-timer.C:
+			return domain.Errorf(domain.CodeUnavailable, "the client read nothing for %s", stall)
 		}
 	}
 }
@@ -236,13 +247,15 @@ func (c *conn) write(writeTimeout, pingEvery time.Duration) {
 					c.close()
 					return
 				}
-			}
-			c.qmu.Lock()
-			c.writing = 0
-			c.qmu.Unlock()
-			select {
-			case c.drained <- struct{}{}:
-			default:
+				// One frame fewer waits: a sync waiting for room (or
+				// for any progress at all) learns of it at once.
+				c.qmu.Lock()
+				c.writing--
+				c.qmu.Unlock()
+				select {
+				case c.drained <- struct{}{}:
+				default:
+				}
 			}
 		case <-tick.C:
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {

@@ -3,14 +3,25 @@
 // user's inbox to it.
 //
 // Goroutines. Per connection: the handler's goroutine reads frames and
-// carries out commands; one writer goroutine drains the connection's
-// bounded queue; a catch-up goroutine runs only while a connection that
-// fell behind live delivery catches up from the store (conn.offer,
-// Server.catchUp). The handler starts and waits for both. A slow client
-// never slows anyone else: it is caught up at its own pace, or cut off
-// when its queue overflows anyway. Per process: the Tailer reads the inbox
-// topic from the inbox projection's positions and offers each entry to the
-// connections of its user.
+// carries out every command but sends (syncs included); each send runs in
+// a goroutine of its own, at most Config.SendsInFlight at once, chained
+// behind the previous send to its channel so that sends to one channel
+// reach the log in the order the client sent them (sends); when that many
+// are in flight the read loop waits for one to end. One writer goroutine
+// drains the connection's bounded queue; a catch-up goroutine runs only
+// while a connection that fell behind live delivery catches up from the
+// store (conn.offer, Server.catchUp). The handler starts and waits for all
+// of them before it returns. A slow client never slows anyone else: it is
+// caught up at its own pace, or cut off when its queue overflows anyway.
+// Per process: the Tailer reads the inbox topic from the inbox
+// projection's positions and offers each entry to the connections of its
+// user.
+//
+// Bounds. A command has Config.CommandTimeout; a sync has no deadline but
+// must keep making progress: it fails (1013) after Config.SyncStall in
+// which the client took no frame and, while it waited for the inbox
+// projection, the projection did not move. Each store call of a sync has
+// CommandTimeout.
 //
 // Positions. A device's position is the offset of the last inbox entry it
 // has, in its user's partition of the inbox topic, with the inbox epoch.
@@ -19,5 +30,7 @@
 // the buffer: no gap and no duplicate, as documented on Server.sync.
 //
 // Lock order: conn.syncMu, then Tailer.parts[p], then conn.mu, then
-// conn.qmu; Hub shard locks are never held while taking any of them.
+// conn.qmu; Hub shard locks are never held while taking any of them, and
+// sends.mu is taken alone (nothing is held while taking it, nothing is
+// taken under it).
 package ws

@@ -64,8 +64,26 @@ type Config struct {
 	// the connection with 1009. Default 1 MiB (a 100,000-character message
 	// of 4-byte characters fits).
 	ReadLimit int64
-	// CommandTimeout bounds one send or sync. Default 15s.
+	// CommandTimeout bounds one command (a send, a received, a read) and
+	// each store read of a sync; a sync as a whole has no deadline (see
+	// SyncStall). Default 15s.
 	CommandTimeout time.Duration
+	// SyncStall is how long a sync (the one at connect, one the device
+	// asks for, or a catch-up) may go without progress before it fails and
+	// the connection is closed with 1013: progress is a frame of the sync
+	// the writer hands to the client, or, while the sync waits for the
+	// inbox projection, the projection's position moving on. A device that
+	// keeps reading its backlog is never cut off, however long the
+	// backlog; one that stops reading is, after SyncStall (sooner when a
+	// frame's write blocks for WriteTimeout). Generous, because the
+	// projection's position moves once per batch it applies, and a batch
+	// of a burst's tens of thousands of entries takes a while on a loaded
+	// machine; a device left waiting costs nothing. Default 2m.
+	SyncStall time.Duration
+	// SendsInFlight is the most sends of one connection carried out at
+	// once, off its read loop (see sends); when that many are in flight,
+	// the connection reads no further frame until one ends. Default 16.
+	SendsInFlight int
 	// Logger; default discard.
 	Logger *slog.Logger
 	// Metrics; nil records none.
@@ -95,6 +113,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CommandTimeout == 0 {
 		c.CommandTimeout = 15 * time.Second
+	}
+	if c.SyncStall == 0 {
+		c.SyncStall = 2 * time.Minute
+	}
+	if c.SendsInFlight == 0 {
+		c.SendsInFlight = 16
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -216,6 +240,11 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	var writer sync.WaitGroup
 	writer.Go(func() { c.write(s.cfg.WriteTimeout, s.cfg.PingInterval) })
 	defer writer.Wait()
+	// Sends run beside the handler (see sends) and end before it returns;
+	// those the read loop took are carried out even if the connection
+	// closes meanwhile.
+	sends := newSends(s.cfg.SendsInFlight)
+	defer sends.wait()
 	// Catch-ups (see conn.offer) run beside the handler, at most one at a
 	// time, and end before it returns.
 	cctx, cancelCatchUps := context.WithCancel(r.Context())
@@ -287,34 +316,48 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 			c.send(errorFrame(err, f.ClientMsgID))
 			continue
 		}
+		if f.Type == TypeSend {
+			read := time.Now()
+			if !sends.start(c.done, f.ChannelID, func() { s.send(r.Context(), c, f, read, log) }) {
+				return // closing: the client resends what was not acknowledged
+			}
+			continue
+		}
 		s.handle(r.Context(), c, part, f, log)
 	}
 }
 
-func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame, log *slog.Logger) {
-	timeout := s.cfg.CommandTimeout
-	if f.Type == TypeSync && *f.Epoch < c.gen.epoch {
-		timeout *= 10 // a carry-over reads the user's whole inbox
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// send carries out a send frame, read at the time given, and answers it
+// with an ack or an error frame. It runs off the read loop (see sends).
+func (s *Server) send(ctx context.Context, c *conn, f ClientFrame, read time.Time, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.CommandTimeout)
 	defer cancel()
+	id, err := s.svc.Send(ctx, c.user, c.device, f.ChannelID, f.ClientMsgID, f.Text)
+	if err != nil {
+		s.cfg.Metrics.failed(err)
+		if domain.CodeOf(err) == domain.CodeInternal {
+			log.Error("send", "err", err)
+		}
+		c.send(errorFrame(err, f.ClientMsgID))
+		return
+	}
+	s.cfg.Metrics.acked(time.Since(read).Seconds()) // as the client sees it: waiting for its turn included
+	c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
+	s.svc.Sent(ctx, c.user, f.ClientMsgID)
+}
+
+// handle carries out a frame other than a send, on the read loop. A
+// command has CommandTimeout; a sync has no deadline but must keep making
+// progress (see Config.SyncStall), each of its store reads bounded.
+func (s *Server) handle(ctx context.Context, c *conn, part int32, f ClientFrame, log *slog.Logger) {
+	if f.Type != TypeSync {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.CommandTimeout)
+		defer cancel()
+	}
 	switch f.Type {
 	case TypePing:
 		c.send(ServerFrame{Type: TypePong})
-	case TypeSend:
-		start := time.Now()
-		id, err := s.svc.Send(ctx, c.user, c.device, f.ChannelID, f.ClientMsgID, f.Text)
-		if err != nil {
-			s.cfg.Metrics.failed(err)
-			if domain.CodeOf(err) == domain.CodeInternal {
-				log.Error("send", "err", err)
-			}
-			c.send(errorFrame(err, f.ClientMsgID))
-			return
-		}
-		s.cfg.Metrics.acked(time.Since(start).Seconds())
-		c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
-		s.svc.Sent(ctx, c.user, f.ClientMsgID)
 	case TypeReceived:
 		if *f.Epoch > c.gen.epoch {
 			e := c.gen.epoch
@@ -351,7 +394,9 @@ func (s *Server) syncFrom(ctx context.Context, c *conn, f ClientFrame) (int64, e
 	if f.Position != nil {
 		return *f.Position, nil
 	}
-	cs, err := s.st.DeviceCursors(ctx, c.user)
+	sctx, cancel := s.storeCall(ctx)
+	defer cancel()
+	cs, err := s.st.DeviceCursors(sctx, c.user)
 	if err != nil {
 		return 0, err
 	}
@@ -369,9 +414,9 @@ func (s *Server) syncFrom(ctx context.Context, c *conn, f ClientFrame) (int64, e
 // Under the partition's lock, the connection starts buffering live entries
 // and notes the tailer's point T. Every entry of the user below T is in the
 // store once the inbox projection's position reaches T; every entry at or
-// past T arrives in the buffer. So: wait for the projection to reach T,
-// deliver the store's entries in (position, T), then the buffered ones past
-// the last delivered, and switch back to live delivery.
+// past T arrives in the buffer. So: deliver the store's entries in
+// (position, T) as the projection stores them (see fromStore), then the
+// buffered ones past the last delivered, and switch back to live delivery.
 //
 // A position from an older epoch is carried over: the device had exactly
 // the old epoch's entries up to its position, so it gets every entry of the
@@ -380,8 +425,12 @@ func (s *Server) syncFrom(ctx context.Context, c *conn, f ClientFrame) (int64, e
 // first) waits for this gateway to switch too. Only a position the store
 // cannot vouch for, or an epoch that does not come, gets resync.
 //
-// A sync that fails part way (the projection did not catch up in time, the
-// store did not answer) must not go on to live delivery: the entries it did
+// A sync has no deadline: it runs as long as it makes progress (see
+// Config.SyncStall), at the pace the client reads and the inbox projection
+// stores, while each store call has CommandTimeout.
+//
+// A sync that fails part way (the projection stopped moving, the store did
+// not answer, the client stopped reading) must not go on to live delivery: the entries it did
 // not deliver would be skipped for good once the device's position moved
 // past them. The connection is closed after the error frame; the client
 // reconnects and syncs again from the position it has.
@@ -448,40 +497,8 @@ func (s *Server) syncRound(ctx context.Context, c *conn, part int32, position in
 		c.last = position
 		c.mu.Unlock()
 	})
-	if t > 0 {
-		start := time.Now()
-		// A sync the device asked for has its command's deadline; a
-		// catch-up waits for a projection working through a burst longer.
-		wctx, cancel := context.WithTimeout(ctx, 10*s.cfg.CommandTimeout)
-		err := projector.WaitApplied(wctx, s.st, eventlog.Epoched(inbox.Name, g.epoch), part, t-1)
-		cancel()
-		if err != nil {
-			return false, err
-		}
-		if d := time.Since(start); d > time.Second {
-			s.cfg.Logger.Info("sync waited for the inbox projection", "user", c.user, "partition", part, "point", t, "waited", d)
-		}
-	}
-	after := position
-	for after+1 < t {
-		es, err := s.st.Inbox(ctx, c.user, g.epoch, after, 500)
-		if err != nil {
-			return false, err
-		}
-		pend := make([]pending, 0, len(es))
-		for _, e := range es {
-			if e.Offset >= t {
-				break
-			}
-			pend = append(pend, pending{e.Offset, e.Message})
-		}
-		if err := s.deliver(ctx, c, pend, false); err != nil {
-			return false, err
-		}
-		if len(pend) < 500 {
-			break
-		}
-		after = pend[len(pend)-1].offset
+	if err := s.fromStore(ctx, c, part, position, t); err != nil {
+		return false, err
 	}
 	// Then what arrived live meanwhile, until nothing waits.
 	for {
@@ -505,6 +522,87 @@ func (s *Server) syncRound(ctx context.Context, c *conn, part int32, position in
 			return false, err
 		}
 	}
+}
+
+// storeCall bounds one store call of a sync: a store that hangs is an
+// error, not progress.
+func (s *Server) storeCall(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.cfg.CommandTimeout)
+}
+
+// fromStore delivers the user's entries in (after, t) from the store, as
+// the inbox projection stores them: every entry of the partition below the
+// projection's position is in the store. So a device gets its backlog
+// while the projection still works through a burst, and the sync waits
+// for the projection only as long as it moves: one whose position has not
+// moved for SyncStall, while the sync waited for it, fails the sync. Each
+// store call has CommandTimeout; a failed one is not progress.
+func (s *Server) fromStore(ctx context.Context, c *conn, part int32, after, t int64) error {
+	const page = 500
+	name := eventlog.Epoched(inbox.Name, c.gen.epoch)
+	var (
+		stored  int64 = -1 // the projection has stored every entry below
+		moved         = time.Now()
+		waited  time.Duration
+		lastErr error
+	)
+	defer func() {
+		if waited > time.Second {
+			s.cfg.Logger.Info("sync waited for the inbox projection", "user", c.user, "partition", part, "point", t, "waited", waited)
+		}
+	}()
+	for after+1 < t {
+		if stored < t {
+			sctx, cancel := s.storeCall(ctx)
+			pos, err := s.st.Positions(sctx, name)
+			cancel()
+			switch p := pos[part]; {
+			case err != nil:
+				lastErr = err
+			case p > stored:
+				stored, moved = p, time.Now()
+			}
+		}
+		if upto := min(stored, t); after+1 < upto {
+			sctx, cancel := s.storeCall(ctx)
+			es, err := s.st.Inbox(sctx, c.user, c.gen.epoch, after, page)
+			cancel()
+			if err != nil {
+				return err
+			}
+			pend := make([]pending, 0, len(es))
+			for _, e := range es {
+				if e.Offset >= upto {
+					break
+				}
+				pend = append(pend, pending{e.Offset, e.Message})
+			}
+			if err := s.deliver(ctx, c, pend, false); err != nil {
+				return err
+			}
+			if len(pend) == page {
+				after = pend[len(pend)-1].offset
+			} else {
+				after = upto - 1 // every stored entry of the user below upto is delivered
+			}
+			moved = time.Now() // the time the client took is not the projection's
+			continue
+		}
+		if time.Since(moved) >= s.cfg.SyncStall {
+			return &domain.Error{Code: domain.CodeUnavailable,
+				Msg: fmt.Sprintf("the %s projection is behind and has not moved for %s", name, s.cfg.SyncStall), Err: lastErr}
+		}
+		start := time.Now()
+		select {
+		case <-ctx.Done():
+			return &domain.Error{Code: domain.CodeUnavailable, Msg: "the sync was cancelled", Err: ctx.Err()}
+		case <-c.done:
+			return errClosed
+		case <-time.After(5 * time.Millisecond):
+		}
+		waited += time.Since(start)
+	}
+	return nil
 }
 
 // catchUp syncs a connection that fell behind live delivery (see
@@ -547,7 +645,7 @@ func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, live bool) 
 		}
 		ps = ps[chunk:]
 	}
-	if err := c.waitRoom(ctx, len(ps)); err != nil {
+	if err := c.waitRoom(ctx, len(ps), s.cfg.SyncStall); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -587,7 +685,9 @@ func (s *Server) carryOver(ctx context.Context, c *conn, part, epoch int32, posi
 	}
 	var ids []domain.MessageID
 	for after := int64(-1); after < position; {
-		es, err := s.st.Inbox(ctx, c.user, epoch, after, 1000)
+		sctx, cancel := s.storeCall(ctx)
+		es, err := s.st.Inbox(sctx, c.user, epoch, after, 1000)
+		cancel()
 		if err != nil {
 			return nil, false, err
 		}
