@@ -88,11 +88,32 @@ type Config struct {
 	// OnAssigned, if set, is called with the input partitions this process
 	// owns after every assignment.
 	OnAssigned func(partitions []int32)
+	// MaxBatch bounds the input records of one transaction. Default
+	// DefaultMaxBatch.
+	MaxBatch int
+	// TransactionTimeout is the producer's transaction timeout: a
+	// transaction open longer is aborted by the coordinator. Default
+	// DefaultTransactionTimeout.
+	TransactionTimeout time.Duration
 	// Logger; default discard.
 	Logger *slog.Logger
 }
 
+// Defaults of Config.
+const (
+	DefaultMaxBatch           = 1000
+	DefaultTransactionTimeout = 30 * time.Second
+)
+
 // Run processes until ctx is cancelled and returns nil then.
+//
+// A session whose transaction state is lost (its transaction ran past the
+// transaction timeout and the coordinator aborted it, or the producer is in
+// a state no Begin gets out of) is closed and a new one started, which
+// restores from the changelog as after any assignment: the records of the
+// lost transaction come again from the committed offsets. A process fenced
+// by another with the same transactional id stops with an error instead:
+// two processes with one id can only fence each other in turn.
 func Run(ctx context.Context, cfg Config, h Handler) error {
 	if cfg.Name == "" || cfg.Input == "" || cfg.Changelog == "" {
 		return errors.New("txproc: name, input and changelog are required")
@@ -103,12 +124,44 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 	if cfg.Instance == "" {
 		cfg.Instance = "0"
 	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.TransactionTimeout <= 0 {
+		cfg.TransactionTimeout = DefaultTransactionTimeout
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("projection", cfg.Name)
 	r := &runner{cfg: cfg, h: h, log: log, restored: map[int32]bool{}}
+	for attempt := 0; ; attempt++ {
+		err := r.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !errors.Is(err, errSessionLost) {
+			return err
+		}
+		log.Warn("transactional session lost; starting a new one", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(min(100*time.Millisecond<<min(attempt, 5), 3*time.Second)):
+		}
+	}
+}
+
+// errSessionLost marks an error after which a session can commit nothing
+// more, though no other process took its transactional id.
+var errSessionLost = errors.New("txproc: transactional session lost")
+
+// session runs one GroupTransactSession until ctx ends (nil), the session
+// is lost (errSessionLost) or the process is fenced.
+func (r *runner) session(ctx context.Context) error {
+	cfg, log := r.cfg, r.log
+	r.drop()
 	var mu sync.Mutex
 	markDirty := func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 		mu.Lock()
@@ -117,7 +170,7 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 	}
 	opts := append(cfg.Log.GroupOpts(cfg.Name, cfg.Instance),
 		kgo.TransactionalID(cfg.Log.Group(cfg.Name)+"-"+cfg.Instance),
-		kgo.TransactionTimeout(30*time.Second),
+		kgo.TransactionTimeout(cfg.TransactionTimeout),
 		kgo.ConsumeTopics(cfg.Input),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.OnPartitionsAssigned(func(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
@@ -158,7 +211,9 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 	}
 
 	for attempt := 0; ; {
-		fetches := sess.PollFetches(ctx)
+		// A bounded batch keeps a transaction well inside its timeout
+		// however far behind the input is.
+		fetches := sess.PollRecords(ctx, cfg.MaxBatch)
 		if ctx.Err() != nil || fetches.IsClientClosed() {
 			return nil
 		}
@@ -174,6 +229,7 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 			r.drop()
 		}
 		mu.Unlock()
+		began := time.Now()
 		committed, err := r.batch(ctx, sess, fetches)
 		if err == nil && committed {
 			cfg.Log.Lag.Observe(cfg.Name, fetches)
@@ -186,12 +242,21 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if fenced(err) {
+		switch {
+		case fenced(err) && time.Since(began) >= cfg.TransactionTimeout:
+			// Our own transaction outlived its timeout: the
+			// coordinator aborted it and bumped the epoch.
+			return fmt.Errorf("%w: the transaction took %v, past its timeout of %v: %w",
+				errSessionLost, time.Since(began).Round(time.Millisecond), cfg.TransactionTimeout, err)
+		case fenced(err):
 			// Another process took our transactional id: the
 			// session can commit nothing any more, and carrying on
 			// would only spin.
 			return fmt.Errorf("txproc %s: fenced by another process with transactional id %s: %w",
 				cfg.Name, cfg.Log.Group(cfg.Name)+"-"+cfg.Instance, err)
+		case errors.Is(err, errBegin):
+			// A producer still in a transaction it cannot end.
+			return fmt.Errorf("%w: %w", errSessionLost, err)
 		}
 		if err != nil {
 			log.Warn("batch aborted", "err", err)
@@ -205,9 +270,9 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 	}
 }
 
-// fenced reports an error that means another producer with our
-// transactional id (or another group member with our instance id) has
-// replaced us.
+// errBegin marks a failed Begin.
+var errBegin = errors.New("begin")
+
 func fenced(err error) bool {
 	return errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) ||
 		errors.Is(err, kerr.FencedInstanceID)
@@ -228,7 +293,7 @@ type runner struct {
 	cfg      Config
 	h        Handler
 	log      *slog.Logger
-	dirty    bool // guarded by Run's mu
+	dirty    bool // guarded by the session's mu
 	restored map[int32]bool
 }
 
@@ -239,7 +304,7 @@ func (r *runner) drop() {
 
 func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetches kgo.Fetches) (bool, error) {
 	if err := sess.Begin(); err != nil {
-		return false, fmt.Errorf("begin: %w", err)
+		return false, fmt.Errorf("%w: %w", errBegin, err)
 	}
 	var (
 		errMu      sync.Mutex

@@ -474,3 +474,48 @@ func TestRestoreCompleteOrFails(t *testing.T) {
 		})
 	}
 }
+
+// TestTransactionTimeout: a batch that outlives the transaction timeout is
+// aborted by the coordinator, which bumps the producer's epoch; the
+// processor starts a new session instead of stopping or spinning, and every
+// input is still counted once.
+func TestTransactionTimeout(t *testing.T) {
+	_, cfg := newCluster(t)
+	ctx := testCtx(t)
+	outs := newOutputs(t, cfg)
+	keys := []string{"a", "b", "c", "d"}
+	write(t, ctx, cfg, keys...)
+	h := newCounter()
+	var slow atomic.Bool
+	var seen atomic.Int32
+	slow.Store(true)
+	h.fail = func(*kgo.Record) error {
+		// The fault: the second record of the first batch, after the
+		// first one's output went out (so the transaction is open on
+		// the broker), takes past the 1 s timeout.
+		if seen.Add(1) == 2 && slow.CompareAndSwap(true, false) {
+			time.Sleep(3 * time.Second)
+		}
+		return nil
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(rctx, Config{Name: "count", Input: input, Changelog: changelog, Log: cfg,
+			TransactionTimeout: time.Second, MaxBatch: 2,
+			Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))}, h)
+	}()
+	got := outs.await(t, ctx, 4)
+	write(t, ctx, cfg, keys...)
+	got = outs.await(t, ctx, 8)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run stopped with %v; want nil after a lost session", err)
+	}
+	if want := counted(map[string]int{"a": 2, "b": 2, "c": 2, "d": 2}); !equal(got, want) {
+		t.Fatalf("outputs %v; want %v", got, want)
+	}
+	if slow.Load() {
+		t.Fatal("the slow batch never ran")
+	}
+}
