@@ -113,11 +113,11 @@ func ackAt(st *pebblestore.Store, u domain.UserID, epoch int32, pos int64) error
 func TestHandle(t *testing.T) {
 	now := t0.Add(10 * time.Second) // entries sent at t0 are past the 3s delay
 	tests := []struct {
-		name     string
-		entries  []entry
-		online   map[domain.UserID]bool
-		acks     func(*pebblestore.Store) error
-		want     []string
+		name    string
+		entries []entry
+		online  map[domain.UserID]bool
+		acks    func(*pebblestore.Store) error
+		want    []string
 	}{{
 		name:    "recipients without presence get one each",
 		entries: []entry{{0, "a", 1, "s", t0}, {1, "b", 1, "s", t0}, {2, "a", 2, "s", t0}},
