@@ -254,7 +254,7 @@ func TestRunRestartAndReplay(t *testing.T) {
 	_, stop := f.run(t, ctx, st, first)
 	waitPositions(t, ctx, st, f.ends())
 	stop()
-	stored := f.ends()
+	afterFirst := f.ends()
 
 	// A second run that dies while handling the next records.
 	f.produce(t, ctx,
@@ -275,10 +275,14 @@ func TestRunRestartAndReplay(t *testing.T) {
 		t.Fatal("the second run never reached the offset it dies at")
 	}
 	stop()
-	if pos, err := st.Positions(ctx, history.Name); err != nil || pos[0] > second.stopAt {
-		t.Fatalf("positions %v (%v) past the batch that was never written (offset %d)", pos, err, second.stopAt)
-	} else {
-		stored = pos
+	for p, offs := range second.handed {
+		if offs[0] != afterFirst[p] {
+			t.Errorf("partition %d: the second run started at %d, want %d", p, offs[0], afterFirst[p])
+		}
+	}
+	stored, err := st.Positions(ctx, history.Name)
+	if err != nil || stored[0] > second.stopAt {
+		t.Fatalf("positions %v (%v) past the batch that was never written (offset %d)", stored, err, second.stopAt)
 	}
 
 	third := newRecorder(st)
