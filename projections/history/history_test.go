@@ -1,0 +1,287 @@
+package history
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/store"
+	"github.com/evchat/evchat/projections/store/pebblestore"
+)
+
+var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+
+func openStore(t *testing.T) *pebblestore.Store {
+	t.Helper()
+	s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+// log builds the records of a channel-topic partition: event i at offset i.
+func records(t *testing.T, evs ...domain.Event) []*kgo.Record {
+	t.Helper()
+	recs := make([]*kgo.Record, len(evs))
+	for i, ev := range evs {
+		r, err := eventlog.Record("chat.channels", string(domain.ChannelOf(ev)), ev,
+			domain.Meta{EventID: fmt.Sprint(i), Time: t0.Add(time.Duration(i) * time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Offset = int64(i)
+		recs[i] = r
+	}
+	return recs
+}
+
+// apply hands each batch to p and writes what it adds, with positions, as
+// the projector does.
+func apply(t *testing.T, st *pebblestore.Store, p *Projection, batches ...[]*kgo.Record) {
+	t.Helper()
+	ctx := context.Background()
+	for _, recs := range batches {
+		b := store.Batch{Projection: Name, Positions: map[int32]int64{0: recs[len(recs)-1].Offset + 1}}
+		if err := p.Handle(ctx, 0, recs, &b); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Apply(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// split cuts recs into batches of n (the last may be shorter).
+func split(recs []*kgo.Record, n int) [][]*kgo.Record {
+	var out [][]*kgo.Record
+	for len(recs) > n {
+		out = append(out, recs[:n])
+		recs = recs[n:]
+	}
+	return append(out, recs)
+}
+
+// state is what history keeps of some channels and users.
+type state struct {
+	Channels map[domain.ChannelID]domain.Channel
+	Of       map[domain.UserID][]domain.ChannelID
+	Messages map[domain.ChannelID][]string // "offset:message id"
+}
+
+func read(t *testing.T, st *pebblestore.Store, chans []domain.ChannelID, users []domain.UserID) state {
+	t.Helper()
+	ctx := context.Background()
+	s := state{Channels: map[domain.ChannelID]domain.Channel{}, Of: map[domain.UserID][]domain.ChannelID{},
+		Messages: map[domain.ChannelID][]string{}}
+	for _, id := range chans {
+		c, err := st.Channel(ctx, id)
+		if err == nil {
+			s.Channels[id] = c
+		}
+		ms, err := st.MessagesAfter(ctx, id, -1, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			s.Messages[id] = append(s.Messages[id], fmt.Sprintf("%d:%d", m.Offset, m.MessageID))
+		}
+	}
+	for _, u := range users {
+		cs, err := st.ChannelsOf(ctx, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cs) > 0 {
+			s.Of[u] = cs
+		}
+	}
+	return s
+}
+
+func created(ch domain.ChannelID, kind domain.ChannelKind, members ...domain.UserID) domain.ChannelCreated {
+	return domain.ChannelCreated{ChannelID: ch, Kind: kind, CreatorID: members[0], Members: members}
+}
+
+func msg(ch domain.ChannelID, id domain.MessageID, from domain.UserID) domain.MessageSent {
+	return domain.MessageSent{ChannelID: ch, MessageID: id, SenderID: from, DeviceID: "d", ClientMsgID: fmt.Sprint("c", id), Text: "hi"}
+}
+
+// TestHandle applies logs in batches and reads back channels, the
+// user → channels index and messages by (channel, offset).
+func TestHandle(t *testing.T) {
+	const g, d = domain.ChannelID("g"), domain.ChannelID("d")
+	tests := []struct {
+		name    string
+		evs     []domain.Event
+		batch   int // records per batch
+		members map[domain.UserID][]domain.ChannelID
+		msgs    map[domain.ChannelID][]string
+	}{{
+		name:    "messages keyed by offset in log order",
+		evs:     []domain.Event{created(g, domain.KindGroup, "a", "b"), msg(g, 30, "a"), msg(g, 10, "b"), msg(g, 20, "a")},
+		batch:   10,
+		members: map[domain.UserID][]domain.ChannelID{"a": {g}, "b": {g}},
+		msgs:    map[domain.ChannelID][]string{g: {"1:30", "2:10", "3:20"}},
+	}, {
+		name:    "a non-member's message and a message to no channel are dropped",
+		evs:     []domain.Event{msg(d, 1, "a"), created(d, domain.KindDirect, "a", "b"), msg(d, 2, "c"), msg(d, 3, "b")},
+		batch:   1,
+		members: map[domain.UserID][]domain.ChannelID{"a": {d}, "b": {d}},
+		msgs:    map[domain.ChannelID][]string{d: {"3:3"}},
+	}, {
+		name: "membership at the message's own position",
+		evs: []domain.Event{created(g, domain.KindGroup, "a"), msg(g, 1, "b"),
+			domain.MemberAdded{ChannelID: g, UserID: "b", ByID: "a"}, msg(g, 3, "b"),
+			domain.MemberRemoved{ChannelID: g, UserID: "b", ByID: "b"}, msg(g, 5, "b")},
+		batch:   2,
+		members: map[domain.UserID][]domain.ChannelID{"a": {g}},
+		msgs:    map[domain.ChannelID][]string{g: {"3:3"}},
+	}, {
+		name:    "second copy of a message id in the same batch",
+		evs:     []domain.Event{created(g, domain.KindGroup, "a"), msg(g, 7, "a"), msg(g, 8, "a"), msg(g, 7, "a")},
+		batch:   10,
+		members: map[domain.UserID][]domain.ChannelID{"a": {g}},
+		msgs:    map[domain.ChannelID][]string{g: {"1:7", "2:8"}},
+	}, {
+		name:    "second copy of a message id in a later batch",
+		evs:     []domain.Event{created(g, domain.KindGroup, "a"), msg(g, 7, "a"), msg(g, 8, "a"), msg(g, 7, "a")},
+		batch:   2,
+		members: map[domain.UserID][]domain.ChannelID{"a": {g}},
+		msgs:    map[domain.ChannelID][]string{g: {"1:7", "2:8"}},
+	}, {
+		name:    "a second channel.created changes nothing",
+		evs:     []domain.Event{created(g, domain.KindGroup, "a"), created(g, domain.KindGroup, "b")},
+		batch:   1,
+		members: map[domain.UserID][]domain.ChannelID{"a": {g}},
+		msgs:    map[domain.ChannelID][]string{},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := openStore(t)
+			recs := records(t, tt.evs...)
+			apply(t, st, New(st, domain.DefaultLimits(), nil), split(recs, tt.batch)...)
+			got := read(t, st, []domain.ChannelID{g, d}, []domain.UserID{"a", "b", "c"})
+			if !reflect.DeepEqual(got.Of, tt.members) {
+				t.Errorf("channels of users: %v, want %v", got.Of, tt.members)
+			}
+			if !reflect.DeepEqual(got.Messages, tt.msgs) {
+				t.Errorf("messages: %v, want %v", got.Messages, tt.msgs)
+			}
+			for id, c := range got.Channels {
+				if want := recs[len(recs)-1].Offset + 1; c.Version > want || c.Version == 0 {
+					t.Errorf("channel %s version %d, want in (0, %d]", id, c.Version, want)
+				}
+			}
+
+			// Applying the whole log again, as after a crash between the
+			// state and the positions (a fresh cache: the store is the
+			// truth), changes nothing.
+			before := got
+			apply(t, st, New(st, domain.DefaultLimits(), nil), split(recs, tt.batch)...)
+			if again := read(t, st, []domain.ChannelID{g, d}, []domain.UserID{"a", "b", "c"}); !reflect.DeepEqual(again, before) {
+				t.Errorf("applied twice:\n%+v\nonce:\n%+v", again, before)
+			}
+		})
+	}
+}
+
+// TestRebuild builds history, resets the projection as the operator's
+// replay does (messages and positions go, channels and memberships stay
+// with the versions of the end of the log) and builds it again from the
+// start: the same state, whatever the batches. The log removes a member
+// whose earlier messages must stay, and re-adds one.
+func TestRebuild(t *testing.T) {
+	const g, d, h = domain.ChannelID("g"), domain.ChannelID("d"), domain.ChannelID("h")
+	recs := records(t,
+		created(g, domain.KindGroup, "a", "b"),
+		created(d, domain.KindDirect, "a", "c"),
+		msg(g, 100, "b"),
+		msg(d, 101, "c"),
+		domain.MemberAdded{ChannelID: g, UserID: "c", ByID: "a"},
+		msg(g, 102, "c"),
+		domain.MemberRemoved{ChannelID: g, UserID: "b", ByID: "b"},
+		msg(g, 103, "b"), // no longer a member: dropped
+		msg(g, 102, "c"), // a second copy: dropped
+		domain.MemberAdded{ChannelID: g, UserID: "b", ByID: "a"},
+		msg(g, 104, "b"),
+		// In h, the state at the end of the log has e gone and f in:
+		// a rebuild that judged by it would drop e's message and keep f's.
+		created(h, domain.KindGroup, "a", "e"),
+		msg(h, 200, "e"),
+		msg(h, 201, "f"), // not yet a member: dropped
+		domain.MemberAdded{ChannelID: h, UserID: "f", ByID: "a"},
+		domain.MemberRemoved{ChannelID: h, UserID: "e", ByID: "e"},
+	)
+	chans, users := []domain.ChannelID{g, d, h}, []domain.UserID{"a", "b", "c", "e", "f"}
+	want := state{
+		Of: map[domain.UserID][]domain.ChannelID{"a": {d, g, h}, "b": {g}, "c": {d, g}, "f": {h}},
+		Messages: map[domain.ChannelID][]string{
+			g: {"2:100", "5:102", "10:104"},
+			d: {"3:101"},
+			h: {"12:200"},
+		},
+	}
+	for _, n := range []int{1, 3, len(recs)} {
+		t.Run(fmt.Sprintf("batches of %d", n), func(t *testing.T) {
+			st := openStore(t)
+			apply(t, st, New(st, domain.DefaultLimits(), nil), split(recs, 4)...)
+			first := read(t, st, chans, users)
+			if !reflect.DeepEqual(first.Of, want.Of) || !reflect.DeepEqual(first.Messages, want.Messages) {
+				t.Fatalf("first build:\n%+v\nwant\n%+v", first, want)
+			}
+			if err := st.ResetProjection(context.Background(), Name); err != nil {
+				t.Fatal(err)
+			}
+			if pos, err := st.Positions(context.Background(), Name); err != nil || len(pos) != 0 {
+				t.Fatalf("positions after reset: %v, %v", pos, err)
+			}
+			apply(t, st, New(st, domain.DefaultLimits(), nil), split(recs, n)...)
+			if again := read(t, st, chans, users); !reflect.DeepEqual(again, first) {
+				t.Fatalf("rebuild:\n%+v\nfirst build:\n%+v", again, first)
+			}
+		})
+	}
+}
+
+// failing is a store whose lookups fail: a store that does not answer.
+type failing struct{ Store }
+
+func (failing) Channel(context.Context, domain.ChannelID) (domain.Channel, error) {
+	return domain.Channel{}, fmt.Errorf("store down")
+}
+
+func (failing) MessageByID(context.Context, domain.ChannelID, domain.MessageID) (store.Message, error) {
+	return store.Message{}, fmt.Errorf("store down")
+}
+
+// TestHandleStoreError: a failed lookup is an error of Handle (so the
+// runner retries the fetch), not an event silently dropped.
+func TestHandleStoreError(t *testing.T) {
+	tests := []struct {
+		name string
+		evs  []domain.Event
+	}{
+		{"channel lookup", []domain.Event{created("g", domain.KindGroup, "a")}},
+		{"message lookup", []domain.Event{msg("g", 1, "a")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b store.Batch
+			if err := New(failing{}, domain.DefaultLimits(), nil).Handle(context.Background(), 0, records(t, tt.evs...), &b); err == nil {
+				t.Fatalf("no error; batch %+v", b)
+			}
+		})
+	}
+}

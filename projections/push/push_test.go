@@ -1,0 +1,272 @@
+package push
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/store"
+	"github.com/evchat/evchat/projections/store/pebblestore"
+)
+
+var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+
+func openStore(t *testing.T) *pebblestore.Store {
+	t.Helper()
+	s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+// sender records the notifications it is given, and when; it fails the
+// first fails calls.
+type sender struct {
+	mu    sync.Mutex
+	fails int
+	calls int
+	sent  []Notification
+	at    []time.Time
+}
+
+func (s *sender) Send(_ context.Context, n Notification) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if s.calls <= s.fails {
+		return errors.New("provider down")
+	}
+	s.sent = append(s.sent, n)
+	s.at = append(s.at, time.Now())
+	return nil
+}
+
+func (s *sender) got() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, n := range s.sent {
+		out = append(out, fmt.Sprintf("%s:%d", n.UserID, n.MessageID))
+	}
+	return out
+}
+
+// presence is a fake presence: online users, or a function of the time.
+type presence struct {
+	online map[domain.UserID]bool
+	fn     func(domain.UserID) bool
+}
+
+func (p presence) Of(u domain.UserID) (domain.PresenceChange, bool) {
+	if p.fn != nil {
+		return domain.PresenceChange{UserID: u, Online: p.fn(u)}, true
+	}
+	on, ok := p.online[u]
+	return domain.PresenceChange{UserID: u, Online: on}, ok
+}
+
+// entry is an inbox entry at an offset of the inbox topic.
+type entry struct {
+	offset int64
+	u      domain.UserID
+	id     domain.MessageID
+	from   domain.UserID
+	sentAt time.Time
+}
+
+func records(t *testing.T, es ...entry) []*kgo.Record {
+	t.Helper()
+	recs := make([]*kgo.Record, len(es))
+	for i, e := range es {
+		ev := domain.InboxMessage{UserID: e.u, ChannelID: "c", MessageID: e.id, SenderID: e.from, Text: "hi", SentAt: e.sentAt}
+		r, err := eventlog.Record("chat.inbox.e1", string(e.u), ev, domain.Meta{EventID: fmt.Sprint(e.offset), Time: e.sentAt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Offset = e.offset
+		recs[i] = r
+	}
+	return recs
+}
+
+func ackAt(st *pebblestore.Store, u domain.UserID, epoch int32, pos int64) error {
+	return st.Apply(context.Background(), store.Batch{Cursors: []store.DeviceCursor{{UserID: u, DeviceID: "p", Epoch: epoch, Position: pos, UpdatedAt: t0}}})
+}
+
+// TestHandle decides with a clock past every entry's delay: who gets a
+// notification, and that a replay (a new projection over the same
+// records) and a second copy of an entry send nothing more.
+func TestHandle(t *testing.T) {
+	now := t0.Add(10 * time.Second) // entries sent at t0 are past the 3s delay
+	tests := []struct {
+		name    string
+		entries []entry
+		online  map[domain.UserID]bool
+		acks    func(*pebblestore.Store) error
+		want    []string
+	}{{
+		name:    "recipients without presence get one each",
+		entries: []entry{{0, "a", 1, "s", t0}, {1, "b", 1, "s", t0}, {2, "a", 2, "s", t0}},
+		want:    []string{"a:1", "b:1", "a:2"},
+	}, {
+		name:    "online recipient gets nothing",
+		entries: []entry{{0, "a", 1, "s", t0}, {1, "b", 1, "s", t0}},
+		online:  map[domain.UserID]bool{"a": true, "b": false},
+		want:    []string{"b:1"},
+	}, {
+		name:    "the sender's own copy sends nothing",
+		entries: []entry{{0, "s", 1, "s", t0}, {1, "a", 1, "s", t0}},
+		want:    []string{"a:1"},
+	}, {
+		name:    "older than the max age",
+		entries: []entry{{0, "a", 1, "s", now.Add(-time.Minute - time.Millisecond)}, {1, "a", 2, "s", now.Add(-time.Minute + time.Second)}},
+		want:    []string{"a:2"},
+	}, {
+		name:    "a device acknowledged the entry",
+		entries: []entry{{4, "a", 1, "s", t0}, {5, "a", 2, "s", t0}, {5, "b", 3, "s", t0}},
+		acks: func(st *pebblestore.Store) error {
+			return errors.Join(ackAt(st, "a", 1, 4), ackAt(st, "b", 2, 100)) // b acked in another epoch
+		},
+		want: []string{"a:2", "b:3"},
+	}, {
+		name:    "a second copy of an entry at a later offset",
+		entries: []entry{{0, "a", 1, "s", t0}, {1, "a", 1, "s", t0}},
+		want:    []string{"a:1"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := openStore(t)
+			if tt.acks != nil {
+				if err := tt.acks(st); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := &sender{}
+			cfg := Config{Delay: 3 * time.Second, MaxAge: time.Minute, Now: func() time.Time { return now }}
+			recs := records(t, tt.entries...)
+			for range 2 { // the first run, then a replay
+				if err := New(cfg, st, presence{online: tt.online}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+					t.Fatal(err)
+				}
+				if got := s.got(); !reflect.DeepEqual(got, tt.want) {
+					t.Fatalf("sent %v, want %v", got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+// TestHandleWaitsDelay uses the wall clock with a short delay: nothing is
+// sent before the entry's time plus the delay, and presence is asked
+// after the wait, so a recipient who comes online meanwhile gets nothing.
+func TestHandleWaitsDelay(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	st := openStore(t)
+	s := &sender{}
+	sentAt := time.Now()
+	onlineFrom := sentAt.Add(delay / 2)
+	pr := presence{fn: func(u domain.UserID) bool { return u == "b" && !time.Now().Before(onlineFrom) }}
+	recs := records(t, entry{0, "a", 1, "s", sentAt}, entry{1, "b", 2, "s", sentAt})
+	if err := New(Config{Delay: delay}, st, pr, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.got(); !reflect.DeepEqual(got, []string{"a:1"}) {
+		t.Fatalf("sent %v, want a:1 only", got)
+	}
+	if early := sentAt.Add(delay).Sub(s.at[0]); early > 0 {
+		t.Fatalf("sent %s before the delay was over", early)
+	}
+}
+
+// TestHandleCancelWhileWaiting: a cancel during the wait is an error (the
+// runner writes no position) and reserves nothing, so the next run sends.
+func TestHandleCancelWhileWaiting(t *testing.T) {
+	st := openStore(t)
+	s := &sender{}
+	recs := records(t, entry{0, "a", 1, "s", t0})
+	now := t0
+	cfg := Config{Delay: time.Hour, MaxAge: 2 * time.Hour, Now: func() time.Time { return now }}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := New(cfg, st, presence{}, s).Handle(ctx, 0, recs, &store.Batch{}); err == nil {
+		t.Fatal("no error from a cancelled wait")
+	}
+	if len(s.got()) != 0 {
+		t.Fatalf("sent %v", s.got())
+	}
+	now = t0.Add(time.Hour)
+	if err := New(cfg, st, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.got(); !reflect.DeepEqual(got, []string{"a:1"}) {
+		t.Fatalf("sent %v after the restart, want a:1", got)
+	}
+}
+
+// TestHandleSenderFails: a failing provider is tried three times; a
+// notification that never went out is not tried again by a replay (at
+// most once: it was reserved).
+func TestHandleSenderFails(t *testing.T) {
+	now := t0.Add(10 * time.Second)
+	cfg := Config{Now: func() time.Time { return now }}
+	tests := []struct {
+		name      string
+		fails     int
+		wantCalls int
+		want      []string
+	}{
+		{"succeeds on the third try", 2, 3, []string{"a:1"}},
+		{"lost after three tries", 3, 3, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := openStore(t)
+			s := &sender{fails: tt.fails}
+			recs := records(t, entry{0, "a", 1, "s", t0})
+			for range 2 {
+				if err := New(cfg, st, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if s.calls != tt.wantCalls || !reflect.DeepEqual(s.got(), tt.want) {
+				t.Fatalf("%d calls, sent %v; want %d, %v", s.calls, s.got(), tt.wantCalls, tt.want)
+			}
+		})
+	}
+}
+
+// failing is a store that does not answer.
+type failing struct{}
+
+func (failing) DeviceCursors(context.Context, domain.UserID) ([]store.DeviceCursor, error) {
+	return nil, errors.New("store down")
+}
+
+func (failing) ReservePush(context.Context, domain.UserID, domain.MessageID, time.Time) (bool, error) {
+	return false, errors.New("store down")
+}
+
+// TestHandleStoreError: without the store the projection cannot know
+// whether it sent already, so it fails the batch and sends nothing.
+func TestHandleStoreError(t *testing.T) {
+	s := &sender{}
+	now := t0.Add(10 * time.Second)
+	err := New(Config{Now: func() time.Time { return now }}, failing{}, presence{}, s).Handle(context.Background(), 0, records(t, entry{0, "a", 1, "s", t0}), &store.Batch{})
+	if err == nil || len(s.got()) != 0 {
+		t.Fatalf("err %v, sent %v", err, s.got())
+	}
+}
