@@ -505,9 +505,9 @@ func TestTransactionTimeout(t *testing.T) {
 			TransactionTimeout: time.Second, MaxBatch: 2,
 			Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))}, h)
 	}()
-	got := outs.await(t, ctx, 4)
+	outs.await(t, ctx, 4)
 	write(t, ctx, cfg, keys...)
-	got = outs.await(t, ctx, 8)
+	got := outs.await(t, ctx, 8)
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run stopped with %v; want nil after a lost session", err)
