@@ -214,7 +214,9 @@ func (s *privateServers) stop() {
 	}
 	if out, err := s.script("servers.sh", "stop"); err != nil {
 		s.t.Errorf("stopping the private servers: %v\n%s", err, out)
+		return
 	}
+	_ = os.Remove(s.run) // empty once the scripts removed kafka/ and cassandra/
 }
 
 // clock is the time of day in UTC, to place the log's lines among message
