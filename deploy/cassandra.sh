@@ -4,6 +4,8 @@
 #
 #   deploy/cassandra.sh fetch    download jars from Maven Central (cached), compile the CQL probe
 #   deploy/cassandra.sh start    generate cassandra.yaml + logback.xml, start, wait for a CQL answer
+#   deploy/cassandra.sh restart  start again on the data left by a kill (no wipe)
+#   deploy/cassandra.sh kill     kill -9 by pidfile, keep the data (a crash, for chaos tests)
 #   deploy/cassandra.sh status   exit 0 and print the release version if a CQL query succeeds
 #   deploy/cassandra.sh stop     stop by pidfile, remove the data directory
 #   deploy/cassandra.sh smoke    create keyspace+table, write+read at QUORUM, drop (needs a running node)
@@ -251,15 +253,40 @@ start() {
     echo "export EVCHAT_CASSANDRA=127.0.0.1:$PORT"
     return 0
   fi
-  local p
-  for p in "$PORT" "$SPORT" "$JMX_PORT"; do
-    port_open "$p" && die "127.0.0.1:$p is already in use by another process"
-  done
+  check_ports
   fetch
   local t0=$SECONDS
   rm -rf "$RUN_DIR"
   mkdir -p "$RUN_DIR"
   write_config
+  launch "$t0"
+}
+
+# restart: start again on the data a previous start left (after `kill`, a
+# crash or a kill -9): no wipe, the same config; the commit log is replayed.
+restart() {
+  need_java
+  if pid_alive "$PIDFILE"; then
+    log "already running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
+    echo "export EVCHAT_CASSANDRA=127.0.0.1:$PORT"
+    return 0
+  fi
+  [[ -f "$CONF" && -d "$DATA_DIR" ]] || die "nothing to restart: no $CONF (run start first)"
+  check_ports
+  launch "$SECONDS"
+}
+
+check_ports() {
+  local p
+  for p in "$PORT" "$SPORT" "$JMX_PORT"; do
+    port_open "$p" && die "127.0.0.1:$p is already in use by another process"
+  done
+  return 0
+}
+
+# launch T0: start the JVM in the background and wait for a CQL answer.
+launch() {
+  local t0="$1"
   log "starting Cassandra $CASSANDRA_VERSION on 127.0.0.1:$PORT (storage :$SPORT, jmx :$JMX_PORT), logs in $LOG_DIR"
   setsid java -Xms"$HEAP_MIN" -Xmx"$HEAP_MAX" "${jvm17_opts[@]}" \
     -javaagent:"$(jamm_jar)" \
@@ -275,7 +302,7 @@ start() {
     -Dcassandra.superuser_setup_delay_ms=0 \
     -Dcassandra.migration_task_wait_in_seconds=1 \
     -cp "$(classpath)" org.apache.cassandra.service.CassandraDaemon \
-    >"$LOG_DIR/stdout.log" 2>&1 </dev/null &
+    >>"$LOG_DIR/stdout.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$PIDFILE"
   local deadline=$((SECONDS + TIMEOUT)) out=""
@@ -316,9 +343,11 @@ stop() {
 case "${1:-}" in
   fetch) fetch ;;
   start) start ;;
+  restart) restart ;;
+  kill) kill_pid "$PIDFILE" cassandra ;;
   stop) stop ;;
   status) status ;;
   nodetool) shift; nodetool "$@" ;;
   smoke) fetch >/dev/null; mkdir -p "$LOG_DIR"; probe smoke ;;
-  *) echo "usage: $0 {fetch|start|stop|status|smoke|nodetool ARGS...}" >&2; exit 64 ;;
+  *) echo "usage: $0 {fetch|start|restart|kill|stop|status|smoke|nodetool ARGS...}" >&2; exit 64 ;;
 esac

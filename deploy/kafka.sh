@@ -3,6 +3,8 @@
 #
 #   deploy/kafka.sh fetch    download jars from Maven Central (cached)
 #   deploy/kafka.sh start    format storage, start, wait for a real metadata answer
+#   deploy/kafka.sh restart  start again on the data left by a kill (no wipe, no format)
+#   deploy/kafka.sh kill     kill -9 by pidfile, keep the data (a crash, for chaos tests)
 #   deploy/kafka.sh status   exit 0 and print the cluster id if the broker answers
 #   deploy/kafka.sh stop     stop by pidfile, remove the data directory
 #   deploy/kafka.sh smoke    create a topic, produce with acks=all+idempotence, consume in a group, delete it
@@ -134,8 +136,7 @@ start() {
     echo "export EVCHAT_KAFKA=127.0.0.1:$PORT"
     return 0
   fi
-  port_open "$PORT" && die "127.0.0.1:$PORT is already in use by another process"
-  port_open "$CPORT" && die "127.0.0.1:$CPORT is already in use by another process"
+  check_ports
   fetch
   local t0=$SECONDS
   rm -rf "$RUN_DIR"
@@ -148,6 +149,32 @@ start() {
         >"$LOG_DIR/format.log" 2>&1; then
     fail_start kafka "$LOG_DIR/format.log"
   fi
+  launch "$t0"
+}
+
+# restart: start again on the data a previous start left (after `kill`, a
+# crash or a kill -9): no wipe, no format, the same config and cluster id.
+restart() {
+  need_java
+  if pid_alive "$PIDFILE"; then
+    log "already running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
+    echo "export EVCHAT_KAFKA=127.0.0.1:$PORT"
+    return 0
+  fi
+  [[ -f "$CONF" && -d "$DATA_DIR" ]] || die "nothing to restart: no $CONF (run start first)"
+  check_ports
+  launch "$SECONDS"
+}
+
+check_ports() {
+  port_open "$PORT" && die "127.0.0.1:$PORT is already in use by another process"
+  port_open "$CPORT" && die "127.0.0.1:$CPORT is already in use by another process"
+  return 0
+}
+
+# launch T0: start the JVM in the background and wait until it answers.
+launch() {
+  local t0="$1"
   log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$PORT (controller :$CPORT), logs in $LOG_DIR"
   # setsid: own session, so the server survives the calling shell.
   setsid java -Xms"$HEAP" -Xmx"$HEAP" -server \
@@ -157,7 +184,7 @@ start() {
     -Dlog4j2.configurationFile="$RUN_DIR/log4j2.properties" \
     -Devchat.run.dir="$RUN_DIR" \
     -cp "$(classpath)" kafka.Kafka "$CONF" \
-    >"$LOG_DIR/stdout.log" 2>&1 </dev/null &
+    >>"$LOG_DIR/stdout.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$PIDFILE"
   local deadline=$((SECONDS + TIMEOUT)) id=""
@@ -215,8 +242,10 @@ stop() {
 case "${1:-}" in
   fetch) fetch ;;
   start) start ;;
+  restart) restart ;;
+  kill) kill_pid "$PIDFILE" kafka ;;
   stop) stop ;;
   status) status ;;
   smoke) smoke ;;
-  *) echo "usage: $0 {fetch|start|stop|status|smoke}" >&2; exit 64 ;;
+  *) echo "usage: $0 {fetch|start|restart|kill|stop|status|smoke}" >&2; exit 64 ;;
 esac

@@ -101,6 +101,25 @@ stop_pid() {
   log "$name stopped"
 }
 
+# kill_pid PIDFILE NAME: SIGKILL the pid in PIDFILE (a crash: nothing is
+# flushed or closed), wait until it is gone, keep the data for `restart`.
+kill_pid() {
+  local pf="$1" name="$2" pid i
+  if ! pid_alive "$pf"; then
+    log "$name not running"
+    rm -f "$pf"
+    return 0
+  fi
+  pid="$(cat "$pf")"
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    die "$name (pid $pid) still alive 15s after SIGKILL"
+  fi
+  rm -f "$pf"
+  log "$name killed (pid $pid, SIGKILL); its data is kept"
+}
+
 # fail_start NAME LOGFILE...: print the tails of the logs and exit non-zero
 fail_start() {
   local name="$1"; shift

@@ -46,15 +46,63 @@ func TestChaos(t *testing.T) {
 }
 
 type chaosConfig struct {
-	users  int // with two devices each
-	burst  int // messages into the group of ten, from one device
-	steady int // messages per other sending device, 5 a second
-	kills  int // kill -9 rounds
-	window int // sends a device keeps in flight
+	users  int           // with two devices each
+	burst  int           // messages into the group of ten, from one device
+	steady int           // messages per other sending device, 5 a second
+	kills  int           // kill -9 rounds
+	window int           // sends a device keeps in flight
+	every  time.Duration // between new sends of the burst; 0 = as fast as the window allows
 }
 
 func runChaos(t *testing.T, b backend, cfg chaosConfig) {
 	n := startNode(t, b)
+	r := newChaosRun(t, n, []*node{n}, cfg)
+	r.start()
+	defer r.stop()
+	// Kill in the middle of the burst, in rounds of three kills, each 0.7
+	// to 2.5 s after the restart before it (while the devices reconnect
+	// and resend); each round once the burst has moved on by a few hundred
+	// messages since the last.
+	for i := range cfg.kills {
+		if i%3 == 0 {
+			r.waitProgress(min(300, cfg.burst/(cfg.kills+1)))
+		}
+		chaosPause()
+		a, s := r.acked()
+		t.Logf("kill %d of %d with %d of %d sends acknowledged", i+1, cfg.kills, a, s)
+		n.kill()
+		n.start()
+	}
+	r.check(fmt.Sprintf("%d kills", cfg.kills))
+}
+
+// chaosPause waits 0.7 to 2.5 s: between a restart and the next kill, while
+// the devices reconnect and resend.
+func chaosPause() { time.Sleep(700*time.Millisecond + rand.N(1800*time.Millisecond)) }
+
+type chaosChannel struct {
+	id      string
+	members []*user
+}
+
+// chaosRun is the traffic of a chaos test and its checker: twelve users
+// with two devices each, a burst into a group of ten from one device,
+// steady talk in two small groups and two direct channels. Devices are
+// spread over nodes; one whose node is down connects to the next.
+type chaosRun struct {
+	t      *testing.T
+	n      *node // for REST and the log reads
+	cfg    chaosConfig
+	chans  []chaosChannel
+	devs   []*chaosDevice
+	byUser map[string][]*chaosDevice
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newChaosRun(t *testing.T, n *node, nodes []*node, cfg chaosConfig) *chaosRun {
+	r := &chaosRun{t: t, n: n, cfg: cfg, byUser: map[string][]*chaosDevice{}}
 	users := make([]*user, cfg.users)
 	for i := range users {
 		users[i] = n.signUp(fmt.Sprintf("chaos%02d", i))
@@ -68,14 +116,9 @@ func runChaos(t *testing.T, b backend, cfg chaosConfig) {
 		}
 		return out
 	}
-	type chanInfo struct {
-		id      string
-		members []*user
-	}
-	var chans []chanInfo
 	mk := func(kind string, owner *user, others ...*user) string {
 		c := n.createChannel(owner.Token["phone"], kind, ids(others...)...)
-		chans = append(chans, chanInfo{c.ChannelID, append([]*user{owner}, others...)})
+		r.chans = append(r.chans, chaosChannel{c.ChannelID, append([]*user{owner}, others...)})
 		return c.ChannelID
 	}
 	group10 := mk("group", users[0], users[1:10]...)
@@ -84,16 +127,14 @@ func runChaos(t *testing.T, b backend, cfg chaosConfig) {
 	direct1 := mk("direct", users[10], users[11])
 	direct2 := mk("direct", users[1], users[11])
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var devs []*chaosDevice
-	byUser := map[string][]*chaosDevice{}
 	for _, u := range users {
 		for _, d := range []string{"phone", "laptop"} {
-			dev := &chaosDevice{n: n, user: u, device: d, token: u.Token[d], window: cfg.window, epoch: 1, position: -1,
+			k := len(r.devs) % len(nodes)
+			dev := &chaosDevice{nodes: append(slices.Clone(nodes[k:]), nodes[:k]...), user: u, device: d, token: u.Token[d],
+				window: cfg.window, epoch: 1, position: -1,
 				acked: map[string]string{}, onConn: map[string]bool{}, retryAt: map[string]time.Time{}}
-			devs = append(devs, dev)
-			byUser[u.ID] = append(byUser[u.ID], dev)
+			r.devs = append(r.devs, dev)
+			r.byUser[u.ID] = append(r.byUser[u.ID], dev)
 		}
 	}
 	plan := func(dev *chaosDevice, channel string, count int, every time.Duration) {
@@ -103,42 +144,54 @@ func runChaos(t *testing.T, b backend, cfg chaosConfig) {
 		}
 		dev.every = every
 	}
-	plan(byUser[users[0].ID][0], group10, cfg.burst, 0)
-	plan(byUser[users[2].ID][1], small1, cfg.steady, 200*time.Millisecond)
-	plan(byUser[users[7].ID][0], small2, cfg.steady, 200*time.Millisecond)
-	plan(byUser[users[10].ID][1], direct1, cfg.steady, 200*time.Millisecond)
-	plan(byUser[users[11].ID][0], direct2, cfg.steady, 200*time.Millisecond)
+	plan(r.byUser[users[0].ID][0], group10, cfg.burst, cfg.every)
+	plan(r.byUser[users[2].ID][1], small1, cfg.steady, 200*time.Millisecond)
+	plan(r.byUser[users[7].ID][0], small2, cfg.steady, 200*time.Millisecond)
+	plan(r.byUser[users[10].ID][1], direct1, cfg.steady, 200*time.Millisecond)
+	plan(r.byUser[users[11].ID][0], direct2, cfg.steady, 200*time.Millisecond)
+	return r
+}
 
-	var wg sync.WaitGroup
-	for _, d := range devs {
-		wg.Go(func() { d.run(ctx) })
+// start connects every device and starts its sends.
+func (r *chaosRun) start() {
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	for _, d := range r.devs {
+		r.wg.Go(func() { d.run(r.ctx) })
 	}
-	defer wg.Wait()
-	defer cancel()
+}
 
-	acked := func() (done, total int) {
-		for _, d := range devs {
-			a, s := d.progress()
-			done, total = done+a, total+s
-		}
-		return done, total
+// stop disconnects every device and waits for them.
+func (r *chaosRun) stop() {
+	r.cancel()
+	r.wg.Wait()
+}
+
+// acked returns how many sends were acknowledged, of all planned.
+func (r *chaosRun) acked() (done, total int) {
+	for _, d := range r.devs {
+		a, s := d.progress()
+		done, total = done+a, total+s
 	}
-	// Kill in the middle of the burst, in rounds of three kills, each 0.7
-	// to 2.5 s after the restart before it (while the devices reconnect
-	// and resend); each round once the burst has moved on by a few hundred
-	// messages since the last.
-	for i := range cfg.kills {
-		if i%3 == 0 {
-			a0, _ := acked()
-			waitForTB(t, 3*time.Minute, func() bool { a, _ := acked(); return a >= a0+min(300, cfg.burst/(cfg.kills+1)) })
-		}
-		time.Sleep(700*time.Millisecond + rand.N(1800*time.Millisecond))
-		a, s := acked()
-		t.Logf("kill %d of %d with %d of %d sends acknowledged", i+1, cfg.kills, a, s)
-		n.kill()
-		n.start()
-	}
-	waitForTB(t, 5*time.Minute, func() bool { a, s := acked(); return a == s })
+	return done, total
+}
+
+// waitProgress waits until more sends than now, by count, are
+// acknowledged (or all are).
+func (r *chaosRun) waitProgress(count int) {
+	r.t.Helper()
+	a0, _ := r.acked()
+	waitForTB(r.t, 3*time.Minute, func() bool { a, s := r.acked(); return a >= min(a0+count, s) })
+}
+
+// check waits until every send is acknowledged and every device has every
+// message of its channels, then counts per device what was lost,
+// duplicated, reordered or phantom, compares each channel's history with
+// what was acknowledged, and reads the log. what says what was done to
+// the servers, for the summary line.
+func (r *chaosRun) check(what string) {
+	t, n, devs := r.t, r.n, r.devs
+	t.Helper()
+	waitForTB(t, 5*time.Minute, func() bool { a, s := r.acked(); return a == s })
 
 	// What every device must end with: each acknowledged message of each
 	// channel its user belongs to.
@@ -153,12 +206,12 @@ func runChaos(t *testing.T, b backend, cfg chaosConfig) {
 		want[d] = map[string]bool{}
 	}
 	for id, ch := range ackedIDs {
-		for _, c := range chans {
+		for _, c := range r.chans {
 			if c.id != ch {
 				continue
 			}
 			for _, u := range c.members {
-				for _, d := range byUser[u.ID] {
+				for _, d := range r.byUser[u.ID] {
 					want[d][id] = true
 				}
 			}
@@ -179,12 +232,11 @@ func runChaos(t *testing.T, b backend, cfg chaosConfig) {
 		d.reconnect()
 	}
 	waitUntil(3*time.Minute, complete)
-	cancel()
-	wg.Wait()
+	r.stop()
 
 	// The checker.
 	history := map[string][]string{} // channel → message ids, oldest first
-	for _, c := range chans {
+	for _, c := range r.chans {
 		h := n.allHistory(c.members[0].Token["phone"], c.id, 200)
 		var ids []string
 		for i := len(h) - 1; i >= 0; i-- {
@@ -192,16 +244,17 @@ func runChaos(t *testing.T, b backend, cfg chaosConfig) {
 		}
 		history[c.id] = ids
 	}
-	var lost, dup, reordered, phantom, deliveries int
+	var lost, dup, reordered, phantom, deliveries, conns int
 	for _, d := range devs {
-		l, du, r, p, n := d.check(want[d], ackedIDs, history)
-		lost, dup, reordered, phantom, deliveries = lost+l, dup+du, reordered+r, phantom+p, deliveries+n
+		l, du, re, p, got := d.check(want[d], ackedIDs, history)
+		lost, dup, reordered, phantom, deliveries = lost+l, dup+du, reordered+re, phantom+p, deliveries+got
+		conns += d.conns
 		for _, e := range d.errs {
 			t.Errorf("%s/%s: %s", d.user.Name, d.device, e)
 		}
 	}
 	var histLost, histDup, histPhantom int
-	for _, c := range chans {
+	for _, c := range r.chans {
 		seen := map[string]bool{}
 		for _, id := range history[c.id] {
 			if seen[id] {
@@ -215,13 +268,17 @@ func runChaos(t *testing.T, b backend, cfg chaosConfig) {
 		for id, ch := range ackedIDs {
 			if ch == c.id && !seen[id] {
 				histLost++
+				if histLost <= 5 {
+					t.Errorf("history of channel %s: acknowledged message %s (sonyflake time %s, machine %d) missing",
+						c.id, id, sonyflakeTime(id), sonyflakeMachine(id))
+				}
 			}
 		}
 	}
-	a, s := acked()
-	t.Logf("chaos on %s: %d kills, %d sends (%d acknowledged), %d deliveries to %d devices; "+
+	a, s := r.acked()
+	t.Logf("chaos on %s: %s, %d sends (%d acknowledged), %d deliveries to %d devices over %d connections; "+
 		"devices: %d lost, %d duplicated, %d reordered, %d phantom; history: %d lost, %d duplicated, %d phantom",
-		b.name, cfg.kills, s, a, deliveries, len(devs), lost, dup, reordered, phantom, histLost, histDup, histPhantom)
+		n.b.name, what, s, a, deliveries, len(devs), conns, lost, dup, reordered, phantom, histLost, histDup, histPhantom)
 	if lost+dup+reordered+phantom+histLost+histDup+histPhantom > 0 {
 		t.Errorf("not exactly once (counts above; details logged per device)")
 	}
@@ -356,7 +413,7 @@ type delivery struct {
 // receives, and sends its planned messages with a window in flight,
 // resending the unacknowledged ones on every new connection.
 type chaosDevice struct {
-	n      *node
+	nodes  []*node // its own first, then the others: where to connect when one is down
 	user   *user
 	device string
 	token  string
@@ -373,6 +430,7 @@ type chaosDevice struct {
 	retryAt  map[string]time.Time // answered "unavailable": resend after
 	next     int                  // sends[:next] were sent at least once
 	conns    int
+	at       int           // nodes[at] is where it connects
 	drop     chan struct{} // closed to make the device reconnect
 	errs     []string
 	report   []string
@@ -449,12 +507,18 @@ func (d *chaosDevice) run(ctx context.Context) {
 func (d *chaosDevice) session(ctx context.Context) {
 	d.mu.Lock()
 	q := fmt.Sprintf("token=%s&epoch=%d&position=%d", url.QueryEscape(d.token), d.epoch, d.position)
+	host := d.nodes[d.at].http
 	d.mu.Unlock()
-	u := url.URL{Scheme: "ws", Host: d.n.http, Path: "/v1/ws", RawQuery: q}
+	u := url.URL{Scheme: "ws", Host: host, Path: "/v1/ws", RawQuery: q}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	c, _, err := websocket.DefaultDialer.DialContext(dctx, u.String(), nil)
 	cancel()
 	if err != nil {
+		// That node is down: try the next, as an app asks discovery
+		// again after a failed connect.
+		d.mu.Lock()
+		d.at = (d.at + 1) % len(d.nodes)
+		d.mu.Unlock()
 		return
 	}
 	defer c.Close()
@@ -606,11 +670,13 @@ func (d *chaosDevice) check(want map[string]bool, acked map[string]string, histo
 		if i > 0 && g.epoch == prev.epoch && g.position <= prev.position {
 			reordered++
 			d.report = append(d.report, fmt.Sprintf("%s: position %d after %d", name, g.position, prev.position))
-		} else if l, ok := last[g.channel]; ok && index[g.id] < l {
+		} else if l, ok := last[g.channel]; ok && inHistory(index, g.id) && index[g.id] < l {
 			reordered++
 			d.report = append(d.report, fmt.Sprintf("%s: message %s out of its channel's order", name, g.id))
 		}
-		last[g.channel] = index[g.id]
+		if inHistory(index, g.id) { // a message missing from history counts there, not here
+			last[g.channel] = index[g.id]
+		}
 		prev = g
 	}
 	for id := range want {
@@ -622,4 +688,22 @@ func (d *chaosDevice) check(want map[string]bool, acked map[string]string, histo
 		}
 	}
 	return lost, dup, reordered, phantom, total
+}
+
+func inHistory(index map[string]int, id string) bool { _, ok := index[id]; return ok }
+
+// sonyflakeTime and sonyflakeMachine decode a message id (gateway/chat:
+// 10 ms units since 2026-01-01 UTC above 8 bits of sequence and 16 of
+// machine id), to place a message among the kills of a chaos test.
+func sonyflakeTime(id string) string {
+	v, err := strconv.ParseUint(id, 10, 64)
+	if err != nil {
+		return "?"
+	}
+	return time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(v>>24) * 10 * time.Millisecond).Format("15:04:05.00")
+}
+
+func sonyflakeMachine(id string) uint64 {
+	v, _ := strconv.ParseUint(id, 10, 64)
+	return v & 0xffff
 }
