@@ -87,7 +87,7 @@ func runNode(ctx context.Context, cfg config) error {
 		}
 		defer emb.Close()
 		brokers = emb.Addrs()
-		log.Info("embedded broker", "addr", strings.Join(brokers, ","), "aborted_open_txns", emb.AbortedAtStart())
+		log.Info("embedded broker", "addr", strings.Join(brokers, ","), "aborted_open_txns", emb.AbortedAtStart(), "repaired_segment_indexes", emb.RepairedAtStart())
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -26,22 +26,30 @@ import (
 // a transaction in memory only, and a later load can then take its
 // records into the same producer's next committed transaction.
 type Embedded struct {
-	c       *kfake.Cluster
-	aborted int
+	c        *kfake.Cluster
+	aborted  int
+	repaired int
 }
 
 // StartEmbedded starts the broker on 127.0.0.1:port (0 picks a free port)
 // with its data in dir ("" keeps it in memory, for tests), fsyncing every
 // batch when fsync is set. With a dir, it aborts every transaction the
 // previous process left open before it returns; no client of this
-// process may use the broker before then.
+// process may use the broker before then. Before it loads dir it rewrites
+// the segment index entries a kill -9 left missing or out of step with
+// their batches (see repairSegmentIndexes).
 func StartEmbedded(dir string, port int, fsync bool) (*Embedded, error) {
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.Ports(port),
 		kfake.BrokerConfigs(map[string]string{"transaction.max.timeout.ms": strconv.Itoa(15 * 60 * 1000)}),
 	}
+	repaired := 0
 	if dir != "" {
+		var err error
+		if repaired, err = repairSegmentIndexes(dir); err != nil {
+			return nil, fmt.Errorf("eventlog: embedded broker: %w", err)
+		}
 		opts = append(opts, kfake.DataDir(dir))
 		if fsync {
 			opts = append(opts, kfake.SyncWrites())
@@ -51,7 +59,7 @@ func StartEmbedded(dir string, port int, fsync bool) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: embedded broker: %w", err)
 	}
-	e := &Embedded{c: c}
+	e := &Embedded{c: c, repaired: repaired}
 	if dir != "" {
 		if e.aborted, err = e.abortOpenTxns(); err != nil {
 			c.Close()
@@ -81,6 +89,9 @@ func (e *Embedded) Addrs() []string { return e.c.ListenAddrs() }
 // AbortedAtStart returns how many (partition, producer) transactions left
 // open by the previous process the start aborted.
 func (e *Embedded) AbortedAtStart() int { return e.aborted }
+
+// RepairedAtStart returns how many segment index files the start rewrote.
+func (e *Embedded) RepairedAtStart() int { return e.repaired }
 
 // Close stops the broker, flushing its data.
 func (e *Embedded) Close() { e.c.Close() }
