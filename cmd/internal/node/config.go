@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/gateway/auth"
 )
 
 // Config is everything a node needs. Every default is in DefaultConfig;
@@ -154,6 +155,9 @@ func (c Config) Validate() error {
 	}
 	if c.PushMaxAge <= c.PushDelay {
 		return bad("push max age %s: want more than the push delay %s (else every notification is dropped)", c.PushMaxAge, c.PushDelay)
+	}
+	if c.Secret != "" && len(c.Secret) < auth.MinSecretLen {
+		return bad("a token secret of %d bytes: want at least %d", len(c.Secret), auth.MinSecretLen)
 	}
 	if c.ReadyLag < 0 {
 		return bad("ready lag %d < 0", c.ReadyLag)

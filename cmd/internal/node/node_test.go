@@ -9,10 +9,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gocql/gocql"
 	"github.com/gorilla/websocket"
 
 	"github.com/evchat/evchat/cmd/internal/node"
@@ -29,14 +31,15 @@ func runNode(t *testing.T, cfg node.Config) *node.Node {
 		t.Fatalf("node.New: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
+	var runErr error
+	done := make(chan struct{}) // closed once Run has returned runErr
+	go func() { defer close(done); runErr = n.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run after cancel: %v, want nil", err)
+		case <-done:
+			if runErr != nil && !t.Failed() {
+				t.Errorf("Run after cancel: %v, want nil", runErr)
 			}
 		case <-time.After(60 * time.Second):
 			t.Errorf("Run did not return within 60 s of its cancel")
@@ -44,8 +47,8 @@ func runNode(t *testing.T, cfg node.Config) *node.Node {
 	})
 	select {
 	case <-n.Ready():
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
+	case <-done:
+		t.Fatalf("Run: %v", runErr)
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("the node did not start within 2 minutes")
 	}
@@ -121,9 +124,11 @@ func next(t *testing.T, c *websocket.Conn, typ string) frame {
 	}
 }
 
-func TestNodeInProcess(t *testing.T) {
-	n := runNode(t, testConfig(t))
-	addr := n.HTTPAddr()
+// chatFlow signs ann and bob up and in over HTTP, makes a direct
+// channel, and has ann send bob a message over WebSocket: ann gets the
+// ack, bob the message.
+func chatFlow(t *testing.T, addr string) {
+	t.Helper()
 
 	token := map[string]string{}
 	ids := map[string]string{}
@@ -170,6 +175,11 @@ func TestNodeInProcess(t *testing.T) {
 	if got := next(t, bob, "message"); got.MessageID != ack.MessageID || got.Text != "hi bob" {
 		t.Fatalf("bob got %+v, want message %s \"hi bob\"", got, ack.MessageID)
 	}
+}
+
+func TestNodeInProcess(t *testing.T) {
+	n := runNode(t, testConfig(t))
+	chatFlow(t, n.HTTPAddr())
 
 	// Verify, through the admin endpoint, reads the table: the inbox of
 	// the current epoch agrees once the projection has applied the entry.
@@ -237,7 +247,7 @@ func TestValidate(t *testing.T) {
 		{"admin address without port", func(c *node.Config) { c.AdminAddr = "localhost" }, "admin address"},
 		{"embedded without data dir", func(c *node.Config) { c.DataDir = "" }, "no data directory"},
 		{"real servers and secret without data dir", func(c *node.Config) {
-			c.DataDir, c.Kafka, c.Cassandra, c.Secret = "", []string{"k:9092"}, []string{"c:9042"}, "s"
+			c.DataDir, c.Kafka, c.Cassandra, c.Secret = "", []string{"k:9092"}, []string{"c:9042"}, strings.Repeat("s", 32)
 		}, ""},
 		{"embedded port too big", func(c *node.Config) { c.EmbeddedKafkaPort = 70000 }, "embedded Kafka port"},
 		{"cassandra without keyspace", func(c *node.Config) { c.Cassandra, c.Keyspace = []string{"c:9042"}, "" }, "keyspace"},
@@ -247,6 +257,8 @@ func TestValidate(t *testing.T) {
 		{"negative push delay", func(c *node.Config) { c.PushDelay = -time.Second }, "push delay"},
 		{"push max age below the delay", func(c *node.Config) { c.PushMaxAge = time.Second }, "push max age"},
 		{"negative ready lag", func(c *node.Config) { c.ReadyLag = -1 }, "ready lag"},
+		{"secret of 31 bytes", func(c *node.Config) { c.Secret = strings.Repeat("s", 31) }, "secret of 31 bytes"},
+		{"secret of 32 bytes", func(c *node.Config) { c.Secret = strings.Repeat("s", 32) }, ""},
 		{"some roles", func(c *node.Config) { c.Roles = node.RoleNames()[:2] }, ""},
 		{"gateway only", func(c *node.Config) { c.Roles = []string{node.GatewayRole} }, ""},
 		{"unknown role", func(c *node.Config) { c.Roles = []string{node.GatewayRole, "fanuot"} },
@@ -268,5 +280,45 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("New: %v, Validate: %v", nerr, err)
 			}
 		})
+	}
+}
+
+// On real Kafka and Cassandra (EVCHAT_KAFKA, EVCHAT_CASSANDRA), a gateway
+// and a projection worker run apart (--roles) and serve a chat together.
+func TestNodeRolesApart(t *testing.T) {
+	kafka, cass := os.Getenv("EVCHAT_KAFKA"), os.Getenv("EVCHAT_CASSANDRA")
+	if kafka == "" || cass == "" {
+		t.Skip("EVCHAT_KAFKA and EVCHAT_CASSANDRA name no servers")
+	}
+	suffix := fmt.Sprint(time.Now().UnixNano())
+	t.Cleanup(func() { dropKeyspace(t, cass, "node_"+suffix) })
+	base := func(machine int, roles []string) node.Config {
+		cfg := testConfig(t)
+		cfg.Kafka, cfg.Cassandra, cfg.Keyspace, cfg.TopicPrefix = []string{kafka}, []string{cass}, "node_"+suffix, "n"+suffix
+		cfg.MachineID, cfg.Roles, cfg.Secret = machine, roles, "a secret of at least 32 bytes, "+suffix
+		return cfg
+	}
+	var projections []string
+	for _, name := range node.RoleNames() {
+		if name != node.GatewayRole {
+			projections = append(projections, name)
+		}
+	}
+	runNode(t, base(2, projections))
+	gw := runNode(t, base(1, []string{node.GatewayRole}))
+	chatFlow(t, gw.HTTPAddr())
+}
+
+func dropKeyspace(t *testing.T, hosts, keyspace string) {
+	c := gocql.NewCluster(strings.Split(hosts, ",")...)
+	c.Timeout = 30 * time.Second
+	s, err := c.CreateSession()
+	if err != nil {
+		t.Logf("drop keyspace %s: %v", keyspace, err)
+		return
+	}
+	defer s.Close()
+	if err := s.Query("DROP KEYSPACE IF EXISTS " + keyspace).Exec(); err != nil {
+		t.Logf("drop keyspace %s: %v", keyspace, err)
 	}
 }
