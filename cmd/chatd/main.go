@@ -2,7 +2,10 @@
 // one process on its embedded default: an in-process Kafka-protocol broker
 // and a Pebble store under ./data, every projection, the WebSocket gateway
 // and the REST API on 127.0.0.1:8080. With --kafka and --cassandra it runs
-// against real servers.
+// against real servers. --roles runs only some roles (the gateway, or some
+// projections), so one deployment can run gateways and projection workers
+// apart. The node itself is cmd/internal/node; this command parses flags
+// and runs the operators' subcommands (replay, verify).
 package main
 
 import (
@@ -16,7 +19,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
+
+	chatnode "github.com/evchat/evchat/cmd/internal/node" // harness_test.go has a type node
 )
 
 func main() {
@@ -34,23 +38,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fs := flag.NewFlagSet("chatd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cfg := defaultConfig()
+	cfg := chatnode.DefaultConfig()
 	fs.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "address of the REST API and WebSocket gateway")
 	fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "directory of the embedded broker, the embedded store and the token secret")
 	kafka := fs.String("kafka", os.Getenv("EVCHAT_KAFKA"), "comma-separated Kafka brokers; empty runs the embedded broker (env EVCHAT_KAFKA)")
 	cass := fs.String("cassandra", os.Getenv("EVCHAT_CASSANDRA"), "comma-separated Cassandra hosts; empty uses the embedded store (env EVCHAT_CASSANDRA)")
 	fs.StringVar(&cfg.Keyspace, "keyspace", cfg.Keyspace, "Cassandra keyspace")
 	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", cfg.TopicPrefix, "prefix of every topic name")
-	partitions := fs.Int("partitions", int(cfg.Partitions), "partitions of each topic created at start")
-	machine := fs.Uint("machine-id", uint(cfg.MachineID), "sonyflake machine id: unique per process of a deployment")
+	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions of each topic created at start")
+	fs.IntVar(&cfg.MachineID, "machine-id", cfg.MachineID, "sonyflake machine id, 0 to 65535: unique per process of a deployment")
+	roles := fs.String("roles", "all", "comma-separated roles this process runs, or all:\n"+rolesHelp())
 	fs.BoolVar(&cfg.EmbeddedFsync, "embedded-fsync", cfg.EmbeddedFsync, "fsync every batch of the embedded broker (survives power loss; off is faster and still survives kill -9)")
 	fs.IntVar(&cfg.EmbeddedKafkaPort, "embedded-kafka-port", cfg.EmbeddedKafkaPort, "port of the embedded broker (0: any free port)")
 	fs.DurationVar(&cfg.PresenceWindow, "presence-window", cfg.PresenceWindow, "a device is online this long after its last heartbeat")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "how often the gateway records each connected device's heartbeat")
 	fs.DurationVar(&cfg.PushDelay, "push-delay", cfg.PushDelay, "how long a push notification waits for a device to acknowledge the message")
-	fs.DurationVar(&cfg.PushMaxAge, "push-max-age", 2*time.Minute, "entries older than this when they come up for a push decision are dropped")
+	fs.DurationVar(&cfg.PushMaxAge, "push-max-age", cfg.PushMaxAge, "entries older than this when they come up for a push decision are dropped")
 	fs.StringVar(&cfg.PushWebhook, "push-webhook", cfg.PushWebhook, "URL that receives push notifications as FCM-shaped JSON; empty logs them")
-	fs.DurationVar(&cfg.ClockSkew, "clock-skew", 0, "testing: shift this process's message-id clock")
+	fs.DurationVar(&cfg.ClockSkew, "clock-skew", cfg.ClockSkew, "testing: shift this process's message-id clock")
 	fs.StringVar(&cfg.AdminAddr, "admin", cfg.AdminAddr, "address of the operators' endpoints (replay, verify, pprof); empty: off")
 	fs.Int64Var(&cfg.ReadyLag, "ready-lag", cfg.ReadyLag, "GET /readyz answers 503 while a projection is more records behind than this")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
@@ -65,8 +70,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cfg.Kafka = splitList(*kafka)
 	cfg.Cassandra = splitList(*cass)
-	cfg.Partitions = int32(*partitions)
-	cfg.MachineID = uint16(*machine)
+	if *roles != "all" {
+		cfg.Roles = splitList(*roles)
+		if len(cfg.Roles) == 0 {
+			return fmt.Errorf("--roles: empty; the roles are %s, or all", strings.Join(chatnode.RoleNames(), ", "))
+		}
+	}
 	cfg.Secret = os.Getenv("EVCHAT_SECRET")
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
@@ -74,7 +83,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
 	cfg.Stdout = stdout
-	return runNode(ctx, cfg)
+	n, err := chatnode.New(cfg)
+	if err != nil {
+		return err
+	}
+	return n.Run(ctx)
+}
+
+// rolesHelp lists Table's roles, one a line.
+func rolesHelp() string {
+	var b strings.Builder
+	for _, r := range chatnode.Table {
+		fmt.Fprintf(&b, "  %s: %s\n", r.Name, r.Doc)
+	}
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 func splitList(s string) []string {
@@ -93,7 +115,8 @@ func opsCommand(ctx context.Context, name string, args []string, stdout, stderr 
 	fs := flag.NewFlagSet("chatd "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("admin", "127.0.0.1:8081", "the node's --admin address")
-	projection := fs.String("projection", "", "replay: history, fanout, cursors, presence or push; verify: history or inbox")
+	projection := fs.String("projection", "", "replay: "+strings.Join(chatnode.RoleNames(chatnode.Replayable), ", ")+
+		"; verify: "+strings.Join(chatnode.RoleNames(chatnode.Verifiable), ", "))
 	from := "start"
 	if name == "replay" {
 		fs.StringVar(&from, "from", from, "start (delete the state and rebuild), offset:N, or time:RFC3339")

@@ -14,7 +14,6 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -37,11 +36,14 @@ type Tokens struct {
 	ttl    time.Duration
 }
 
+// MinSecretLen is the shortest token secret NewTokens takes, in bytes.
+const MinSecretLen = 32
+
 // NewTokens returns a signer with a secret of at least 32 bytes and a token
 // lifetime (0 means 30 days).
 func NewTokens(secret []byte, ttl time.Duration) (*Tokens, error) {
-	if len(secret) < 32 {
-		return nil, errors.New("auth: secret shorter than 32 bytes")
+	if len(secret) < MinSecretLen {
+		return nil, fmt.Errorf("auth: secret shorter than %d bytes", MinSecretLen)
 	}
 	if ttl == 0 {
 		ttl = 30 * 24 * time.Hour

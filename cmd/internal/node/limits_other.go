@@ -1,6 +1,6 @@
 //go:build !unix
 
-package main
+package node
 
 // connectionLimit is 0 (no limit) where the open-files limit is unknown.
 func connectionLimit() int { return 0 }

@@ -1,15 +1,12 @@
-package main
+package node
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
-	"maps"
 	"net/http"
 	"net/http/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,35 +15,20 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/evchat/evchat/domain"
-	"github.com/evchat/evchat/projections/cursors"
 	"github.com/evchat/evchat/projections/eventlog"
-	"github.com/evchat/evchat/projections/fanout"
-	"github.com/evchat/evchat/projections/history"
-	"github.com/evchat/evchat/projections/inbox"
-	"github.com/evchat/evchat/projections/presence"
-	"github.com/evchat/evchat/projections/push"
 	"github.com/evchat/evchat/projections/store"
-	"github.com/evchat/evchat/projections/verify"
 )
 
 // admin serves the operators' endpoints on their own listener: replay,
 // verify and pprof.
 type admin struct {
 	kadm   *kadm.Client // offsets for replays: one client for the node's life
-	node   *proc
+	node   *Node
 	limits domain.Limits
 	logger *slog.Logger
 
 	mu  sync.Mutex
-	job *replayJob
-}
-
-// replayable names what can be replayed: the projections with store
-// positions are rewound in place; fanout and presence write topics that
-// others read, so they are rebuilt into their output's next epoch.
-var replayable = map[string]string{
-	history.Name: "", cursors.Name: "", push.Name: "",
-	fanout.Name: domain.OutputInbox, presence.Name: domain.OutputPresence,
+	job *ReplayJob
 }
 
 // switchLag is how close (in events) a rebuilt epoch must be to the log's
@@ -54,12 +36,14 @@ var replayable = map[string]string{
 // readers of the new epoch wait for it as they would for any projection.
 const switchLag = 50
 
-// replayJob is the state of the current (or last) replay.
-type replayJob struct {
+// ReplayJob is the state of the current (or last) replay, as
+// GET /admin/replay answers it.
+type ReplayJob struct {
 	Projection string    `json:"projection"`
 	From       string    `json:"from"`
-	Epoch      int32     `json:"epoch,omitempty"` // the epoch a rebuild writes
-	State      string    `json:"state"`           // running, done, failed
+	Output     string    `json:"output,omitempty"` // the output a rebuild writes the next epoch of
+	Epoch      int32     `json:"epoch,omitempty"`  // the epoch a rebuild writes
+	State      string    `json:"state"`            // running, done, failed
 	Started    time.Time `json:"started"`
 	Finished   time.Time `json:"finished,omitzero"`
 	Applied    int64     `json:"applied"`           // events applied since the start
@@ -104,7 +88,7 @@ func writeErr(w http.ResponseWriter, status int, err error) {
 
 // startReplay takes {"projection": "history", "from": "start" | "offset:N" |
 // "time:RFC3339"} and rebuilds the projection while everything else runs.
-// A watcher (the role "replay") follows it to the end; for a rebuild into
+// A watcher (the task "replay") follows it to the end; for a rebuild into
 // a new epoch, it then starts the epoch.
 func (a *admin) startReplay(w http.ResponseWriter, r *http.Request) {
 	var req struct{ Projection, From string }
@@ -112,11 +96,20 @@ func (a *admin) startReplay(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, domain.Errorf(domain.CodeBadRequest, "malformed JSON body"))
 		return
 	}
-	output, ok := replayable[req.Projection]
-	if !ok {
+	role := RoleNamed(req.Projection)
+	if role == nil || !Replayable(role) {
 		writeErr(w, http.StatusBadRequest, domain.Errorf(domain.CodeBadRequest,
-			"projection %q: replayable are %s", req.Projection, strings.Join(slices.Sorted(maps.Keys(replayable)), ", ")))
+			"projection %q: replayable are %s", req.Projection, strings.Join(RoleNames(Replayable), ", ")))
 		return
+	}
+	if !a.node.runs(role.Name) {
+		writeErr(w, http.StatusBadRequest, domain.Errorf(domain.CodeBadRequest,
+			"this node does not run %s (its roles: %s)", role.Name, strings.Join(RoleNamesOf(a.node.roles), ", ")))
+		return
+	}
+	output := ""
+	if role.Replay == Rebuild {
+		output = role.Output
 	}
 	if req.From == "" {
 		req.From = "start"
@@ -132,7 +125,7 @@ func (a *admin) startReplay(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusConflict, domain.Errorf(domain.CodeConflict, "a replay of %s is running", a.job.Projection))
 		return
 	}
-	job := &replayJob{Projection: req.Projection, From: req.From, State: "running", Started: time.Now().UTC()}
+	job := &ReplayJob{Projection: req.Projection, From: req.From, Output: output, State: "running", Started: time.Now().UTC()}
 	a.job = job
 	a.mu.Unlock()
 
@@ -144,7 +137,7 @@ func (a *admin) startReplay(w http.ResponseWriter, r *http.Request) {
 		err      error
 	)
 	if output == "" {
-		progress, err = a.rewind(ctx, req.Projection, req.From)
+		progress, err = a.rewind(ctx, role, req.From)
 	} else {
 		var next eventlog.Config
 		if next, err = a.node.rebuild(ctx, output); err == nil {
@@ -163,7 +156,7 @@ func (a *admin) startReplay(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, err)
 		return
 	}
-	a.node.roles.start("replay", func(ctx context.Context) error { a.follow(ctx, job, progress, finish); return nil })
+	a.node.tasks.start(taskReplay, func(ctx context.Context) error { a.follow(ctx, job, progress, finish); return nil })
 	a.logger.Info("replay started", "projection", req.Projection, "from", req.From, "epoch", job.Epoch)
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -172,7 +165,7 @@ func (a *admin) startReplay(w http.ResponseWriter, r *http.Request) {
 
 // follow measures the job every half second until it has caught up, then
 // finishes it.
-func (a *admin) follow(ctx context.Context, job *replayJob, progress progressFunc, finish func(context.Context) error) {
+func (a *admin) follow(ctx context.Context, job *ReplayJob, progress progressFunc, finish func(context.Context) error) {
 	bound := int64(0)
 	if finish != nil {
 		bound = switchLag
@@ -227,26 +220,18 @@ func (a *admin) follow(ctx context.Context, job *replayJob, progress progressFun
 
 // rewind stops a store-positioned projection, resets or rewinds it, and
 // starts it again.
-func (a *admin) rewind(ctx context.Context, projection, from string) (progressFunc, error) {
+func (a *admin) rewind(ctx context.Context, r *Role, from string) (progressFunc, error) {
 	lc := a.node.current()
-	role, topic := projection, ""
-	switch projection {
-	case history.Name:
-		topic = lc.Topics().Channels
-	case cursors.Name:
-		topic = lc.Topics().Sessions
-	case push.Name:
-		role, topic = eventlog.Epoched(push.Name, lc.Epoch()), lc.Topics().Inbox
-	}
+	role, topic := r.task(lc), r.Input(lc.Topics())
 	positions, err := a.fromPositions(ctx, topic, from)
 	if err != nil {
 		return nil, err
 	}
-	run, err := a.node.roles.stop(role)
+	run, err := a.node.tasks.stop(role)
 	if err != nil {
 		return nil, err
 	}
-	defer a.node.roles.start(role, run)
+	defer a.node.tasks.start(role, run)
 	if positions == nil {
 		if err := a.node.st.ResetProjection(ctx, role); err != nil {
 			return nil, err
@@ -266,31 +251,34 @@ func (a *admin) rewind(ctx context.Context, projection, from string) (progressFu
 // epochProgress measures a rebuild into a new epoch: the writer's consumer
 // group on its input, and for the inbox the new epoch's store projection.
 func (a *admin) epochProgress(next eventlog.Config, output string) progressFunc {
-	group, input := next.Group(eventlog.Epoched(presence.Name, next.PresenceEpoch)), next.Topics().Sessions
-	if output == domain.OutputInbox {
-		group, input = next.Group(eventlog.Epoched(fanout.Name, next.Epoch())), next.Topics().Channels
-	}
-	return func(ctx context.Context) (int64, int64, error) {
-		committed, err := a.kadm.FetchOffsets(ctx, group)
-		if err != nil {
-			return 0, 0, err
-		}
-		pos := map[int32]int64{}
-		committed.Each(func(o kadm.OffsetResponse) {
-			if o.Topic == input && o.Err == nil {
-				pos[o.Partition] = o.At
+	writers := a.node.writers(output)
+	return func(ctx context.Context) (applied, lag int64, err error) {
+		for _, r := range writers {
+			input := r.Input(next.Topics())
+			pos := map[int32]int64{}
+			if r.Replay == Rebuild { // exactly once: its offsets are its group's
+				committed, err := a.kadm.FetchOffsets(ctx, next.Group(r.task(next)))
+				if err != nil {
+					return 0, 0, err
+				}
+				committed.Each(func(o kadm.OffsetResponse) {
+					if o.Topic == input && o.Err == nil {
+						pos[o.Partition] = o.At
+					}
+				})
+			} else if pos, err = a.node.st.Positions(ctx, r.task(next)); err != nil {
+				return 0, 0, err
 			}
-		})
-		applied, lag, err := a.measure(ctx, input, pos, nil)
-		if err != nil || output != domain.OutputInbox {
-			return applied, lag, err
+			ap, l, err := a.measure(ctx, input, pos, nil)
+			if err != nil {
+				return 0, 0, err
+			}
+			if r.Replay == Rebuild {
+				applied += ap
+			}
+			lag += l
 		}
-		ipos, err := a.node.st.Positions(ctx, eventlog.Epoched(inbox.Name, next.Epoch()))
-		if err != nil {
-			return 0, 0, err
-		}
-		_, ilag, err := a.measure(ctx, next.Topics().Inbox, ipos, nil)
-		return applied, lag + ilag, err
+		return applied, lag, nil
 	}
 }
 
@@ -371,8 +359,16 @@ func (a *admin) measure(ctx context.Context, topic string, pos, base map[int32]i
 	return applied, lag, nil
 }
 
+// verify verifies the projection ?projection= with its role's Verify.
 func (a *admin) verify(w http.ResponseWriter, r *http.Request) {
-	rep, err := verify.Run(r.Context(), a.node.current(), a.node.st, r.URL.Query().Get("projection"), a.limits)
+	name := r.URL.Query().Get("projection")
+	role := RoleNamed(name)
+	if role == nil || role.Verify == nil {
+		writeErr(w, http.StatusBadRequest, domain.Errorf(domain.CodeBadRequest,
+			"cannot verify %q: verifiable are %s", name, strings.Join(RoleNames(Verifiable), ", ")))
+		return
+	}
+	rep, err := role.Verify(r.Context(), a.node.current(), a.node.st, a.limits)
 	if err != nil {
 		status := http.StatusInternalServerError
 		if domain.CodeOf(err) == domain.CodeBadRequest {
@@ -382,98 +378,4 @@ func (a *admin) verify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, rep)
-}
-
-var errReplayFailed = errors.New("replay failed")
-
-// ---- the operator's subcommands: chatd replay, chatd verify ----
-
-// replayCmd asks a running node to rebuild a projection and shows its
-// progress until it is done.
-func replayCmd(ctx context.Context, adminAddr, projection, from string, out *printer) error {
-	body := fmt.Sprintf(`{"projection":%q,"from":%q}`, projection, from)
-	resp, err := http.Post("http://"+adminAddr+"/admin/replay", "application/json", strings.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("the node's admin address %s does not answer: %w", adminAddr, err)
-	}
-	var job replayJob
-	err = decodeAdmin(resp, &job)
-	if err != nil {
-		return err
-	}
-	for {
-		out.progress(fmt.Sprintf("replay %s from %s: %d applied, lag %d, %.0f events/s%s",
-			job.Projection, job.From, job.Applied, job.Lag, job.Rate, eta(job)))
-		switch job.State {
-		case "done":
-			started := ""
-			if job.Epoch > 0 {
-				started = fmt.Sprintf(" %s epoch %d started;", replayable[job.Projection], job.Epoch)
-			}
-			out.done(fmt.Sprintf("replay %s done:%s %d events in %.1f s (%.0f events/s)",
-				job.Projection, started, job.Applied, job.Finished.Sub(job.Started).Seconds(), job.Rate))
-			return nil
-		case "failed":
-			out.done("")
-			return fmt.Errorf("%w: %s", errReplayFailed, job.Error)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-		resp, err := http.Get("http://" + adminAddr + "/admin/replay")
-		if err != nil {
-			return err
-		}
-		if err := decodeAdmin(resp, &job); err != nil {
-			return err
-		}
-	}
-}
-
-func eta(j replayJob) string {
-	if j.Left <= 0 || j.Lag <= 0 {
-		return ""
-	}
-	return fmt.Sprintf(", about %s left", (time.Duration(j.Left) * time.Second).Round(time.Second))
-}
-
-// verifyCmd asks a running node to verify a projection and prints the
-// report; it fails when the store and the log disagree, and when it
-// compared nothing while the log holds events.
-func verifyCmd(adminAddr, projection string, out *printer) error {
-	resp, err := http.Get("http://" + adminAddr + "/admin/verify?projection=" + projection)
-	if err != nil {
-		return fmt.Errorf("the node's admin address %s does not answer: %w", adminAddr, err)
-	}
-	var rep verify.Report
-	if err := decodeAdmin(resp, &rep); err != nil {
-		return err
-	}
-	out.done(rep.Summary())
-	if err := rep.Err(); err != nil {
-		repair := rep.Projection
-		if repair == inbox.Name {
-			repair = fanout.Name // the inbox in the store is the fan-out's output
-		}
-		if errors.Is(err, verify.ErrComparedNothing) {
-			return fmt.Errorf("%w (wait for the projection to catch up, or rebuild it: chatd replay --projection %s)", err, repair)
-		}
-		return fmt.Errorf("%w (repair: chatd replay --projection %s)", err, repair)
-	}
-	out.done("they agree")
-	return nil
-}
-
-func decodeAdmin(resp *http.Response, v any) error {
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var e struct {
-			Error struct{ Code, Message string }
-		}
-		_ = json.NewDecoder(resp.Body).Decode(&e)
-		return fmt.Errorf("%s: %s", e.Error.Code, e.Error.Message)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
 }

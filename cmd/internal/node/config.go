@@ -1,0 +1,202 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/gateway/auth"
+)
+
+// Config is everything a node needs. Every default is in DefaultConfig;
+// only cmd/ reads flags and the environment. Each field names the chatd
+// flag it maps to.
+type Config struct {
+	// HTTPAddr (--http): the REST API and WebSocket gateway, or, on a node
+	// without the gateway role, /healthz, /readyz and /metrics alone.
+	// Default 127.0.0.1:8080.
+	HTTPAddr string
+	// DataDir (--data): the embedded broker, the embedded store and the
+	// token secret. Default ./data.
+	DataDir string
+	// Kafka (--kafka): brokers; empty runs the embedded broker.
+	Kafka []string
+	// EmbeddedKafkaPort (--embedded-kafka-port): 0 takes any free port.
+	// Default 0.
+	EmbeddedKafkaPort int
+	// EmbeddedFsync (--embedded-fsync): fsync every batch of the embedded
+	// broker. Default true.
+	EmbeddedFsync bool
+	// Cassandra (--cassandra): hosts; empty uses the embedded store.
+	Cassandra []string
+	// Keyspace (--keyspace): the Cassandra keyspace. Default evchat.
+	Keyspace string
+	// TopicPrefix (--topic-prefix): prefix of every topic. Default chat.
+	TopicPrefix string
+	// Partitions (--partitions): partitions of each topic created at
+	// start. Default 8.
+	Partitions int
+	// MachineID (--machine-id): the sonyflake machine id, unique among
+	// the running nodes of a deployment, 0 to 65,535 (sonyflake keeps 16
+	// bits: a larger one would wrap and give two nodes the same ids).
+	// Default 1.
+	MachineID int
+	// Roles (--roles): the roles this process runs, by their names in
+	// Table; empty runs them all. Default all.
+	Roles []string
+	// Secret (env EVCHAT_SECRET): the token secret; empty uses
+	// <DataDir>/secret.key, made on first start.
+	Secret string
+	// Limits: message size, group size and the other bounds. Default
+	// domain.DefaultLimits().
+	Limits domain.Limits
+	// PresenceWindow (--presence-window): a device is online this long
+	// after its last heartbeat. Default domain.DefaultPresenceWindow (30 s).
+	PresenceWindow time.Duration
+	// Heartbeat (--heartbeat): how often the gateway records each
+	// connected device's heartbeat. Default 5 s; below PresenceWindow.
+	Heartbeat time.Duration
+	// PushDelay (--push-delay): how long a push notification waits for a
+	// device to acknowledge the message. Default 3 s.
+	PushDelay time.Duration
+	// PushMaxAge (--push-max-age): entries older than this when they come
+	// up for a push decision are dropped. Default 2 min.
+	PushMaxAge time.Duration
+	// PushWebhook (--push-webhook): URL that receives notifications as
+	// FCM-shaped JSON; empty logs them. Default empty.
+	PushWebhook string
+	// ClockSkew (--clock-skew): testing only, shifts the message-id
+	// clock. Default 0.
+	ClockSkew time.Duration
+	// AdminAddr (--admin): the operators' endpoints (replay, verify,
+	// pprof); empty: off. Default empty.
+	AdminAddr string
+	// ReadyLag (--ready-lag): GET /readyz answers 503 while a projection
+	// is more records behind than this. Default 1000.
+	ReadyLag int64
+	// Logger: default discards.
+	Logger *slog.Logger
+	// Stdout receives the "listening" line. Default io.Discard.
+	Stdout io.Writer
+}
+
+// DefaultConfig returns the configuration of `chatd` with no flags: every
+// role, the embedded broker and store under ./data, http on 127.0.0.1:8080.
+func DefaultConfig() Config {
+	return Config{
+		HTTPAddr:       "127.0.0.1:8080",
+		DataDir:        "data",
+		EmbeddedFsync:  true,
+		Keyspace:       "evchat",
+		TopicPrefix:    "chat",
+		Partitions:     8,
+		MachineID:      1,
+		Limits:         domain.DefaultLimits(),
+		PresenceWindow: domain.DefaultPresenceWindow,
+		Heartbeat:      5 * time.Second,
+		PushDelay:      3 * time.Second,
+		PushMaxAge:     2 * time.Minute,
+		ReadyLag:       1000,
+	}
+}
+
+// ErrConfig is wrapped by every error of Validate.
+var ErrConfig = errors.New("node: invalid config")
+
+// Validate refuses a configuration that cannot work or would do harm.
+func (c Config) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, args...))
+	}
+	if c.MachineID < 0 || c.MachineID > math.MaxUint16 {
+		return bad("machine id %d: want 0 to 65535 (sonyflake keeps 16 bits; a larger id wraps onto another node's)", c.MachineID)
+	}
+	if c.Partitions < 1 || c.Partitions > math.MaxInt32 {
+		return bad("partitions %d: want at least 1", c.Partitions)
+	}
+	if c.HTTPAddr == "" {
+		return bad("no HTTP address")
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		return bad("HTTP address %q: %v", c.HTTPAddr, err)
+	}
+	if c.AdminAddr != "" {
+		if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
+			return bad("admin address %q: %v", c.AdminAddr, err)
+		}
+	}
+	if c.DataDir == "" && (len(c.Kafka) == 0 || len(c.Cassandra) == 0 || c.Secret == "") {
+		return bad("no data directory (the embedded broker, the embedded store or the token secret need one)")
+	}
+	if c.EmbeddedKafkaPort < 0 || c.EmbeddedKafkaPort > math.MaxUint16 {
+		return bad("embedded Kafka port %d: want 0 to 65535", c.EmbeddedKafkaPort)
+	}
+	if len(c.Cassandra) > 0 && c.Keyspace == "" {
+		return bad("no Cassandra keyspace")
+	}
+	if c.TopicPrefix == "" || strings.ContainsAny(c.TopicPrefix, " /\\") {
+		return bad("topic prefix %q: want a non-empty name without spaces or slashes", c.TopicPrefix)
+	}
+	if c.PresenceWindow <= 0 {
+		return bad("presence window %s: want more than 0", c.PresenceWindow)
+	}
+	if c.Heartbeat <= 0 || c.Heartbeat >= c.PresenceWindow {
+		return bad("heartbeat %s: want more than 0 and less than the presence window %s (else online devices flap)", c.Heartbeat, c.PresenceWindow)
+	}
+	if c.PushDelay < 0 {
+		return bad("push delay %s < 0", c.PushDelay)
+	}
+	if c.PushMaxAge <= c.PushDelay {
+		return bad("push max age %s: want more than the push delay %s (else every notification is dropped)", c.PushMaxAge, c.PushDelay)
+	}
+	if c.Secret != "" && len(c.Secret) < auth.MinSecretLen {
+		return bad("a token secret of %d bytes: want at least %d", len(c.Secret), auth.MinSecretLen)
+	}
+	if c.ReadyLag < 0 {
+		return bad("ready lag %d < 0", c.ReadyLag)
+	}
+	if _, err := selectRoles(c.Roles); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return nil
+}
+
+// ErrUnknownRole is wrapped by the error of a role name not in Table.
+var ErrUnknownRole = errors.New("unknown role")
+
+// selectRoles returns the roles of names (all of Table when names is
+// empty), in Table's order.
+func selectRoles(names []string) ([]*Role, error) {
+	if len(names) == 0 {
+		return slices.Clone(Table), nil
+	}
+	var out []*Role
+	for _, name := range names {
+		r := RoleNamed(name)
+		if r == nil {
+			return nil, fmt.Errorf("%w %q: the roles are %s", ErrUnknownRole, name, strings.Join(RoleNames(), ", "))
+		}
+		if !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Role) int { return slices.Index(Table, a) - slices.Index(Table, b) })
+	return out, nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Stdout == nil {
+		c.Stdout = io.Discard
+	}
+	return c
+}

@@ -1,0 +1,425 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/gateway/api"
+	"github.com/evchat/evchat/gateway/auth"
+	"github.com/evchat/evchat/gateway/chat"
+	"github.com/evchat/evchat/gateway/ws"
+	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/push"
+	"github.com/evchat/evchat/projections/store"
+	"github.com/evchat/evchat/projections/store/cassandra"
+	"github.com/evchat/evchat/projections/store/pebblestore"
+)
+
+// Names of the node's tasks that are not roles of Table (goroutine labels
+// in logs and errors).
+const (
+	taskHTTP         = "http"
+	taskAdmin        = "admin"
+	taskReplay       = "replay"
+	taskEpochs       = "epochs"
+	taskTailer       = "tailer" // per inbox epoch: tailer.eN
+	taskPresenceTail = "presence-tail"
+	taskHeartbeats   = "heartbeats"
+)
+
+// Node is one chatd process: the roles of its Config, over the log and the
+// store. Its roles of an output's epoch run as eventlog.Epoched(role,
+// epoch):
+//
+//   - inbox epoch E: fanout.eE (writes chat.inbox.eE), inbox.eE (stores
+//     it), push.eE and tailer.eE (read it). The inbox projections of older
+//     epochs keep running (idle once their topic no longer grows), so that
+//     the store holds every entry of theirs: a device that comes back with
+//     a position of an older epoch is carried over.
+//   - presence epoch P: presence.eP (writes chat.presence.eP); the
+//     presence tail reads it.
+//
+// A rebuild (chatd replay fanout|presence) starts the next epoch's writers
+// beside the current ones; when they have caught up, epoch.started goes on
+// the epochs topic, and every node (this one too) switches in onEpoch.
+type Node struct {
+	cfg   Config
+	roles []*Role // those this node runs, in Table's order
+	log   *slog.Logger
+
+	ready     chan struct{}
+	httpAddr  string // set before ready is closed
+	adminAddr string
+
+	// Built by Run.
+	st           store.Store
+	instance     string
+	hub          *ws.Hub
+	gw           *ws.Server
+	presenceTail *ws.Presence
+	sender       push.Sender
+	tasks        *tasks
+
+	mu     sync.Mutex
+	logCfg eventlog.Config // with the current epochs
+}
+
+// New returns a node of cfg, or the error of cfg.Validate.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	roles, _ := selectRoles(cfg.Roles)
+	return &Node{cfg: cfg, roles: roles, log: cfg.Logger, ready: make(chan struct{})}, nil
+}
+
+// Ready is closed once the node serves: its HTTP address answers.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// HTTPAddr is the address the node's HTTP server listens on, once Ready.
+func (n *Node) HTTPAddr() string { return n.httpAddr }
+
+// AdminAddr is the operators' address, once Ready; empty when off.
+func (n *Node) AdminAddr() string { return n.adminAddr }
+
+// runs reports whether the node runs the role of name.
+func (n *Node) runs(name string) bool {
+	return slices.ContainsFunc(n.roles, func(r *Role) bool { return r.Name == name })
+}
+
+// current returns the log's config with the current epochs.
+func (n *Node) current() eventlog.Config {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.logCfg
+}
+
+// Run runs the node until ctx ends or a role fails, then stops every role
+// (each within its own bound; the HTTP servers within 10 s) and returns:
+// nil on a clean cancel, else the first failure.
+func (n *Node) Run(ctx context.Context) error {
+	cfg, log := n.cfg, n.log
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return err
+	}
+	brokers := cfg.Kafka
+	if len(brokers) == 0 {
+		emb, err := eventlog.StartEmbedded(filepath.Join(cfg.DataDir, "log"), cfg.EmbeddedKafkaPort, cfg.EmbeddedFsync)
+		if err != nil {
+			return err
+		}
+		defer emb.Close()
+		brokers = emb.Addrs()
+		log.Info("embedded broker", "addr", strings.Join(brokers, ","), "aborted_open_txns", emb.AbortedAtStart(), "repaired_segment_indexes", emb.RepairedAtStart())
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	lag := eventlog.NewLag(reg)
+	logCfg := eventlog.Config{Brokers: brokers, Prefix: cfg.TopicPrefix, Partitions: int32(cfg.Partitions), Logger: log, Lag: lag}
+	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancelStart()
+	if err := eventlog.EnsureTopics(startCtx, logCfg); err != nil {
+		return err
+	}
+	// The current epochs of the inbox and of presence (a rebuild made
+	// their topics before it started them).
+	logCfg, err := eventlog.ReadEpochs(startCtx, logCfg)
+	if err != nil {
+		return err
+	}
+	n.logCfg = logCfg
+	inboxEpochs, _, err := eventlog.ExistingEpochs(startCtx, logCfg)
+	if err != nil {
+		return err
+	}
+
+	if len(cfg.Cassandra) == 0 {
+		ps, err := pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: log})
+		if err != nil {
+			return err
+		}
+		n.st = ps
+	} else {
+		cs, err := cassandra.Open(startCtx, cassandra.Config{Hosts: cfg.Cassandra, Keyspace: cfg.Keyspace})
+		if err != nil {
+			return err
+		}
+		if err := cs.Migrate(startCtx); err != nil {
+			cs.Close()
+			return err
+		}
+		n.st = cs
+	}
+	defer n.st.Close()
+	n.st = store.NewMetered(n.st, reg)
+	n.instance = fmt.Sprint(cfg.MachineID)
+	n.hub = ws.NewHub()
+	n.sender = push.LogSender{Logger: log}
+	if cfg.PushWebhook != "" {
+		n.sender = push.WebhookSender{URL: cfg.PushWebhook}
+	}
+
+	gateway := n.runs(GatewayRole)
+	var (
+		tailer  *ws.Tailer
+		handler http.Handler
+	)
+	ready := new(atomic.Bool)
+	readyz := func() (bool, string) {
+		if l := lag.Max(); l > cfg.ReadyLag {
+			return false, fmt.Sprintf("a projection is %d records behind (bound %d)", l, cfg.ReadyLag)
+		}
+		return true, ""
+	}
+	// Push asks the presence tail who is online; the gateway serves it.
+	if gateway || n.runs(push.Name) {
+		n.presenceTail = ws.NewPresence(logCfg, n.hub, n.st, cfg.Limits.MaxGroupSize, log)
+	}
+	if gateway {
+		app, t, h, err := n.buildGateway(startCtx, logCfg, reg, ready, readyz)
+		if err != nil {
+			return err
+		}
+		defer app.Close()
+		tailer, handler = t, h
+	} else {
+		handler = healthOnly(ready, readyz)
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/", handler)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	n.tasks = newTasks(ctx, cancel, log)
+	n.startRoles(tailer, inboxEpochs)
+	n.tasks.start(taskHTTP, func(ctx context.Context) error {
+		if gateway {
+			defer func() {
+				sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer scancel()
+				_ = n.gw.Shutdown(sctx)
+			}()
+		}
+		return serve(ctx, srv, ln)
+	})
+	n.httpAddr = ln.Addr().String()
+	ready.Store(true)
+	fmt.Fprintf(cfg.Stdout, "chatd listening on http://%s (data in %s)\n", ln.Addr(), cfg.DataDir)
+	log.Info("ready", "http", ln.Addr().String(), "roles", strings.Join(RoleNamesOf(n.roles), ","), "kafka", strings.Join(brokers, ","),
+		"store", storeName(cfg), "inbox_epoch", logCfg.Epoch(), "presence_epoch", eventlog.EpochOf(logCfg, domain.OutputPresence))
+	if cfg.AdminAddr != "" {
+		acl, err := kgo.NewClient(logCfg.ClientOpts()...)
+		if err == nil {
+			defer acl.Close() // after every task, the admin's too, has ended
+		}
+		aln, lerr := net.Listen("tcp", cfg.AdminAddr)
+		if lerr == nil && err != nil {
+			aln.Close()
+		}
+		if err = cmp.Or(err, lerr); err != nil {
+			cancel(err)
+		} else {
+			adm := &admin{kadm: kadm.NewClient(acl), node: n, limits: cfg.Limits, logger: log}
+			asrv := &http.Server{Handler: adm.handler(), ReadHeaderTimeout: 10 * time.Second}
+			n.tasks.start(taskAdmin, func(ctx context.Context) error { return serve(ctx, asrv, aln) })
+			n.adminAddr = aln.Addr().String()
+			log.Info("admin", "addr", n.adminAddr)
+		}
+	}
+	close(n.ready)
+	<-ctx.Done()
+	n.tasks.wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// buildGateway makes the gateway's parts: the appender, the chat service,
+// the inbox tailer, the WebSocket server and the REST API.
+func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *prometheus.Registry, ready *atomic.Bool,
+	readyz func() (bool, string)) (*eventlog.Appender, *ws.Tailer, http.Handler, error) {
+	cfg := n.cfg
+	secret, err := loadSecret(cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tokens, err := auth.NewTokens(secret, 0)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ids, err := chat.NewSonyflake(uint16(cfg.MachineID), cfg.ClockSkew) // Validate: it fits
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	// kprom registers its collectors per client: it instruments the
+	// appender, the client every send goes through.
+	app, err := eventlog.NewAppender(logCfg, kgo.WithHooks(kprom.NewMetrics("evchat_kafka", kprom.Registerer(reg), kprom.Subsystem("appender"),
+		kprom.FetchAndProduceDetail(kprom.ByTopic, kprom.Records, kprom.Batches))))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	// The service's attempts carry the machine id and a boot id of this
+	// process: after a restart, resends of what the dead process was
+	// sending take over at once.
+	svc, err := chat.New(chat.Config{
+		Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: n.log,
+		Node: uint16(cfg.MachineID), DeliveryTimeout: logCfg.DeliveryTimeout,
+	}, n.st, app, ids, tokens)
+	if err != nil {
+		app.Close()
+		return nil, nil, nil, err
+	}
+	tailer, err := ws.NewTailer(ctx, logCfg, n.st, n.hub, n.log)
+	if err != nil {
+		app.Close()
+		return nil, nil, nil, err
+	}
+	n.gw = ws.NewServer(ws.Config{
+		Logger: n.log, Metrics: ws.NewMetrics(reg, n.hub.Count),
+		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions, MaxConnections: connectionLimit(),
+	}, n.hub, tailer, svc, n.st, app)
+	restErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "evchat_http_errors_total", Help: "REST error responses, by code.",
+	}, []string{"code"})
+	reg.MustRegister(restErrors)
+	e := api.New(api.Config{
+		Service: svc, Reader: n.st, Tokens: tokens, WS: n.gw, Presence: n.presenceTail, Errors: restErrors,
+		Live: ready.Load, Ready: readyz,
+	})
+	return app, tailer, e, nil
+}
+
+// healthOnly serves /healthz and /readyz on a node without the gateway.
+func healthOnly(live *atomic.Bool, readyz func() (bool, string)) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !live.Load() {
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ok, why := readyz(); !ok || !live.Load() {
+			http.Error(w, cmp.Or(why, "starting"), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// RoleNamesOf returns the names of roles.
+func RoleNamesOf(roles []*Role) []string {
+	out := make([]string, len(roles))
+	for i, r := range roles {
+		out[i] = r.Name
+	}
+	return out
+}
+
+// startRoles starts every role of this node in the current epochs, the
+// inbox projections of the older inbox epochs (olderInboxes), the
+// gateway's parts, and the watcher of the epochs topic.
+func (n *Node) startRoles(tailer *ws.Tailer, olderInboxes []int32) {
+	lc := n.current()
+	for _, r := range n.roles {
+		if r.run == nil {
+			continue
+		}
+		n.tasks.start(r.task(lc), r.run(n, lc, true))
+		if r.OldEpochsRun && r.Output == domain.OutputInbox {
+			for _, o := range olderInboxes {
+				if old := lc.WithEpoch(r.Output, o); o < lc.Epoch() {
+					n.tasks.start(r.task(old), r.run(n, old, false))
+				}
+			}
+		}
+	}
+	if n.presenceTail != nil {
+		n.tasks.start(taskPresenceTail, n.presenceTail.Run)
+	}
+	if tailer != nil {
+		n.tasks.start(eventlog.Epoched(taskTailer, lc.Epoch()), tailer.Run)
+		n.tasks.start(taskHeartbeats, n.gw.RunHeartbeats)
+	}
+	n.tasks.start(taskEpochs, func(ctx context.Context) error { return eventlog.WatchEpochs(ctx, lc, n.onEpoch) })
+}
+
+// serve serves srv on ln until ctx ends, then shuts it down within 10 s.
+func serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func storeName(cfg Config) string {
+	if len(cfg.Cassandra) > 0 {
+		return "cassandra " + strings.Join(cfg.Cassandra, ",")
+	}
+	return "pebble " + filepath.Join(cfg.DataDir, "store")
+}
+
+// loadSecret returns the token secret: cfg.Secret, or the one in
+// <data>/secret.key, made on first start.
+func loadSecret(cfg Config) ([]byte, error) {
+	if cfg.Secret != "" {
+		return []byte(cfg.Secret), nil
+	}
+	path := filepath.Join(cfg.DataDir, "secret.key")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return hex.DecodeString(strings.TrimSpace(string(b)))
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, err
+	}
+	return secret, os.WriteFile(path, []byte(hex.EncodeToString(secret)+"\n"), 0o600)
+}

@@ -1,0 +1,53 @@
+package node
+
+import (
+	"testing"
+
+	"github.com/evchat/evchat/domain"
+)
+
+// TestTable holds the table's rows to what the node does with them.
+func TestTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, r := range Table {
+		if r.Name == "" || seen[r.Name] {
+			t.Errorf("role %q: empty or twice", r.Name)
+		}
+		seen[r.Name] = true
+		if r.Doc == "" {
+			t.Errorf("%s: no Doc for the help text", r.Name)
+		}
+		if r.Name == GatewayRole {
+			if r.run != nil || r.Replay != NotReplayed || r.Verify != nil {
+				t.Errorf("%s: the node runs the gateway's parts itself; it is neither replayed nor verified", r.Name)
+			}
+			continue
+		}
+		if r.run == nil || r.Input == nil {
+			t.Errorf("%s: no body or no input topic", r.Name)
+		}
+		if r.Output != "" && r.Output != domain.OutputInbox && r.Output != domain.OutputPresence {
+			t.Errorf("%s: output %q has no epochs", r.Name, r.Output)
+		}
+		switch r.Replay {
+		case Rebuild:
+			if r.Output == "" {
+				t.Errorf("%s: rebuilt into a new epoch of no output", r.Name)
+			}
+		case WithWriter:
+			w := RoleNamed(r.RebuiltBy)
+			if w == nil || w.Replay != Rebuild || w.Output != r.Output || r.Output == "" {
+				t.Errorf("%s: rebuilt with %q, which is no rebuild of its output %q", r.Name, r.RebuiltBy, r.Output)
+			}
+		case Rewind:
+		default:
+			t.Errorf("%s: not replayed", r.Name)
+		}
+		if r.OldEpochsRun && r.Output == "" {
+			t.Errorf("%s: old epochs of no output", r.Name)
+		}
+	}
+	if RoleNamed(GatewayRole) == nil {
+		t.Errorf("no gateway role")
+	}
+}
