@@ -6,7 +6,9 @@
 //
 // On assignment it seeks each partition to the position the store holds, so
 // a restart resumes exactly after the last batch it wrote, and a replay is a
-// matter of deleting the positions and the state.
+// matter of deleting the positions and the state. Before each batch it
+// checks that the store still holds the positions it last wrote, and seeks
+// to the store's where they moved (see applyChecked).
 package projector
 
 import (
