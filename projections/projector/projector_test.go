@@ -560,7 +560,9 @@ func TestRunStoreLostAcknowledgedBatch(t *testing.T) {
 	h := history.New(st, domain.DefaultLimits(), nil)
 	rctx, rcancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- Run(rctx, Config{Name: history.Name, Topic: f.cfg.Topics().Channels, Log: f.cfg}, st, h) }()
+	go func() {
+		done <- Run(rctx, Config{Name: history.Name, Topic: f.cfg.Topics().Channels, Log: f.cfg}, st, h)
+	}()
 	defer func() {
 		rcancel()
 		if err := <-done; err != nil {
