@@ -18,9 +18,14 @@
 #
 # Durability: commitlog_sync is periodic with commitlog_sync_period 10000ms (the
 # Cassandra default): a write is acknowledged once it is in the commit log
-# buffer/mmap segment and fsynced at most 10s later. An acknowledged write
-# survives a Cassandra process crash but up to ~10s of writes can be lost on a
-# machine power loss. Use commitlog_sync: batch (or group) for fsync-before-ack.
+# buffer/mmap segment and fsynced at most 10s later. Replay after a crash reads
+# a segment only up to its last sync marker, which the syncer writes every
+# 100 ms (uncompressed commit log) between fsyncs: a kill -9 of the process
+# loses the acknowledged writes after the last marker (~100 ms, more when the
+# syncer lags on a loaded machine), a machine power loss up to ~10s. The
+# projector copes (it checks the store's positions before every batch, see
+# projections/projector); use commitlog_sync: batch (or group) for
+# fsync-before-ack.
 # With one node every keyspace must use replication factor 1 (SimpleStrategy
 # rf 1, or NetworkTopologyStrategy {'datacenter1': 1}); QUORUM/LOCAL_QUORUM/ONE
 # all mean "this node". Data lives under $EVCHAT_RUN and is deleted on stop.

@@ -32,8 +32,13 @@ import (
 // It is built only with the chaosservers tag, and CI does not run it yet:
 // it takes some ten minutes here, and one run in two has lost one
 // acknowledged message from a channel's history on Cassandra (delivered to
-// every device, in the log once, missing from the store): a bug still
-// open, which a CI run would hit at random. Run it by hand:
+// every device, in the log once, missing from the store). The likely
+// cause: Cassandra killed -9 loses the acknowledged writes after its commit
+// log's last sync marker, and the history projector went on from its fetch
+// position past the lost batch; the projector now checks the store's
+// positions before each batch and seeks back (TestRunStoreLostAcknowledgedBatch).
+// One run since passed; it stays out of CI until more runs confirm the
+// fix. Run it by hand:
 //
 //	go test -race -tags chaosservers -run TestChaosServers -v -timeout 30m ./cmd/chatd
 func TestChaosServers(t *testing.T) {

@@ -6,7 +6,9 @@
 //
 // On assignment it seeks each partition to the position the store holds, so
 // a restart resumes exactly after the last batch it wrote, and a replay is a
-// matter of deleting the positions and the state.
+// matter of deleting the positions and the state. Before each batch it
+// checks that the store still holds the positions it last wrote, and seeks
+// to the store's where they moved (see applyChecked).
 package projector
 
 import (
@@ -14,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -72,6 +75,7 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 	}
 	log = log.With("projection", cfg.Name)
 	var reset atomic.Bool
+	exp := &expected{m: map[int32]position{}}
 	onChange := func(context.Context, *kgo.Client, map[string][]int32) { reset.Store(true) }
 	opts := append(cfg.Log.GroupOpts(cfg.Name, cfg.Instance),
 		kgo.ConsumeTopics(cfg.Topic),
@@ -88,11 +92,13 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 			}
 			for t, ps := range m {
 				for p := range ps {
-					if o, ok := pos[p]; ok {
+					o, ok := pos[p]
+					if ok {
 						ps[p] = kgo.NewOffset().At(o).WithEpoch(-1)
 					} else {
 						ps[p] = kgo.NewOffset().AtStart()
 					}
+					exp.set(p, o, ok)
 				}
 				m[t] = ps
 			}
@@ -122,7 +128,7 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 			h.Reset()
 		}
 		for attempt := 0; ; attempt++ {
-			err := apply(ctx, cfg.Name, st, h, fetches)
+			err := applyChecked(ctx, cfg.Name, st, h, fetches, exp, cl, log)
 			if err == nil {
 				break
 			}
@@ -142,11 +148,102 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 	}
 }
 
-func apply(ctx context.Context, name string, st Store, h Handler, fetches kgo.Fetches) error {
+// position is a stored position, or its absence (ok false).
+type position struct {
+	off int64
+	ok  bool
+}
+
+// expected holds, per partition this runner consumes, the position it
+// expects the store to hold: the one it seeked to on assignment, then the
+// one of each batch it wrote.
+type expected struct {
+	mu sync.Mutex
+	m  map[int32]position
+}
+
+func (e *expected) set(p int32, off int64, ok bool) {
+	e.mu.Lock()
+	e.m[p] = position{off, ok}
+	e.mu.Unlock()
+}
+
+func (e *expected) get(p int32) (position, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	pos, ok := e.m[p]
+	return pos, ok
+}
+
+// applyChecked applies fetches as apply does, after checking that the
+// store still holds, for each fetched partition, the position this runner
+// last saw or wrote there: the records fetched follow on from it. A store
+// can lose writes it acknowledged (Cassandra's periodic commit log replays,
+// after a kill, only up to its last sync marker, up to some 100 ms behind
+// the acknowledged writes), and another consumer of the group (this one's
+// partition was given away while its batch was in flight) can write its
+// own, older or newer, position. The fetch position then no longer follows
+// on from the store's: going on from it would leave what the store lost
+// missing below a later position for good. So a partition whose stored
+// position moved is not applied from this fetch but sought to the stored
+// position (the start of the log when there is none), and applied again
+// from there: every write is idempotent, and the handler skips what the
+// store holds already.
+func applyChecked(ctx context.Context, name string, st Store, h Handler, fetches kgo.Fetches, exp *expected, cl *kgo.Client, log *slog.Logger) error {
+	stored, err := st.Positions(ctx, name)
+	if err != nil {
+		return err
+	}
+	var (
+		skip  map[int32]bool
+		seeks map[string]map[int32]kgo.EpochOffset
+	)
+	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+		if len(p.Records) == 0 {
+			return
+		}
+		want, known := exp.get(p.Partition)
+		off, ok := stored[p.Partition]
+		if !known || (want == position{off, ok}) {
+			return
+		}
+		log.Warn("the store's position moved under this runner; seeking to it",
+			"partition", p.Partition, "stored", off, "stored_exists", ok, "expected", want.off, "expected_exists", want.ok,
+			"fetched_from", p.Records[0].Offset)
+		if skip == nil {
+			skip = map[int32]bool{}
+			seeks = map[string]map[int32]kgo.EpochOffset{}
+		}
+		skip[p.Partition] = true
+		if seeks[p.Topic] == nil {
+			seeks[p.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		// Without a stored position, offset 0: below the log's start it
+		// is out of range and the consumer resets to the start.
+		seeks[p.Topic][p.Partition] = kgo.EpochOffset{Epoch: -1, Offset: off}
+		exp.set(p.Partition, off, ok)
+	})
+	if len(seeks) > 0 {
+		cl.SetOffsets(seeks)
+		h.Reset()
+	}
+	written, err := apply(ctx, name, st, h, fetches, skip)
+	if err != nil {
+		return err
+	}
+	for p, off := range written {
+		exp.set(p, off, true)
+	}
+	return nil
+}
+
+// apply hands the records of every partition of fetches but those in skip
+// to h and writes the batch; it returns the positions written.
+func apply(ctx context.Context, name string, st Store, h Handler, fetches kgo.Fetches, skip map[int32]bool) (map[int32]int64, error) {
 	b := store.Batch{Projection: name, Positions: map[int32]int64{}}
 	var err error
 	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
-		if err != nil || len(p.Records) == 0 {
+		if err != nil || len(p.Records) == 0 || skip[p.Partition] {
 			return
 		}
 		if err = h.Handle(ctx, p.Partition, p.Records, &b); err != nil {
@@ -155,12 +252,15 @@ func apply(ctx context.Context, name string, st Store, h Handler, fetches kgo.Fe
 		b.Positions[p.Partition] = p.Records[len(p.Records)-1].Offset + 1
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(b.Positions) == 0 {
-		return nil
+		return nil, nil
 	}
-	return st.Apply(ctx, b)
+	if err := st.Apply(ctx, b); err != nil {
+		return nil, err
+	}
+	return b.Positions, nil
 }
 
 func backoff(attempt int) time.Duration {
