@@ -16,18 +16,16 @@
 #      EVCHAT_CASSANDRA_HEAP_MIN/MAX (1g/2g), EVCHAT_CASSANDRA_START_TIMEOUT (s, 180),
 #      EVCHAT_CACHE, EVCHAT_RUN.
 #
-# Durability: commitlog_sync is group with a 10 ms window: a write is
-# acknowledged once the commit log holding it is fsynced, writes arriving in
-# the same 10 ms sharing one fsync. With Cassandra's default (periodic, fsync
-# every 10 s) replay after a crash reads a segment only up to its last sync
-# marker, written every 100 ms: a kill -9 of the process lost the acknowledged
-# writes after it (~100 ms, more when the syncer lagged on a loaded machine),
-# which TestChaosServers caught (a message gone from history; a lost send
-# reservation could even let a resend append a second copy under a new id).
-# A one-node server has no replica to fall back on, so it fsyncs before it
-# acknowledges, as Kafka's acks=all waits for the replicas a cluster has.
-# The projector copes with a store that rolls back anyway (it checks the
-# store's positions before every batch, see projections/projector).
+# Durability: commitlog_sync is periodic with commitlog_sync_period 10000ms (the
+# Cassandra default): a write is acknowledged once it is in the commit log
+# buffer/mmap segment and fsynced at most 10s later. Replay after a crash reads
+# a segment only up to its last sync marker, which the syncer writes every
+# 100 ms (uncompressed commit log) between fsyncs: a kill -9 of the process
+# loses the acknowledged writes after the last marker (~100 ms, more when the
+# syncer lags on a loaded machine), a machine power loss up to ~10s. The
+# projector copes (it checks the store's positions before every batch, see
+# projections/projector); use commitlog_sync: batch (or group) for
+# fsync-before-ack.
 # With one node every keyspace must use replication factor 1 (SimpleStrategy
 # rf 1, or NetworkTopologyStrategy {'datacenter1': 1}); QUORUM/LOCAL_QUORUM/ONE
 # all mean "this node". Data lives under $EVCHAT_RUN and is deleted on stop.
@@ -193,8 +191,8 @@ saved_caches_directory: $DATA_DIR/saved_caches
 hints_directory: $DATA_DIR/hints
 cdc_raw_directory: $DATA_DIR/cdc_raw
 # Durability (see header): periodic fsync of the commit log every 10s.
-commitlog_sync: group
-commitlog_sync_group_window: 10ms
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
 commitlog_segment_size: 32MiB
 disk_failure_policy: stop
 commit_failure_policy: stop
