@@ -274,8 +274,12 @@ func (r *runner) session(ctx context.Context) error {
 var errBegin = errors.New("begin")
 
 func fenced(err error) bool {
+	// INVALID_TXN_STATE is what a fenced producer's next transactional
+	// request gets once its epoch is gone (TestFencing saw it); counting it
+	// here keeps a fenced process from starting a new session, which would
+	// fence the process that fenced it.
 	return errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) ||
-		errors.Is(err, kerr.FencedInstanceID)
+		errors.Is(err, kerr.FencedInstanceID) || errors.Is(err, kerr.InvalidTxnState)
 }
 
 // partitioner sends changelog records to the partition they carry and
