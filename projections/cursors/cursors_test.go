@@ -13,23 +13,10 @@ import (
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
+	"github.com/evchat/evchat/projections/store/storetest"
 )
 
 var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-
-func openStore(t *testing.T) *pebblestore.Store {
-	t.Helper()
-	s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
-}
 
 func ack(u domain.UserID, d domain.DeviceID, epoch int32, pos int64) domain.DeviceAcked {
 	return domain.DeviceAcked{UserID: u, DeviceID: d, Epoch: epoch, Position: pos}
@@ -130,7 +117,7 @@ func TestHandle(t *testing.T) {
 		recs := records(t, tt.evs)
 		for _, n := range []int{1, 2, len(recs)} {
 			t.Run(fmt.Sprintf("%s/batches of %d", tt.name, n), func(t *testing.T) {
-				st := openStore(t)
+				st := storetest.OpenPebble(t)
 				apply(t, st, New(st, nil), recs, n)
 				got := state(t, st)
 				if !reflect.DeepEqual(got, tt.want) {
@@ -153,7 +140,7 @@ func TestHandle(t *testing.T) {
 // batch or a rebalance) the projection takes positions from the store, so
 // an older acknowledgement in the next batch still cannot move one back.
 func TestResetReadsStore(t *testing.T) {
-	st := openStore(t)
+	st := storetest.OpenPebble(t)
 	p := New(st, nil)
 	apply(t, st, p, records(t, []domain.Event{ack("a", "p", 1, 9), read("a", "c", 9)}), 2)
 	p.Reset()

@@ -13,23 +13,10 @@ import (
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
+	"github.com/evchat/evchat/projections/store/storetest"
 )
 
 var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-
-func openStore(t *testing.T) *pebblestore.Store {
-	t.Helper()
-	s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
-}
 
 // log builds the records of a channel-topic partition: event i at offset i.
 func records(t *testing.T, evs ...domain.Event) []*kgo.Record {
@@ -169,7 +156,7 @@ func TestHandle(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := openStore(t)
+			st := storetest.OpenPebble(t)
 			recs := records(t, tt.evs...)
 			apply(t, st, New(st, domain.DefaultLimits(), nil), split(recs, tt.batch)...)
 			got := read(t, st, []domain.ChannelID{g, d}, []domain.UserID{"a", "b", "c"})
@@ -235,7 +222,7 @@ func TestRebuild(t *testing.T) {
 	}
 	for _, n := range []int{1, 3, len(recs)} {
 		t.Run(fmt.Sprintf("batches of %d", n), func(t *testing.T) {
-			st := openStore(t)
+			st := storetest.OpenPebble(t)
 			apply(t, st, New(st, domain.DefaultLimits(), nil), split(recs, 4)...)
 			first := read(t, st, chans, users)
 			if !reflect.DeepEqual(first.Of, want.Of) || !reflect.DeepEqual(first.Messages, want.Messages) {

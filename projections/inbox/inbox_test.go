@@ -13,25 +13,12 @@ import (
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
+	"github.com/evchat/evchat/projections/store/storetest"
 )
 
 const epoch = 2
 
 var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-
-func openStore(t *testing.T) *pebblestore.Store {
-	t.Helper()
-	s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
-}
 
 // entry is an inbox.message for user u copying message id, at an offset.
 type entry struct {
@@ -128,7 +115,7 @@ func TestHandle(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := openStore(t)
+			st := storetest.OpenPebble(t)
 			apply(t, st, tt.batches)
 			if got := inboxes(t, st, "a", "b"); !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("inboxes %v, want %v", got, tt.want)
@@ -150,7 +137,7 @@ func TestHandle(t *testing.T) {
 // TestHandleOtherEvents: records that are not inbox entries, or cannot be
 // decoded, add nothing.
 func TestHandleOtherEvents(t *testing.T) {
-	st := openStore(t)
+	st := storetest.OpenPebble(t)
 	other, err := eventlog.Record("chat.inbox.e2", "a", domain.DeviceAcked{UserID: "a", DeviceID: "d", Epoch: 2, Position: 1}, domain.Meta{Time: t0})
 	if err != nil {
 		t.Fatal(err)

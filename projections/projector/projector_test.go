@@ -17,23 +17,10 @@ import (
 	"github.com/evchat/evchat/projections/history"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
+	"github.com/evchat/evchat/projections/store/storetest"
 )
 
 var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-
-func openStore(t *testing.T) *pebblestore.Store {
-	t.Helper()
-	s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
-}
 
 // recorder is a Handler around history's projection that records every
 // offset it is handed, and can stop the runner, or fail, on one.
@@ -215,7 +202,7 @@ func digest(t *testing.T, st *pebblestore.Store) string {
 // runner: the state the runner must reach.
 func (f *fixture) once(t *testing.T) string {
 	t.Helper()
-	st := openStore(t)
+	st := storetest.OpenPebble(t)
 	h := history.New(st, domain.DefaultLimits(), nil)
 	for p, recs := range f.recs {
 		b := store.Batch{Projection: history.Name, Positions: map[int32]int64{p: recs[len(recs)-1].Offset + 1}}
@@ -243,7 +230,7 @@ func TestRunRestartAndReplay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	f := newFixture(t, ctx)
-	st := openStore(t)
+	st := storetest.OpenPebble(t)
 
 	f.produce(t, ctx,
 		domain.ChannelCreated{ChannelID: "c0", Kind: domain.KindGroup, CreatorID: "a", Members: []domain.UserID{"a", "b"}},
@@ -343,7 +330,7 @@ func TestRunHandlerError(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	f := newFixture(t, ctx)
-	st := openStore(t)
+	st := storetest.OpenPebble(t)
 	f.produce(t, ctx,
 		domain.ChannelCreated{ChannelID: "c0", Kind: domain.KindGroup, CreatorID: "a", Members: []domain.UserID{"a", "b"}},
 		msg("c0", 1, "a"), msg("c0", 2, "b"),
@@ -551,7 +538,7 @@ func TestRunStoreLostAcknowledgedBatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	f := newFixture(t, ctx)
-	pst := openStore(t)
+	pst := storetest.OpenPebble(t)
 	st := &forgetfulStore{Store: pst}
 	f.produce(t, ctx,
 		domain.ChannelCreated{ChannelID: "c0", Kind: domain.KindGroup, CreatorID: "a", Members: []domain.UserID{"a", "b"}},

@@ -15,23 +15,10 @@ import (
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
+	"github.com/evchat/evchat/projections/store/storetest"
 )
 
 var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-
-func openStore(t *testing.T) *pebblestore.Store {
-	t.Helper()
-	s, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return s
-}
 
 // sender records the notifications it is given, and when; it fails the
 // first fails calls.
@@ -149,7 +136,7 @@ func TestHandle(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := openStore(t)
+			st := storetest.OpenPebble(t)
 			if tt.acks != nil {
 				if err := tt.acks(st); err != nil {
 					t.Fatal(err)
@@ -175,7 +162,7 @@ func TestHandle(t *testing.T) {
 // after the wait, so a recipient who comes online meanwhile gets nothing.
 func TestHandleWaitsDelay(t *testing.T) {
 	const delay = 300 * time.Millisecond
-	st := openStore(t)
+	st := storetest.OpenPebble(t)
 	s := &sender{}
 	sentAt := time.Now()
 	onlineFrom := sentAt.Add(delay / 2)
@@ -195,7 +182,7 @@ func TestHandleWaitsDelay(t *testing.T) {
 // TestHandleCancelWhileWaiting: a cancel during the wait is an error (the
 // runner writes no position) and reserves nothing, so the next run sends.
 func TestHandleCancelWhileWaiting(t *testing.T) {
-	st := openStore(t)
+	st := storetest.OpenPebble(t)
 	s := &sender{}
 	recs := records(t, entry{0, "a", 1, "s", t0})
 	now := t0
@@ -234,7 +221,7 @@ func TestHandleSenderFails(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := openStore(t)
+			st := storetest.OpenPebble(t)
 			s := &sender{fails: tt.fails}
 			recs := records(t, entry{0, "a", 1, "s", t0})
 			for range 2 {
