@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -74,13 +75,32 @@ func TestPartitionAdmitsAndFansOut(t *testing.T) {
 	sender, newcomer, outsider := c.Members[3], domain.UserID("2000"), domain.UserID("3000")
 
 	var got []*kgo.Record
-	out := newOut(t, p.topics.FanoutState, func(r *kgo.Record) { got = append(got, r) })
+	progress := map[string]string{} // changelog progress records: channel → offset
+	out := newOut(t, p.topics.FanoutState, func(r *kgo.Record) {
+		if ch, ok := strings.CutPrefix(string(r.Key), progressPrefix); ok && r.Topic == p.topics.FanoutState {
+			progress[ch] = string(r.Value)
+			return
+		}
+		got = append(got, r)
+	})
+	// run processes recs and returns what they emitted besides the
+	// channels' progress records, which it checks: one per message fanned
+	// out, naming its offset.
 	run := func(t *testing.T, recs ...*kgo.Record) []*kgo.Record {
 		t.Helper()
 		got = nil
 		for _, r := range recs {
+			clear(progress)
+			before := len(got)
 			if err := p.Process(ctx, r.Partition, r, out); err != nil {
 				t.Fatalf("Process(offset %d): %v", r.Offset, err)
+			}
+			fanned := len(got) > before && got[len(got)-1].Topic == p.topics.Inbox
+			if want := strconv.FormatInt(r.Offset, 10); fanned && progress[string(r.Key)] != want {
+				t.Fatalf("offset %d fanned out with progress %v; want %s at %s", r.Offset, progress, r.Key, want)
+			}
+			if !fanned && len(progress) != 0 {
+				t.Fatalf("offset %d: progress %v without a fan-out", r.Offset, progress)
 			}
 		}
 		return got
@@ -224,6 +244,34 @@ func TestPartitionAdmitsAndFansOut(t *testing.T) {
 			t.Fatal("undecodable state restored")
 		}
 	})
+	t.Run("a message at or below the channel's progress is not fanned out again", func(t *testing.T) {
+		// A transaction committed the inbox entries and the progress
+		// but its input offsets were lost: the input comes again.
+		m := message(12, sender, "once")
+		checkInbox(t, run(t, record(t, p, 70, m)), members, m, 70)
+		fresh, _ := newSeeded(t, 10)
+		for _, ch := range []domain.Channel{p.state[0]["g1"]} {
+			b, _ := json.Marshal(ch)
+			fresh.Restore(0, []byte(ch.ID), b)
+		}
+		fresh.Restore(0, []byte(progressPrefix+"g1"), []byte("70"))
+		var again []*kgo.Record
+		fout := newOut(t, p.topics.FanoutState, func(r *kgo.Record) { again = append(again, r) })
+		for _, off := range []int64{69, 70} {
+			if err := fresh.Process(ctx, 0, record(t, fresh, off, m), fout); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(again) != 0 {
+			t.Fatalf("%d records for offsets at or below the progress; want none", len(again))
+		}
+		if err := fresh.Process(ctx, 0, record(t, fresh, 71, message(13, sender, "next")), fout); err != nil {
+			t.Fatal(err)
+		}
+		if len(again) != len(members)+1 {
+			t.Fatalf("%d records past the progress; want %d inbox records and the progress", len(again), len(members))
+		}
+	})
 	t.Run("drop forgets every channel", func(t *testing.T) {
 		p.Drop()
 		if recs := run(t, record(t, p, 60, message(11, sender, "after the drop"))); len(recs) != 0 {
@@ -246,11 +294,17 @@ func BenchmarkPartition(b *testing.B) {
 				recs[i] = record(b, p, int64(i), message(domain.MessageID(i+1), c.Members[i%n], text))
 			}
 			var produced int
-			out := newOut(b, p.topics.FanoutState, func(*kgo.Record) { produced++ })
+			out := newOut(b, p.topics.FanoutState, func(r *kgo.Record) {
+				if r.Topic == p.topics.Inbox {
+					produced++
+				}
+			})
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
-				if err := p.Process(ctx, 0, recs[i%len(recs)], out); err != nil {
+				r := recs[i%len(recs)]
+				r.Offset = int64(i) // past the channel's progress
+				if err := p.Process(ctx, 0, r, out); err != nil {
 					b.Fatal(err)
 				}
 				i++
