@@ -2,10 +2,16 @@ package eventlog
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -18,23 +24,27 @@ import (
 //
 // Transactions survive kill -9 too. A transaction open when the process
 // died (its producer died with it: every client of this broker lives in
-// its process) is aborted when the broker starts again, with an ABORT
-// marker written to each of its partitions before StartEmbedded returns,
-// as a real coordinator does when it fences a dead producer. Its records
-// never become visible to read-committed readers, at this start or any
-// later one, and the last stable offset moves on. kfake alone aborts such
-// a transaction in memory only, and a later load can then take its
-// records into the same producer's next committed transaction.
+// its process) is ended before StartEmbedded returns, with a marker
+// written to each partition it holds open, as a real coordinator does for
+// a dead producer: aborted when it had not reached its commit, committed
+// when the kill came while its commit markers were being written (see
+// endOpenTxns). Its records are then visible to read-committed readers,
+// or never, alike at this start and at every later one, and the last
+// stable offset moves on. kfake alone aborts such a transaction in memory
+// only, and a later load can then take its records into the same
+// producer's next committed transaction.
 type Embedded struct {
-	c        *kfake.Cluster
-	aborted  int
-	repaired int
+	c         *kfake.Cluster
+	aborted   int
+	committed int
+	repaired  int
 }
 
 // StartEmbedded starts the broker on 127.0.0.1:port (0 picks a free port)
 // with its data in dir ("" keeps it in memory, for tests), fsyncing every
-// batch when fsync is set. With a dir, it aborts every transaction the
-// previous process left open before it returns; no client of this
+// batch when fsync is set. With a dir, it ends (aborts, or commits if it
+// was being committed) every transaction the previous process left open
+// before it returns; no client of this
 // process may use the broker before then. Before it loads dir it rewrites
 // the segment index entries a kill -9 left missing or out of step with
 // their batches (see repairSegmentIndexes).
@@ -60,27 +70,55 @@ func StartEmbedded(dir string, port int, fsync bool) (*Embedded, error) {
 		return nil, fmt.Errorf("eventlog: embedded broker: %w", err)
 	}
 	e := &Embedded{c: c, repaired: repaired}
-	if dir != "" {
-		if e.aborted, err = e.abortOpenTxns(); err != nil {
-			c.Close()
-			return nil, fmt.Errorf("eventlog: embedded broker: %w", err)
+	if dir == "" {
+		return e, nil
+	}
+	committed, err := e.endOpenTxns()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("eventlog: embedded broker: %w", err)
+	}
+	if len(committed) > 0 {
+		// kfake took the transactions it found open as aborted when
+		// it loaded the directory, and saves that in each partition's
+		// snapshot when it closes: a COMMIT marker written now does not
+		// change its mind. Close, drop the snapshots of the partitions
+		// rolled forward, and load again: those partitions are then
+		// read from their segments, markers included, as after a kill.
+		c.Close()
+		var errs []error
+		committed.Each(func(t string, p int32) {
+			e.committed++
+			snap := filepath.Join(dir, "partitions", fmt.Sprintf("%s-%d", url.PathEscape(t), p), "snapshot.json")
+			if err := os.Remove(snap); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		})
+		if err := errors.Join(errs...); err != nil {
+			return nil, fmt.Errorf("eventlog: embedded broker: after rolling transactions forward: %w", err)
+		}
+		if e.c, err = kfake.NewCluster(opts...); err != nil {
+			return nil, fmt.Errorf("eventlog: embedded broker: reopen after rolling transactions forward: %w", err)
 		}
 	}
 	return e, nil
 }
 
-// abortOpenTxns closes the transactions a killed process left open.
-func (e *Embedded) abortOpenTxns() (int, error) {
+// endOpenTxns ends the transactions a killed process left open; it
+// counts those it aborts and returns the partitions where it committed.
+func (e *Embedded) endOpenTxns() (kadm.TopicsSet, error) {
 	// The scan reads the whole log once; bounded so a broken broker
 	// cannot hang the start.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Addrs()...), kgo.ClientID("evchat-embedded-recovery"))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer cl.Close()
-	return abortOpenTxns(ctx, cl)
+	aborted, committed, err := endOpenTxns(ctx, cl)
+	e.aborted = aborted
+	return committed, err
 }
 
 // Addrs returns the broker's host:port addresses.
@@ -89,6 +127,11 @@ func (e *Embedded) Addrs() []string { return e.c.ListenAddrs() }
 // AbortedAtStart returns how many (partition, producer) transactions left
 // open by the previous process the start aborted.
 func (e *Embedded) AbortedAtStart() int { return e.aborted }
+
+// CommittedAtStart returns how many (partition, producer) transactions
+// left open by the previous process in the middle of their commit the
+// start committed.
+func (e *Embedded) CommittedAtStart() int { return e.committed }
 
 // RepairedAtStart returns how many segment index files the start rewrote.
 func (e *Embedded) RepairedAtStart() int { return e.repaired }

@@ -27,62 +27,72 @@ type openTxn struct {
 	epoch     int16 // of the producer's last batch in the partition
 }
 
-// abortOpenTxns writes an ABORT marker, through WriteTxnMarkers, after
-// every transaction that the log holds open, and returns how many
-// (partition, producer) pairs it closed.
+// endOpenTxns ends, through WriteTxnMarkers, every transaction that the
+// log holds open, and returns how many (partition, producer) pairs it
+// aborted and how many it committed.
 //
 // It is for a broker that has just started and that no client has used
 // yet, where an open transaction can only be one whose producer died with
 // the previous process. kfake takes such a transaction as aborted when it
 // loads its data directory, but only in memory: no marker is written, and
 // at a later load the same producer's next commit marker would take the
-// dead batches into its transaction. The marker makes the abort part of
-// the log, so every later load, and every read-committed client (which
-// skips an aborted producer's batches until it meets that producer's ABORT
-// marker), agrees. It is what kafka-transactions.sh abort does for a
-// hanging transaction on a real cluster.
-func abortOpenTxns(ctx context.Context, cl *kgo.Client) (int, error) {
+// dead batches into its transaction. A marker makes the outcome part of
+// the log, so every later load, and every read-committed client, agrees.
+//
+// Most such transactions never reached their commit and are aborted, as
+// kafka-transactions.sh abort does for a hanging transaction on a real
+// cluster. But kfake writes a committing transaction's markers partition
+// by partition, so a kill in the middle of a commit leaves it committed in
+// some partitions and open in the others. Aborting those would tear the
+// transaction: its inbox entries in one partition, not in another, while
+// its changelog says all were written. A transaction is known by its
+// producer id and epoch (the broker bumps the epoch at every EndTxn), so
+// one that has a COMMIT marker in any partition reached its commit: it is
+// rolled forward, with COMMIT markers in the partitions that lack one, as
+// a real coordinator completes a transaction it had prepared to commit.
+// What kfake does not make durable is the commit's consumer offsets (it
+// applies them after the markers): the consumer reads that input again,
+// and must know from its own committed state what it has done (the
+// fan-out keeps each channel's progress in its changelog).
+func endOpenTxns(ctx context.Context, cl *kgo.Client) (aborted int, committed kadm.TopicsSet, err error) {
 	adm := kadm.NewClient(cl)
 	topics, err := adm.ListTopicsWithInternal(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("eventlog: list topics: %w", err)
+		return 0, nil, fmt.Errorf("eventlog: list topics: %w", err)
 	}
 	if err := topics.Error(); err != nil {
-		return 0, fmt.Errorf("eventlog: list topics: %w", err)
+		return 0, nil, fmt.Errorf("eventlog: list topics: %w", err)
 	}
 	names := topics.Names()
 	if len(names) == 0 {
-		return 0, nil
+		return 0, nil, nil
 	}
 	starts, err := adm.ListStartOffsets(ctx, names...)
 	if err != nil {
-		return 0, fmt.Errorf("eventlog: start offsets: %w", err)
+		return 0, nil, fmt.Errorf("eventlog: start offsets: %w", err)
 	}
 	ends, err := adm.ListEndOffsets(ctx, names...)
 	if err != nil {
-		return 0, fmt.Errorf("eventlog: end offsets: %w", err)
+		return 0, nil, fmt.Errorf("eventlog: end offsets: %w", err)
 	}
 	var open []openTxn
+	commits := map[pidEpoch]bool{}
 	for _, td := range topics.Sorted() {
 		for _, pd := range td.Partitions.Sorted() {
 			start, ok1 := starts.Lookup(td.Topic, pd.Partition)
 			end, ok2 := ends.Lookup(td.Topic, pd.Partition)
 			if !ok1 || !ok2 || start.Err != nil || end.Err != nil {
-				return 0, fmt.Errorf("eventlog: offsets of %s/%d: %v %v", td.Topic, pd.Partition, start.Err, end.Err)
+				return 0, nil, fmt.Errorf("eventlog: offsets of %s/%d: %v %v", td.Topic, pd.Partition, start.Err, end.Err)
 			}
-			found, err := scanOpenTxns(ctx, cl, td.Topic, td.ID, pd.Partition, pd.Leader, start.Offset, end.Offset)
+			found, err := scanOpenTxns(ctx, cl, td.Topic, td.ID, pd.Partition, pd.Leader, start.Offset, end.Offset, commits)
 			if err != nil {
-				return 0, err
+				return 0, nil, err
 			}
 			open = append(open, found...)
 		}
 	}
 	if len(open) == 0 {
-		return 0, nil
-	}
-	type pidEpoch struct {
-		pid   int64
-		epoch int16
+		return 0, nil, nil
 	}
 	markers := map[pidEpoch]kadm.TopicsSet{}
 	for _, o := range open {
@@ -93,33 +103,46 @@ func abortOpenTxns(ctx context.Context, cl *kgo.Client) (int, error) {
 	}
 	var req []kadm.TxnMarkers
 	for k, ts := range markers {
-		req = append(req, kadm.TxnMarkers{ProducerID: k.pid, ProducerEpoch: k.epoch, Topics: ts})
+		req = append(req, kadm.TxnMarkers{ProducerID: k.pid, ProducerEpoch: k.epoch, Commit: commits[k], Topics: ts})
+		if commits[k] {
+			ts.Each(func(t string, p int32) { committed.Add(t, p) })
+		}
 	}
 	resps, err := adm.WriteTxnMarkers(ctx, req...)
 	if err != nil {
-		return 0, fmt.Errorf("eventlog: write abort markers: %w", err)
+		return 0, nil, fmt.Errorf("eventlog: write transaction markers: %w", err)
 	}
 	written := 0
 	for _, r := range resps {
 		for _, tr := range r.Topics {
 			for _, pr := range tr.Partitions {
 				if pr.Err != nil {
-					return written, fmt.Errorf("eventlog: abort marker for producer %d on %s/%d: %w", r.ProducerID, tr.Topic, pr.Partition, pr.Err)
+					return 0, nil, fmt.Errorf("eventlog: transaction marker for producer %d on %s/%d: %w", r.ProducerID, tr.Topic, pr.Partition, pr.Err)
 				}
 				written++
 			}
 		}
 	}
 	if written != len(open) {
-		return written, fmt.Errorf("eventlog: %d abort markers written, %d needed", written, len(open))
+		return 0, nil, fmt.Errorf("eventlog: %d transaction markers written, %d needed", written, len(open))
 	}
-	return written, nil
+	n := 0
+	committed.Each(func(string, int32) { n++ })
+	return written - n, committed, nil
+}
+
+// pidEpoch names one transaction: the broker bumps a transactional
+// producer's epoch when the transaction ends.
+type pidEpoch struct {
+	pid   int64
+	epoch int16
 }
 
 // scanOpenTxns reads one partition from start to end, uncommitted and raw
 // (control batches included), and returns the producers whose last
-// transactional batch is not followed by a control marker of theirs.
-func scanOpenTxns(ctx context.Context, cl *kgo.Client, topic string, id kadm.TopicID, part, leader int32, start, end int64) ([]openTxn, error) {
+// transactional batch is not followed by a control marker of theirs. It
+// adds to commits the transaction of every COMMIT marker it reads.
+func scanOpenTxns(ctx context.Context, cl *kgo.Client, topic string, id kadm.TopicID, part, leader int32, start, end int64, commits map[pidEpoch]bool) ([]openTxn, error) {
 	open := map[int64]int16{} // producer id -> epoch of its last batch
 	for off := start; off < end; {
 		req := kmsg.NewPtrFetchRequest()
@@ -170,6 +193,9 @@ func scanOpenTxns(ctx context.Context, cl *kgo.Client, topic string, id kadm.Top
 				// A commit or an abort: either ends the
 				// producer's transaction in this partition.
 				delete(open, b.ProducerID)
+				if isCommitMarker(b) {
+					commits[pidEpoch{b.ProducerID, b.ProducerEpoch}] = true
+				}
 			default:
 				open[b.ProducerID] = b.ProducerEpoch
 			}
@@ -184,4 +210,15 @@ func scanOpenTxns(ctx context.Context, cl *kgo.Client, topic string, id kadm.Top
 		out = append(out, openTxn{topic: topic, partition: part, pid: pid, epoch: epoch})
 	}
 	return out, nil
+}
+
+// isCommitMarker reports whether the control batch b is a COMMIT marker:
+// its record's key is a version (int16) and a type (int16, 1 for COMMIT).
+// An unreadable marker counts as an abort, as kfake's loader takes it.
+func isCommitMarker(b kmsg.RecordBatch) bool {
+	var rec kmsg.Record
+	if err := rec.ReadFrom(b.Records); err != nil || len(rec.Key) < 4 {
+		return false
+	}
+	return binary.BigEndian.Uint16(rec.Key[2:4]) == 1
 }

@@ -133,7 +133,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		defer emb.Close()
 		brokers = emb.Addrs()
-		log.Info("embedded broker", "addr", strings.Join(brokers, ","), "aborted_open_txns", emb.AbortedAtStart(), "repaired_segment_indexes", emb.RepairedAtStart())
+		log.Info("embedded broker", "addr", strings.Join(brokers, ","), "aborted_open_txns", emb.AbortedAtStart(), "committed_open_txns", emb.CommittedAtStart(), "repaired_segment_indexes", emb.RepairedAtStart())
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
