@@ -30,7 +30,8 @@ case "$mode" in idle|rate) ;; *) echo "usage: $0 idle|rate [embedded|real] [load
 go build -o "$out/chatd" ./cmd/chatd
 go build -o "$out/loadgen" ./cmd/loadgen
 port=18471; data="$(mktemp -d "$out/data.XXXX")"
-args=(--http "127.0.0.1:$port" --data "$data" --log-level warn --admin 127.0.0.1:18473)
+# Capacity, not abuse: the per-user send rate limits are lifted.
+args=(--http "127.0.0.1:$port" --data "$data" --log-level warn --admin 127.0.0.1:18473 --send-rate 1e9 --send-burst 1000000000)
 if [[ "$backend" == real ]]; then
   eval "$(bash deploy/servers.sh start)"
   args+=(--kafka "$EVCHAT_KAFKA" --cassandra "$EVCHAT_CASSANDRA" --keyspace "perf_$$" --topic-prefix "perf$$")

@@ -3,6 +3,7 @@ package domain
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code is a stable, machine-readable error code. Clients switch on it; the
@@ -23,6 +24,13 @@ const (
 	CodeGroupFull    Code = "group_full"   // the group has reached its size limit
 	CodeUnavailable  Code = "unavailable"  // the log or the store did not answer in time
 	CodeInternal     Code = "internal"     // a bug; the details are in the server log
+
+	// CodeRateLimited: over a per-user rate (sends, bytes, channel
+	// creations, member adds); retry after the time given.
+	CodeRateLimited Code = "rate_limited"
+	// CodeTooManyConnections: the user or device has as many WebSocket
+	// connections open as it may.
+	CodeTooManyConnections Code = "too_many_connections"
 )
 
 // Error is an error with a stable code and a message for people.
@@ -30,6 +38,9 @@ type Error struct {
 	Code Code
 	Msg  string
 	Err  error // the underlying cause, if any
+	// RetryAfter, when more than 0, is how long the caller should wait
+	// before trying again (rate_limited).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -66,6 +77,7 @@ var (
 	ErrConflict     = &Error{Code: CodeConflict}
 	ErrGroupFull    = &Error{Code: CodeGroupFull}
 	ErrUnavailable  = &Error{Code: CodeUnavailable}
+	ErrRateLimited  = &Error{Code: CodeRateLimited}
 )
 
 // CodeOf returns the code of err: the code of the first *Error in its chain,
@@ -89,4 +101,13 @@ func MessageOf(err error) string {
 		return e.Msg
 	}
 	return "internal error"
+}
+
+// RetryAfterOf returns the RetryAfter of err's first *Error, or 0.
+func RetryAfterOf(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
 }

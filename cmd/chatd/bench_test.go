@@ -25,7 +25,8 @@ func BenchmarkSendDeliver(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--http", addr, "--data", dir, "--log-level", "error", "--kafka", "", "--cassandra", ""}, io.Discard, io.Discard)
+		done <- run(ctx, []string{"--http", addr, "--data", dir, "--log-level", "error", "--kafka", "", "--cassandra", "",
+			"--send-rate", "1e9", "--send-burst", "1000000000"}, io.Discard, io.Discard)
 	}()
 	b.Cleanup(func() {
 		cancel()

@@ -49,8 +49,8 @@ func TestChaosServers(t *testing.T) {
 	}
 	srv := startPrivateServers(t)
 	b := backend{name: "private kafka+cassandra", kafka: srv.kafka, cassandra: srv.cassandra}
-	a := startNode(t, b)
-	p := startPeer(t, a, 2)
+	a := startNode(t, b, unlimitedSends...)
+	p := startPeer(t, a, 2, unlimitedSends...)
 	nodes := []*node{a, p}
 	// The burst is paced (at most 50 a second) so that it outlasts the
 	// kills on a fast machine too: what the kill schedule lets through

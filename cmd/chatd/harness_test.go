@@ -461,6 +461,8 @@ type frame struct {
 	DeviceID    string     `json:"device_id"`
 	Online      *bool      `json:"online"`
 	LastActive  *time.Time `json:"last_active_at"`
+	// RetryAfterMS is set on an error rate_limited.
+	RetryAfterMS int64 `json:"retry_after_ms"`
 }
 
 // wsClient is a test's WebSocket connection. One goroutine reads frames

@@ -8,6 +8,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/gateway/auth"
+	"github.com/evchat/evchat/gateway/throttle"
 	"github.com/evchat/evchat/projections/store"
 )
 
@@ -53,9 +55,10 @@ type Verifier interface {
 	Verify(token string, now time.Time) (auth.Claims, error)
 }
 
-// WebSocket serves an authenticated upgrade request.
+// WebSocket serves an authenticated upgrade request. An upgrade it refuses
+// before making it returns the error, for the status table to answer.
 type WebSocket interface {
-	Serve(w http.ResponseWriter, r *http.Request, c auth.Claims)
+	Serve(w http.ResponseWriter, r *http.Request, c auth.Claims) error
 }
 
 // Config wires the API.
@@ -73,6 +76,11 @@ type Config struct {
 	Ready func() (bool, string)
 	// Errors, if set, counts error responses by code.
 	Errors *prometheus.CounterVec
+	// Channels and MemberAdds are the per-user buckets of channel
+	// creations and of members added (each member named when creating a
+	// channel counts as one add); over either, 429 rate_limited with
+	// Retry-After, and nothing is written. Nil: no limit.
+	Channels, MemberAdds *throttle.Buckets
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 }
@@ -244,6 +252,9 @@ func (h *handlers) createChannel(c echo.Context) error {
 	if err := bind(c, &req); err != nil {
 		return err
 	}
+	if err := h.admit(c, 1, len(req.Members)); err != nil {
+		return err
+	}
 	ch, created, err := h.cfg.Service.CreateChannel(c.Request().Context(), claims(c).UserID, req.Kind, req.Name, req.Members)
 	if err != nil {
 		return err
@@ -272,6 +283,9 @@ func (h *handlers) addMember(c echo.Context) error {
 	}
 	if req.UserID == "" {
 		return domain.Errorf(domain.CodeBadRequest, "user_id is required")
+	}
+	if err := h.admit(c, 0, 1); err != nil {
+		return err
 	}
 	ch, err := h.cfg.Service.AddMember(c.Request().Context(), claims(c).UserID, domain.ChannelID(c.Param("channel_id")), req.UserID)
 	if err != nil {
@@ -392,8 +406,24 @@ func (h *handlers) after(ctx context.Context, ch domain.ChannelID, after int64, 
 }
 
 func (h *handlers) ws(c echo.Context) error {
-	h.cfg.WS.Serve(c.Response(), c.Request(), claims(c))
-	return nil
+	return h.cfg.WS.Serve(c.Response(), c.Request(), claims(c))
+}
+
+// admit takes channel creations and member adds from the caller's
+// buckets, or refuses with rate_limited and when to retry.
+func (h *handlers) admit(c echo.Context, channels, adds int) error {
+	retry, ok := throttle.Allow(h.cfg.Now(), string(claims(c).UserID),
+		throttle.Take{B: h.cfg.Channels, N: channels}, throttle.Take{B: h.cfg.MemberAdds, N: adds})
+	switch {
+	case ok:
+		return nil
+	case retry == 0:
+		// More than the bucket holds, which Validate keeps at least a
+		// group's size: more members than a group may have.
+		return domain.Errorf(domain.CodeGroupFull, "more members at once than a group may have")
+	}
+	return &domain.Error{Code: domain.CodeRateLimited, RetryAfter: retry,
+		Msg: fmt.Sprintf("too many channel creations or member adds from this user; retry after %s", retry.Round(time.Millisecond))}
 }
 
 // reads lists how far each member has read the channel.

@@ -2,7 +2,9 @@ package api
 
 import (
 	"errors"
+	"math"
 	"net/http"
+	"strconv"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,7 +13,8 @@ import (
 )
 
 // statusOf is the one mapping from error codes to HTTP statuses; the table
-// is repeated in schemas/README.md.
+// is repeated in schemas/README.md. StatusOf exports it for the WebSocket
+// upgrade.
 var statusOf = map[domain.Code]int{
 	domain.CodeBadRequest:   http.StatusBadRequest,
 	domain.CodeUnknownType:  http.StatusBadRequest,
@@ -23,7 +26,10 @@ var statusOf = map[domain.Code]int{
 	domain.CodeConflict:     http.StatusConflict,
 	domain.CodeGroupFull:    http.StatusUnprocessableEntity,
 	domain.CodeUnavailable:  http.StatusServiceUnavailable,
-	domain.CodeInternal:     http.StatusInternalServerError,
+	domain.CodeRateLimited:  http.StatusTooManyRequests,
+	// The WebSocket upgrade of a user or device over its cap.
+	domain.CodeTooManyConnections: http.StatusTooManyRequests,
+	domain.CodeInternal:           http.StatusInternalServerError,
 }
 
 type errorBody struct {
@@ -54,6 +60,9 @@ func httpError(err error, c echo.Context, counter *prometheus.CounterVec) {
 		body.Error.Code = domain.CodeOf(err)
 		body.Error.Message = domain.MessageOf(err)
 		status = statusOf[body.Error.Code]
+		if d := domain.RetryAfterOf(err); d > 0 {
+			c.Response().Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(d.Seconds()))))
+		}
 		if body.Error.Code == domain.CodeInternal {
 			c.Logger().Error(err)
 		}
@@ -77,4 +86,12 @@ func codeOfStatus(status int) domain.Code {
 		return domain.CodeInternal
 	}
 	return domain.CodeBadRequest
+}
+
+// StatusOf returns the HTTP status of an error's code.
+func StatusOf(err error) int {
+	if s, ok := statusOf[domain.CodeOf(err)]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
 }

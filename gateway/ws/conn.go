@@ -2,7 +2,6 @@ package ws
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"sync"
 	"time"
@@ -23,15 +22,14 @@ type conn struct {
 	metrics *Metrics
 	gen     *generation // the inbox epoch the connection is in, for its life
 
-	// The send queue: a slice that grows only as frames wait (an idle
-	// connection holds none), bounded by maxQueue, and a doorbell for the
-	// writer. Guarded by qmu, which is taken after mu, never before.
-	qmu      sync.Mutex
-	queue    [][]byte
-	writing  int // frames the writer has taken and not yet written
-	maxQueue int
-	wake     chan struct{}
-	drained  chan struct{} // the writer wrote a frame (a sync waits on it)
+	// q is the send queue, bounded in frames and bytes; its lock is
+	// taken after mu, never before.
+	q *sendQueue
+	// bodies encodes message frames, sharing each message's body.
+	bodies *bodyCache
+	// maxBufBytes bounds the bytes of text buffered during a sync, as
+	// maxBuf bounds the entries.
+	maxBufBytes int
 
 	// behind starts a catch-up from the store (Server.catchUp) when live
 	// entries come faster than the client reads; set by Serve.
@@ -44,6 +42,7 @@ type conn struct {
 	syncing  bool
 	dropping bool // live entries are dropped: a sync will read them from the store
 	buf      []pending
+	bufBytes int                         // of the texts in buf
 	had      func(domain.MessageID) bool // after a carry-over: whether the device had a message
 	last     int64                       // offset of the newest entry delivered; -1: none
 	recent   *recentIDs
@@ -70,8 +69,11 @@ func (r *recentIDs) seen(id domain.MessageID) bool {
 }
 
 // deliverLocked sends an inbox entry unless it is at or before the last
-// position delivered or a copy of a message just delivered.
-func (c *conn) deliverLocked(offset int64, m domain.InboxMessage, live bool) {
+// position delivered or a copy of a message just delivered. f is the
+// entry's frame when the caller has encoded it (the tailer, once for all
+// the user's connections); otherwise it is encoded here, sharing the
+// message's body.
+func (c *conn) deliverLocked(offset int64, m domain.InboxMessage, f *outFrame, live bool) {
 	if offset <= c.last {
 		return
 	}
@@ -82,7 +84,14 @@ func (c *conn) deliverLocked(offset int64, m domain.InboxMessage, live bool) {
 	if c.recent.seen(m.MessageID) {
 		return
 	}
-	c.sendLocked(messageFrame(c.gen.epoch, offset, m))
+	if f == nil {
+		enc, err := c.bodies.messageFrame(c.gen.epoch, offset, m)
+		if err != nil {
+			return
+		}
+		f = &enc
+	}
+	c.pushLocked(*f)
 	c.metrics.delivered(m.SentAt, live)
 }
 
@@ -99,45 +108,41 @@ type pending struct {
 // connection stops taking live entries and catches up from the store
 // instead, at the client's pace: every entry it drops is below the
 // tailer's point, so the next sync reads it from the store.
-func (c *conn) offer(offset int64, m domain.InboxMessage) {
+//
+// f is the entry's frame, encoded once for every connection of the user.
+func (c *conn) offer(offset int64, m domain.InboxMessage, f outFrame) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
 	case c.dropping:
 		return
 	case c.syncing:
-		if len(c.buf) >= c.maxBuf {
-			c.dropping, c.buf = true, nil // the running sync goes round again
+		if len(c.buf) >= c.maxBuf || c.bufBytes+len(m.Text) > c.maxBufBytes {
+			c.dropping, c.buf, c.bufBytes = true, nil, 0 // the running sync goes round again
 			return
 		}
 		c.buf = append(c.buf, pending{offset, m})
+		c.bufBytes += len(m.Text)
 		return
-	case c.queued() >= c.maxQueue/2:
+	case c.q.halfFull():
 		c.syncing, c.dropping = true, true
 		c.behind()
 		return
 	}
-	c.deliverLocked(offset, m, true)
+	c.deliverLocked(offset, m, &f, true)
 }
 
-// queued returns the frames waiting for the writer or being written.
-func (c *conn) queued() int {
-	c.qmu.Lock()
-	defer c.qmu.Unlock()
-	return len(c.queue) + c.writing
-}
-
-// waitRoom waits until n more frames fit in half the send queue, counting
-// those being written: a sync, which can wait, delivers at the pace the
-// client reads, where live delivery, which cannot, cuts a slow client off.
+// waitRoom waits until frames more frames of bytes bytes fit in half the
+// send queue, counting those being written: a sync, which can wait,
+// delivers at the pace the client reads, where live delivery, which
+// cannot, cuts a slow client off.
 //
 // It waits as long as the client reads: every frame the writer writes is
 // progress. It fails when the writer has written nothing for stall.
-func (c *conn) waitRoom(ctx context.Context, n int, stall time.Duration) error {
+func (c *conn) waitRoom(ctx context.Context, frames, bytes int, stall time.Duration) error {
 	var timer *time.Timer
 	for {
-		waiting := c.queued()
-		if waiting == 0 || waiting+n <= c.maxQueue/2 {
+		if c.q.roomFor(frames, bytes) {
 			return nil
 		}
 		if timer == nil {
@@ -145,7 +150,7 @@ func (c *conn) waitRoom(ctx context.Context, n int, stall time.Duration) error {
 			defer timer.Stop()
 		}
 		select {
-		case <-c.drained:
+		case <-c.q.drained:
 			timer.Reset(stall) // progress
 		case <-c.done:
 			return errClosed
@@ -167,23 +172,22 @@ func (c *conn) send(f ServerFrame) {
 }
 
 func (c *conn) sendLocked(f ServerFrame) {
-	b, err := json.Marshal(f)
+	enc, err := encodeFrame(f)
 	if err != nil {
 		return
 	}
-	c.qmu.Lock()
-	full := len(c.queue) >= c.maxQueue
-	if !full {
-		c.queue = append(c.queue, b)
-	}
-	c.qmu.Unlock()
-	if full {
-		c.cutLocked("slow client: send queue full")
+	c.pushLocked(enc)
+}
+
+// pushLocked queues an encoded frame; a client whose queue overflows is
+// cut off with CloseSlowClient and resumes from its position when it
+// reconnects.
+func (c *conn) pushLocked(f outFrame) {
+	if c.cutWhy != "" {
 		return
 	}
-	select {
-	case c.wake <- struct{}{}:
-	default: // the writer has been woken already
+	if !c.q.push(f) {
+		c.cutCodeLocked(CloseSlowClient, "slow client: send queue full; reconnect and resume from your position")
 	}
 }
 
@@ -200,11 +204,20 @@ func (c *conn) cut(why string) {
 	c.cutLocked(why)
 }
 
-func (c *conn) cutLocked(why string) {
+func (c *conn) cutLocked(why string) { c.cutCodeLocked(websocket.CloseTryAgainLater, why) }
+
+// cutCode closes the connection with a close code and the reason.
+func (c *conn) cutCode(code int, why string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cutCodeLocked(code, why)
+}
+
+func (c *conn) cutCodeLocked(code int, why string) {
 	if c.cutWhy == "" {
 		c.cutWhy = why
 		// Tell the client why (WriteControl may run beside the writer).
-		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, truncate(why, 120)),
+		_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, truncate(why, 120)),
 			time.Now().Add(time.Second))
 	}
 	c.close()
@@ -235,27 +248,16 @@ func (c *conn) write(writeTimeout, pingEvery time.Duration) {
 		select {
 		case <-c.done:
 			return
-		case <-c.wake:
-			c.qmu.Lock()
-			batch := c.queue
-			c.queue = nil
-			c.writing = len(batch)
-			c.qmu.Unlock()
-			for _, b := range batch {
+		case <-c.q.wake:
+			for _, f := range c.q.take() {
 				_ = c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
-				if err := c.ws.WriteMessage(websocket.TextMessage, b); err != nil {
+				if err := c.writeFrame(f); err != nil {
 					c.close()
 					return
 				}
 				// One frame fewer waits: a sync waiting for room (or
 				// for any progress at all) learns of it at once.
-				c.qmu.Lock()
-				c.writing--
-				c.qmu.Unlock()
-				select {
-				case c.drained <- struct{}{}:
-				default:
-				}
+				c.q.written(f)
 			}
 		case <-tick.C:
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
@@ -264,4 +266,20 @@ func (c *conn) write(writeTimeout, pingEvery time.Duration) {
 			}
 		}
 	}
+}
+
+// writeFrame writes one frame, its head and its shared body, as one
+// WebSocket message.
+func (c *conn) writeFrame(f outFrame) error {
+	w, err := c.ws.NextWriter(websocket.TextMessage)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(f.head); err != nil {
+		return err
+	}
+	if _, err := w.Write(f.body); err != nil {
+		return err
+	}
+	return w.Close()
 }

@@ -12,7 +12,15 @@
 // while a connection that fell behind live delivery catches up from the
 // store (conn.offer, Server.catchUp). The handler starts and waits for all
 // of them before it returns. A slow client never slows anyone else: it is
-// caught up at its own pace, or cut off when its queue overflows anyway.
+// caught up at its own pace, or cut off (CloseSlowClient) when its queue,
+// bounded in frames and bytes (sendQueue), overflows anyway. A message's
+// frame body is encoded once and shared by every queue (bodyCache).
+//
+// Limits per user and device: Config.MaxPerUser and MaxPerDevice open
+// connections (Hub.reserve), one heartbeat per device, and token buckets
+// on sends and their bytes (Config.Sends, SendBytes). A peer silent for
+// PingInterval + PongTimeout is closed (CloseNoPong); a binary frame closes
+// with 1003, a text frame that is not UTF-8 with 1007 (ReadClientFrame).
 // Per process: the Tailer reads the inbox topic from the inbox
 // projection's positions and offers each entry to the connections of its
 // user.
@@ -30,7 +38,7 @@
 // the buffer: no gap and no duplicate, as documented on Server.sync.
 //
 // Lock order: conn.syncMu, then Tailer.parts[p], then conn.mu, then
-// conn.qmu; Hub shard locks are never held while taking any of them, and
+// sendQueue.mu (bodyCache.mu is taken alone); Hub shard locks are never held while taking any of them, and
 // sends.mu is taken alone (nothing is held while taking it, nothing is
 // taken under it).
 package ws

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"io"
 	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/evchat/evchat/domain"
 )
@@ -44,6 +47,36 @@ type ClientFrame struct {
 	Epoch       *int32           `json:"epoch,omitempty"`
 	Position    *int64           `json:"position,omitempty"`
 	MessageID   domain.MessageID `json:"message_id,omitempty"`
+}
+
+// Close codes the server ends a connection with, besides RFC 6455's 1003
+// (a binary frame), 1007 (invalid UTF-8 in a text frame), 1009 (a frame
+// over the read limit) and 1013 (try again later: an epoch switch, a sync
+// that failed). The client reconnects with its position after any of
+// them and loses nothing; schemas/asyncapi.yaml lists them.
+const (
+	// CloseSlowClient: the client read too slowly and its send queue
+	// overflowed.
+	CloseSlowClient = 4008
+	// CloseNoPong: nothing, not even a pong, came from the client for the
+	// ping interval and the pong timeout.
+	CloseNoPong = 4009
+)
+
+// ReadClientFrame decodes one WebSocket message of a client, of the
+// message type gorilla/websocket reports. A closeCode other than 0 means
+// the connection must close with it (RFC 6455: 1003 for a binary frame,
+// 1007 for a text frame that is not UTF-8), err saying why; otherwise an
+// error is DecodeClientFrame's and the connection stays usable.
+func ReadClientFrame(messageType int, b []byte) (f ClientFrame, closeCode int, err error) {
+	switch {
+	case messageType != websocket.TextMessage:
+		return ClientFrame{}, websocket.CloseUnsupportedData, domain.Errorf(domain.CodeBadRequest, "binary frames are not accepted; send JSON text frames")
+	case !utf8.Valid(b):
+		return ClientFrame{}, websocket.CloseInvalidFramePayloadData, domain.Errorf(domain.CodeBadRequest, "a text frame that is not valid UTF-8")
+	}
+	f, err = DecodeClientFrame(b)
+	return f, 0, err
 }
 
 // DecodeClientFrame parses and checks one client frame. Every error is a
@@ -110,6 +143,9 @@ type ServerFrame struct {
 	Message     string           `json:"message,omitempty"`
 	Online      *bool            `json:"online,omitempty"`
 	LastActive  *time.Time       `json:"last_active_at,omitempty"`
+	// RetryAfterMS, on an error rate_limited: wait this long before
+	// trying again.
+	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
 }
 
 // errorFrame reports err, echoing the client's message id when it is one
@@ -118,13 +154,9 @@ func errorFrame(err error, clientMsgID string) ServerFrame {
 	if len(clientMsgID) > domain.MaxClientMsgIDLen {
 		clientMsgID = ""
 	}
-	return ServerFrame{Type: TypeError, Code: domain.CodeOf(err), Message: domain.MessageOf(err), ClientMsgID: clientMsgID}
-}
-
-func messageFrame(epoch int32, offset int64, m domain.InboxMessage) ServerFrame {
-	at := m.SentAt
-	return ServerFrame{
-		Type: TypeMessage, Epoch: &epoch, Position: &offset, ChannelID: m.ChannelID,
-		MessageID: m.MessageID, SenderID: m.SenderID, Text: m.Text, SentAt: &at,
+	f := ServerFrame{Type: TypeError, Code: domain.CodeOf(err), Message: domain.MessageOf(err), ClientMsgID: clientMsgID}
+	if d := domain.RetryAfterOf(err); d > 0 {
+		f.RetryAfterMS = max(1, d.Milliseconds())
 	}
+	return f
 }

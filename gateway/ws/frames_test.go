@@ -8,6 +8,8 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/gateway/ws"
 	"github.com/evchat/evchat/schemas"
@@ -163,7 +165,11 @@ func knownGap(f ws.ClientFrame) bool {
 	case ws.TypeSend:
 		return !channelIDPattern.MatchString(string(f.ChannelID)) || utf8.RuneCountInString(f.Text) > 100_000
 	case ws.TypeSync:
-		return *f.Epoch < 0
+		// A sync without a position resumes from the device's last
+		// received (README); the v1 schema still requires position,
+		// and its evolution rules forbid dropping a required field. The
+		// fuzzer found this one (testdata/fuzz).
+		return *f.Epoch < 0 || f.Position == nil
 	}
 	return false
 }
@@ -237,4 +243,38 @@ func BenchmarkDecodeClientFrame(b *testing.B) {
 func show(f ws.ClientFrame) string {
 	b, _ := json.Marshal(f)
 	return string(b)
+}
+
+// FuzzReadClientFrame holds the whole reading of a client's WebSocket
+// message: a binary message always closes with 1003, a text message that
+// is not UTF-8 with 1007, and any other text is DecodeClientFrame's, with
+// the connection kept.
+func FuzzReadClientFrame(f *testing.F) {
+	f.Add(true, []byte(`{"type":"ping"}`))
+	f.Add(false, []byte(`{"type":"ping"}`))
+	f.Add(true, []byte("{\"type\":\"send\",\"channel_id\":\"g1\",\"client_msg_id\":\"c\",\"text\":\"\xff\"}"))
+	f.Add(true, []byte("\xed\xa0\x80"))
+	f.Add(true, []byte(`{"type":"sync","epoch":1}`))
+	f.Fuzz(func(t *testing.T, text bool, b []byte) {
+		mt := websocket.BinaryMessage
+		if text {
+			mt = websocket.TextMessage
+		}
+		fr, code, err := ws.ReadClientFrame(mt, b)
+		switch {
+		case !text:
+			if code != websocket.CloseUnsupportedData || err == nil {
+				t.Fatalf("binary %q: close %d, %v; want 1003", b, code, err)
+			}
+		case !utf8.Valid(b):
+			if code != websocket.CloseInvalidFramePayloadData || err == nil {
+				t.Fatalf("invalid UTF-8 %q: close %d, %v; want 1007", b, code, err)
+			}
+		default:
+			want, wantErr := ws.DecodeClientFrame(b)
+			if code != 0 || !reflect.DeepEqual(fr, want) || (err == nil) != (wantErr == nil) {
+				t.Fatalf("text %q: %+v close %d %v; want %+v %v", b, fr, code, err, want, wantErr)
+			}
+		}
+	})
 }

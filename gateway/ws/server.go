@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/gateway/auth"
+	"github.com/evchat/evchat/gateway/throttle"
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/inbox"
 	"github.com/evchat/evchat/projections/projector"
@@ -49,10 +51,33 @@ type Config struct {
 	// QueueSize is the most frames waiting for a slow client before it is
 	// cut off. Default 1024. The queue takes memory only while frames wait.
 	QueueSize int
+	// QueueBytes is the most bytes of frames waiting for a client. Live
+	// delivery stops at half of it (or of QueueSize) and the connection
+	// catches up from the store at the client's pace; a client whose
+	// queue overflows anyway is closed with CloseSlowClient and resumes
+	// from its position. One frame larger than the bound is still sent,
+	// alone. A message's body is encoded once and shared by every queue
+	// it is in, so the bound counts more than the memory taken. Default
+	// 2 MiB (20 messages of 100,000 ASCII characters).
+	QueueBytes int
 	// MaxConnections is the most open connections; past it an upgrade is
 	// refused with 503, so the process keeps file descriptors for its log
 	// and store. 0: no limit.
 	MaxConnections int
+	// MaxPerUser is the most open connections of one user on this
+	// gateway, MaxPerDevice of one device; past either an upgrade is
+	// refused with 429 too_many_connections, so one user cannot take
+	// every slot of MaxConnections. Defaults 32 and 8.
+	MaxPerUser, MaxPerDevice int
+	// PongTimeout: the server pings every PingInterval, and closes a peer
+	// from which nothing (no pong, no frame) has come for PingInterval +
+	// PongTimeout with CloseNoPong. Default 30s.
+	PongTimeout time.Duration
+	// Sends and SendBytes are the per-user buckets of send frames and of
+	// their text's bytes; a send over either gets an error frame
+	// rate_limited with retry_after_ms, is not carried out, and the
+	// connection stays open. Nil: no limit.
+	Sends, SendBytes *throttle.Buckets
 	// SyncBuffer is the most live entries held while a device syncs.
 	// Default 10000.
 	SyncBuffer int
@@ -98,6 +123,18 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.QueueSize == 0 {
 		c.QueueSize = 1024
+	}
+	if c.QueueBytes == 0 {
+		c.QueueBytes = 2 << 20
+	}
+	if c.MaxPerUser == 0 {
+		c.MaxPerUser = 32
+	}
+	if c.MaxPerDevice == 0 {
+		c.MaxPerDevice = 8
+	}
+	if c.PongTimeout == 0 {
+		c.PongTimeout = 30 * time.Second
 	}
 	if c.SyncBuffer == 0 {
 		c.SyncBuffer = 10000
@@ -199,21 +236,20 @@ func epochChanged(e int32) string {
 }
 
 // Serve upgrades an authenticated request and serves the connection until
-// it closes. The caller has checked the token.
-func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
+// it closes. The caller has checked the token. An upgrade refused before
+// it is made returns the error for the caller to answer (a *domain.Error:
+// unavailable, too_many_connections, bad_request); once upgraded, Serve
+// returns nil.
+func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) error {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		return
+		return domain.Errorf(domain.CodeUnavailable, "this gateway is shutting down; ask for another")
 	}
 	if s.cfg.MaxConnections > 0 && s.hub.Count() >= s.cfg.MaxConnections {
 		s.mu.Unlock()
 		s.cfg.Metrics.failed(domain.ErrUnavailable)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = w.Write([]byte(`{"error":{"code":"unavailable","message":"this gateway is full; ask for another"}}`))
-		return
+		return domain.Errorf(domain.CodeUnavailable, "this gateway is full; ask for another")
 	}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -221,21 +257,24 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 
 	resume, epoch, position, err := resumeFrom(r)
 	if err != nil {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusBadRequest)
-		_, _ = w.Write([]byte(`{"error":{"code":"bad_request","message":"` + domain.MessageOf(err) + `"}}`))
-		return
+		return err
 	}
+	first, err := s.hub.reserve(cl.UserID, cl.DeviceID, s.cfg.MaxPerUser, s.cfg.MaxPerDevice)
+	if err != nil {
+		s.cfg.Metrics.failed(err)
+		return err
+	}
+	defer s.hub.release(cl.UserID, cl.DeviceID)
 	wsc, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
-		return // the upgrader has answered
+		return nil // the upgrader has answered
 	}
 	wsc.SetReadLimit(s.cfg.ReadLimit)
 	g := s.gen.Load()
 	c := &conn{
 		gen: g, user: cl.UserID, device: cl.DeviceID, ws: wsc,
-		maxQueue: s.cfg.QueueSize, wake: make(chan struct{}, 1), drained: make(chan struct{}, 1), done: make(chan struct{}),
-		maxBuf: s.cfg.SyncBuffer, last: -1, metrics: s.cfg.Metrics,
+		q: newSendQueue(s.cfg.QueueSize, s.cfg.QueueBytes), bodies: g.tailer.bodies, done: make(chan struct{}),
+		maxBuf: s.cfg.SyncBuffer, maxBufBytes: s.cfg.QueueBytes, last: -1, metrics: s.cfg.Metrics,
 	}
 	var writer sync.WaitGroup
 	writer.Go(func() { c.write(s.cfg.WriteTimeout, s.cfg.PingInterval) })
@@ -277,7 +316,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	cancel()
 	if err != nil {
 		c.send(errorFrame(err, ""))
-		return
+		return nil
 	}
 	g.tailer.mark(part, func(next int64) {
 		c.mu.Lock()
@@ -289,42 +328,78 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) {
 	defer s.hub.remove(c)
 	if s.gen.Load() != g { // the epoch switched while this one registered
 		c.cut(epochChanged(s.gen.Load().epoch))
-		return
+		return nil
 	}
 	hello := g.epoch
 	c.send(ServerFrame{Type: TypeHello, UserID: c.user, DeviceID: c.device, Epoch: &hello})
-	s.heartbeat(r.Context(), c)
+	if first { // a device's other connections have made it online already
+		s.heartbeat(r.Context(), c)
+	}
 	log := s.cfg.Logger.With("user", c.user, "device", c.device)
 	if resume {
 		s.handle(r.Context(), c, part, ClientFrame{Type: TypeSync, Epoch: &epoch, Position: &position}, log)
 	}
 
+	// Pongs are required: a peer from which nothing has come for a ping
+	// interval and the pong timeout is gone. The deadline starts again at
+	// each read (a sync on the read loop may take long) and at each pong.
+	silence := s.cfg.PingInterval + s.cfg.PongTimeout
+	wsc.SetPongHandler(func(string) error { return wsc.SetReadDeadline(time.Now().Add(silence)) })
 	for {
-		_, data, err := wsc.ReadMessage()
+		_ = wsc.SetReadDeadline(time.Now().Add(silence))
+		mt, data, err := wsc.ReadMessage()
 		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				c.cutCode(CloseNoPong, fmt.Sprintf("no pong or frame for %s", silence))
+			}
 			c.mu.Lock()
 			why := c.cutWhy
 			c.mu.Unlock()
 			if why != "" {
 				log.Info("connection cut", "why", why)
 			}
-			return
+			return nil
 		}
-		f, err := DecodeClientFrame(data)
+		f, closeCode, err := ReadClientFrame(mt, data)
+		if closeCode != 0 {
+			s.cfg.Metrics.failed(err)
+			c.cutCode(closeCode, domain.MessageOf(err))
+			return nil
+		}
 		if err != nil {
 			s.cfg.Metrics.failed(err)
 			c.send(errorFrame(err, f.ClientMsgID))
 			continue
 		}
 		if f.Type == TypeSend {
+			if err := s.admitSend(c, f); err != nil {
+				s.cfg.Metrics.failed(err)
+				c.send(errorFrame(err, f.ClientMsgID))
+				continue
+			}
 			read := time.Now()
 			if !sends.start(c.done, f.ChannelID, func() { s.send(r.Context(), c, f, read, log) }) {
-				return // closing: the client resends what was not acknowledged
+				return nil // closing: the client resends what was not acknowledged
 			}
 			continue
 		}
 		s.handle(r.Context(), c, part, f, log)
 	}
+}
+
+// admitSend takes a send's tokens from its user's buckets, or refuses it
+// with rate_limited and how long to wait: before anything is written.
+func (s *Server) admitSend(c *conn, f ClientFrame) error {
+	retry, ok := throttle.Allow(time.Now(), string(c.user),
+		throttle.Take{B: s.cfg.Sends, N: 1}, throttle.Take{B: s.cfg.SendBytes, N: len(f.Text)})
+	switch {
+	case ok:
+		return nil
+	case retry == 0: // more than the byte bucket holds (Validate prevents it)
+		return domain.Errorf(domain.CodeTooLong, "text of %d bytes: more than this gateway's send rate allows at once", len(f.Text))
+	}
+	return &domain.Error{Code: domain.CodeRateLimited, RetryAfter: retry,
+		Msg: fmt.Sprintf("too many sends from this user; retry after %s", retry.Round(time.Millisecond))}
 }
 
 // send carries out a send frame, read at the time given, and answers it
@@ -442,7 +517,7 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 		if err != nil {
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			c.buf = nil
+			c.buf, c.bufBytes = nil, 0
 			c.sendLocked(errorFrame(err, ""))
 			c.cutLocked("sync failed: " + err.Error())
 		}
@@ -493,7 +568,7 @@ func (s *Server) syncRound(ctx context.Context, c *conn, part int32, position in
 		t = next
 		c.mu.Lock()
 		c.syncing, c.dropping = true, false
-		c.buf = c.buf[:0]
+		c.buf, c.bufBytes = c.buf[:0], 0
 		c.last = position
 		c.mu.Unlock()
 	})
@@ -508,6 +583,7 @@ func (s *Server) syncRound(ctx context.Context, c *conn, part int32, position in
 			return true, nil
 		}
 		batch := c.buf
+		c.bufBytes = 0
 		if len(batch) == 0 {
 			c.buf = nil
 			c.syncing = false
@@ -570,17 +646,23 @@ func (s *Server) fromStore(ctx context.Context, c *conn, part int32, after, t in
 			if err != nil {
 				return err
 			}
+			// At most a send queue's bytes of text held at once.
 			pend := make([]pending, 0, len(es))
+			full, bytes := false, 0
 			for _, e := range es {
 				if e.Offset >= upto {
 					break
 				}
+				if full = len(pend) > 0 && bytes+len(e.Message.Text) > c.q.maxBytes; full {
+					break
+				}
 				pend = append(pend, pending{e.Offset, e.Message})
+				bytes += len(e.Message.Text)
 			}
 			if err := s.deliver(ctx, c, pend, false); err != nil {
 				return err
 			}
-			if len(pend) == page {
+			if len(pend) == page || full {
 				after = pend[len(pend)-1].offset
 			} else {
 				after = upto - 1 // every stored entry of the user below upto is delivered
@@ -637,25 +719,40 @@ func (s *Server) awaitEpoch(ctx context.Context, epoch int32) bool {
 // deliver hands a sync's entries to the connection in order, passing over
 // (but moving the position past) those the device had already, a chunk at
 // a time as the client reads them.
+//
+// A chunk is at most a quarter of the send queue's frames and bytes (or
+// one frame), encoded before it waits for room, sharing each message's
+// body with the other connections it goes to.
 func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, live bool) error {
-	chunk := max(1, c.maxQueue/4)
-	for len(ps) > chunk {
-		if err := s.deliver(ctx, c, ps[:chunk], live); err != nil {
+	for len(ps) > 0 {
+		var (
+			fs    []outFrame
+			bytes int
+		)
+		for len(fs) < len(ps) && len(fs) < max(1, c.q.maxFrames/4) {
+			p := ps[len(fs)]
+			f, err := c.bodies.messageFrame(c.gen.epoch, p.offset, p.msg)
+			if err != nil {
+				return err
+			}
+			if len(fs) > 0 && bytes+f.size() > c.q.maxBytes/4 {
+				break
+			}
+			fs, bytes = append(fs, f), bytes+f.size()
+		}
+		if err := c.waitRoom(ctx, len(fs), bytes, s.cfg.SyncStall); err != nil {
 			return err
 		}
-		ps = ps[chunk:]
-	}
-	if err := c.waitRoom(ctx, len(ps), s.cfg.SyncStall); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, p := range ps {
-		if c.had != nil && c.had(p.msg.MessageID) {
-			c.last = max(c.last, p.offset)
-			continue
+		c.mu.Lock()
+		for i, p := range ps[:len(fs)] {
+			if c.had != nil && c.had(p.msg.MessageID) {
+				c.last = max(c.last, p.offset)
+				continue
+			}
+			c.deliverLocked(p.offset, p.msg, &fs[i], live)
 		}
-		c.deliverLocked(p.offset, p.msg, live)
+		c.mu.Unlock()
+		ps = ps[len(fs):]
 	}
 	return nil
 }
@@ -724,7 +821,7 @@ func (s *Server) heartbeat(ctx context.Context, c *conn) {
 	}
 }
 
-// RunHeartbeats appends a heartbeat for every connected device each
+// RunHeartbeats appends one heartbeat for every connected device each
 // Heartbeat interval until ctx is cancelled; it returns nil then.
 func (s *Server) RunHeartbeats(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.Heartbeat)
@@ -737,20 +834,14 @@ func (s *Server) RunHeartbeats(ctx context.Context) error {
 			if s.beats == nil || s.cfg.SessionsTopic == "" {
 				continue
 			}
+			// One heartbeat per device, however many connections it has.
 			var recs []*kgo.Record
-			for i := range s.hub.shards {
-				sh := &s.hub.shards[i]
-				sh.mu.RLock()
-				for u, m := range sh.conns {
-					for c := range m {
-						r, err := eventlog.Record(s.cfg.SessionsTopic, string(u),
-							domain.DeviceHeartbeat{UserID: u, DeviceID: c.device}, heartbeatMeta(u, c.device, now))
-						if err == nil {
-							recs = append(recs, r)
-						}
-					}
+			for _, d := range s.hub.devices() {
+				r, err := eventlog.Record(s.cfg.SessionsTopic, string(d.user),
+					domain.DeviceHeartbeat{UserID: d.user, DeviceID: d.device}, heartbeatMeta(d.user, d.device, now))
+				if err == nil {
+					recs = append(recs, r)
 				}
-				sh.mu.RUnlock()
 			}
 			if len(recs) == 0 {
 				continue

@@ -33,7 +33,17 @@ type Tailer struct {
 	part  kgo.TopicPartitioner
 	n     int
 	parts []partState
+	// bodies encodes each message's frame body once for all the
+	// connections it goes to, live and in syncs.
+	bodies *bodyCache
 }
+
+// The body cache's bounds: enough for the messages of a burst in flight
+// to every member of a group, small beside the queues it saves.
+const (
+	bodyCacheEntries = 1024
+	bodyCacheBytes   = 16 << 20
+)
 
 type partState struct {
 	mu   sync.Mutex
@@ -70,7 +80,7 @@ func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *
 		return fail(fmt.Errorf("ws: inbox positions: %w", err))
 	}
 	t := &Tailer{cfg: cfg, topic: topic, hub: hub, log: log, n: n, parts: make([]partState, n), adm: adm,
-		part: kgo.StickyKeyPartitioner(nil).ForTopic(topic)}
+		part: kgo.StickyKeyPartitioner(nil).ForTopic(topic), bodies: newBodyCache(bodyCacheEntries, bodyCacheBytes)}
 	start := map[int32]kgo.Offset{}
 	for p := range n {
 		t.parts[p].next = pos[int32(p)]
@@ -116,9 +126,20 @@ func (t *Tailer) Run(ctx context.Context) error {
 				if !ok {
 					continue
 				}
-				for _, c := range t.hub.conns(m.UserID) {
+				conns := t.hub.conns(m.UserID)
+				if len(conns) == 0 {
+					continue
+				}
+				// One frame for every connection of the user, its body
+				// shared with the message's other recipients.
+				f, err := t.bodies.messageFrame(t.Epoch(), rec.Offset, m)
+				if err != nil {
+					t.log.Warn("skipping unencodable inbox entry", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+					continue
+				}
+				for _, c := range conns {
 					if c.gen.tailer == t { // not a connection of another epoch
-						c.offer(rec.Offset, m)
+						c.offer(rec.Offset, m, f)
 					}
 				}
 			}

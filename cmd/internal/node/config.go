@@ -81,6 +81,46 @@ type Config struct {
 	// ReadyLag (--ready-lag): GET /readyz answers 503 while a projection
 	// is more records behind than this. Default 1000.
 	ReadyLag int64
+	// WebSocket limits, per connection, per user and per device (README,
+	// "Limits").
+	//
+	// WSQueueFrames (--ws-queue-frames) and WSQueueBytes
+	// (--ws-queue-bytes): a connection's send queue, in frames and in
+	// bytes. Live delivery stops at half of either and the device catches
+	// up from the store at its pace; a queue that overflows anyway closes
+	// the connection with 4008. Defaults 1024 and 2 MiB.
+	WSQueueFrames, WSQueueBytes int
+	// WSMaxPerUser (--ws-max-per-user) and WSMaxPerDevice
+	// (--ws-max-per-device): open WebSocket connections of one user, of
+	// one device, on this gateway; past either an upgrade gets 429
+	// too_many_connections. Defaults 32 and 8.
+	WSMaxPerUser, WSMaxPerDevice int
+	// WSPingInterval (--ws-ping): how often the server pings. Default 25 s.
+	WSPingInterval time.Duration
+	// WSPongTimeout (--ws-pong-timeout): a connection from which nothing,
+	// not even a pong, has come for WSPingInterval + WSPongTimeout is
+	// closed with 4009. Default 30 s.
+	WSPongTimeout time.Duration
+	// SendRate (--send-rate, per second) and SendBurst (--send-burst):
+	// the per-user bucket of sends; SendBytesRate (--send-bytes-rate,
+	// bytes of text per second) and SendBytesBurst (--send-bytes-burst),
+	// at least the largest message (4 bytes a character). A send over
+	// either gets an error frame rate_limited with retry_after_ms.
+	// Defaults 20/s, 100, 1 MiB/s, 4 MiB.
+	SendRate       float64
+	SendBurst      int
+	SendBytesRate  float64
+	SendBytesBurst int
+	// ChannelRate (--channel-rate, per second) and ChannelBurst
+	// (--channel-burst): the per-user bucket of channel creations;
+	// MemberAddRate (--member-add-rate) and MemberAddBurst
+	// (--member-add-burst, at least the largest group): of members added,
+	// each member named at a creation counting as one. Over either, 429
+	// rate_limited with Retry-After. Defaults 0.2/s, 20, 2/s, 200.
+	ChannelRate    float64
+	ChannelBurst   int
+	MemberAddRate  float64
+	MemberAddBurst int
 	// Logger: default discards.
 	Logger *slog.Logger
 	// Stdout receives the "listening" line. Default io.Discard.
@@ -104,6 +144,20 @@ func DefaultConfig() Config {
 		PushDelay:      3 * time.Second,
 		PushMaxAge:     2 * time.Minute,
 		ReadyLag:       1000,
+		WSQueueFrames:  1024,
+		WSQueueBytes:   2 << 20,
+		WSMaxPerUser:   32,
+		WSMaxPerDevice: 8,
+		WSPingInterval: 25 * time.Second,
+		WSPongTimeout:  30 * time.Second,
+		SendRate:       20,
+		SendBurst:      100,
+		SendBytesRate:  1 << 20,
+		SendBytesBurst: 4 << 20,
+		ChannelRate:    0.2,
+		ChannelBurst:   20,
+		MemberAddRate:  2,
+		MemberAddBurst: 200,
 	}
 }
 
@@ -161,6 +215,25 @@ func (c Config) Validate() error {
 	}
 	if c.ReadyLag < 0 {
 		return bad("ready lag %d < 0", c.ReadyLag)
+	}
+	if c.WSQueueFrames < 2 || c.WSQueueBytes < 64<<10 {
+		return bad("WebSocket send queue of %d frames and %d bytes: want at least 2 frames and 64 KiB", c.WSQueueFrames, c.WSQueueBytes)
+	}
+	if c.WSMaxPerUser < 1 || c.WSMaxPerDevice < 1 || c.WSMaxPerDevice > c.WSMaxPerUser {
+		return bad("WebSocket connections per user %d, per device %d: want 1 or more, per device at most per user", c.WSMaxPerUser, c.WSMaxPerDevice)
+	}
+	if c.WSPingInterval <= 0 || c.WSPongTimeout <= 0 {
+		return bad("WebSocket ping interval %s, pong timeout %s: want more than 0", c.WSPingInterval, c.WSPongTimeout)
+	}
+	if c.SendRate <= 0 || c.SendBurst < 1 || c.SendBytesRate <= 0 || c.ChannelRate <= 0 || c.ChannelBurst < 1 || c.MemberAddRate <= 0 {
+		return bad("send rate %g burst %d, bytes rate %g, channel rate %g burst %d, member-add rate %g: want more than 0",
+			c.SendRate, c.SendBurst, c.SendBytesRate, c.ChannelRate, c.ChannelBurst, c.MemberAddRate)
+	}
+	if most := 4 * c.Limits.MaxTextLen; c.SendBytesBurst < most {
+		return bad("send bytes burst %d: want at least %d, the largest message (4 bytes a character), else it can never be sent", c.SendBytesBurst, most)
+	}
+	if c.MemberAddBurst < c.Limits.MaxGroupSize {
+		return bad("member-add burst %d: want at least the largest group, %d", c.MemberAddBurst, c.Limits.MaxGroupSize)
 	}
 	if _, err := selectRoles(c.Roles); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)

@@ -29,6 +29,7 @@ import (
 	"github.com/evchat/evchat/gateway/api"
 	"github.com/evchat/evchat/gateway/auth"
 	"github.com/evchat/evchat/gateway/chat"
+	"github.com/evchat/evchat/gateway/throttle"
 	"github.com/evchat/evchat/gateway/ws"
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/push"
@@ -307,6 +308,11 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	n.gw = ws.NewServer(ws.Config{
 		Logger: n.log, Metrics: ws.NewMetrics(reg, n.hub.Count),
 		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions, MaxConnections: connectionLimit(),
+		QueueSize: cfg.WSQueueFrames, QueueBytes: cfg.WSQueueBytes,
+		MaxPerUser: cfg.WSMaxPerUser, MaxPerDevice: cfg.WSMaxPerDevice,
+		PingInterval: cfg.WSPingInterval, PongTimeout: cfg.WSPongTimeout,
+		Sends:     throttle.New(throttle.Rule{PerSecond: cfg.SendRate, Burst: cfg.SendBurst}),
+		SendBytes: throttle.New(throttle.Rule{PerSecond: cfg.SendBytesRate, Burst: cfg.SendBytesBurst}),
 	}, n.hub, tailer, svc, n.st, app)
 	restErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "evchat_http_errors_total", Help: "REST error responses, by code.",
@@ -315,6 +321,8 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	e := api.New(api.Config{
 		Service: svc, Reader: n.st, Tokens: tokens, WS: n.gw, Presence: n.presenceTail, Errors: restErrors,
 		Live: ready.Load, Ready: readyz,
+		Channels:   throttle.New(throttle.Rule{PerSecond: cfg.ChannelRate, Burst: cfg.ChannelBurst}),
+		MemberAdds: throttle.New(throttle.Rule{PerSecond: cfg.MemberAddRate, Burst: cfg.MemberAddBurst}),
 	})
 	return app, tailer, e, nil
 }
