@@ -32,6 +32,8 @@ go build -o "$out/loadgen" ./cmd/loadgen
 port=18471; data="$(mktemp -d "$out/data.XXXX")"
 # Capacity, not abuse: the per-user send rate limits are lifted.
 args=(--http "127.0.0.1:$port" --data "$data" --log-level warn --admin 127.0.0.1:18473 --send-rate 1e9 --send-burst 1000000000)
+# The idle mode opens 20 connections per device token (80 per user).
+[[ "$mode" == idle ]] && args+=(--ws-max-per-user 100 --ws-max-per-device 25)
 if [[ "$backend" == real ]]; then
   eval "$(bash deploy/servers.sh start)"
   args+=(--kafka "$EVCHAT_KAFKA" --cassandra "$EVCHAT_CASSANDRA" --keyspace "perf_$$" --topic-prefix "perf$$")
