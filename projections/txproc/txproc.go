@@ -89,7 +89,11 @@ type Config struct {
 	// owns after every assignment.
 	OnAssigned func(partitions []int32)
 	// MaxBatch bounds the input records of one transaction. Default
-	// DefaultMaxBatch.
+	// DefaultMaxBatch. A transaction that outlives its timeout halves the
+	// bound for the sessions after it (down to one record), and each
+	// committed batch raises it again by a quarter: records heavy enough
+	// that a full batch cannot commit in time (a fan-out of large
+	// messages on a loaded machine) slow the processor, never stop it.
 	MaxBatch int
 	// TransactionTimeout is the producer's transaction timeout: a
 	// transaction open longer is aborted by the coordinator. Default
@@ -135,7 +139,7 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("projection", cfg.Name)
-	r := &runner{cfg: cfg, h: h, log: log, restored: map[int32]bool{}}
+	r := &runner{cfg: cfg, h: h, log: log, restored: map[int32]bool{}, limit: cfg.MaxBatch}
 	for attempt := 0; ; attempt++ {
 		err := r.session(ctx)
 		if ctx.Err() != nil {
@@ -213,7 +217,7 @@ func (r *runner) session(ctx context.Context) error {
 	for attempt := 0; ; {
 		// A bounded batch keeps a transaction well inside its timeout
 		// however far behind the input is.
-		fetches := sess.PollRecords(ctx, cfg.MaxBatch)
+		fetches := sess.PollRecords(ctx, r.limit)
 		if ctx.Err() != nil || fetches.IsClientClosed() {
 			return nil
 		}
@@ -234,6 +238,7 @@ func (r *runner) session(ctx context.Context) error {
 		if err == nil && committed {
 			cfg.Log.Lag.Observe(cfg.Name, fetches)
 			attempt = 0
+			r.limit = min(cfg.MaxBatch, r.limit+r.limit/4+1)
 			continue
 		}
 		// Not committed: the records come again from the committed
@@ -245,7 +250,9 @@ func (r *runner) session(ctx context.Context) error {
 		switch {
 		case fenced(err) && time.Since(began) >= cfg.TransactionTimeout:
 			// Our own transaction outlived its timeout: the
-			// coordinator aborted it and bumped the epoch.
+			// coordinator aborted it and bumped the epoch. The
+			// next session takes smaller batches.
+			r.limit = max(1, min(r.limit, fetches.NumRecords())/2)
 			return fmt.Errorf("%w: the transaction took %v, past its timeout of %v: %w",
 				errSessionLost, time.Since(began).Round(time.Millisecond), cfg.TransactionTimeout, err)
 		case fenced(err):
@@ -299,6 +306,7 @@ type runner struct {
 	log      *slog.Logger
 	dirty    bool // guarded by the session's mu
 	restored map[int32]bool
+	limit    int // input records per transaction, at most cfg.MaxBatch
 }
 
 func (r *runner) drop() {

@@ -519,3 +519,39 @@ func TestTransactionTimeout(t *testing.T) {
 		t.Fatal("the slow batch never ran")
 	}
 }
+
+// TestHeavyBatchesShrink: every record takes 300 ms, so a batch of eight
+// outlives the 1 s transaction timeout every time. The processor must not
+// retry that batch forever: smaller batches after each lost session get
+// every record through.
+func TestHeavyBatchesShrink(t *testing.T) {
+	_, cfg := newCluster(t)
+	ctx := testCtx(t)
+	outs := newOutputs(t, cfg)
+	keys := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
+	write(t, ctx, cfg, keys...)
+	h := newCounter()
+	h.fail = func(*kgo.Record) error {
+		time.Sleep(300 * time.Millisecond)
+		return nil
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(rctx, Config{Name: "count", Input: input, Changelog: changelog, Log: cfg,
+			TransactionTimeout: time.Second, MaxBatch: len(keys),
+			Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))}, h)
+	}()
+	got := outs.await(t, ctx, len(keys))
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run stopped with %v; want nil", err)
+	}
+	want := map[string]int{}
+	for _, k := range keys {
+		want[k] = 1
+	}
+	if !equal(got, counted(want)) {
+		t.Fatalf("outputs %v; want %v", got, counted(want))
+	}
+}
