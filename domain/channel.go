@@ -12,20 +12,27 @@ type Limits struct {
 	// design holds to 500.
 	MaxGroupSize int
 	// MaxTextLen is the most characters (Unicode code points) in a message.
-	// Default 100,000.
+	// Default 100,000; at most TextLenCeiling.
 	MaxTextLen int
 }
 
+// TextLenCeiling is the most characters a message may ever have: the
+// maxLength of common.v1.json#/$defs/text, which every v1 frame and event
+// carrying a text refers to. A deployment may configure a lower limit,
+// never a higher one: the WebSocket decoder refuses longer texts before any
+// limit is applied, and readers of the log rely on the schema.
+const TextLenCeiling = 100_000
+
 // DefaultLimits returns the default limits.
-func DefaultLimits() Limits { return Limits{MaxGroupSize: 100, MaxTextLen: 100_000} }
+func DefaultLimits() Limits { return Limits{MaxGroupSize: 100, MaxTextLen: TextLenCeiling} }
 
 // Validate reports limits that make no sense.
 func (l Limits) Validate() error {
 	if l.MaxGroupSize < 2 || l.MaxGroupSize > 10_000 {
 		return Errorf(CodeBadRequest, "max group size %d: want 2..10000", l.MaxGroupSize)
 	}
-	if l.MaxTextLen < 1 || l.MaxTextLen > 100_000 {
-		return Errorf(CodeBadRequest, "max text length %d: want 1..100000 (the v1 schemas' ceiling)", l.MaxTextLen)
+	if l.MaxTextLen < 1 || l.MaxTextLen > TextLenCeiling {
+		return Errorf(CodeBadRequest, "max text length %d: want 1..%d (the v1 schemas' ceiling)", l.MaxTextLen, TextLenCeiling)
 	}
 	return nil
 }

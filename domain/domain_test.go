@@ -619,6 +619,8 @@ func TestLimitsValidate(t *testing.T) {
 		{domain.Limits{MaxGroupSize: -5, MaxTextLen: 1}, false},
 		{domain.Limits{MaxGroupSize: 100, MaxTextLen: 0}, false},
 		{domain.Limits{MaxGroupSize: 100, MaxTextLen: -1}, false},
+		{domain.Limits{MaxGroupSize: 100, MaxTextLen: domain.TextLenCeiling + 1}, false},
+		{domain.Limits{MaxGroupSize: 100, MaxTextLen: 1 << 30}, false},
 		{domain.Limits{}, false},
 	}
 	for _, tt := range tests {
@@ -632,7 +634,7 @@ func TestLimitsValidate(t *testing.T) {
 			}
 		})
 	}
-	if d := domain.DefaultLimits(); d.MaxGroupSize != 100 || d.MaxTextLen != 100_000 {
+	if d := domain.DefaultLimits(); d.MaxGroupSize != 100 || d.MaxTextLen != 100_000 || domain.TextLenCeiling != 100_000 {
 		t.Errorf("DefaultLimits() = %+v", d)
 	}
 }
