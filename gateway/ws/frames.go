@@ -1,9 +1,8 @@
 package ws
 
 import (
-	"bytes"
+	"cmp"
 	"encoding/json"
-	"io"
 	"time"
 	"unicode/utf8"
 
@@ -80,18 +79,34 @@ func ReadClientFrame(messageType int, b []byte) (f ClientFrame, closeCode int, e
 }
 
 // DecodeClientFrame parses and checks one client frame. Every error is a
-// *domain.Error with a stable code; the connection stays usable after it.
+// *domain.Error with a stable code (bad_request, unknown_type, or too_long
+// for a text over domain.TextLenCeiling); the connection stays usable
+// after it.
+//
+// It accepts only frames that schemas/frames/client.v1.json accepts
+// (FuzzDecodeClientFrame holds it to that), so it does not decode into the
+// struct directly: encoding/json would match field names case-insensitively
+// ({"TYPE":"ping"}) and read fields of other frame types. It reads the
+// object's members by their exact names and only those of the frame's
+// type; of two members with one name, the last counts, as for the schema.
+// It is stricter than the schema in three ways: a client_msg_id over 64
+// bytes (the schema counts characters), a number with a fraction or an
+// exponent (1.0, 1e2), and a message_id past 64 bits.
 func DecodeClientFrame(b []byte) (ClientFrame, error) {
-	var f ClientFrame
-	d := json.NewDecoder(bytes.NewReader(b))
-	if err := d.Decode(&f); err != nil {
+	var obj map[string]json.RawMessage
+	// Unmarshal, unlike a json.Decoder, refuses any data after the object.
+	if err := json.Unmarshal(b, &obj); err != nil {
 		return ClientFrame{}, domain.Errorf(domain.CodeBadRequest, "malformed frame: %v", err)
 	}
-	if _, err := d.Token(); err != io.EOF {
-		return ClientFrame{}, domain.Errorf(domain.CodeBadRequest, "malformed frame: trailing data")
+	var f ClientFrame
+	if err := member(obj, "type", &f.Type); err != nil {
+		return ClientFrame{}, err
 	}
 	switch f.Type {
 	case TypeSend:
+		if err := cmp.Or(member(obj, "channel_id", &f.ChannelID), member(obj, "client_msg_id", &f.ClientMsgID), member(obj, "text", &f.Text)); err != nil {
+			return f, err
+		}
 		if !domain.ValidChannelID(f.ChannelID) {
 			return f, domain.Errorf(domain.CodeBadRequest, "send: channel_id is missing or malformed")
 		}
@@ -101,7 +116,13 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 		if f.Text == "" {
 			return f, domain.Errorf(domain.CodeBadRequest, "send: text is required")
 		}
+		if n := utf8.RuneCountInString(f.Text); n > domain.TextLenCeiling {
+			return f, domain.Errorf(domain.CodeTooLong, "send: text has %d characters; no message may have more than %d", n, domain.TextLenCeiling)
+		}
 	case TypeSync:
+		if err := cmp.Or(member(obj, "epoch", &f.Epoch), member(obj, "position", &f.Position)); err != nil {
+			return f, err
+		}
 		if f.Epoch == nil || *f.Epoch < 0 {
 			return f, domain.Errorf(domain.CodeBadRequest, "sync: an epoch of 0 or more is required")
 		}
@@ -109,12 +130,25 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 			return f, domain.Errorf(domain.CodeBadRequest, "sync: position must be -1 or more")
 		}
 	case TypeReceived:
+		if err := cmp.Or(member(obj, "epoch", &f.Epoch), member(obj, "position", &f.Position)); err != nil {
+			return f, err
+		}
 		if f.Epoch == nil || *f.Epoch < 0 || f.Position == nil || *f.Position < 0 {
 			return f, domain.Errorf(domain.CodeBadRequest, "received: epoch and a position of 0 or more are required")
 		}
 	case TypeRead:
-		if !domain.ValidChannelID(f.ChannelID) || f.MessageID == 0 {
+		var id string
+		if err := cmp.Or(member(obj, "channel_id", &f.ChannelID), member(obj, "message_id", &id)); err != nil {
+			return f, err
+		}
+		// common.v1.json#/$defs/message_id: a decimal string without a
+		// sign or a leading zero (ParseMessageID takes "+1" and "01").
+		if !domain.ValidChannelID(f.ChannelID) || id == "" || id[0] < '1' || id[0] > '9' {
 			return f, domain.Errorf(domain.CodeBadRequest, "read: channel_id and message_id are required")
+		}
+		var err error
+		if f.MessageID, err = domain.ParseMessageID(id); err != nil {
+			return f, domain.Errorf(domain.CodeBadRequest, "read: %v", err)
 		}
 	case TypePing:
 	case "":
@@ -123,6 +157,23 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 		return f, domain.Errorf(domain.CodeUnknownType, "unknown frame type %q", f.Type)
 	}
 	return f, nil
+}
+
+// member decodes the member of obj named exactly name into dst, leaving
+// dst as it is when there is none. A member that is null is refused: no
+// field of a client frame may be null.
+func member(obj map[string]json.RawMessage, name string, dst any) error {
+	raw, ok := obj[name]
+	if !ok {
+		return nil
+	}
+	if string(raw) == "null" {
+		return domain.Errorf(domain.CodeBadRequest, "malformed frame: %s is null", name)
+	}
+	if err := json.Unmarshal(raw, dst); err != nil {
+		return domain.Errorf(domain.CodeBadRequest, "malformed frame: %s: %v", name, err)
+	}
+	return nil
 }
 
 // ServerFrame is any frame the server sends. The schema is
