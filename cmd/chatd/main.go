@@ -72,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.ChannelBurst, "channel-burst", cfg.ChannelBurst, "channel creations one user may make at once")
 	fs.Float64Var(&cfg.MemberAddRate, "member-add-rate", cfg.MemberAddRate, "members added per second per user, at creation or after (token bucket)")
 	fs.IntVar(&cfg.MemberAddBurst, "member-add-burst", cfg.MemberAddBurst, "members one user may add at once (at least the largest group)")
+	fs.IntVar(&cfg.Limits.MaxGroupSize, "max-group-size", cfg.Limits.MaxGroupSize, "most members of a group")
+	fs.IntVar(&cfg.Limits.MaxTextLen, "max-text-len", cfg.Limits.MaxTextLen, "most characters in a message, at most 100000")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

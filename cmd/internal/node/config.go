@@ -172,6 +172,9 @@ func (c Config) Validate() error {
 	if c.MachineID < 0 || c.MachineID > math.MaxUint16 {
 		return bad("machine id %d: want 0 to 65535 (sonyflake keeps 16 bits; a larger id wraps onto another node's)", c.MachineID)
 	}
+	if err := c.Limits.Validate(); err != nil {
+		return bad("%v", err)
+	}
 	if c.Partitions < 1 || c.Partitions > math.MaxInt32 {
 		return bad("partitions %d: want at least 1", c.Partitions)
 	}
