@@ -175,6 +175,32 @@ func (r *chaosRun) acked() (done, total int) {
 	return done, total
 }
 
+// pending names, per device with unacknowledged sends, how many, the
+// first of them, how many are on the current connection with no answer,
+// how many sends were ever answered "unavailable", how many of its planned
+// sends it has sent, and where it connects: where a burst stopped.
+func (r *chaosRun) pending() string {
+	var out []string
+	for _, d := range r.devs {
+		d.mu.Lock()
+		first, left := "", 0
+		for _, s := range d.sends {
+			if _, ok := d.acked[s.cmid]; !ok {
+				if left == 0 {
+					first = s.cmid
+				}
+				left++
+			}
+		}
+		if left > 0 {
+			out = append(out, fmt.Sprintf("%s/%s: %d unacknowledged from %s, %d sent on connection %d with no answer, %d answered unavailable at least once, %d of %d planned sent, at %s",
+				d.user.Name, d.device, left, first, len(d.onConn), d.conns, len(d.retryAt), d.next, len(d.sends), d.nodes[d.at].http))
+		}
+		d.mu.Unlock()
+	}
+	return strings.Join(out, "; ")
+}
+
 // waitProgress waits until more sends than now, by count, are
 // acknowledged (or all are).
 func (r *chaosRun) waitProgress(count int) {
@@ -191,7 +217,10 @@ func (r *chaosRun) waitProgress(count int) {
 func (r *chaosRun) check(what string) {
 	t, n, devs := r.t, r.n, r.devs
 	t.Helper()
-	waitForTB(t, 5*time.Minute, func() bool { a, s := r.acked(); return a == s })
+	if !waitUntil(5*time.Minute, func() bool { a, s := r.acked(); return a == s }) {
+		a, s := r.acked()
+		t.Fatalf("after 5 min %d of %d sends acknowledged; %s", a, s, r.pending())
+	}
 
 	// What every device must end with: each acknowledged message of each
 	// channel its user belongs to.
