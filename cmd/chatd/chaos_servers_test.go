@@ -29,18 +29,23 @@ import (
 // other ports and in another run directory (privateServers), and stops them
 // when it ends, also on failure, and fails when they cannot start.
 //
-// It is built only with the chaosservers tag, and CI does not run it yet:
-// it takes some ten minutes here, and one run in two has lost one
-// acknowledged message from a channel's history on Cassandra (delivered to
-// every device, in the log once, missing from the store). The likely
-// cause: Cassandra killed -9 loses the acknowledged writes after its commit
-// log's last sync marker, and the history projector went on from its fetch
-// position past the lost batch; the projector now checks the store's
-// positions before each batch and seeks back (TestRunStoreLostAcknowledgedBatch).
-// One run since passed; it stays out of CI until more runs confirm the
-// fix. Run it by hand:
+// It is built only with the chaosservers tag, and CI does not run it: it
+// takes 12 to 20 minutes here, and whether it finishes depends on the
+// machine's load. Its first run lost one acknowledged message from history
+// on Cassandra (Cassandra killed -9 loses the acknowledged writes after
+// its commit log's last sync marker, and the history projector went on
+// past the lost batch; the projector now seeks back,
+// TestRunStoreLostAcknowledgedBatch). Of the seven runs since, the five
+// that got to the checker found nothing lost, duplicated, reordered or
+// invented; two did not get every send acknowledged within its 5 minutes
+// and never counted (once with group commit in Cassandra, once beside the
+// whole cmd/chatd suite, with a load average above 30 on 2 cores), the
+// burst moving slowly rather than stuck as far as the second one's
+// goroutines showed. It goes into CI after three
+// passes in a row, or once its bound is one of progress rather than of
+// total time (deploy/README.md has the runs). Run it by hand:
 //
-//	go test -race -tags chaosservers -run TestChaosServers -v -timeout 30m ./cmd/chatd
+//	go test -race -count=1 -tags chaosservers -run '^TestChaosServers$' -v -timeout 40m ./cmd/chatd
 func TestChaosServers(t *testing.T) {
 	rounds := 1
 	if s := os.Getenv("EVCHAT_CHAOS_ROUNDS"); s != "" { // a longer run by hand
