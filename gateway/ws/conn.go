@@ -95,8 +95,8 @@ type pending struct {
 // the entry's partition held, so it must not wait for the client.
 //
 // When entries come faster than the client reads (its send queue is half
-// full), or more of them arrive during a sync than the sync may hold, the
-// connection stops taking live entries and catches up from the store
+// full), or more of them arrive during a sync than the sync may hold, or
+// one comes without its text, the connection stops taking live entries and catches up from the store
 // instead, at the client's pace: every entry it drops is below the
 // tailer's point, so the next sync reads it from the store.
 func (c *conn) offer(offset int64, m domain.InboxMessage) {
@@ -106,13 +106,16 @@ func (c *conn) offer(offset int64, m domain.InboxMessage) {
 	case c.dropping:
 		return
 	case c.syncing:
-		if len(c.buf) >= c.maxBuf {
+		if len(c.buf) >= c.maxBuf || !m.Resolved() {
 			c.dropping, c.buf = true, nil // the running sync goes round again
 			return
 		}
 		c.buf = append(c.buf, pending{offset, m})
 		return
-	case c.queued() >= c.maxQueue/2:
+	case !m.Resolved() || c.queued() >= c.maxQueue/2:
+		// Without its text (the tailer could not resolve it in time, or
+		// the connection is newer than the tailer's resolve) the entry
+		// is read from the store like one the client was too slow for.
 		c.syncing, c.dropping = true, true
 		c.behind()
 		return

@@ -19,14 +19,22 @@ type PositionStore interface {
 	Positions(ctx context.Context, projection string) (map[int32]int64, error)
 }
 
+// Bodies resolves the text of inbox entries that point at their message
+// (package bodies), and learns the texts of messages this gateway appended.
+type Bodies interface {
+	Resolve(ctx context.Context, ms []domain.InboxMessage) error
+	Put(id domain.MessageID, text string)
+}
+
 // Tailer reads the inbox topic and offers each entry to its user's
-// connections. It starts each partition at the inbox projection's position,
+// connections, with its text resolved (see resolve). It starts each partition at the inbox projection's position,
 // so that everything below the tailer's point in a partition is either in
 // the store or was offered live: the invariant Conn.sync relies on.
 type Tailer struct {
 	cfg   eventlog.Config
 	topic string
 	hub   *Hub
+	texts Bodies
 	log   *slog.Logger
 	cl    *kgo.Client
 	adm   *kadm.Client // for the log's end at each connection
@@ -41,8 +49,9 @@ type partState struct {
 }
 
 // NewTailer prepares a tailer: it learns the inbox topic's partitions and
-// the projection's positions.
-func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *Hub, log *slog.Logger) (*Tailer, error) {
+// the projection's positions. The tailer and the syncs of its epoch's
+// connections resolve texts with texts.
+func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *Hub, texts Bodies, log *slog.Logger) (*Tailer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -69,7 +78,7 @@ func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *
 	if err != nil {
 		return fail(fmt.Errorf("ws: inbox positions: %w", err))
 	}
-	t := &Tailer{cfg: cfg, topic: topic, hub: hub, log: log, n: n, parts: make([]partState, n), adm: adm,
+	t := &Tailer{cfg: cfg, topic: topic, hub: hub, texts: texts, log: log, n: n, parts: make([]partState, n), adm: adm,
 		part: kgo.StickyKeyPartitioner(nil).ForTopic(topic)}
 	start := map[int32]kgo.Offset{}
 	for p := range n {
@@ -101,28 +110,84 @@ func (t *Tailer) Run(ctx context.Context) error {
 			return nil
 		}
 		fs.EachError(func(_ string, p int32, err error) { t.log.Warn("inbox fetch", "partition", p, "err", err) })
+		var parts []tailed
 		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
-			ps := &t.parts[fp.Partition]
+			if len(fp.Records) > 0 {
+				parts = append(parts, t.decode(fp))
+			}
+		})
+		t.resolve(ctx, parts)
+		for _, tp := range parts {
+			ps := &t.parts[tp.partition]
 			ps.mu.Lock()
-			defer ps.mu.Unlock()
-			for _, rec := range fp.Records {
-				ps.next = rec.Offset + 1
-				_, ev, err := domain.Decode(rec.Value)
-				if err != nil {
-					t.log.Warn("skipping undecodable inbox entry", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+			for _, e := range tp.entries {
+				if !e.ok {
 					continue
 				}
-				m, ok := ev.(domain.InboxMessage)
-				if !ok {
-					continue
-				}
-				for _, c := range t.hub.conns(m.UserID) {
+				for _, c := range t.hub.conns(e.m.UserID) {
 					if c.gen.tailer == t { // not a connection of another epoch
-						c.offer(rec.Offset, m)
+						c.offer(e.offset, e.m)
 					}
 				}
 			}
-		})
+			ps.next = tp.next
+			ps.mu.Unlock()
+		}
+	}
+}
+
+// tailed is one partition's records of a fetch, decoded.
+type tailed struct {
+	partition int32
+	next      int64 // past the last record
+	entries   []tailedEntry
+}
+
+type tailedEntry struct {
+	offset int64
+	m      domain.InboxMessage
+	ok     bool // an inbox entry (else skipped)
+}
+
+func (t *Tailer) decode(fp kgo.FetchTopicPartition) tailed {
+	tp := tailed{partition: fp.Partition, entries: make([]tailedEntry, len(fp.Records))}
+	for i, rec := range fp.Records {
+		tp.next = rec.Offset + 1
+		_, ev, err := domain.Decode(rec.Value)
+		if err != nil {
+			t.log.Warn("skipping undecodable inbox entry", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+			continue
+		}
+		m, ok := ev.(domain.InboxMessage)
+		tp.entries[i] = tailedEntry{offset: rec.Offset, m: m, ok: ok}
+	}
+	return tp
+}
+
+// resolve fills in the texts of the fetch's entries that go to a
+// connection of this gateway (others need none), in one batch. An entry it
+// could not resolve in time (history stopped) stays without text, and the
+// connections it goes to catch up from the store instead (see conn.offer).
+func (t *Tailer) resolve(ctx context.Context, parts []tailed) {
+	var ms []domain.InboxMessage
+	var at []*tailedEntry
+	for i := range parts {
+		for j := range parts[i].entries {
+			e := &parts[i].entries[j]
+			if e.ok && !e.m.Resolved() && t.hub.has(e.m.UserID) {
+				ms = append(ms, e.m)
+				at = append(at, e)
+			}
+		}
+	}
+	if len(ms) == 0 {
+		return
+	}
+	if err := t.texts.Resolve(ctx, ms); err != nil && ctx.Err() == nil {
+		t.log.Warn("inbox entries without text: their connections catch up from the store", "err", err)
+	}
+	for i, e := range at {
+		e.m.Text = ms[i].Text
 	}
 }
 

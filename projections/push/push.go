@@ -49,6 +49,12 @@ type Presence interface {
 	Of(u domain.UserID) (domain.PresenceChange, bool)
 }
 
+// Texts resolves the text of inbox entries that point at their message
+// (package bodies).
+type Texts interface {
+	Resolve(ctx context.Context, ms []domain.InboxMessage) error
+}
+
 // Store is what the projection needs of the store.
 type Store interface {
 	DeviceCursors(ctx context.Context, u domain.UserID) ([]store.DeviceCursor, error)
@@ -76,12 +82,14 @@ type Config struct {
 type Projection struct {
 	cfg      Config
 	st       Store
+	texts    Texts
 	presence Presence
 	send     Sender
 }
 
-// New returns the projection.
-func New(cfg Config, st Store, presence Presence, send Sender) *Projection {
+// New returns the projection. It reads the texts of the notifications it
+// sends with texts.
+func New(cfg Config, st Store, texts Texts, presence Presence, send Sender) *Projection {
 	if cfg.Epoch == 0 {
 		cfg.Epoch = 1
 	}
@@ -97,7 +105,7 @@ func New(cfg Config, st Store, presence Presence, send Sender) *Projection {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Projection{cfg: cfg, st: st, presence: presence, send: send}
+	return &Projection{cfg: cfg, st: st, texts: texts, presence: presence, send: send}
 }
 
 // Reset does nothing: the projection caches nothing.
@@ -135,6 +143,14 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, _ 
 		if acked {
 			continue
 		}
+		// The text before the reservation: an entry whose text history
+		// has not stored in time fails the batch, which runs again, and
+		// no notification is reserved without being sent.
+		one := []domain.InboxMessage{m}
+		if err := p.texts.Resolve(ctx, one); err != nil {
+			return err
+		}
+		m = one[0]
 		created, err := p.st.ReservePush(ctx, m.UserID, m.MessageID, p.cfg.Now().UTC())
 		if err != nil {
 			return err

@@ -30,6 +30,7 @@ import (
 	"github.com/evchat/evchat/gateway/auth"
 	"github.com/evchat/evchat/gateway/chat"
 	"github.com/evchat/evchat/gateway/ws"
+	"github.com/evchat/evchat/projections/bodies"
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/push"
 	"github.com/evchat/evchat/projections/store"
@@ -80,6 +81,7 @@ type Node struct {
 	gw           *ws.Server
 	presenceTail *ws.Presence
 	sender       push.Sender
+	texts        *bodies.Resolver // resolves inbox entries' texts for the tailers and push
 	tasks        *tasks
 
 	mu     sync.Mutex
@@ -177,6 +179,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.st = store.NewMetered(n.st, reg)
 	n.instance = fmt.Sprint(cfg.MachineID)
 	n.hub = ws.NewHub()
+	if n.texts, err = bodies.New(bodies.Config{CacheBytes: cfg.BodyCache, Wait: cfg.BodyWait}, n.st); err != nil {
+		return err
+	}
 	n.sender = push.LogSender{Logger: log}
 	if cfg.PushWebhook != "" {
 		n.sender = push.WebhookSender{URL: cfg.PushWebhook}
@@ -299,7 +304,7 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 		app.Close()
 		return nil, nil, nil, err
 	}
-	tailer, err := ws.NewTailer(ctx, logCfg, n.st, n.hub, n.log)
+	tailer, err := ws.NewTailer(ctx, logCfg, n.st, n.hub, n.texts, n.log)
 	if err != nil {
 		app.Close()
 		return nil, nil, nil, err

@@ -127,7 +127,7 @@ var Table = []*Role{
 		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
 			return n.projector(eventlog.Epoched(push.Name, lc.Epoch()), lc.Topics().Inbox, lc, func() projector.Handler {
 				return push.New(push.Config{Epoch: lc.Epoch(), Delay: n.cfg.PushDelay, MaxAge: n.cfg.PushMaxAge, Logger: n.log},
-					n.st, n.presenceTail, n.sender)
+					n.st, n.texts, n.presenceTail, n.sender)
 			})
 		},
 	},
