@@ -83,6 +83,7 @@ func TestInboxPointsAtMessage(t *testing.T) {
 		const count = 50
 		kb := text[:1000]
 		before = dirBytes(t, n.dir)
+		logBefore, storeBefore := dirBytes(t, filepath.Join(n.dir, "log")), dirBytes(t, filepath.Join(n.dir, "store"))
 		var last string
 		for i := range count {
 			ack := sender.send(g.ChannelID, fmt.Sprint("kb-", i), fmt.Sprintf("%04d%s", i, kb[4:]))
@@ -102,7 +103,10 @@ func TestInboxPointsAtMessage(t *testing.T) {
 		t.Logf("%s: a 1,000-byte message into a group of 100: %d inbox entries, %d bytes in all (%d each)", b.name, entries, entryBytes, entryBytes/max(entries, 1))
 		if b.kafka == "" && b.cassandra == "" {
 			grew := dirBytes(t, n.dir) - before
-			t.Logf("embedded: %d 1,000-byte messages into a group of 100 grew the data directory %d bytes: %d per message", count, grew, grew/count)
+			logGrew := dirBytes(t, filepath.Join(n.dir, "log")) - logBefore
+			storeGrew := dirBytes(t, filepath.Join(n.dir, "store")) - storeBefore
+			t.Logf("embedded: %d 1,000-byte messages into a group of 100 grew the data directory %d bytes: %d per message (log %d, store %d)",
+				count, grew, grew/count, logGrew/count, storeGrew/count)
 		}
 	})
 }
