@@ -1,12 +1,14 @@
 package domain_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -937,5 +939,36 @@ func BenchmarkDecode(b *testing.B) {
 		if _, _, err := domain.Decode(raw); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkDecodeInbox decodes an inbox entry of each version: version 1
+// copied the text (200 characters here), version 2 points at the message.
+func BenchmarkDecodeInbox(b *testing.B) {
+	sent, m := benchMessage()
+	entry := domain.InboxMessage{UserID: "468192741203755010", ChannelID: sent.ChannelID, MessageID: sent.MessageID,
+		SenderID: sent.SenderID, SentAt: at, ChannelPartition: 3, ChannelOffset: 1234567}
+	v2, err := domain.Encode(entry, m)
+	if err != nil {
+		b.Fatal(err)
+	}
+	v1 := bytes.Replace(v2, []byte(`"version":2`), []byte(`"version":1`), 1)
+	v1 = bytes.Replace(v1, []byte(`"sent_at"`), []byte(`"text":`+strconv.Quote(sent.Text)+`,"sent_at"`), 1)
+	for _, c := range []struct {
+		name string
+		raw  []byte
+	}{{"v1", v1}, {"v2", v2}} {
+		b.Run(c.name, func(b *testing.B) {
+			if _, ev, err := domain.Decode(c.raw); err != nil || ev.(domain.InboxMessage).MessageID != sent.MessageID {
+				b.Fatalf("%s: %v %v", c.raw, ev, err)
+			}
+			b.SetBytes(int64(len(c.raw)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := domain.Decode(c.raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

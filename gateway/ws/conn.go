@@ -123,6 +123,15 @@ func (c *conn) offer(offset int64, m domain.InboxMessage) {
 	c.deliverLocked(offset, m, true)
 }
 
+// takesLive reports whether the connection delivers or buffers live
+// entries now, rather than dropping them while it catches up from the
+// store.
+func (c *conn) takesLive() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.dropping
+}
+
 // queued returns the frames waiting for the writer or being written.
 func (c *conn) queued() int {
 	c.qmu.Lock()

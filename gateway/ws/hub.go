@@ -74,13 +74,5 @@ func (h *Hub) conns(u domain.UserID) []*conn {
 	return out
 }
 
-// has reports whether the user has a connection at this moment.
-func (h *Hub) has(u domain.UserID) bool {
-	s := h.shard(u)
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.conns[u]) > 0
-}
-
 // Count returns the number of open connections.
 func (h *Hub) Count() int { return int(h.count.Load()) }

@@ -199,7 +199,7 @@ func startGateway(t *testing.T, cfg ws.Config, st *fakeStore, cmds ws.Commands) 
 		t.Fatal(err)
 	}
 	hub := ws.NewHub()
-	tailer, err := ws.NewTailer(ctx, lcfg, st, hub, fakeTexts{}, nil)
+	tailer, err := ws.NewTailer(ctx, lcfg, st, hub, fakeTexts{}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

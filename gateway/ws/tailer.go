@@ -35,6 +35,7 @@ type Tailer struct {
 	topic string
 	hub   *Hub
 	texts Bodies
+	dec   *inbox.Decoded
 	log   *slog.Logger
 	cl    *kgo.Client
 	adm   *kadm.Client // for the log's end at each connection
@@ -50,8 +51,10 @@ type partState struct {
 
 // NewTailer prepares a tailer: it learns the inbox topic's partitions and
 // the projection's positions. The tailer and the syncs of its epoch's
-// connections resolve texts with texts.
-func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *Hub, texts Bodies, log *slog.Logger) (*Tailer, error) {
+// connections resolve texts with texts; it decodes records through dec,
+// shared with the process's other readers of the inbox (nil: it decodes
+// each itself).
+func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *Hub, texts Bodies, dec *inbox.Decoded, log *slog.Logger) (*Tailer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -78,7 +81,7 @@ func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *
 	if err != nil {
 		return fail(fmt.Errorf("ws: inbox positions: %w", err))
 	}
-	t := &Tailer{cfg: cfg, topic: topic, hub: hub, texts: texts, log: log, n: n, parts: make([]partState, n), adm: adm,
+	t := &Tailer{cfg: cfg, topic: topic, hub: hub, texts: texts, dec: dec, log: log, n: n, parts: make([]partState, n), adm: adm,
 		part: kgo.StickyKeyPartitioner(nil).ForTopic(topic)}
 	start := map[int32]kgo.Offset{}
 	for p := range n {
@@ -153,19 +156,19 @@ func (t *Tailer) decode(fp kgo.FetchTopicPartition) tailed {
 	tp := tailed{partition: fp.Partition, entries: make([]tailedEntry, len(fp.Records))}
 	for i, rec := range fp.Records {
 		tp.next = rec.Offset + 1
-		_, ev, err := domain.Decode(rec.Value)
+		m, ok, err := t.dec.Entry(rec)
 		if err != nil {
 			t.log.Warn("skipping undecodable inbox entry", "partition", rec.Partition, "offset", rec.Offset, "err", err)
 			continue
 		}
-		m, ok := ev.(domain.InboxMessage)
 		tp.entries[i] = tailedEntry{offset: rec.Offset, m: m, ok: ok}
 	}
 	return tp
 }
 
 // resolve fills in the texts of the fetch's entries that go to a
-// connection of this gateway (others need none), in one batch. An entry it
+// connection of this gateway that takes live entries (others need none:
+// a connection that catches up from the store drops them), in one batch. An entry it
 // could not resolve in time (history stopped) stays without text, and the
 // connections it goes to catch up from the store instead (see conn.offer).
 func (t *Tailer) resolve(ctx context.Context, parts []tailed) {
@@ -174,7 +177,7 @@ func (t *Tailer) resolve(ctx context.Context, parts []tailed) {
 	for i := range parts {
 		for j := range parts[i].entries {
 			e := &parts[i].entries[j]
-			if e.ok && !e.m.Resolved() && t.hub.has(e.m.UserID) {
+			if e.ok && !e.m.Resolved() && t.delivers(e.m.UserID) {
 				ms = append(ms, e.m)
 				at = append(at, e)
 			}
@@ -189,6 +192,17 @@ func (t *Tailer) resolve(ctx context.Context, parts []tailed) {
 	for i, e := range at {
 		e.m.Text = ms[i].Text
 	}
+}
+
+// delivers reports whether u has a connection of this tailer's epoch that
+// takes live entries.
+func (t *Tailer) delivers(u domain.UserID) bool {
+	for _, c := range t.hub.conns(u) {
+		if c.gen.tailer == t && c.takesLive() {
+			return true
+		}
+	}
+	return false
 }
 
 // mark runs fn with the partition's point held still: no entry of the

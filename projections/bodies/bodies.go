@@ -10,7 +10,8 @@
 // A Resolver answers from a bounded cache of recent messages, filled with
 // what the process itself sees (the messages its gateway appended, and
 // every text it looked up), and otherwise from history, a batch of lookups
-// at a time, one per message however many of its entries ask. An entry can
+// at a time, one per message however many of its entries ask, and one
+// range read for a run of messages of one channel (a burst). An entry can
 // reach a reader before history has stored its message: the fan-out and
 // history read the channel topic independently. So a lookup first waits,
 // up to Config.Wait, until history's position in the message's partition
@@ -25,9 +26,11 @@
 package bodies
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +43,7 @@ import (
 // Store is what resolving reads: history's messages and positions.
 type Store interface {
 	Positions(ctx context.Context, projection string) (map[int32]int64, error)
+	MessagesAfter(ctx context.Context, ch domain.ChannelID, after int64, limit int) ([]store.Message, error)
 	MessageByID(ctx context.Context, ch domain.ChannelID, id domain.MessageID) (store.Message, error)
 }
 
@@ -135,8 +139,9 @@ func (r *Resolver) cached(id domain.MessageID) (string, bool) {
 	return t, ok
 }
 
-// Stats returns how many texts were found in the cache and how many were
-// looked up in history since the Resolver was made.
+// Stats returns how many texts were found in the cache, and how many reads
+// of history (a range of a channel's messages, or one message) were made,
+// since the Resolver was made.
 func (r *Resolver) Stats() (hits, lookups int64) { return r.hits.Load(), r.lookups.Load() }
 
 // wanted is one message Resolve looks up, and the entries that need it.
@@ -197,6 +202,80 @@ func (r *Resolver) Resolve(ctx context.Context, ms []domain.InboxMessage) error 
 	return err
 }
 
+// read looks up the texts of ready, messages history has passed: per
+// channel, a range read from the lowest offset asked for up to the highest
+// (at most rangeLimit messages; the channel's messages in between, asked
+// for or not, come with them), then again from the lowest offset still
+// unresolved, while a read resolves some; what a range read does not find at the
+// offset its entry names (history kept the first copy of a message id at
+// another offset) is looked up by id.
+func (r *Resolver) read(ctx context.Context, ready []*wanted) error {
+	byChannel := map[domain.ChannelID][]*wanted{}
+	var channels []domain.ChannelID
+	for _, w := range ready {
+		if byChannel[w.m.ChannelID] == nil {
+			channels = append(channels, w.m.ChannelID)
+		}
+		byChannel[w.m.ChannelID] = append(byChannel[w.m.ChannelID], w)
+	}
+	return store.EachParallel(len(channels), func(i int) error {
+		ws := byChannel[channels[i]]
+		slices.SortFunc(ws, func(a, b *wanted) int { return cmp.Compare(a.m.ChannelOffset, b.m.ChannelOffset) })
+		for len(ws) > 0 {
+			if len(ws) == 1 {
+				return r.byID(ctx, ws[0])
+			}
+			// The channel has at most span messages from the first
+			// offset to the last (the partition's other channels take
+			// offsets too).
+			span := ws[len(ws)-1].m.ChannelOffset - ws[0].m.ChannelOffset + 1
+			ms, err := r.st.MessagesAfter(ctx, ws[0].m.ChannelID, ws[0].m.ChannelOffset-1, int(min(span, rangeLimit)))
+			if err != nil {
+				return err
+			}
+			r.lookups.Add(1)
+			byID := make(map[domain.MessageID]string, len(ms))
+			for _, m := range ms {
+				byID[m.MessageID] = m.Text
+				r.Put(m.MessageID, m.Text)
+			}
+			rest := ws[:0]
+			for _, w := range ws {
+				if t, ok := byID[w.m.MessageID]; ok {
+					w.text = t
+				} else {
+					rest = append(rest, w)
+				}
+			}
+			if len(rest) == len(ws) { // nothing where the entries point
+				return r.byID(ctx, ws[0])
+			}
+			ws = rest
+		}
+		return nil
+	})
+}
+
+// rangeLimit bounds the messages of one range read.
+const rangeLimit = 500
+
+// byID looks w up by message id; not found leaves it unresolved.
+func (r *Resolver) byID(ctx context.Context, w *wanted) error {
+	msg, err := r.st.MessageByID(ctx, w.m.ChannelID, w.m.MessageID)
+	if errors.Is(err, domain.ErrNotFound) {
+		// Past the offset yet not there: a store that lost writes
+		// history applies again. Waited for too.
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	r.lookups.Add(1)
+	w.text = msg.Text
+	r.Put(w.m.MessageID, msg.Text)
+	return nil
+}
+
 // lookUp finds the texts of want in history, waiting for history to store
 // them: each round reads history's positions and looks up the messages
 // whose partition history has passed; the others wait for the next round.
@@ -216,23 +295,7 @@ func (r *Resolver) lookUp(ctx context.Context, want []*wanted) error {
 				ready = append(ready, w)
 			}
 		}
-		err = store.EachParallel(len(ready), func(i int) error {
-			w := ready[i]
-			msg, err := r.st.MessageByID(ctx, w.m.ChannelID, w.m.MessageID)
-			if errors.Is(err, domain.ErrNotFound) {
-				// Past the offset yet not there: a store that lost
-				// writes history applies again. Wait for it too.
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			r.lookups.Add(1)
-			w.text = msg.Text
-			r.Put(w.m.MessageID, msg.Text)
-			return nil
-		})
-		if err != nil {
+		if err := r.read(ctx, ready); err != nil {
 			lastErr = err
 		}
 		left := 0

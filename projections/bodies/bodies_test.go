@@ -2,6 +2,7 @@ package bodies_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,10 +15,16 @@ import (
 	"github.com/evchat/evchat/projections/store/storetest"
 )
 
-// counting counts the store calls a Resolver makes.
+// counting counts the store calls a Resolver makes: reads of history's
+// positions, and reads of messages (a range or one).
 type counting struct {
 	bodies.Store
 	positions, lookups atomic.Int64
+}
+
+func (c *counting) MessagesAfter(ctx context.Context, ch domain.ChannelID, after int64, limit int) ([]store.Message, error) {
+	c.lookups.Add(1)
+	return c.Store.MessagesAfter(ctx, ch, after, limit)
 }
 
 func (c *counting) Positions(ctx context.Context, p string) (map[int32]int64, error) {
@@ -71,7 +78,7 @@ func TestResolveFromHistoryOncePerMessage(t *testing.T) {
 	r, c, st := newResolver(t, bodies.Config{})
 	storeMessage(t, st, 10, 0, "ten")
 	storeMessage(t, st, 11, 1, "eleven")
-	ms := append(entries(10, 0, "a", "b", "c"), entries(11, 1, "a", "b")...)
+	ms := append(entries(11, 1, "a", "b"), entries(10, 0, "a", "b", "c")...)
 	if err := r.Resolve(context.Background(), ms); err != nil {
 		t.Fatal(err)
 	}
@@ -81,19 +88,68 @@ func TestResolveFromHistoryOncePerMessage(t *testing.T) {
 			t.Errorf("entry of %s for %s: text %q, want %q", m.MessageID, m.UserID, m.Text, want)
 		}
 	}
-	if n := c.lookups.Load(); n != 2 {
-		t.Errorf("%d lookups for 2 messages", n)
+	if n := c.lookups.Load(); n != 1 {
+		t.Errorf("%d reads for 2 messages of a channel; want 1 (a range)", n)
 	}
 	// Now cached: no more lookups.
 	ms = entries(10, 0, "d")
 	if err := r.Resolve(context.Background(), ms); err != nil || ms[0].Text != "ten" {
 		t.Fatalf("second Resolve: %q, %v", ms[0].Text, err)
 	}
-	if n := c.lookups.Load(); n != 2 {
-		t.Errorf("%d lookups after a cached resolve, want still 2", n)
+	if n := c.lookups.Load(); n != 1 {
+		t.Errorf("%d reads after a cached resolve, want still 1", n)
 	}
-	if hits, lookups := r.Stats(); hits != 1 || lookups != 2 {
-		t.Errorf("Stats = %d hits, %d lookups; want 1, 2", hits, lookups)
+	if hits, lookups := r.Stats(); hits != 1 || lookups != 1 {
+		t.Errorf("Stats = %d hits, %d reads; want 1, 1", hits, lookups)
+	}
+}
+
+// TestResolveBurst: a burst of one channel's messages is read in ranges,
+// not message by message; the channel's other messages in between come
+// along; an entry whose message history kept at another offset (the first
+// copy of its id) is looked up by id.
+func TestResolveBurst(t *testing.T) {
+	r, c, st := newResolver(t, bodies.Config{})
+	const n = 1200
+	var ms []domain.InboxMessage
+	for i := range int64(n) {
+		storeMessage(t, st, domain.MessageID(1000+i), i, fmt.Sprint("burst ", i))
+		if i%3 != 1 { // every third is not asked for
+			ms = append(ms, entries(domain.MessageID(1000+i), i, "a")...)
+		}
+	}
+	dup := entries(1000, n+5, "b")[0] // points past where history kept it
+	storeMessage(t, st, 9999, n+5, "another message at the dup's offset")
+	ms = append(ms, dup)
+	if err := r.Resolve(context.Background(), ms); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if want := fmt.Sprint("burst ", int64(m.MessageID)-1000); m.Text != want {
+			t.Fatalf("entry of %s: %q, want %q", m.MessageID, m.Text, want)
+		}
+	}
+	// Offsets 0 to 1205, 500 a range: 3 ranges (the dup's id is in the
+	// first).
+	if got := c.lookups.Load(); got != 3 {
+		t.Errorf("%d reads for a burst of %d entries", got, len(ms))
+	}
+
+	// Alone with a neighbour, the dup is not in the range read: by id.
+	r2, err := bodies.New(bodies.Config{}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.lookups.Store(0)
+	ms = []domain.InboxMessage{entries(1000+n-1, n-1, "a")[0], dup}
+	if err := r2.Resolve(context.Background(), ms); err != nil {
+		t.Fatal(err)
+	}
+	if ms[0].Text != fmt.Sprint("burst ", n-1) || ms[1].Text != "burst 0" {
+		t.Errorf("texts %q, %q", ms[0].Text, ms[1].Text)
+	}
+	if got := c.lookups.Load(); got != 2 {
+		t.Errorf("%d reads; want a range and a lookup by id", got)
 	}
 }
 
@@ -178,7 +234,10 @@ func TestCacheBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	if n := c.lookups.Load(); n != 1 {
-		t.Errorf("%d lookups; want 1 (message 1, evicted)", n)
+		t.Errorf("%d reads; want 1 (message 1, evicted)", n)
+	}
+	if hits, _ := r.Stats(); hits != 1 {
+		t.Errorf("%d cache hits; want 1 (message 4)", hits)
 	}
 }
 

@@ -68,9 +68,15 @@ func (p presence) Of(u domain.UserID) (domain.PresenceChange, bool) {
 
 // texts is a fake Texts: message id's text is "text of <id>"; those of
 // missing are not there in time.
-type texts struct{ missing map[domain.MessageID]bool }
+type texts struct {
+	missing map[domain.MessageID]bool
+	calls   *int
+}
 
 func (f texts) Resolve(_ context.Context, ms []domain.InboxMessage) error {
+	if f.calls != nil {
+		*f.calls++
+	}
 	for i := range ms {
 		if f.missing[ms[i].MessageID] {
 			return domain.Errorf(domain.CodeUnavailable, "history has not stored %s", ms[i].MessageID)
@@ -284,11 +290,15 @@ func TestTextResolvedBeforeReservation(t *testing.T) {
 	if err := New(cfg, st, texts{missing: map[domain.MessageID]bool{2: true}}, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); domain.CodeOf(err) != domain.CodeUnavailable {
 		t.Fatalf("Handle = %v; want unavailable", err)
 	}
-	if err := New(cfg, st, texts{}, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+	calls := 0
+	if err := New(cfg, st, texts{calls: &calls}, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := s.got(); !reflect.DeepEqual(got, []string{"a:1", "b:2"}) {
 		t.Fatalf("sent %v", got)
+	}
+	if calls != 1 {
+		t.Errorf("%d resolves for a batch of two; want 1", calls)
 	}
 	if s.sent[0].Text != "text of 1" || s.sent[1].Text != "text of 2" {
 		t.Errorf("texts %q, %q", s.sent[0].Text, s.sent[1].Text)

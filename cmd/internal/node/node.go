@@ -32,6 +32,7 @@ import (
 	"github.com/evchat/evchat/gateway/ws"
 	"github.com/evchat/evchat/projections/bodies"
 	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/inbox"
 	"github.com/evchat/evchat/projections/push"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/cassandra"
@@ -82,6 +83,7 @@ type Node struct {
 	presenceTail *ws.Presence
 	sender       push.Sender
 	texts        *bodies.Resolver // resolves inbox entries' texts for the tailers and push
+	decoded      *inbox.Decoded   // inbox records decoded once for the tailers, inbox and push
 	tasks        *tasks
 
 	mu     sync.Mutex
@@ -182,6 +184,11 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.texts, err = bodies.New(bodies.Config{CacheBytes: cfg.BodyCache, Wait: cfg.BodyWait}, n.st); err != nil {
 		return err
 	}
+	n.decoded = inbox.NewDecoded()
+	reg.MustRegister(statCounter("evchat_inbox_decodes_total", "Inbox records decoded, by whether another reader in the process had decoded them (shared) or not (decoded).",
+		"result", "shared", "decoded", n.decoded.Stats))
+	reg.MustRegister(statCounter("evchat_message_texts_total", "Texts of inbox entries resolved, by where they came from: the cache of recent messages, or a lookup in history.",
+		"from", "cache", "history", n.texts.Stats))
 	n.sender = push.LogSender{Logger: log}
 	if cfg.PushWebhook != "" {
 		n.sender = push.WebhookSender{URL: cfg.PushWebhook}
@@ -304,7 +311,7 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 		app.Close()
 		return nil, nil, nil, err
 	}
-	tailer, err := ws.NewTailer(ctx, logCfg, n.st, n.hub, n.texts, n.log)
+	tailer, err := ws.NewTailer(ctx, logCfg, n.st, n.hub, n.texts, n.decoded, n.log)
 	if err != nil {
 		app.Close()
 		return nil, nil, nil, err
@@ -322,6 +329,26 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 		Live: ready.Load, Ready: readyz,
 	})
 	return app, tailer, e, nil
+}
+
+// statCounter exports a pair of running counts as one counter with a label
+// of two values.
+func statCounter(name, help, label, a, b string, stats func() (int64, int64)) prometheus.Collector {
+	return &pairCounter{desc: prometheus.NewDesc(name, help, []string{label}, nil), a: a, b: b, stats: stats}
+}
+
+type pairCounter struct {
+	desc  *prometheus.Desc
+	a, b  string
+	stats func() (int64, int64)
+}
+
+func (c *pairCounter) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *pairCounter) Collect(ch chan<- prometheus.Metric) {
+	x, y := c.stats()
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(x), c.a)
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(y), c.b)
 }
 
 // healthOnly serves /healthz and /readyz on a node without the gateway.
