@@ -96,9 +96,10 @@ type pending struct {
 //
 // When entries come faster than the client reads (its send queue is half
 // full), or more of them arrive during a sync than the sync may hold, or
-// one comes without its text, the connection stops taking live entries and catches up from the store
-// instead, at the client's pace: every entry it drops is below the
-// tailer's point, so the next sync reads it from the store.
+// one comes without its text, the connection stops taking live entries
+// and catches up from the store instead, at the client's pace: every entry
+// it drops is below the tailer's point, so the next sync reads it from the
+// store.
 func (c *conn) offer(offset int64, m domain.InboxMessage) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -27,9 +27,10 @@ type Bodies interface {
 }
 
 // Tailer reads the inbox topic and offers each entry to its user's
-// connections, with its text resolved (see resolve). It starts each partition at the inbox projection's position,
-// so that everything below the tailer's point in a partition is either in
-// the store or was offered live: the invariant Conn.sync relies on.
+// connections, with its text resolved (see resolve). It starts each
+// partition at the inbox projection's position, so that everything below
+// the tailer's point in a partition is either in the store or was offered
+// live: the invariant Conn.sync relies on.
 type Tailer struct {
 	cfg   eventlog.Config
 	topic string
@@ -167,10 +168,11 @@ func (t *Tailer) decode(fp kgo.FetchTopicPartition) tailed {
 }
 
 // resolve fills in the texts of the fetch's entries that go to a
-// connection of this gateway that takes live entries (others need none:
-// a connection that catches up from the store drops them), in one batch. An entry it
-// could not resolve in time (history stopped) stays without text, and the
-// connections it goes to catch up from the store instead (see conn.offer).
+// connection of this gateway that takes live entries (others need none: a
+// connection that catches up from the store drops them), in one batch,
+// outside the partition locks. An entry it could not resolve in time
+// (history stopped) stays without text, and the connections it goes to
+// catch up from the store instead (see conn.offer).
 func (t *Tailer) resolve(ctx context.Context, parts []tailed) {
 	var ms []domain.InboxMessage
 	var at []*tailedEntry
