@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // TestInboxPointsAtMessage: a message's text is written once, not once per
@@ -155,4 +158,40 @@ func dirBytes(t *testing.T, dir string) int64 {
 		t.Fatal(err)
 	}
 	return total
+}
+
+// TestInboxVersionOne: an inbox topic written before entries pointed at
+// their message holds entries of version 1, which carry the text. Such an
+// entry (history has no message for it: only the entry has the text) is
+// delivered live and by a sync from the store, with its own text.
+func TestInboxVersionOne(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		t.Parallel()
+		n := startNode(t, b)
+		ann, bob := n.signUp("ann"), n.signUp("bob")
+		bobTok := n.login(bob, "phone")
+		ch := n.createChannel(n.login(ann, "phone"), "direct", bob.ID)
+		live := n.connect(bobTok)
+		const text = "copied into the entry by the fan-out of before"
+		id := uint64(time.Now().UnixNano())
+		value := fmt.Sprintf(`{"type":"inbox.message","version":1,"event_id":"%d.%s","time":"2026-01-02T03:04:05Z","payload":`+
+			`{"user_id":%q,"channel_id":%q,"message_id":"%d","sender_id":%q,"text":%q,"sent_at":"2026-01-02T03:04:05Z","channel_partition":0,"channel_offset":0}}`,
+			id, bob.ID, bob.ID, ch.ChannelID, id, ann.ID, text)
+		cl, err := kgo.NewClient(kgo.SeedBrokers(n.brokers()...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: n.prefix + ".inbox.e1", Key: []byte(bob.ID), Value: []byte(value)}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		if f := live.messages(1)[0]; f.MessageID != fmt.Sprint(id) || f.Text != text {
+			t.Fatalf("live: %+v; want message %d with its text", f, id)
+		}
+		if f := n.resume(bobTok, -1).messages(1)[0]; f.MessageID != fmt.Sprint(id) || f.Text != text {
+			t.Fatalf("sync: %+v; want message %d with its text", f, id)
+		}
+	})
 }
