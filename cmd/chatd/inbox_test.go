@@ -59,7 +59,9 @@ func TestInboxPointsAtMessage(t *testing.T) {
 		}
 		// A device that syncs from the store gets it whole too (its sync
 		// delivers only what the inbox projection has stored).
-		if f := n.resume(lateTok, -1).messages(1)[0]; f.MessageID != ack.MessageID || f.Text != text {
+		sync := n.resume(lateTok, -1)
+		sync.patience = burstPatience // the inbox projection stores 100 entries a message
+		if f := sync.messages(1)[0]; f.MessageID != ack.MessageID || f.Text != text {
 			t.Fatalf("sync: message %s with %d characters; want %s with the whole text", f.MessageID, len(f.Text), ack.MessageID)
 		}
 
@@ -101,7 +103,9 @@ func TestInboxPointsAtMessage(t *testing.T) {
 				t.Fatalf("1 KB message %d: %q..., want %q...", i, f.Text[:min(len(f.Text), 8)], want[:8])
 			}
 		}
-		if f := n.resume(lateTok, -1).messages(count + 1)[count]; f.MessageID != last {
+		sync = n.resume(lateTok, -1)
+		sync.patience = burstPatience
+		if f := sync.messages(count + 1)[count]; f.MessageID != last {
 			t.Fatalf("sync: last message %s, want %s", f.MessageID, last)
 		}
 		entries, entryBytes = inboxEntriesOf(t, n, last)
