@@ -620,7 +620,7 @@ func TestMetrics(t *testing.T) {
 				t.Errorf("%s = %v, want at least %v", name, got, least)
 			}
 		}
-		for _, name := range []string{`evchat_projection_lag{projection="history"}`, "evchat_kafka_", `evchat_message_texts_total{from="cache"}`} {
+		for _, name := range []string{`evchat_projection_lag{projection="history"}`, "evchat_kafka_", `evchat_message_text_lookups_total{from="cache"}`} {
 			if !strings.Contains(text, name) {
 				t.Errorf("no %s in /metrics", name)
 			}

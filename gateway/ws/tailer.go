@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -188,13 +189,21 @@ func (t *Tailer) resolve(ctx context.Context, parts []tailed) {
 	if len(ms) == 0 {
 		return
 	}
-	if err := t.texts.Resolve(ctx, ms); err != nil && ctx.Err() == nil {
+	rctx, cancel := context.WithTimeout(ctx, LiveTextWait)
+	defer cancel()
+	if err := t.texts.Resolve(rctx, ms); err != nil && ctx.Err() == nil {
 		t.log.Warn("inbox entries without text: their connections catch up from the store", "err", err)
 	}
 	for i, e := range at {
 		e.m.Text = ms[i].Text
 	}
 }
+
+// LiveTextWait bounds how long the tailer waits for the texts of a fetch's
+// entries (history behind the fan-out): it serves every connection of the
+// gateway, so it does not wait for history as long as a sync does; the
+// connections of the entries it could not resolve catch up from the store.
+const LiveTextWait = 5 * time.Second
 
 // delivers reports whether u has a connection of this tailer's epoch that
 // takes live entries.

@@ -13,16 +13,18 @@
 // at a time, one per message however many of its entries ask, and one
 // range read for a run of messages of one channel (a burst). An entry can
 // reach a reader before history has stored its message: the fan-out and
-// history read the channel topic independently. So a lookup first waits,
-// up to Config.Wait, until history's position in the message's partition
+// history read the channel topic independently. So a lookup first waits
+// until history's position in the message's partition
 // is past the message's offset (history stores every admitted message, the
 // same ones the fan-out admits), and looks up only then. Waiting on history
 // rather than reading the channel topic at the entry's offset keeps one
 // place where a message lives, keeps readers off the log's fetch path, and
-// costs nothing when history is ahead, as it nearly always is; the bound
-// turns a history that has stopped into an error the caller handles (the
-// gateway catches the connection up from the store later; push retries its
-// batch), never into a guess.
+// costs nothing when history is ahead, as it nearly always is. The wait is
+// bounded by history's progress, not by wall time (see Config.Wait): a
+// history that has stopped becomes an error the caller handles (the
+// gateway's live delivery, which bounds its wait by a few seconds, catches
+// the connection up from the store; a sync fails and the device syncs
+// again; push retries its batch), never a guess.
 package bodies
 
 import (
@@ -53,15 +55,18 @@ type Config struct {
 	// CacheBytes bounds the texts kept of recent messages, counting each
 	// text's bytes and entryOverhead. Default 64 MiB; the oldest go first.
 	CacheBytes int64
-	// Wait is the longest Resolve waits for history to store the messages
-	// it is asked for. Default 30 s.
+	// Wait is how long Resolve waits for history to store the messages it
+	// is asked for while history makes no progress (see lookUp); a caller
+	// that must not wait that long bounds Resolve with its context.
+	// Default 2 min, like the gateway's SyncStall: history's position
+	// moves once per batch it applies.
 	Wait time.Duration
 }
 
 // Defaults of Config.
 const (
 	DefaultCacheBytes = 64 << 20
-	DefaultWait       = 30 * time.Second
+	DefaultWait       = 2 * time.Minute
 )
 
 // entryOverhead is what a cached text costs besides its bytes: the map
@@ -152,9 +157,9 @@ type wanted struct {
 }
 
 // Resolve fills in the text of every entry of ms that has none (entries
-// of version 1 carry theirs), from the cache or from history, waiting up
-// to Config.Wait for history to store what it has not yet. On an error
-// (history did not store a message in time, the store failed, ctx ended)
+// of version 1 carry theirs), from the cache or from history, waiting for
+// history to store what it has not yet while history makes progress (see
+// lookUp). On an error (history stopped, the store failed, ctx ended)
 // the entries it could resolve are filled in and the others are left
 // without text.
 func (r *Resolver) Resolve(ctx context.Context, ms []domain.InboxMessage) error {
@@ -277,27 +282,40 @@ func (r *Resolver) byID(ctx context.Context, w *wanted) error {
 }
 
 // lookUp finds the texts of want in history, waiting for history to store
-// them: each round reads history's positions and looks up the messages
-// whose partition history has passed; the others wait for the next round.
+// them: each round reads history's positions and reads the messages whose
+// partition history has passed; the others wait for the next round. It
+// waits as long as history makes progress (its position in a partition
+// asked for moves on, or a text is found) and fails when history has made
+// none for Config.Wait: history applies a burst in batches, and one batch
+// of tens of thousands of messages takes a while on a loaded machine. Each
+// round's store calls are bounded by Config.Wait too.
 func (r *Resolver) lookUp(ctx context.Context, want []*wanted) error {
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.Wait)
-	defer cancel()
 	pause := time.Millisecond
-	var lastErr error
+	var (
+		lastErr error
+		moved   = time.Now()
+		seen    = map[int32]int64{}
+	)
 	for {
-		pos, err := r.st.Positions(ctx, history.Name)
+		rctx, cancel := context.WithTimeout(ctx, r.cfg.Wait)
+		pos, err := r.st.Positions(rctx, history.Name)
 		if err != nil {
 			lastErr = err
 		}
 		var ready []*wanted
 		for _, w := range want {
-			if w.text == "" && pos[w.m.ChannelPartition] > w.m.ChannelOffset {
+			p := w.m.ChannelPartition
+			if pos[p] > seen[p] {
+				seen[p], moved = pos[p], time.Now()
+			}
+			if w.text == "" && pos[p] > w.m.ChannelOffset {
 				ready = append(ready, w)
 			}
 		}
-		if err := r.read(ctx, ready); err != nil {
+		if err := r.read(rctx, ready); err != nil {
 			lastErr = err
 		}
+		cancel()
 		left := 0
 		var first *wanted
 		for _, w := range want {
@@ -311,12 +329,21 @@ func (r *Resolver) lookUp(ctx context.Context, want []*wanted) error {
 		if left == 0 {
 			return nil
 		}
+		if left < len(ready) {
+			moved = time.Now()
+		}
+		fail := func(err error) error {
+			return &domain.Error{Code: domain.CodeUnavailable,
+				Msg: fmt.Sprintf("history has not stored %d message(s), such as %s at %d of partition %d, and has not moved for %s",
+					left, first.m.MessageID, first.m.ChannelOffset, first.m.ChannelPartition, time.Since(moved).Round(time.Millisecond)),
+				Err: errors.Join(err, lastErr)}
+		}
+		if time.Since(moved) >= r.cfg.Wait {
+			return fail(nil)
+		}
 		select {
 		case <-ctx.Done():
-			return &domain.Error{Code: domain.CodeUnavailable,
-				Msg: fmt.Sprintf("history has not stored %d message(s) in time, such as %s at %d of partition %d",
-					left, first.m.MessageID, first.m.ChannelOffset, first.m.ChannelPartition),
-				Err: errors.Join(ctx.Err(), lastErr)}
+			return fail(ctx.Err())
 		case <-time.After(pause):
 		}
 		pause = min(2*pause, 50*time.Millisecond)

@@ -248,3 +248,37 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestResolveWaitsWhileHistoryMoves: the wait is bounded by history's
+// progress, not by wall time: while history's position moves on (other
+// messages of the partition), Resolve waits past Config.Wait, and answers
+// once the message is stored.
+func TestResolveWaitsWhileHistoryMoves(t *testing.T) {
+	const wait = 300 * time.Millisecond
+	r, _, st := newResolver(t, bodies.Config{Wait: wait})
+	ms := entries(50, 40, "a")
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- r.Resolve(context.Background(), ms) }()
+	// History applies other messages, one every wait/3, for 4 waits.
+	tick := time.NewTicker(wait / 3)
+	defer tick.Stop()
+	for off := int64(0); time.Since(start) < 4*wait; off++ {
+		<-tick.C
+		select {
+		case err := <-done:
+			t.Fatalf("Resolve returned (%v) after %s while history moved", err, time.Since(start))
+		default:
+		}
+		storeMessage(t, st, domain.MessageID(100+off), off, "another")
+	}
+	storeMessage(t, st, 50, 40, "at last")
+	select {
+	case err := <-done:
+		if err != nil || ms[0].Text != "at last" {
+			t.Fatalf("Resolve = %v, text %q", err, ms[0].Text)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Resolve did not return after history stored the message")
+	}
+}

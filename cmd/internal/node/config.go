@@ -77,10 +77,12 @@ type Config struct {
 	// resolve inbox entries, which point at their message instead of
 	// copying it (package bodies). Default 64 MiB.
 	BodyCache int64
-	// BodyWait (--body-wait): how long the gateway and push wait for
-	// history to store a message an inbox entry points at, before live
-	// delivery falls back to a catch-up from the store (and a sync or a
-	// push batch fails and is retried). Default 30 s.
+	// BodyWait (--body-wait): how long a sync and push wait for history
+	// to store a message an inbox entry points at while history makes no
+	// progress (its position does not move), before the sync fails (the
+	// device syncs again) or the push batch is retried. Live delivery
+	// waits at most ws.LiveTextWait (5 s), then catches the connection up
+	// from the store. Default 2 min.
 	BodyWait time.Duration
 	// ClockSkew (--clock-skew): testing only, shifts the message-id
 	// clock. Default 0.

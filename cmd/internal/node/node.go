@@ -187,8 +187,8 @@ func (n *Node) Run(ctx context.Context) error {
 	n.decoded = inbox.NewDecoded()
 	reg.MustRegister(statCounter("evchat_inbox_decodes_total", "Inbox records decoded, by whether another reader in the process had decoded them (shared) or not (decoded).",
 		"result", "shared", "decoded", n.decoded.Stats))
-	reg.MustRegister(statCounter("evchat_message_texts_total", "Texts of inbox entries resolved, by where they came from: the cache of recent messages, or a lookup in history.",
-		"from", "cache", "history", n.texts.Stats))
+	reg.MustRegister(statCounter("evchat_message_text_lookups_total", "Texts of inbox entries found in the cache of recent messages (cache), and reads of history's messages in the store, a range or one (store).",
+		"from", "cache", "store", n.texts.Stats))
 	n.sender = push.LogSender{Logger: log}
 	if cfg.PushWebhook != "" {
 		n.sender = push.WebhookSender{URL: cfg.PushWebhook}
