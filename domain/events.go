@@ -151,22 +151,36 @@ type EpochStarted struct {
 	Epoch  int32  `json:"epoch"`
 }
 
-// InboxMessage is one recipient's copy of a message, written by the fan-out
-// projection to the inbox topic keyed by the recipient's user id. Its offset
-// in the inbox partition is the recipient's position: the only order a
-// device compares.
+// InboxMessage is one recipient's entry for a message, written by the
+// fan-out projection to the inbox topic keyed by the recipient's user id. Its
+// offset in the inbox partition is the recipient's position: the only order
+// a device compares.
+//
+// Since version 2 an entry points at the message instead of copying it: the
+// text is written once, in the channel topic and in history, and readers
+// resolve it from there (package bodies). Entries of version 1, written
+// before, carry the text; Decode reads both, and Text is empty exactly in
+// an entry of version 2 whose text no reader has resolved yet (a message's
+// text is never empty).
 type InboxMessage struct {
 	UserID    UserID    `json:"user_id"`
 	ChannelID ChannelID `json:"channel_id"`
 	MessageID MessageID `json:"message_id"`
 	SenderID  UserID    `json:"sender_id"`
-	Text      string    `json:"text"`
-	SentAt    time.Time `json:"sent_at"`
+	// Text is the message's text in a version-1 entry, or once resolved;
+	// never written in version 2.
+	Text   string    `json:"text,omitempty"`
+	SentAt time.Time `json:"sent_at"`
 	// ChannelPartition and ChannelOffset locate the message.sent event that
-	// this entry copies; they make fan-out replays detectable.
+	// this entry points at: where its text is (history keeps it by channel
+	// and message id, and knows how far it has read each partition), and
+	// what makes fan-out replays detectable.
 	ChannelPartition int32 `json:"channel_partition"`
 	ChannelOffset    int64 `json:"channel_offset"`
 }
+
+// Resolved reports whether the entry carries its message's text.
+func (m InboxMessage) Resolved() bool { return m.Text != "" }
 
 // EventType implementations.
 func (ChannelCreated) EventType() string  { return TypeChannelCreated }
@@ -193,9 +207,25 @@ type Envelope struct {
 	Payload json.RawMessage `json:"payload"`
 }
 
-// CurrentVersion is the version Encode writes for every event type. A change
-// that old readers cannot read gets a new version and a new schema file.
+// CurrentVersion is the version Encode writes for every event type but
+// those in newerVersions. A change that old readers cannot read gets a new
+// version and a new schema file.
 const CurrentVersion = 1
+
+// newerVersions are the event types whose current version is above
+// CurrentVersion. Decode reads every version from 1 up to the current one.
+//
+// inbox.message 2: the entry points at its message and carries no text
+// (version 1 copied the text into every recipient's entry).
+var newerVersions = map[string]int{TypeInboxMessage: 2}
+
+// VersionOf returns the version Encode writes for events of type typ.
+func VersionOf(typ string) int {
+	if v, ok := newerVersions[typ]; ok {
+		return v
+	}
+	return CurrentVersion
+}
 
 // Meta is what the envelope holds besides the payload.
 type Meta struct {
@@ -211,7 +241,7 @@ func Encode(ev Event, m Meta) ([]byte, error) {
 	}
 	return json.Marshal(Envelope{
 		Type:    ev.EventType(),
-		Version: CurrentVersion,
+		Version: VersionOf(ev.EventType()),
 		EventID: m.EventID,
 		Time:    m.Time.UTC(),
 		Payload: p,
@@ -230,7 +260,7 @@ func Decode(b []byte) (Meta, Event, error) {
 		return Meta{}, nil, Errorf(CodeBadRequest, "event time %v out of range", env.Time)
 	}
 	m := Meta{EventID: env.EventID, Time: env.Time}
-	if env.Version != CurrentVersion {
+	if env.Version < 1 || env.Version > VersionOf(env.Type) {
 		return m, nil, Errorf(CodeUnknownType, "event %s version %d", env.Type, env.Version)
 	}
 	var (
@@ -275,6 +305,12 @@ func Decode(b []byte) (Meta, Event, error) {
 			err = requireID(e.MessageID)
 		case InboxMessage:
 			err = requireID(e.MessageID)
+			if env.Version >= 2 && e.Text != "" {
+				// Not a field of version 2: ignored like any unknown
+				// field, so the text comes from history alone.
+				e.Text = ""
+				ev = e
+			}
 		case ChannelRead:
 			err = requireID(e.MessageID)
 		}

@@ -54,6 +54,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "how often the gateway records each connected device's heartbeat")
 	fs.DurationVar(&cfg.PushDelay, "push-delay", cfg.PushDelay, "how long a push notification waits for a device to acknowledge the message")
 	fs.DurationVar(&cfg.PushMaxAge, "push-max-age", cfg.PushMaxAge, "entries older than this when they come up for a push decision are dropped")
+	fs.Int64Var(&cfg.BodyCache, "body-cache", cfg.BodyCache, "bytes of recent messages' texts kept to resolve inbox entries (which point at their message)")
+	fs.DurationVar(&cfg.BodyWait, "body-wait", cfg.BodyWait, "how long a sync or push waits, while history does not move, for it to store a message an inbox entry points at")
 	fs.StringVar(&cfg.PushWebhook, "push-webhook", cfg.PushWebhook, "URL that receives push notifications as FCM-shaped JSON; empty logs them")
 	fs.DurationVar(&cfg.ClockSkew, "clock-skew", cfg.ClockSkew, "testing: shift this process's message-id clock")
 	fs.StringVar(&cfg.AdminAddr, "admin", cfg.AdminAddr, "address of the operators' endpoints (replay, verify, pprof); empty: off")

@@ -612,12 +612,15 @@ func TestMetrics(t *testing.T) {
 			`evchat_store_seconds_count{method="apply"}`:    1,
 			`evchat_http_errors_total{code="unauthorized"}`: 1,
 			"process_resident_memory_bytes":                 1,
+			// The tailer, inbox and push read the same records: at
+			// least one was decoded once for two of them.
+			`evchat_inbox_decodes_total{result="shared"}`: 1,
 		} {
 			if got := metric(text, name); got < least {
 				t.Errorf("%s = %v, want at least %v", name, got, least)
 			}
 		}
-		for _, name := range []string{`evchat_projection_lag{projection="history"}`, "evchat_kafka_"} {
+		for _, name := range []string{`evchat_projection_lag{projection="history"}`, "evchat_kafka_", `evchat_message_text_lookups_total{from="cache"}`} {
 			if !strings.Contains(text, name) {
 				t.Errorf("no %s in /metrics", name)
 			}

@@ -104,10 +104,11 @@ type pending struct {
 // the entry's partition held, so it must not wait for the client.
 //
 // When entries come faster than the client reads (its send queue is half
-// full), or more of them arrive during a sync than the sync may hold, the
-// connection stops taking live entries and catches up from the store
-// instead, at the client's pace: every entry it drops is below the
-// tailer's point, so the next sync reads it from the store.
+// full), or more of them arrive during a sync than the sync may hold, or
+// one comes without its text, the connection stops taking live entries
+// and catches up from the store instead, at the client's pace: every entry
+// it drops is below the tailer's point, so the next sync reads it from the
+// store.
 //
 // f is the entry's frame, encoded once for every connection of the user.
 func (c *conn) offer(offset int64, m domain.InboxMessage, f outFrame) {
@@ -117,19 +118,31 @@ func (c *conn) offer(offset int64, m domain.InboxMessage, f outFrame) {
 	case c.dropping:
 		return
 	case c.syncing:
-		if len(c.buf) >= c.maxBuf || c.bufBytes+len(m.Text) > c.maxBufBytes {
+		if len(c.buf) >= c.maxBuf || c.bufBytes+len(m.Text) > c.maxBufBytes || !m.Resolved() {
 			c.dropping, c.buf, c.bufBytes = true, nil, 0 // the running sync goes round again
 			return
 		}
 		c.buf = append(c.buf, pending{offset, m})
 		c.bufBytes += len(m.Text)
 		return
-	case c.q.halfFull():
+	case !m.Resolved() || c.q.halfFull():
+		// Without its text (the tailer could not resolve it in time, or
+		// the connection is newer than the tailer's resolve) the entry
+		// is read from the store like one the client was too slow for.
 		c.syncing, c.dropping = true, true
 		c.behind()
 		return
 	}
 	c.deliverLocked(offset, m, &f, true)
+}
+
+// takesLive reports whether the connection delivers or buffers live
+// entries now, rather than dropping them while it catches up from the
+// store.
+func (c *conn) takesLive() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.dropping
 }
 
 // waitRoom waits until frames more frames of bytes bytes fit in half the

@@ -3,6 +3,7 @@ package ws
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -66,8 +67,15 @@ func newBodyCache(maxEntries, maxBytes int) *bodyCache {
 	return &bodyCache{maxEntries: maxEntries, maxBytes: maxBytes, byID: map[domain.MessageID][]byte{}}
 }
 
+// errUnresolved refuses to encode an inbox entry whose text was not
+// resolved: its body would go out, and be shared, without the text.
+var errUnresolved = errors.New("ws: inbox entry without its text")
+
 // body returns m's encoded body, from the cache when it has it.
 func (bc *bodyCache) body(m domain.InboxMessage) ([]byte, error) {
+	if !m.Resolved() {
+		return nil, errUnresolved
+	}
 	bc.mu.Lock()
 	b, ok := bc.byID[m.MessageID]
 	bc.mu.Unlock()

@@ -416,6 +416,9 @@ func (s *Server) send(ctx context.Context, c *conn, f ClientFrame, read time.Tim
 		c.send(errorFrame(err, f.ClientMsgID))
 		return
 	}
+	// The members' entries point at the message: live delivery finds its
+	// text here.
+	c.gen.tailer.texts.Put(id, f.Text)
 	s.cfg.Metrics.acked(time.Since(read).Seconds()) // as the client sees it: waiting for its turn included
 	c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
 	s.svc.Sent(ctx, c.user, f.ClientMsgID)
@@ -659,6 +662,9 @@ func (s *Server) fromStore(ctx context.Context, c *conn, part int32, after, t in
 				pend = append(pend, pending{e.Offset, e.Message})
 				bytes += len(e.Message.Text)
 			}
+			if err := s.resolve(ctx, c, pend); err != nil {
+				return err
+			}
 			if err := s.deliver(ctx, c, pend, false); err != nil {
 				return err
 			}
@@ -683,6 +689,24 @@ func (s *Server) fromStore(ctx context.Context, c *conn, part int32, after, t in
 		case <-time.After(5 * time.Millisecond):
 		}
 		waited += time.Since(start)
+	}
+	return nil
+}
+
+// resolve fills in the texts of a sync's entries (one batch per page):
+// from the cache of recent messages, else from history, waiting a bounded
+// time for history to store a message that is not there yet. An error
+// fails the sync, which the device retries from its position.
+func (s *Server) resolve(ctx context.Context, c *conn, ps []pending) error {
+	ms := make([]domain.InboxMessage, len(ps))
+	for i, p := range ps {
+		ms[i] = p.msg
+	}
+	if err := c.gen.tailer.texts.Resolve(ctx, ms); err != nil {
+		return err
+	}
+	for i := range ps {
+		ps[i].msg.Text = ms[i].Text
 	}
 	return nil
 }

@@ -30,6 +30,20 @@ import (
 
 const user = domain.UserID("u1")
 
+// fakeTexts resolves every entry without text to "text of <id>".
+type fakeTexts struct{}
+
+func (fakeTexts) Resolve(_ context.Context, ms []domain.InboxMessage) error {
+	for i := range ms {
+		if !ms[i].Resolved() {
+			ms[i].Text = "text of " + ms[i].MessageID.String()
+		}
+	}
+	return nil
+}
+
+func (fakeTexts) Put(domain.MessageID, string) {}
+
 // fakeStore holds one user's inbox in partition 0, and the inbox
 // projection's position there (applied: every entry below is stored).
 type fakeStore struct {
@@ -185,7 +199,7 @@ func startGateway(t *testing.T, cfg ws.Config, st *fakeStore, cmds ws.Commands) 
 		t.Fatal(err)
 	}
 	hub := ws.NewHub()
-	tailer, err := ws.NewTailer(ctx, lcfg, st, hub, nil)
+	tailer, err := ws.NewTailer(ctx, lcfg, st, hub, fakeTexts{}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,4 +554,28 @@ func TestSyncWaitsForAMovingProjection(t *testing.T) {
 			t.Fatalf("then %v, want close 1013 sync failed", err)
 		}
 	})
+}
+
+// TestSyncResolvesTexts: entries in the store point at their message (no
+// text); a sync delivers each with the text Bodies resolves, in the same
+// message frame as before, and an old entry that carries its text keeps it.
+func TestSyncResolvesTexts(t *testing.T) {
+	t.Parallel()
+	st := newFakeStore(3, "")
+	st.entries[1].Message.Text = "copied (version 1)"
+	g := startGateway(t, ws.Config{}, st, newFakeCommands())
+	c := g.dial(t, "epoch=1&position=-1")
+	if f := c.must(); f.Type != ws.TypeHello {
+		t.Fatalf("first frame %+v", f)
+	}
+	want := []string{"text of 1000", "copied (version 1)", "text of 1002"}
+	for i, w := range want {
+		f := c.must()
+		if f.Type != ws.TypeMessage || *f.Position != int64(i) || f.Text != w {
+			t.Fatalf("frame %d: %+v; want a message with text %q", i, f, w)
+		}
+	}
+	if f := c.must(); f.Type != ws.TypeSynced {
+		t.Fatalf("after the backlog: %+v", f)
+	}
 }

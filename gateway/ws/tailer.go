@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -19,14 +20,24 @@ type PositionStore interface {
 	Positions(ctx context.Context, projection string) (map[int32]int64, error)
 }
 
+// Bodies resolves the text of inbox entries that point at their message
+// (package bodies), and learns the texts of messages this gateway appended.
+type Bodies interface {
+	Resolve(ctx context.Context, ms []domain.InboxMessage) error
+	Put(id domain.MessageID, text string)
+}
+
 // Tailer reads the inbox topic and offers each entry to its user's
-// connections. It starts each partition at the inbox projection's position,
-// so that everything below the tailer's point in a partition is either in
-// the store or was offered live: the invariant Conn.sync relies on.
+// connections, with its text resolved (see resolve). It starts each
+// partition at the inbox projection's position, so that everything below
+// the tailer's point in a partition is either in the store or was offered
+// live: the invariant Conn.sync relies on.
 type Tailer struct {
 	cfg   eventlog.Config
 	topic string
 	hub   *Hub
+	texts Bodies
+	dec   *inbox.Decoded
 	log   *slog.Logger
 	cl    *kgo.Client
 	adm   *kadm.Client // for the log's end at each connection
@@ -51,8 +62,11 @@ type partState struct {
 }
 
 // NewTailer prepares a tailer: it learns the inbox topic's partitions and
-// the projection's positions.
-func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *Hub, log *slog.Logger) (*Tailer, error) {
+// the projection's positions. The tailer and the syncs of its epoch's
+// connections resolve texts with texts; it decodes records through dec,
+// shared with the process's other readers of the inbox (nil: it decodes
+// each itself).
+func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *Hub, texts Bodies, dec *inbox.Decoded, log *slog.Logger) (*Tailer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -79,7 +93,7 @@ func NewTailer(ctx context.Context, cfg eventlog.Config, st PositionStore, hub *
 	if err != nil {
 		return fail(fmt.Errorf("ws: inbox positions: %w", err))
 	}
-	t := &Tailer{cfg: cfg, topic: topic, hub: hub, log: log, n: n, parts: make([]partState, n), adm: adm,
+	t := &Tailer{cfg: cfg, topic: topic, hub: hub, texts: texts, dec: dec, log: log, n: n, parts: make([]partState, n), adm: adm,
 		part: kgo.StickyKeyPartitioner(nil).ForTopic(topic), bodies: newBodyCache(bodyCacheEntries, bodyCacheBytes)}
 	start := map[int32]kgo.Offset{}
 	for p := range n {
@@ -111,40 +125,121 @@ func (t *Tailer) Run(ctx context.Context) error {
 			return nil
 		}
 		fs.EachError(func(_ string, p int32, err error) { t.log.Warn("inbox fetch", "partition", p, "err", err) })
+		var parts []tailed
 		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
-			ps := &t.parts[fp.Partition]
+			if len(fp.Records) > 0 {
+				parts = append(parts, t.decode(fp))
+			}
+		})
+		t.resolve(ctx, parts)
+		for _, tp := range parts {
+			ps := &t.parts[tp.partition]
 			ps.mu.Lock()
-			defer ps.mu.Unlock()
-			for _, rec := range fp.Records {
-				ps.next = rec.Offset + 1
-				_, ev, err := domain.Decode(rec.Value)
-				if err != nil {
-					t.log.Warn("skipping undecodable inbox entry", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+			for _, e := range tp.entries {
+				if !e.ok {
 					continue
 				}
-				m, ok := ev.(domain.InboxMessage)
-				if !ok {
-					continue
-				}
-				conns := t.hub.conns(m.UserID)
+				conns := t.hub.conns(e.m.UserID)
 				if len(conns) == 0 {
 					continue
 				}
 				// One frame for every connection of the user, its body
-				// shared with the message's other recipients.
-				f, err := t.bodies.messageFrame(t.Epoch(), rec.Offset, m)
-				if err != nil {
-					t.log.Warn("skipping unencodable inbox entry", "partition", rec.Partition, "offset", rec.Offset, "err", err)
-					continue
+				// shared with the message's other recipients. An entry
+				// without its text gets none: the connection catches
+				// up from the store.
+				var f outFrame
+				if e.m.Resolved() {
+					var err error
+					if f, err = t.bodies.messageFrame(t.Epoch(), e.offset, e.m); err != nil {
+						t.log.Warn("skipping unencodable inbox entry", "partition", tp.partition, "offset", e.offset, "err", err)
+						continue
+					}
 				}
 				for _, c := range conns {
 					if c.gen.tailer == t { // not a connection of another epoch
-						c.offer(rec.Offset, m, f)
+						c.offer(e.offset, e.m, f)
 					}
 				}
 			}
-		})
+			ps.next = tp.next
+			ps.mu.Unlock()
+		}
 	}
+}
+
+// tailed is one partition's records of a fetch, decoded.
+type tailed struct {
+	partition int32
+	next      int64 // past the last record
+	entries   []tailedEntry
+}
+
+type tailedEntry struct {
+	offset int64
+	m      domain.InboxMessage
+	ok     bool // an inbox entry (else skipped)
+}
+
+func (t *Tailer) decode(fp kgo.FetchTopicPartition) tailed {
+	tp := tailed{partition: fp.Partition, entries: make([]tailedEntry, len(fp.Records))}
+	for i, rec := range fp.Records {
+		tp.next = rec.Offset + 1
+		m, ok, err := t.dec.Entry(rec)
+		if err != nil {
+			t.log.Warn("skipping undecodable inbox entry", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+			continue
+		}
+		tp.entries[i] = tailedEntry{offset: rec.Offset, m: m, ok: ok}
+	}
+	return tp
+}
+
+// resolve fills in the texts of the fetch's entries that go to a
+// connection of this gateway that takes live entries (others need none: a
+// connection that catches up from the store drops them), in one batch,
+// outside the partition locks. An entry it could not resolve in time
+// (history stopped) stays without text, and the connections it goes to
+// catch up from the store instead (see conn.offer).
+func (t *Tailer) resolve(ctx context.Context, parts []tailed) {
+	var ms []domain.InboxMessage
+	var at []*tailedEntry
+	for i := range parts {
+		for j := range parts[i].entries {
+			e := &parts[i].entries[j]
+			if e.ok && !e.m.Resolved() && t.delivers(e.m.UserID) {
+				ms = append(ms, e.m)
+				at = append(at, e)
+			}
+		}
+	}
+	if len(ms) == 0 {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, LiveTextWait)
+	defer cancel()
+	if err := t.texts.Resolve(rctx, ms); err != nil && ctx.Err() == nil {
+		t.log.Warn("inbox entries without text: their connections catch up from the store", "err", err)
+	}
+	for i, e := range at {
+		e.m.Text = ms[i].Text
+	}
+}
+
+// LiveTextWait bounds how long the tailer waits for the texts of a fetch's
+// entries (history behind the fan-out): it serves every connection of the
+// gateway, so it does not wait for history as long as a sync does; the
+// connections of the entries it could not resolve catch up from the store.
+const LiveTextWait = 5 * time.Second
+
+// delivers reports whether u has a connection of this tailer's epoch that
+// takes live entries.
+func (t *Tailer) delivers(u domain.UserID) bool {
+	for _, c := range t.hub.conns(u) {
+		if c.gen.tailer == t && c.takesLive() {
+			return true
+		}
+	}
+	return false
 }
 
 // mark runs fn with the partition's point held still: no entry of the

@@ -1,6 +1,8 @@
-// Package fanout is the projection that copies each message of a channel
-// into the inbox of every member: the inbox topic, keyed by recipient, where
-// each entry's offset becomes the recipient's position.
+// Package fanout is the projection that gives each message of a channel an
+// entry in the inbox of every member: the inbox topic, keyed by recipient,
+// where each entry's offset becomes the recipient's position. An entry
+// points at the message and does not copy its text (inbox.message version
+// 2): a message into a group of 100 is written once, not 100 times.
 //
 // It runs on txproc, so it is exactly once: the inbox records, the changes
 // to its state (each channel's members at the current point of the log,
@@ -176,10 +178,12 @@ func (p *Projection) Process(_ context.Context, n int32, rec *kgo.Record, out *t
 		p.log.Debug("message fanned out already", "partition", n, "offset", rec.Offset, "channel", id)
 		return nil
 	}
+	// Each entry points at the message (partition n, this offset); the
+	// text is written once, here in the channel topic and by history.
 	for _, u := range c.Members {
 		in := domain.InboxMessage{
 			UserID: u, ChannelID: id, MessageID: m.MessageID, SenderID: m.SenderID,
-			Text: m.Text, SentAt: meta.Time, ChannelPartition: n, ChannelOffset: rec.Offset,
+			SentAt: meta.Time, ChannelPartition: n, ChannelOffset: rec.Offset,
 		}
 		r, err := eventlog.Record(p.topics.Inbox, string(u), in, domain.Meta{
 			EventID: m.MessageID.String() + "." + string(u), Time: meta.Time,

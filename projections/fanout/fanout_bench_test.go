@@ -122,7 +122,7 @@ func TestPartitionAdmitsAndFansOut(t *testing.T) {
 				t.Fatalf("record %d: %v", i, err)
 			}
 			want := domain.InboxMessage{
-				UserID: u, ChannelID: m.ChannelID, MessageID: m.MessageID, SenderID: m.SenderID, Text: m.Text,
+				UserID: u, ChannelID: m.ChannelID, MessageID: m.MessageID, SenderID: m.SenderID,
 				SentAt: sentAt, ChannelPartition: 0, ChannelOffset: offset,
 			}
 			in, ok := ev.(domain.InboxMessage)

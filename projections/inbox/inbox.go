@@ -34,15 +34,18 @@ type Store interface {
 type Projection struct {
 	st    Store
 	epoch int32
+	dec   *Decoded
 	log   *slog.Logger
 }
 
-// New returns the projection for the inbox of the given epoch.
-func New(st Store, epoch int32, log *slog.Logger) *Projection {
+// New returns the projection for the inbox of the given epoch. It decodes
+// records through dec, shared with the process's other readers of the
+// inbox (nil: it decodes each itself).
+func New(st Store, epoch int32, dec *Decoded, log *slog.Logger) *Projection {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Projection{st: st, epoch: epoch, log: log}
+	return &Projection{st: st, epoch: epoch, dec: dec, log: log}
 }
 
 // Reset does nothing: the projection caches nothing.
@@ -63,12 +66,11 @@ func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Re
 	var cs []candidate
 	seen := map[userMsg]bool{}
 	for _, rec := range recs {
-		_, ev, err := domain.Decode(rec.Value)
+		m, ok, err := p.dec.Entry(rec)
 		if err != nil {
 			p.log.Warn("skipping undecodable record", "partition", partition, "offset", rec.Offset, "err", err)
 			continue
 		}
-		m, ok := ev.(domain.InboxMessage)
 		if !ok {
 			continue
 		}

@@ -29,7 +29,7 @@ type entry struct {
 
 func record(t *testing.T, e entry) *kgo.Record {
 	t.Helper()
-	ev := domain.InboxMessage{UserID: e.u, ChannelID: "c", MessageID: e.id, SenderID: "s", Text: "hi", SentAt: t0,
+	ev := domain.InboxMessage{UserID: e.u, ChannelID: "c", MessageID: e.id, SenderID: "s", SentAt: t0,
 		ChannelOffset: int64(e.id)}
 	r, err := eventlog.Record(eventlog.Epoched("chat.inbox", epoch), string(e.u), ev, domain.Meta{EventID: fmt.Sprint(e.offset), Time: t0})
 	if err != nil {
@@ -50,7 +50,7 @@ func apply(t *testing.T, st *pebblestore.Store, batches [][]entry) {
 			recs[i] = record(t, e)
 		}
 		b := store.Batch{Projection: eventlog.Epoched(Name, epoch), Positions: map[int32]int64{3: es[len(es)-1].offset + 1}}
-		if err := New(st, epoch, nil).Handle(ctx, 3, recs, &b); err != nil {
+		if err := New(st, epoch, nil, nil).Handle(ctx, 3, recs, &b); err != nil {
 			t.Fatal(err)
 		}
 		for _, e := range b.Inbox {
@@ -144,7 +144,7 @@ func TestHandleOtherEvents(t *testing.T) {
 	}
 	recs := []*kgo.Record{other, {Offset: 1, Value: []byte("not json")}, record(t, entry{2, "a", 10})}
 	var b store.Batch
-	if err := New(st, epoch, nil).Handle(context.Background(), 3, recs, &b); err != nil {
+	if err := New(st, epoch, nil, nil).Handle(context.Background(), 3, recs, &b); err != nil {
 		t.Fatal(err)
 	}
 	if len(b.Inbox) != 1 || b.Inbox[0].Offset != 2 {
@@ -162,7 +162,7 @@ func (failing) InboxByMessage(context.Context, domain.UserID, int32, domain.Mess
 // writing an entry that may be a second copy.
 func TestHandleStoreError(t *testing.T) {
 	var b store.Batch
-	err := New(failing{}, epoch, nil).Handle(context.Background(), 3, []*kgo.Record{record(t, entry{0, "a", 10})}, &b)
+	err := New(failing{}, epoch, nil, nil).Handle(context.Background(), 3, []*kgo.Record{record(t, entry{0, "a", 10})}, &b)
 	if err == nil {
 		t.Fatalf("no error; batch %+v", b)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/inbox"
 	"github.com/evchat/evchat/projections/store"
 )
 
@@ -49,6 +50,12 @@ type Presence interface {
 	Of(u domain.UserID) (domain.PresenceChange, bool)
 }
 
+// Texts resolves the text of inbox entries that point at their message
+// (package bodies).
+type Texts interface {
+	Resolve(ctx context.Context, ms []domain.InboxMessage) error
+}
+
 // Store is what the projection needs of the store.
 type Store interface {
 	DeviceCursors(ctx context.Context, u domain.UserID) ([]store.DeviceCursor, error)
@@ -66,6 +73,9 @@ type Config struct {
 	// about an old message is noise, and a replay must not send what the
 	// first run did not. Default 2m.
 	MaxAge time.Duration
+	// Decoded decodes inbox records once for the process's readers of
+	// the inbox; nil decodes each record here.
+	Decoded *inbox.Decoded
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// Logger; default discard.
@@ -76,12 +86,14 @@ type Config struct {
 type Projection struct {
 	cfg      Config
 	st       Store
+	texts    Texts
 	presence Presence
 	send     Sender
 }
 
-// New returns the projection.
-func New(cfg Config, st Store, presence Presence, send Sender) *Projection {
+// New returns the projection. It reads the texts of the notifications it
+// sends with texts.
+func New(cfg Config, st Store, texts Texts, presence Presence, send Sender) *Projection {
 	if cfg.Epoch == 0 {
 		cfg.Epoch = 1
 	}
@@ -97,7 +109,7 @@ func New(cfg Config, st Store, presence Presence, send Sender) *Projection {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Projection{cfg: cfg, st: st, presence: presence, send: send}
+	return &Projection{cfg: cfg, st: st, texts: texts, presence: presence, send: send}
 }
 
 // Reset does nothing: the projection caches nothing.
@@ -106,13 +118,17 @@ func (p *Projection) Reset() {}
 // Handle decides on the entries of one partition of the inbox topic; it
 // writes no state but its position.
 func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, _ *store.Batch) error {
-	for _, rec := range recs {
-		_, ev, err := domain.Decode(rec.Value)
-		if err != nil {
-			continue
-		}
-		m, ok := ev.(domain.InboxMessage)
-		if !ok || m.SenderID == m.UserID {
+	// Decoded all at once, while the process's other readers of the
+	// inbox have them fresh (see inbox.Decoded); then decided one by one.
+	ms := make([]domain.InboxMessage, len(recs))
+	oks := make([]bool, len(recs))
+	for i, rec := range recs {
+		m, ok, err := p.cfg.Decoded.Entry(rec)
+		ms[i], oks[i] = m, ok && err == nil
+	}
+	for i, rec := range recs {
+		m := ms[i]
+		if !oks[i] || m.SenderID == m.UserID {
 			continue
 		}
 		if p.cfg.Now().Sub(m.SentAt) > p.cfg.MaxAge {
@@ -135,6 +151,17 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, _ 
 		if acked {
 			continue
 		}
+		// The text before the reservation: an entry whose text history
+		// has not stored in time fails the batch, which runs again, and
+		// no notification is reserved without being sent. Resolved
+		// together with the batch's later entries that look bound for
+		// a notification too: one read of history for a burst.
+		if !m.Resolved() {
+			if err := p.resolveFrom(ctx, ms, oks, i); err != nil {
+				return err
+			}
+			m = ms[i]
+		}
 		created, err := p.st.ReservePush(ctx, m.UserID, m.MessageID, p.cfg.Now().UTC())
 		if err != nil {
 			return err
@@ -149,6 +176,29 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, _ 
 		}
 	}
 	return nil
+}
+
+// resolveFrom resolves the texts of ms[i] and of every later entry that
+// may become a notification: not the sender's own, not too old, its
+// recipient offline now.
+func (p *Projection) resolveFrom(ctx context.Context, ms []domain.InboxMessage, oks []bool, i int) error {
+	var at []int
+	var need []domain.InboxMessage
+	for j := i; j < len(ms); j++ {
+		m := ms[j]
+		if j > i && (!oks[j] || m.Resolved() || m.SenderID == m.UserID || p.cfg.Now().Sub(m.SentAt) > p.cfg.MaxAge) {
+			continue
+		}
+		if pr, ok := p.presence.Of(m.UserID); j > i && ok && pr.Online {
+			continue
+		}
+		at, need = append(at, j), append(need, m)
+	}
+	err := p.texts.Resolve(ctx, need)
+	for k, j := range at {
+		ms[j].Text = need[k].Text
+	}
+	return err
 }
 
 // acked reports whether a device of u has acknowledged the entry at offset.

@@ -66,6 +66,26 @@ func (p presence) Of(u domain.UserID) (domain.PresenceChange, bool) {
 	return domain.PresenceChange{UserID: u, Online: on}, ok
 }
 
+// texts is a fake Texts: message id's text is "text of <id>"; those of
+// missing are not there in time.
+type texts struct {
+	missing map[domain.MessageID]bool
+	calls   *int
+}
+
+func (f texts) Resolve(_ context.Context, ms []domain.InboxMessage) error {
+	if f.calls != nil {
+		*f.calls++
+	}
+	for i := range ms {
+		if f.missing[ms[i].MessageID] {
+			return domain.Errorf(domain.CodeUnavailable, "history has not stored %s", ms[i].MessageID)
+		}
+		ms[i].Text = "text of " + ms[i].MessageID.String()
+	}
+	return nil
+}
+
 // entry is an inbox entry at an offset of the inbox topic.
 type entry struct {
 	offset int64
@@ -79,7 +99,7 @@ func records(t *testing.T, es ...entry) []*kgo.Record {
 	t.Helper()
 	recs := make([]*kgo.Record, len(es))
 	for i, e := range es {
-		ev := domain.InboxMessage{UserID: e.u, ChannelID: "c", MessageID: e.id, SenderID: e.from, Text: "hi", SentAt: e.sentAt}
+		ev := domain.InboxMessage{UserID: e.u, ChannelID: "c", MessageID: e.id, SenderID: e.from, SentAt: e.sentAt}
 		r, err := eventlog.Record("chat.inbox.e1", string(e.u), ev, domain.Meta{EventID: fmt.Sprint(e.offset), Time: e.sentAt})
 		if err != nil {
 			t.Fatal(err)
@@ -146,7 +166,7 @@ func TestHandle(t *testing.T) {
 			cfg := Config{Delay: 3 * time.Second, MaxAge: time.Minute, Now: func() time.Time { return now }}
 			recs := records(t, tt.entries...)
 			for range 2 { // the first run, then a replay
-				if err := New(cfg, st, presence{online: tt.online}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+				if err := New(cfg, st, texts{}, presence{online: tt.online}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
 					t.Fatal(err)
 				}
 				if got := s.got(); !reflect.DeepEqual(got, tt.want) {
@@ -168,7 +188,7 @@ func TestHandleWaitsDelay(t *testing.T) {
 	onlineFrom := sentAt.Add(delay / 2)
 	pr := presence{fn: func(u domain.UserID) bool { return u == "b" && !time.Now().Before(onlineFrom) }}
 	recs := records(t, entry{0, "a", 1, "s", sentAt}, entry{1, "b", 2, "s", sentAt})
-	if err := New(Config{Delay: delay}, st, pr, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+	if err := New(Config{Delay: delay}, st, texts{}, pr, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := s.got(); !reflect.DeepEqual(got, []string{"a:1"}) {
@@ -189,14 +209,14 @@ func TestHandleCancelWhileWaiting(t *testing.T) {
 	cfg := Config{Delay: time.Hour, MaxAge: 2 * time.Hour, Now: func() time.Time { return now }}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := New(cfg, st, presence{}, s).Handle(ctx, 0, recs, &store.Batch{}); err == nil {
+	if err := New(cfg, st, texts{}, presence{}, s).Handle(ctx, 0, recs, &store.Batch{}); err == nil {
 		t.Fatal("no error from a cancelled wait")
 	}
 	if len(s.got()) != 0 {
 		t.Fatalf("sent %v", s.got())
 	}
 	now = t0.Add(time.Hour)
-	if err := New(cfg, st, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+	if err := New(cfg, st, texts{}, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := s.got(); !reflect.DeepEqual(got, []string{"a:1"}) {
@@ -225,7 +245,7 @@ func TestHandleSenderFails(t *testing.T) {
 			s := &sender{fails: tt.fails}
 			recs := records(t, entry{0, "a", 1, "s", t0})
 			for range 2 {
-				if err := New(cfg, st, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+				if err := New(cfg, st, texts{}, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -252,8 +272,35 @@ func (failing) ReservePush(context.Context, domain.UserID, domain.MessageID, tim
 func TestHandleStoreError(t *testing.T) {
 	s := &sender{}
 	now := t0.Add(10 * time.Second)
-	err := New(Config{Now: func() time.Time { return now }}, failing{}, presence{}, s).Handle(context.Background(), 0, records(t, entry{0, "a", 1, "s", t0}), &store.Batch{})
+	err := New(Config{Now: func() time.Time { return now }}, failing{}, texts{}, presence{}, s).Handle(context.Background(), 0, records(t, entry{0, "a", 1, "s", t0}), &store.Batch{})
 	if err == nil || len(s.got()) != 0 {
 		t.Fatalf("err %v, sent %v", err, s.got())
+	}
+}
+
+// TestTextResolvedBeforeReservation: the notification carries the text
+// that Texts resolved, and an entry whose text is not there in time fails
+// the batch before anything is reserved, so its run again sends it.
+func TestTextResolvedBeforeReservation(t *testing.T) {
+	st := storetest.OpenPebble(t)
+	now := t0.Add(time.Minute)
+	cfg := Config{Now: func() time.Time { return now }}
+	recs := records(t, entry{0, "a", 1, "s", t0.Add(50 * time.Second)}, entry{1, "b", 2, "s", t0.Add(50 * time.Second)})
+	s := &sender{}
+	if err := New(cfg, st, texts{missing: map[domain.MessageID]bool{2: true}}, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); domain.CodeOf(err) != domain.CodeUnavailable {
+		t.Fatalf("Handle = %v; want unavailable", err)
+	}
+	calls := 0
+	if err := New(cfg, st, texts{calls: &calls}, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.got(); !reflect.DeepEqual(got, []string{"a:1", "b:2"}) {
+		t.Fatalf("sent %v", got)
+	}
+	if calls != 1 {
+		t.Errorf("%d resolves for a batch of two; want 1", calls)
+	}
+	if s.sent[0].Text != "text of 1" || s.sent[1].Text != "text of 2" {
+		t.Errorf("texts %q, %q", s.sent[0].Text, s.sent[1].Text)
 	}
 }

@@ -194,7 +194,7 @@ func (f fixture) build(t *testing.T, ctx context.Context, mutate func(*store.Bat
 		}
 	}
 	run(history.Name, history.New(st, domain.DefaultLimits(), nil), f.channels)
-	run(eventlog.Epoched(inbox.Name, 2), inbox.New(st, 2, nil), f.inbox)
+	run(eventlog.Epoched(inbox.Name, 2), inbox.New(st, 2, nil, nil), f.inbox)
 	return st
 }
 

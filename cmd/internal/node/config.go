@@ -13,6 +13,7 @@ import (
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/gateway/auth"
+	"github.com/evchat/evchat/projections/bodies"
 )
 
 // Config is everything a node needs. Every default is in DefaultConfig;
@@ -72,6 +73,17 @@ type Config struct {
 	// PushWebhook (--push-webhook): URL that receives notifications as
 	// FCM-shaped JSON; empty logs them. Default empty.
 	PushWebhook string
+	// BodyCache (--body-cache): bytes of recent messages' texts kept to
+	// resolve inbox entries, which point at their message instead of
+	// copying it (package bodies). Default 64 MiB.
+	BodyCache int64
+	// BodyWait (--body-wait): how long a sync and push wait for history
+	// to store a message an inbox entry points at while history makes no
+	// progress (its position does not move), before the sync fails (the
+	// device syncs again) or the push batch is retried. Live delivery
+	// waits at most ws.LiveTextWait (5 s), then catches the connection up
+	// from the store. Default 2 min.
+	BodyWait time.Duration
 	// ClockSkew (--clock-skew): testing only, shifts the message-id
 	// clock. Default 0.
 	ClockSkew time.Duration
@@ -143,6 +155,8 @@ func DefaultConfig() Config {
 		Heartbeat:      5 * time.Second,
 		PushDelay:      3 * time.Second,
 		PushMaxAge:     2 * time.Minute,
+		BodyCache:      bodies.DefaultCacheBytes,
+		BodyWait:       bodies.DefaultWait,
 		ReadyLag:       1000,
 		WSQueueFrames:  1024,
 		WSQueueBytes:   2 << 20,
@@ -212,6 +226,12 @@ func (c Config) Validate() error {
 	}
 	if c.PushMaxAge <= c.PushDelay {
 		return bad("push max age %s: want more than the push delay %s (else every notification is dropped)", c.PushMaxAge, c.PushDelay)
+	}
+	if c.BodyCache < 1<<20 {
+		return bad("body cache of %d bytes: want at least 1 MiB (a message is up to 400 KB)", c.BodyCache)
+	}
+	if c.BodyWait <= 0 {
+		return bad("body wait %s: want more than 0", c.BodyWait)
 	}
 	if c.Secret != "" && len(c.Secret) < auth.MinSecretLen {
 		return bad("a token secret of %d bytes: want at least %d", len(c.Secret), auth.MinSecretLen)

@@ -59,7 +59,7 @@ func (n *Node) onEpoch(ev domain.EpochStarted) {
 	}
 	var tailer *ws.Tailer
 	if ev.Output == domain.OutputInbox && n.gw != nil {
-		t, err := ws.NewTailer(ctx, lc, n.st, n.hub, n.log)
+		t, err := ws.NewTailer(ctx, lc, n.st, n.hub, n.texts, n.decoded, n.log)
 		if err != nil {
 			n.tasks.fail(fmt.Errorf("epoch %s %d: %w", ev.Output, ev.Epoch, err))
 			return

@@ -31,7 +31,9 @@ import (
 	"github.com/evchat/evchat/gateway/chat"
 	"github.com/evchat/evchat/gateway/throttle"
 	"github.com/evchat/evchat/gateway/ws"
+	"github.com/evchat/evchat/projections/bodies"
 	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/inbox"
 	"github.com/evchat/evchat/projections/push"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/cassandra"
@@ -81,6 +83,8 @@ type Node struct {
 	gw           *ws.Server
 	presenceTail *ws.Presence
 	sender       push.Sender
+	texts        *bodies.Resolver // resolves inbox entries' texts for the tailers and push
+	decoded      *inbox.Decoded   // inbox records decoded once for the tailers, inbox and push
 	tasks        *tasks
 
 	mu     sync.Mutex
@@ -178,6 +182,14 @@ func (n *Node) Run(ctx context.Context) error {
 	n.st = store.NewMetered(n.st, reg)
 	n.instance = fmt.Sprint(cfg.MachineID)
 	n.hub = ws.NewHub()
+	if n.texts, err = bodies.New(bodies.Config{CacheBytes: cfg.BodyCache, Wait: cfg.BodyWait}, n.st); err != nil {
+		return err
+	}
+	n.decoded = inbox.NewDecoded()
+	reg.MustRegister(statCounter("evchat_inbox_decodes_total", "Inbox records decoded, by whether another reader in the process had decoded them (shared) or not (decoded).",
+		"result", "shared", "decoded", n.decoded.Stats))
+	reg.MustRegister(statCounter("evchat_message_text_lookups_total", "Texts of inbox entries found in the cache of recent messages (cache), and reads of history's messages in the store, a range or one (store).",
+		"from", "cache", "store", n.texts.Stats))
 	n.sender = push.LogSender{Logger: log}
 	if cfg.PushWebhook != "" {
 		n.sender = push.WebhookSender{URL: cfg.PushWebhook}
@@ -300,7 +312,7 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 		app.Close()
 		return nil, nil, nil, err
 	}
-	tailer, err := ws.NewTailer(ctx, logCfg, n.st, n.hub, n.log)
+	tailer, err := ws.NewTailer(ctx, logCfg, n.st, n.hub, n.texts, n.decoded, n.log)
 	if err != nil {
 		app.Close()
 		return nil, nil, nil, err
@@ -325,6 +337,26 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 		MemberAdds: throttle.New(throttle.Rule{PerSecond: cfg.MemberAddRate, Burst: cfg.MemberAddBurst}),
 	})
 	return app, tailer, e, nil
+}
+
+// statCounter exports a pair of running counts as one counter with a label
+// of two values.
+func statCounter(name, help, label, a, b string, stats func() (int64, int64)) prometheus.Collector {
+	return &pairCounter{desc: prometheus.NewDesc(name, help, []string{label}, nil), a: a, b: b, stats: stats}
+}
+
+type pairCounter struct {
+	desc  *prometheus.Desc
+	a, b  string
+	stats func() (int64, int64)
+}
+
+func (c *pairCounter) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *pairCounter) Collect(ch chan<- prometheus.Metric) {
+	x, y := c.stats()
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(x), c.a)
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(y), c.b)
 }
 
 // healthOnly serves /healthz and /readyz on a node without the gateway.

@@ -256,6 +256,8 @@ func TestValidate(t *testing.T) {
 		{"heartbeat as long as the window", func(c *node.Config) { c.Heartbeat = c.PresenceWindow }, "heartbeat"},
 		{"negative push delay", func(c *node.Config) { c.PushDelay = -time.Second }, "push delay"},
 		{"push max age below the delay", func(c *node.Config) { c.PushMaxAge = time.Second }, "push max age"},
+		{"body cache below 1 MiB", func(c *node.Config) { c.BodyCache = 1000 }, "body cache"},
+		{"no body wait", func(c *node.Config) { c.BodyWait = 0 }, "body wait"},
 		{"negative ready lag", func(c *node.Config) { c.ReadyLag = -1 }, "ready lag"},
 		{"secret of 31 bytes", func(c *node.Config) { c.Secret = strings.Repeat("s", 31) }, "secret of 31 bytes"},
 		{"secret of 32 bytes", func(c *node.Config) { c.Secret = strings.Repeat("s", 32) }, ""},

@@ -117,7 +117,7 @@ var Table = []*Role{
 		Output: domain.OutputInbox, Replay: WithWriter, RebuiltBy: fanout.Name, OldEpochsRun: true,
 		Verify: verifyWith(inbox.Name),
 		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
-			return n.projector(eventlog.Epoched(inbox.Name, lc.Epoch()), lc.Topics().Inbox, lc, func() projector.Handler { return inbox.New(n.st, lc.Epoch(), n.log) })
+			return n.projector(eventlog.Epoched(inbox.Name, lc.Epoch()), lc.Topics().Inbox, lc, func() projector.Handler { return inbox.New(n.st, lc.Epoch(), n.decoded, n.log) })
 		},
 	},
 	{
@@ -126,8 +126,8 @@ var Table = []*Role{
 		Output: domain.OutputInbox, Replay: Rewind,
 		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
 			return n.projector(eventlog.Epoched(push.Name, lc.Epoch()), lc.Topics().Inbox, lc, func() projector.Handler {
-				return push.New(push.Config{Epoch: lc.Epoch(), Delay: n.cfg.PushDelay, MaxAge: n.cfg.PushMaxAge, Logger: n.log},
-					n.st, n.presenceTail, n.sender)
+				return push.New(push.Config{Epoch: lc.Epoch(), Delay: n.cfg.PushDelay, MaxAge: n.cfg.PushMaxAge, Decoded: n.decoded, Logger: n.log},
+					n.st, n.texts, n.presenceTail, n.sender)
 			})
 		},
 	},

@@ -174,6 +174,8 @@ type messageRecord struct {
 	SentAt      time.Time        `json:"sent_at"`
 }
 
+// inboxRecord is the JSON form of an inbox entry, written before the
+// compact form (inboxcodec.go) and still read.
 type inboxRecord struct {
 	UserID    domain.UserID       `json:"user_id"`
 	Epoch     int32               `json:"epoch"`
@@ -474,11 +476,7 @@ func (s *Store) apply(in store.Batch) error {
 		}
 	}
 	for _, e := range in.Inbox {
-		v, err := json.Marshal(inboxRecord(e))
-		if err != nil {
-			return err
-		}
-		if err := b.Set(inboxKey(e.UserID, e.Epoch, e.Offset), v, nil); err != nil {
+		if err := b.Set(inboxKey(e.UserID, e.Epoch, e.Offset), encodeInbox(e), nil); err != nil {
 			return err
 		}
 	}
@@ -705,12 +703,16 @@ func (s *Store) Inbox(ctx context.Context, u domain.UserID, epoch int32, after i
 		return entries, nil
 	}
 	prefix := inboxPrefix(u, epoch)
-	err := s.scan(inboxKey(u, epoch, after+1), prefixEnd(prefix), false, limit, func(_, v []byte) error {
-		var r inboxRecord
-		if err := json.Unmarshal(v, &r); err != nil {
-			return err
+	err := s.scan(inboxKey(u, epoch, after+1), prefixEnd(prefix), false, limit, func(k, v []byte) error {
+		if len(k) < len(prefix)+8 {
+			return fmt.Errorf("malformed inbox key %q", k)
 		}
-		entries = append(entries, store.InboxEntry(r))
+		offset := int64(binary.BigEndian.Uint64(k[len(k)-8:]) ^ (1 << 63))
+		e, err := decodeInbox(u, epoch, offset, v)
+		if err != nil {
+			return fmt.Errorf("inbox entry at %d: %w", offset, err)
+		}
+		entries = append(entries, e)
 		return nil
 	})
 	if err != nil {
@@ -734,17 +736,24 @@ func (s *Store) InboxByMessage(ctx context.Context, u domain.UserID, epoch int32
 	if !found {
 		return store.InboxEntry{}, notFound
 	}
-	var r inboxRecord
-	found, err = s.get(inboxKey(u, epoch, offset), &r)
+	v, closer, err := s.db.Get(inboxKey(u, epoch, offset))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return store.InboxEntry{}, notFound
+	}
 	if err != nil {
 		return store.InboxEntry{}, fmt.Errorf("pebblestore: inbox by message: %w", err)
 	}
-	if !found || r.Message.MessageID != id {
+	e, err := decodeInbox(u, epoch, offset, v)
+	closer.Close()
+	if err != nil {
+		return store.InboxEntry{}, fmt.Errorf("pebblestore: inbox by message: entry at %d: %w", offset, err)
+	}
+	if e.Message.MessageID != id {
 		// The index is written with the entry, in one batch; this is a
 		// later entry overwriting the offset with another message.
 		return store.InboxEntry{}, notFound
 	}
-	return store.InboxEntry(r), nil
+	return e, nil
 }
 
 // DeviceCursors returns every device position of u, sorted by device id.
