@@ -818,9 +818,6 @@ func FuzzDecode(f *testing.F) {
 		if ev == nil {
 			t.Fatal("Decode returned no event and no error")
 		}
-		if knownRoundTripGap(m, ev) {
-			return // listed in TestDecodeRoundTripGaps
-		}
 		b2, err := domain.Encode(ev, m)
 		if err != nil {
 			t.Fatalf("Encode of decoded %#v (meta %+v): %v", ev, m, err)
@@ -840,8 +837,8 @@ func FuzzDecode(f *testing.F) {
 
 // TestDecodeRoundTripGaps lists inputs that Decode accepts but whose
 // decoded value Encode cannot write back in a form Decode accepts: the
-// property FuzzDecode checks. Each is a bug in Decode (it should refuse the
-// input) or in Encode; while the bug stands the case is skipped, naming it.
+// property FuzzDecode checks. Each was a bug in Decode (it should refuse the
+// input) or in Encode, now fixed: a case that comes back fails.
 func TestDecodeRoundTripGaps(t *testing.T) {
 	tests := []struct {
 		name, in, bug string
@@ -886,29 +883,9 @@ func TestDecodeRoundTripGaps(t *testing.T) {
 				}
 				err = err2
 			}
-			t.Skipf("known bug: %s (%v)", tt.bug, err)
+			t.Errorf("%s (%v)", tt.bug, err)
 		})
 	}
-}
-
-// knownRoundTripGap reports a decoded event that cannot round trip for a
-// reason TestDecodeRoundTripGaps lists, so that the fuzzer looks for new
-// ones. Remove each case once its bug is fixed.
-func knownRoundTripGap(m domain.Meta, ev domain.Event) bool {
-	if y := m.Time.UTC().Year(); y < 0 || y > 9999 {
-		return true
-	}
-	switch ev := ev.(type) {
-	case domain.MessageSent:
-		return ev.MessageID == 0
-	case domain.InboxMessage:
-		// A version-1 entry carries its text; encoded again it is
-		// version 2, which has none.
-		return ev.MessageID == 0 || ev.Text != ""
-	case domain.ChannelRead:
-		return ev.MessageID == 0
-	}
-	return false
 }
 
 func benchMessage() (domain.MessageSent, domain.Meta) {

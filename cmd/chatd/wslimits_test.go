@@ -84,14 +84,6 @@ const slowReadersGrowthMB = 1100
 // are acknowledged meanwhile, and a reader that resumes from its position
 // afterwards gets all 60.
 func TestSlowReaders(t *testing.T) {
-	if raceEnabled {
-		// Under -race the fan-out of 60 x 6 entries of 600 KB each (the
-		// log's escaped text) stalls on the embedded broker (its
-		// transactional producer fails with INVALID_PRODUCER_EPOCH and
-		// retries for minutes): that is the inbox-entries issue, not the
-		// queue's. Run it without -race until entries point at messages.
-		t.Skip("too heavy for the fan-out under -race until inbox entries point at messages")
-	}
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		n := startNode(t, b, "--send-bytes-rate", "1e9", "--send-bytes-burst", "1000000000")
