@@ -3,6 +3,7 @@ package domain
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code is a stable, machine-readable error code. Clients switch on it; the
@@ -23,6 +24,12 @@ const (
 	CodeGroupFull    Code = "group_full"   // the group has reached its size limit
 	CodeUnavailable  Code = "unavailable"  // the log or the store did not answer in time
 	CodeInternal     Code = "internal"     // a bug; the details are in the server log
+
+	// Limits (issue 13): each says the client may come back, after the
+	// Error's RetryAfter when it has one.
+	CodeBusy             Code = "busy"                   // a bounded resource (password checks, connections) is full: retry later
+	CodeRateLimited      Code = "rate_limited"           // too many attempts from this client or for this name: retry later
+	CodeUnsupportedMedia Code = "unsupported_media_type" // a body that is not JSON where only JSON is taken
 )
 
 // Error is an error with a stable code and a message for people.
@@ -30,6 +37,9 @@ type Error struct {
 	Code Code
 	Msg  string
 	Err  error // the underlying cause, if any
+	// RetryAfter, when above 0, is how long the client should wait
+	// before it tries again (HTTP: the Retry-After header).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -66,7 +76,18 @@ var (
 	ErrConflict     = &Error{Code: CodeConflict}
 	ErrGroupFull    = &Error{Code: CodeGroupFull}
 	ErrUnavailable  = &Error{Code: CodeUnavailable}
+	ErrBusy         = &Error{Code: CodeBusy}
+	ErrRateLimited  = &Error{Code: CodeRateLimited}
 )
+
+// RetryAfterOf returns the RetryAfter of err's first *Error, or 0.
+func RetryAfterOf(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
+}
 
 // CodeOf returns the code of err: the code of the first *Error in its chain,
 // or CodeInternal.

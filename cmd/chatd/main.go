@@ -58,6 +58,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.ClockSkew, "clock-skew", cfg.ClockSkew, "testing: shift this process's message-id clock")
 	fs.StringVar(&cfg.AdminAddr, "admin", cfg.AdminAddr, "address of the operators' endpoints (replay, verify, pprof); empty: off")
 	fs.Int64Var(&cfg.ReadyLag, "ready-lag", cfg.ReadyLag, "GET /readyz answers 503 while a projection is more records behind than this")
+	fs.IntVar(&cfg.MaxHTTPConns, "max-http-conns", cfg.MaxHTTPConns, "plain HTTP connections held at once (WebSockets not counted); past it 503 busy")
+	fs.IntVar(&cfg.FDReserve, "fd-reserve", cfg.FDReserve, "open files kept from connections for the log, the store and the admin address")
+	fs.DurationVar(&cfg.HTTPHeaderTimeout, "http-header-timeout", cfg.HTTPHeaderTimeout, "time to read a request's headers")
+	fs.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", cfg.HTTPReadTimeout, "time to read a whole request, body included (not WebSockets)")
+	fs.DurationVar(&cfg.HTTPWriteTimeout, "http-write-timeout", cfg.HTTPWriteTimeout, "time from a request's headers to the end of its answer (not WebSockets)")
+	fs.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", cfg.HTTPIdleTimeout, "a keep-alive connection with no request is closed after this")
+	fs.Int64Var(&cfg.MaxBody, "max-body", cfg.MaxBody, "bytes of any request body; larger is 413 too_long")
+	fs.IntVar(&cfg.PasswordWorkers, "password-workers", cfg.PasswordWorkers, "password hashes at once, ~19 MiB each (0: GOMAXPROCS)")
+	fs.IntVar(&cfg.PasswordQueue, "password-queue", cfg.PasswordQueue, "sign-ups and logins waiting for a password worker; past it 503 busy")
+	fs.IntVar(&cfg.LoginFailuresPerName, "login-failures-per-name", cfg.LoginFailuresPerName, "failed logins of one name per --login-window; then 429 (0: off)")
+	fs.IntVar(&cfg.LoginFailuresPerAddr, "login-failures-per-addr", cfg.LoginFailuresPerAddr, "failed logins from one address per --login-window; then 429 (0: off)")
+	fs.DurationVar(&cfg.LoginWindow, "login-window", cfg.LoginWindow, "window of the login throttles")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -6,6 +6,7 @@
 package chat
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -83,6 +84,9 @@ type Config struct {
 	Now func() time.Time
 	// Logger; default discard.
 	Logger *slog.Logger
+	// Passwords hashes and checks passwords on a bounded pool. Default:
+	// auth.NewPasswords with its defaults.
+	Passwords *auth.Passwords
 }
 
 // Service carries out commands. It is safe for concurrent use.
@@ -126,6 +130,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Passwords == nil {
+		p, err := auth.NewPasswords(auth.PasswordsConfig{})
+		if err != nil {
+			return c, fmt.Errorf("chat: passwords: %w", err)
+		}
+		c.Passwords = p
 	}
 	return c, nil
 }
@@ -203,15 +214,17 @@ func (s *Service) meta() (domain.Meta, error) {
 	return domain.Meta{EventID: fmt.Sprint(id), Time: s.cfg.Now().UTC()}, nil
 }
 
-// SignUp creates an account and records user.registered.
+// SignUp creates an account under the name's canonical form
+// (domain.CanonicalUserName) and records user.registered.
 func (s *Service) SignUp(ctx context.Context, name, password string) (store.User, error) {
-	if !domain.ValidUserName(name) {
-		return store.User{}, domain.Errorf(domain.CodeBadRequest, "name must be 1 to %d letters, digits, '.', '_' or '-'", domain.MaxNameLen)
+	name, err := domain.CanonicalUserName(name)
+	if err != nil {
+		return store.User{}, err
 	}
 	if n := len([]rune(password)); n < 8 || n > 1024 {
 		return store.User{}, domain.Errorf(domain.CodeBadRequest, "password must be 8 to 1024 characters")
 	}
-	hash, err := auth.HashPassword(password)
+	hash, err := s.cfg.Passwords.Hash(ctx, password)
 	if err != nil {
 		return store.User{}, err
 	}
@@ -236,15 +249,24 @@ func (s *Service) Login(ctx context.Context, name, password string, device domai
 	if device != "" && !domain.ValidDeviceID(device) {
 		return auth.Claims{}, "", domain.Errorf(domain.CodeBadRequest, "device_id must be 1 to %d letters, digits, '.', '_' or '-'", domain.MaxDeviceIDLen)
 	}
+	if len(password) > 4096 { // sign-up takes at most 1024 characters
+		return auth.Claims{}, "", bad
+	}
+	// An unknown name, or one that cannot be a name, costs a check of a
+	// dummy hash: as long as a known name's.
+	name, err := domain.CanonicalUserName(name)
+	if err != nil {
+		return auth.Claims{}, "", cmp.Or(s.cfg.Passwords.CheckUnknown(ctx, password), bad)
+	}
 	u, err := s.st.UserByName(ctx, name)
 	if errors.Is(err, domain.ErrNotFound) {
-		return auth.Claims{}, "", bad
+		return auth.Claims{}, "", cmp.Or(s.cfg.Passwords.CheckUnknown(ctx, password), bad)
 	}
 	if err != nil {
 		return auth.Claims{}, "", err
 	}
-	if !auth.CheckPassword(u.PasswordHash, password) {
-		return auth.Claims{}, "", bad
+	if ok, err := s.cfg.Passwords.Check(ctx, u.PasswordHash, password); err != nil || !ok {
+		return auth.Claims{}, "", cmp.Or(err, bad)
 	}
 	m, err := s.meta()
 	if err != nil {

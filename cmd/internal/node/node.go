@@ -81,6 +81,7 @@ type Node struct {
 	presenceTail *ws.Presence
 	sender       push.Sender
 	tasks        *tasks
+	wsCap        int // WebSockets this process may hold (0: no cap)
 
 	mu     sync.Mutex
 	logCfg eventlog.Config // with the current epochs
@@ -122,16 +123,29 @@ func (n *Node) current() eventlog.Config {
 // nil on a clean cancel, else the first failure.
 func (n *Node) Run(ctx context.Context) error {
 	cfg, log := n.cfg, n.log
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	plainCap, wsCap, connCap, err := connectionCaps(openFilesLimit(), cfg.FDReserve, cfg.MaxHTTPConns)
+	if err != nil {
+		return err
+	}
+	n.wsCap = wsCap
+	// The data directory holds the token secret and every message: its
+	// user's alone, however it was made before.
+	restrictFiles()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
 	brokers := cfg.Kafka
+	brokerOK := func() error { return nil }
 	if len(brokers) == 0 {
 		emb, err := eventlog.StartEmbedded(filepath.Join(cfg.DataDir, "log"), cfg.EmbeddedKafkaPort, cfg.EmbeddedFsync)
 		if err != nil {
 			return err
 		}
 		defer emb.Close()
+		brokerOK = emb.Healthy
 		brokers = emb.Addrs()
 		log.Info("embedded broker", "addr", strings.Join(brokers, ","), "aborted_open_txns", emb.AbortedAtStart(), "repaired_segment_indexes", emb.RepairedAtStart())
 	}
@@ -146,7 +160,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	// The current epochs of the inbox and of presence (a rebuild made
 	// their topics before it started them).
-	logCfg, err := eventlog.ReadEpochs(startCtx, logCfg)
+	logCfg, err = eventlog.ReadEpochs(startCtx, logCfg)
 	if err != nil {
 		return err
 	}
@@ -188,7 +202,18 @@ func (n *Node) Run(ctx context.Context) error {
 		handler http.Handler
 	)
 	ready := new(atomic.Bool)
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	limited := newConnLimiter(ln, plainCap, connCap)
 	readyz := func() (bool, string) {
+		if err := brokerOK(); err != nil {
+			return false, err.Error()
+		}
+		if limited.failedWithin(acceptFailWindow, time.Now()) {
+			return false, "the HTTP listener could not accept a connection lately (too many open files?)"
+		}
 		if l := lag.Max(); l > cfg.ReadyLag {
 			return false, fmt.Sprintf("a projection is %d records behind (bound %d)", l, cfg.ReadyLag)
 		}
@@ -208,14 +233,16 @@ func (n *Node) Run(ctx context.Context) error {
 	} else {
 		handler = healthOnly(ready, readyz)
 	}
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		return err
-	}
+	defer ln.Close() // if a step below fails before serve takes it
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/", handler)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler: mux, ConnState: limited.connState, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: cfg.HTTPHeaderTimeout, ReadTimeout: cfg.HTTPReadTimeout,
+		WriteTimeout: cfg.HTTPWriteTimeout, IdleTimeout: cfg.HTTPIdleTimeout,
+	}
+	log.Info("connection limits", "open_files", openFilesLimit(), "reserve", cfg.FDReserve, "http", plainCap, "websocket", wsCap)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -229,7 +256,7 @@ func (n *Node) Run(ctx context.Context) error {
 				_ = n.gw.Shutdown(sctx)
 			}()
 		}
-		return serve(ctx, srv, ln)
+		return serve(ctx, srv, limited)
 	})
 	n.httpAddr = ln.Addr().String()
 	ready.Store(true)
@@ -291,9 +318,14 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	// The service's attempts carry the machine id and a boot id of this
 	// process: after a restart, resends of what the dead process was
 	// sending take over at once.
+	passwords, err := auth.NewPasswords(auth.PasswordsConfig{Workers: cfg.PasswordWorkers, Queue: cfg.PasswordQueue})
+	if err != nil {
+		app.Close()
+		return nil, nil, nil, err
+	}
 	svc, err := chat.New(chat.Config{
 		Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: n.log,
-		Node: uint16(cfg.MachineID), DeliveryTimeout: logCfg.DeliveryTimeout,
+		Node: uint16(cfg.MachineID), DeliveryTimeout: logCfg.DeliveryTimeout, Passwords: passwords,
 	}, n.st, app, ids, tokens)
 	if err != nil {
 		app.Close()
@@ -306,7 +338,7 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	}
 	n.gw = ws.NewServer(ws.Config{
 		Logger: n.log, Metrics: ws.NewMetrics(reg, n.hub.Count),
-		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions, MaxConnections: connectionLimit(),
+		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions, MaxConnections: n.wsCap,
 	}, n.hub, tailer, svc, n.st, app)
 	restErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "evchat_http_errors_total", Help: "REST error responses, by code.",
@@ -314,7 +346,9 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	reg.MustRegister(restErrors)
 	e := api.New(api.Config{
 		Service: svc, Reader: n.st, Tokens: tokens, WS: n.gw, Presence: n.presenceTail, Errors: restErrors,
-		Live: ready.Load, Ready: readyz,
+		Live: ready.Load, Ready: readyz, MaxBody: cfg.MaxBody,
+		LoginsByName: auth.NewThrottle(auth.ThrottleConfig{Limit: cfg.LoginFailuresPerName, Window: cfg.LoginWindow}),
+		LoginsByAddr: auth.NewThrottle(auth.ThrottleConfig{Limit: cfg.LoginFailuresPerAddr, Window: cfg.LoginWindow}),
 	})
 	return app, tailer, e, nil
 }
@@ -375,6 +409,11 @@ func (n *Node) startRoles(tailer *ws.Tailer, olderInboxes []int32) {
 	}
 	n.tasks.start(taskEpochs, func(ctx context.Context) error { return eventlog.WatchEpochs(ctx, lc, n.onEpoch) })
 }
+
+// acceptFailWindow is how long /readyz fails after a listener could not
+// accept a connection: a listener short of descriptors fails every time
+// a connection waits, so it stays unready while the shortage lasts.
+const acceptFailWindow = 5 * time.Second
 
 // serve serves srv on ln until ctx ends, then shuts it down within 10 s.
 func serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
