@@ -273,7 +273,10 @@ func (n *node) stop() {
 // dumpGoroutines writes the node's goroutines to a file for a post-mortem
 // and names it in the test log.
 func (n *node) dumpGoroutines(tag string) {
-	resp, err := http.Get("http://" + n.admin + "/debug/pprof/goroutine?debug=2")
+	tok, _ := os.ReadFile(filepath.Join(n.dir, "admin.token"))
+	req, _ := http.NewRequest("GET", "http://"+n.admin+"/debug/pprof/goroutine?debug=2", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return
 	}
@@ -772,7 +775,7 @@ func (n *node) appendMessages(channel, sender string, count int) domain.MessageI
 // operator would, and returns its output and whether it succeeded.
 func (n *node) ops(args ...string) (string, bool) {
 	n.t.Helper()
-	cmd := exec.Command(chatdBin, append(args, "--admin", n.admin)...)
+	cmd := exec.Command(chatdBin, append(args, "--admin", n.admin, "--admin-token-file", filepath.Join(n.dir, "admin.token"))...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err == nil
 }

@@ -413,3 +413,72 @@ func TestUserNames(t *testing.T) {
 		}
 	})
 }
+
+// TestAdminAddress: the admin address refuses a request without the token
+// from its file (pprof too), a POST that is not JSON (415), and a foreign
+// Host (403); with all three right it serves, and the operators' chatd
+// verify finds the token in the file. Before: all open to anyone.
+func TestAdminAddress(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		n := startNode(t, b)
+		path := filepath.Join(n.dir, "admin.token")
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatalf("the admin token file: %v", err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Fatalf("admin token file mode %v, want 0600", fi.Mode().Perm())
+		}
+		raw, _ := os.ReadFile(path)
+		token := strings.TrimSpace(string(raw))
+		call := func(method, path, tok, ctype, host string) rawAnswer {
+			t.Helper()
+			var body io.Reader
+			if method == "POST" {
+				body = strings.NewReader(`{"projection":"history","from":"start"}`)
+			}
+			req, _ := http.NewRequest(method, "http://"+n.admin+path, body)
+			if tok != "" {
+				req.Header.Set("Authorization", "Bearer "+tok)
+			}
+			if ctype != "" {
+				req.Header.Set("Content-Type", ctype)
+			}
+			if host != "" {
+				req.Host = host
+			}
+			a, err := oneRequest(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return a
+		}
+		for _, tc := range []struct {
+			name                           string
+			method, path, tok, ctype, host string
+			status                         int
+			code                           string
+		}{
+			{"verify without token", "GET", "/admin/verify?projection=history", "", "", "", 401, "unauthorized"},
+			{"verify with another token", "GET", "/admin/verify?projection=history", token + "x", "", "", 401, "unauthorized"},
+			{"pprof without token", "GET", "/debug/pprof/goroutine?debug=1", "", "", "", 401, "unauthorized"},
+			{"trace without token", "GET", "/debug/pprof/trace?seconds=1", "", "", "", 401, "unauthorized"},
+			{"replay as text/plain", "POST", "/admin/replay", token, "text/plain", "", 415, "unsupported_media_type"},
+			{"replay as a form", "POST", "/admin/replay", token, "application/x-www-form-urlencoded", "", 415, "unsupported_media_type"},
+			{"replay from a foreign Host", "POST", "/admin/replay", token, "application/json", "evil.example:8081", 403, "forbidden"},
+			{"verify from a foreign Host", "GET", "/admin/verify?projection=history", token, "", "attacker.test", 403, "forbidden"},
+		} {
+			if a := call(tc.method, tc.path, tc.tok, tc.ctype, tc.host); a.status != tc.status || a.code != tc.code {
+				t.Errorf("%s: %+v, want %d %s", tc.name, a, tc.status, tc.code)
+			}
+		}
+		if a := call("GET", "/debug/pprof/goroutine?debug=1", token, "", "localhost"); a.status != http.StatusOK {
+			t.Errorf("pprof with the token: %+v", a)
+		}
+		n.signUp("ann")
+		waitFor(t, func() bool { _, ok := n.ops("verify", "--projection", "history"); return ok })
+		if out, ok := n.ops("replay", "--projection", "history"); !ok || !strings.Contains(out, "replay history done") {
+			t.Fatalf("chatd replay with the token file: %v\n%s", ok, out)
+		}
+	})
+}

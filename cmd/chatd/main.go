@@ -57,6 +57,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.PushWebhook, "push-webhook", cfg.PushWebhook, "URL that receives push notifications as FCM-shaped JSON; empty logs them")
 	fs.DurationVar(&cfg.ClockSkew, "clock-skew", cfg.ClockSkew, "testing: shift this process's message-id clock")
 	fs.StringVar(&cfg.AdminAddr, "admin", cfg.AdminAddr, "address of the operators' endpoints (replay, verify, pprof); empty: off")
+	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file of the admin address's bearer token, made (0600) on first start (default <data>/admin.token)")
+	adminHosts := fs.String("admin-hosts", "", "comma-separated Host names the admin address answers besides loopback and localhost")
 	fs.Int64Var(&cfg.ReadyLag, "ready-lag", cfg.ReadyLag, "GET /readyz answers 503 while a projection is more records behind than this")
 	fs.IntVar(&cfg.MaxHTTPConns, "max-http-conns", cfg.MaxHTTPConns, "plain HTTP connections held at once (WebSockets not counted); past it 503 busy")
 	fs.IntVar(&cfg.FDReserve, "fd-reserve", cfg.FDReserve, "open files kept from connections for the log, the store and the admin address")
@@ -82,6 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cfg.Kafka = splitList(*kafka)
 	cfg.Cassandra = splitList(*cass)
+	cfg.AdminHosts = splitList(*adminHosts)
 	if *roles != "all" {
 		cfg.Roles = splitList(*roles)
 		if len(cfg.Roles) == 0 {
@@ -127,6 +130,7 @@ func opsCommand(ctx context.Context, name string, args []string, stdout, stderr 
 	fs := flag.NewFlagSet("chatd "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("admin", "127.0.0.1:8081", "the node's --admin address")
+	tokenFile := fs.String("admin-token-file", "data/admin.token", "the node's admin token file (<its --data>/admin.token unless it was given --admin-token-file)")
 	projection := fs.String("projection", "", "replay: "+strings.Join(chatnode.RoleNames(chatnode.Replayable), ", ")+
 		"; verify: "+strings.Join(chatnode.RoleNames(chatnode.Verifiable), ", "))
 	from := "start"
@@ -142,9 +146,14 @@ func opsCommand(ctx context.Context, name string, args []string, stdout, stderr 
 	if *projection == "" {
 		return fmt.Errorf("%s: --projection is required", name)
 	}
+	b, err := os.ReadFile(*tokenFile)
+	if err != nil {
+		return fmt.Errorf("the admin token: %w (give the node's file with --admin-token-file)", err)
+	}
+	adm := adminClient{addr: *addr, token: strings.TrimSpace(string(b))}
 	out := newPrinter(stdout)
 	if name == "replay" {
-		return replayCmd(ctx, *addr, *projection, from, out)
+		return replayCmd(ctx, adm, *projection, from, out)
 	}
-	return verifyCmd(*addr, *projection, out)
+	return verifyCmd(adm, *projection, out)
 }

@@ -78,6 +78,16 @@ type Config struct {
 	// AdminAddr (--admin): the operators' endpoints (replay, verify,
 	// pprof); empty: off. Default empty.
 	AdminAddr string
+	// AdminTokenFile (--admin-token-file): the file holding the bearer
+	// token every request to the admin address must carry; made with a
+	// random token (0600) on first start when missing. Default
+	// <DataDir>/admin.token.
+	AdminTokenFile string
+	// AdminHosts (--admin-hosts): Host names the admin address answers
+	// besides loopback addresses, localhost and its own listening host;
+	// any other Host is refused (403), against DNS rebinding. Default
+	// none.
+	AdminHosts []string
 	// ReadyLag (--ready-lag): GET /readyz answers 503 while a projection
 	// is more records behind than this. Default 1000.
 	ReadyLag int64
@@ -187,6 +197,9 @@ func (c Config) Validate() error {
 	if c.AdminAddr != "" {
 		if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
 			return bad("admin address %q: %v", c.AdminAddr, err)
+		}
+		if c.AdminTokenFile == "" && c.DataDir == "" {
+			return bad("an admin address without a token file or a data directory to keep one in")
 		}
 	}
 	if c.DataDir == "" && (len(c.Kafka) == 0 || len(c.Cassandra) == 0 || c.Secret == "") {

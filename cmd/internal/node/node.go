@@ -81,7 +81,8 @@ type Node struct {
 	presenceTail *ws.Presence
 	sender       push.Sender
 	tasks        *tasks
-	wsCap        int // WebSockets this process may hold (0: no cap)
+	wsCap        int    // WebSockets this process may hold (0: no cap)
+	adminToken   string // set before ready is closed
 
 	mu     sync.Mutex
 	logCfg eventlog.Config // with the current epochs
@@ -102,6 +103,9 @@ func (n *Node) Ready() <-chan struct{} { return n.ready }
 
 // HTTPAddr is the address the node's HTTP server listens on, once Ready.
 func (n *Node) HTTPAddr() string { return n.httpAddr }
+
+// AdminToken is the bearer token of the operators' address, once Ready.
+func (n *Node) AdminToken() string { return n.adminToken }
 
 // AdminAddr is the operators' address, once Ready; empty when off.
 func (n *Node) AdminAddr() string { return n.adminAddr }
@@ -264,6 +268,9 @@ func (n *Node) Run(ctx context.Context) error {
 	log.Info("ready", "http", ln.Addr().String(), "roles", strings.Join(RoleNamesOf(n.roles), ","), "kafka", strings.Join(brokers, ","),
 		"store", storeName(cfg), "inbox_epoch", logCfg.Epoch(), "presence_epoch", eventlog.EpochOf(logCfg, domain.OutputPresence))
 	if cfg.AdminAddr != "" {
+		if n.adminToken, err = loadAdminToken(cfg); err != nil {
+			return err
+		}
 		acl, err := kgo.NewClient(logCfg.ClientOpts()...)
 		if err == nil {
 			defer acl.Close() // after every task, the admin's too, has ended
@@ -275,7 +282,9 @@ func (n *Node) Run(ctx context.Context) error {
 		if err = cmp.Or(err, lerr); err != nil {
 			cancel(err)
 		} else {
-			adm := &admin{kadm: kadm.NewClient(acl), node: n, limits: cfg.Limits, logger: log}
+			host, _, _ := net.SplitHostPort(aln.Addr().String())
+			adm := &admin{kadm: kadm.NewClient(acl), node: n, limits: cfg.Limits, logger: log,
+				token: n.adminToken, hosts: append(slices.Clip(cfg.AdminHosts), host)}
 			asrv := &http.Server{Handler: adm.handler(), ReadHeaderTimeout: 10 * time.Second}
 			n.tasks.start(taskAdmin, func(ctx context.Context) error { return serve(ctx, asrv, aln) })
 			n.adminAddr = aln.Addr().String()
@@ -461,4 +470,31 @@ func loadSecret(cfg Config) ([]byte, error) {
 		return nil, err
 	}
 	return secret, os.WriteFile(path, []byte(hex.EncodeToString(secret)+"\n"), 0o600)
+}
+
+// AdminTokenPath is where the admin token of cfg is kept.
+func AdminTokenPath(cfg Config) string {
+	return cmp.Or(cfg.AdminTokenFile, filepath.Join(cfg.DataDir, "admin.token"))
+}
+
+// loadAdminToken returns the admin token in AdminTokenPath, made (0600)
+// on first start.
+func loadAdminToken(cfg Config) (string, error) {
+	path := AdminTokenPath(cfg)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if tok := strings.TrimSpace(string(b)); len(tok) >= 16 {
+			return tok, nil
+		}
+		return "", fmt.Errorf("%w: the admin token in %s is shorter than 16 characters", ErrConfig, path)
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(raw)
+	return tok, os.WriteFile(path, []byte(tok+"\n"), 0o600)
 }
