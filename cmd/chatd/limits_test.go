@@ -482,3 +482,59 @@ func TestAdminAddress(t *testing.T) {
 		}
 	})
 }
+
+// closedByServer waits (60 s at most) until the server closes w, reading
+// past any frame, and returns the close error.
+func closedByServer(t *testing.T, w *wsClient) error {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := w.tryRead(time.Second); err != nil && !errors.Is(err, errTimeout) {
+			return err
+		}
+	}
+	t.Fatal("the WebSocket is still open 60 s after logout")
+	return nil
+}
+
+// TestLogoutRevokes: after logout the token is refused on REST and on the
+// WebSocket upgrade, the device's open WebSocket is closed, and this holds
+// after a restart and, on the real servers, on another node. The same
+// device logs in again with a new token, and ann's other device is not
+// touched. Before: the logged-out token kept working everywhere.
+func TestLogoutRevokes(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		n := startNode(t, b)
+		ann, bob := n.signUp("ann"), n.signUp("bob")
+		laptop, phone := n.login(ann, "laptop"), n.login(ann, "phone")
+		ch := n.createChannel(phone, "direct", bob.ID)
+		open, other := n.connect(laptop), n.connect(phone)
+		n.must("POST", "/v1/logout", laptop, nil, nil)
+
+		if err := closedByServer(t, open); !strings.Contains(err.Error(), "logged out") {
+			t.Fatalf("the laptop's WebSocket closed with %v, want a close that says logged out", err)
+		}
+		refused := func(n *node, where string) {
+			t.Helper()
+			if e := n.do("GET", "/v1/channels", laptop, nil, nil); e.Status != http.StatusUnauthorized || e.Code != "unauthorized" {
+				t.Fatalf("%s: REST with the logged-out token: %+v, want 401", where, e)
+			}
+			if _, resp, err := n.dial(laptop); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("%s: WebSocket with the logged-out token: %v %v, want 401", where, resp, err)
+			}
+		}
+		refused(n, "this node")
+		if f := other.send(ch.ChannelID, "1", "the phone is still in"); f.Type != "ack" {
+			t.Fatalf("ann's other device after the laptop logged out: %+v", f)
+		}
+		if b.kafka != "" {
+			refused(startPeer(t, n, 2), "another node")
+		}
+		n.stop()
+		n.start()
+		refused(n, "after a restart")
+		again := n.login(ann, "laptop")
+		n.must("GET", "/v1/channels", again, nil, nil)
+		n.must("GET", "/v1/channels", phone, nil, nil)
+	})
+}

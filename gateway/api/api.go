@@ -55,9 +55,16 @@ type Verifier interface {
 	Verify(token string, now time.Time) (auth.Claims, error)
 }
 
-// WebSocket serves an authenticated upgrade request.
+// WebSocket serves an authenticated upgrade request, and closes a
+// device's connections on this node when it logs out.
 type WebSocket interface {
 	Serve(w http.ResponseWriter, r *http.Request, c auth.Claims)
+	CloseDevice(u domain.UserID, d domain.DeviceID, why string)
+}
+
+// Sessions tells a revoked (logged-out) session.
+type Sessions interface {
+	SessionRevoked(ctx context.Context, u domain.UserID, sid string) (bool, error)
 }
 
 // Config wires the API.
@@ -65,6 +72,9 @@ type Config struct {
 	Service  Service
 	Reader   Reader
 	Tokens   Verifier
+	// Sessions, if set, is asked about every token's session: a logged-out
+	// one is refused (401) on every route, the WebSocket's included.
+	Sessions Sessions
 	WS       WebSocket
 	Presence PresenceReader
 	// Live reports whether the process is up (GET /healthz); nil means
@@ -150,6 +160,15 @@ func (h *handlers) authenticate(query bool) echo.MiddlewareFunc {
 			cl, err := h.cfg.Tokens.Verify(tok, h.cfg.Now())
 			if err != nil {
 				return err
+			}
+			if h.cfg.Sessions != nil && cl.Session != "" {
+				revoked, err := h.cfg.Sessions.SessionRevoked(c.Request().Context(), cl.UserID, cl.Session)
+				if err != nil {
+					return err
+				}
+				if revoked {
+					return domain.Errorf(domain.CodeUnauthorized, "token revoked: this session logged out")
+				}
 			}
 			c.Set(claimsKey, cl)
 			return next(c)
@@ -272,8 +291,12 @@ func (h *handlers) login(c echo.Context) error {
 }
 
 func (h *handlers) logout(c echo.Context) error {
-	if err := h.cfg.Service.Logout(c.Request().Context(), claims(c)); err != nil {
+	cl := claims(c)
+	if err := h.cfg.Service.Logout(c.Request().Context(), cl); err != nil {
 		return err
+	}
+	if h.cfg.WS != nil {
+		h.cfg.WS.CloseDevice(cl.UserID, cl.DeviceID, "logged out")
 	}
 	return c.NoContent(http.StatusNoContent)
 }

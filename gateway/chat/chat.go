@@ -31,6 +31,7 @@ type Store interface {
 	CreateUser(ctx context.Context, u store.User) error
 	UserByName(ctx context.Context, name string) (store.User, error)
 	User(ctx context.Context, id domain.UserID) (store.User, error)
+	RevokeSession(ctx context.Context, u domain.UserID, sid string, expires time.Time) error
 	ReserveSend(ctx context.Context, r store.SendReservation) (store.SendReservation, bool, error)
 	SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (store.SendReservation, error)
 	TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next store.SendAttempt) (bool, error)
@@ -282,8 +283,17 @@ func (s *Service) Login(ctx context.Context, name, password string, device domai
 	return auth.Claims{UserID: u.ID, DeviceID: device, Expires: exp.Unix()}, tok, nil
 }
 
-// Logout records device.logged_out.
+// Logout revokes the token's session in the store (durable: every node
+// and every later start refuse the token), then records
+// device.logged_out. A token without a session cannot be revoked: it is
+// refused here rather than logged out in name only.
 func (s *Service) Logout(ctx context.Context, c auth.Claims) error {
+	if c.Session == "" {
+		return domain.Errorf(domain.CodeUnauthorized, "this token predates sessions: log in again")
+	}
+	if err := s.st.RevokeSession(ctx, c.UserID, c.Session, time.Unix(c.Expires, 0)); err != nil {
+		return err
+	}
 	m, err := s.meta()
 	if err != nil {
 		return err

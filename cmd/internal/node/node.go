@@ -354,7 +354,7 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	}, []string{"code"})
 	reg.MustRegister(restErrors)
 	e := api.New(api.Config{
-		Service: svc, Reader: n.st, Tokens: tokens, WS: n.gw, Presence: n.presenceTail, Errors: restErrors,
+		Service: svc, Reader: n.st, Tokens: tokens, Sessions: n.st, WS: n.gw, Presence: n.presenceTail, Errors: restErrors,
 		Live: ready.Load, Ready: readyz, MaxBody: cfg.MaxBody,
 		LoginsByName: auth.NewThrottle(auth.ThrottleConfig{Limit: cfg.LoginFailuresPerName, Window: cfg.LoginWindow}),
 		LoginsByAddr: auth.NewThrottle(auth.ThrottleConfig{Limit: cfg.LoginFailuresPerAddr, Window: cfg.LoginWindow}),
