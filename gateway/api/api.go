@@ -69,9 +69,9 @@ type Sessions interface {
 
 // Config wires the API.
 type Config struct {
-	Service  Service
-	Reader   Reader
-	Tokens   Verifier
+	Service Service
+	Reader  Reader
+	Tokens  Verifier
 	// Sessions, if set, is asked about every token's session: a logged-out
 	// one is refused (401) on every route, the WebSocket's included.
 	Sessions Sessions
