@@ -25,12 +25,14 @@ const (
 	CodeUnavailable  Code = "unavailable"  // the log or the store did not answer in time
 	CodeInternal     Code = "internal"     // a bug; the details are in the server log
 
-	// CodeRateLimited: over a per-user rate (sends, bytes, channel
-	// creations, member adds); retry after the time given.
-	CodeRateLimited Code = "rate_limited"
 	// CodeTooManyConnections: the user or device has as many WebSocket
 	// connections open as it may.
 	CodeTooManyConnections Code = "too_many_connections"
+	// Limits (issue 13): each says the client may come back, after the
+	// Error's RetryAfter when it has one.
+	CodeBusy             Code = "busy"                   // a bounded resource (password checks, connections) is full: retry later
+	CodeRateLimited      Code = "rate_limited"           // over a rate (sends, bytes, channel creations, member adds, failed logins): retry after the time given
+	CodeUnsupportedMedia Code = "unsupported_media_type" // a body that is not JSON where only JSON is taken
 )
 
 // Error is an error with a stable code and a message for people.
@@ -38,8 +40,8 @@ type Error struct {
 	Code Code
 	Msg  string
 	Err  error // the underlying cause, if any
-	// RetryAfter, when more than 0, is how long the caller should wait
-	// before trying again (rate_limited).
+	// RetryAfter, when above 0, is how long the client should wait
+	// before it tries again (HTTP: the Retry-After header).
 	RetryAfter time.Duration
 }
 
@@ -77,8 +79,18 @@ var (
 	ErrConflict     = &Error{Code: CodeConflict}
 	ErrGroupFull    = &Error{Code: CodeGroupFull}
 	ErrUnavailable  = &Error{Code: CodeUnavailable}
+	ErrBusy         = &Error{Code: CodeBusy}
 	ErrRateLimited  = &Error{Code: CodeRateLimited}
 )
+
+// RetryAfterOf returns the RetryAfter of err's first *Error, or 0.
+func RetryAfterOf(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
+}
 
 // CodeOf returns the code of err: the code of the first *Error in its chain,
 // or CodeInternal.
@@ -101,13 +113,4 @@ func MessageOf(err error) string {
 		return e.Msg
 	}
 	return "internal error"
-}
-
-// RetryAfterOf returns the RetryAfter of err's first *Error, or 0.
-func RetryAfterOf(err error) time.Duration {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.RetryAfter
-	}
-	return 0
 }

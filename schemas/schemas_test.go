@@ -503,7 +503,7 @@ func TestFrameErrorCodesAreDomainCodes(t *testing.T) {
 		domain.CodeBadRequest, domain.CodeUnknownType, domain.CodeTooLong, domain.CodeUnauthorized,
 		domain.CodeForbidden, domain.CodeNotMember, domain.CodeNotFound, domain.CodeConflict,
 		domain.CodeGroupFull, domain.CodeUnavailable, domain.CodeInternal,
-		domain.CodeRateLimited, domain.CodeTooManyConnections,
+		domain.CodeBusy, domain.CodeRateLimited, domain.CodeTooManyConnections, domain.CodeUnsupportedMedia,
 	}
 	for _, c := range codes {
 		raw := fmt.Sprintf(`{"type":"error","code":%q,"message":"m"}`, c)

@@ -104,6 +104,7 @@ type node struct {
 	extra     []string // more flags
 	machine   int      // --machine-id; 0 means 1
 	admin     string   // --admin address
+	nofile    int      // the open-files limit the process runs under (prlimit); 0: inherited
 }
 
 // freePort returns a port that was free a moment ago, below the
@@ -131,6 +132,12 @@ var portsTaken sync.Map
 
 func startNode(t testing.TB, b backend, extra ...string) *node {
 	t.Helper()
+	return startNodeLimited(t, b, 0, extra...)
+}
+
+// startNodeLimited starts a node under an open-files limit (0: inherited).
+func startNodeLimited(t testing.TB, b backend, nofile int, extra ...string) *node {
+	t.Helper()
 	suffix := fmt.Sprintf("%d", rand.Uint64()%1e12)
 	n := &node{
 		t: t, b: b, dir: t.TempDir(),
@@ -140,6 +147,7 @@ func startNode(t testing.TB, b backend, extra ...string) *node {
 		keyspace:  "e2e_" + suffix,
 		extra:     extra,
 		admin:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		nofile:    nofile,
 	}
 	n.start()
 	t.Cleanup(n.dropKeyspace)
@@ -200,6 +208,9 @@ func (n *node) start() {
 	}
 	args = append(args, n.extra...)
 	n.cmd = exec.Command(chatdBin, args...)
+	if n.nofile > 0 {
+		n.cmd = exec.Command("prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", n.nofile, n.nofile), chatdBin}, args...)...)
+	}
 	n.stderr = &bytes.Buffer{}
 	n.cmd.Stderr = &lockedWriter{w: n.stderr}
 	n.cmd.Stdout = io.Discard
@@ -262,7 +273,10 @@ func (n *node) stop() {
 // dumpGoroutines writes the node's goroutines to a file for a post-mortem
 // and names it in the test log.
 func (n *node) dumpGoroutines(tag string) {
-	resp, err := http.Get("http://" + n.admin + "/debug/pprof/goroutine?debug=2")
+	tok, _ := os.ReadFile(filepath.Join(n.dir, "admin.token"))
+	req, _ := http.NewRequest("GET", "http://"+n.admin+"/debug/pprof/goroutine?debug=2", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return
 	}
@@ -763,7 +777,7 @@ func (n *node) appendMessages(channel, sender string, count int) domain.MessageI
 // operator would, and returns its output and whether it succeeded.
 func (n *node) ops(args ...string) (string, bool) {
 	n.t.Helper()
-	cmd := exec.Command(chatdBin, append(args, "--admin", n.admin)...)
+	cmd := exec.Command(chatdBin, append(args, "--admin", n.admin, "--admin-token-file", filepath.Join(n.dir, "admin.token"))...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err == nil
 }

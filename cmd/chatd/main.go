@@ -59,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.PushWebhook, "push-webhook", cfg.PushWebhook, "URL that receives push notifications as FCM-shaped JSON; empty logs them")
 	fs.DurationVar(&cfg.ClockSkew, "clock-skew", cfg.ClockSkew, "testing: shift this process's message-id clock")
 	fs.StringVar(&cfg.AdminAddr, "admin", cfg.AdminAddr, "address of the operators' endpoints (replay, verify, pprof); empty: off")
+	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file of the admin address's bearer token, made (0600) on first start (default <data>/admin.token)")
+	adminHosts := fs.String("admin-hosts", "", "comma-separated Host names the admin address answers besides loopback and localhost")
 	fs.Int64Var(&cfg.ReadyLag, "ready-lag", cfg.ReadyLag, "GET /readyz answers 503 while a projection is more records behind than this")
 	fs.IntVar(&cfg.WSQueueFrames, "ws-queue-frames", cfg.WSQueueFrames, "most frames queued for one WebSocket connection")
 	fs.IntVar(&cfg.WSQueueBytes, "ws-queue-bytes", cfg.WSQueueBytes, "most bytes queued for one WebSocket connection; a client whose queue overflows is closed with 4008")
@@ -76,6 +78,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.MemberAddBurst, "member-add-burst", cfg.MemberAddBurst, "members one user may add at once (at least the largest group)")
 	fs.IntVar(&cfg.Limits.MaxGroupSize, "max-group-size", cfg.Limits.MaxGroupSize, "most members of a group")
 	fs.IntVar(&cfg.Limits.MaxTextLen, "max-text-len", cfg.Limits.MaxTextLen, "most characters in a message, at most 100000")
+	fs.IntVar(&cfg.MaxHTTPConns, "max-http-conns", cfg.MaxHTTPConns, "plain HTTP connections held at once (WebSockets not counted); past it 503 busy")
+	fs.IntVar(&cfg.FDReserve, "fd-reserve", cfg.FDReserve, "open files kept from connections for the log, the store and the admin address")
+	fs.DurationVar(&cfg.HTTPHeaderTimeout, "http-header-timeout", cfg.HTTPHeaderTimeout, "time to read a request's headers")
+	fs.DurationVar(&cfg.HTTPReadTimeout, "http-read-timeout", cfg.HTTPReadTimeout, "time to read a whole request, body included (not WebSockets)")
+	fs.DurationVar(&cfg.HTTPWriteTimeout, "http-write-timeout", cfg.HTTPWriteTimeout, "time from a request's headers to the end of its answer (not WebSockets)")
+	fs.DurationVar(&cfg.HTTPIdleTimeout, "http-idle-timeout", cfg.HTTPIdleTimeout, "a keep-alive connection with no request is closed after this")
+	fs.Int64Var(&cfg.MaxBody, "max-body", cfg.MaxBody, "bytes of any request body; larger is 413 too_long")
+	fs.IntVar(&cfg.PasswordWorkers, "password-workers", cfg.PasswordWorkers, "password hashes at once, ~19 MiB each (0: GOMAXPROCS)")
+	fs.IntVar(&cfg.PasswordQueue, "password-queue", cfg.PasswordQueue, "sign-ups and logins waiting for a password worker; past it 503 busy")
+	fs.IntVar(&cfg.LoginFailuresPerName, "login-failures-per-name", cfg.LoginFailuresPerName, "failed logins of one name per --login-window; then 429 (0: off)")
+	fs.IntVar(&cfg.LoginFailuresPerAddr, "login-failures-per-addr", cfg.LoginFailuresPerAddr, "failed logins from one address per --login-window; then 429 (0: off)")
+	fs.DurationVar(&cfg.LoginWindow, "login-window", cfg.LoginWindow, "window of the login throttles")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -88,6 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cfg.Kafka = splitList(*kafka)
 	cfg.Cassandra = splitList(*cass)
+	cfg.AdminHosts = splitList(*adminHosts)
 	if *roles != "all" {
 		cfg.Roles = splitList(*roles)
 		if len(cfg.Roles) == 0 {
@@ -133,6 +148,7 @@ func opsCommand(ctx context.Context, name string, args []string, stdout, stderr 
 	fs := flag.NewFlagSet("chatd "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("admin", "127.0.0.1:8081", "the node's --admin address")
+	tokenFile := fs.String("admin-token-file", "data/admin.token", "the node's admin token file (<its --data>/admin.token unless it was given --admin-token-file)")
 	projection := fs.String("projection", "", "replay: "+strings.Join(chatnode.RoleNames(chatnode.Replayable), ", ")+
 		"; verify: "+strings.Join(chatnode.RoleNames(chatnode.Verifiable), ", "))
 	from := "start"
@@ -148,9 +164,14 @@ func opsCommand(ctx context.Context, name string, args []string, stdout, stderr 
 	if *projection == "" {
 		return fmt.Errorf("%s: --projection is required", name)
 	}
+	b, err := os.ReadFile(*tokenFile)
+	if err != nil {
+		return fmt.Errorf("the admin token: %w (give the node's file with --admin-token-file)", err)
+	}
+	adm := adminClient{addr: *addr, token: strings.TrimSpace(string(b))}
 	out := newPrinter(stdout)
 	if name == "replay" {
-		return replayCmd(ctx, *addr, *projection, from, out)
+		return replayCmd(ctx, adm, *projection, from, out)
 	}
-	return verifyCmd(*addr, *projection, out)
+	return verifyCmd(adm, *projection, out)
 }

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -19,11 +21,11 @@ var errReplayFailed = errors.New("replay failed")
 
 // replayCmd asks a running node to rebuild a projection and shows its
 // progress until it is done.
-func replayCmd(ctx context.Context, adminAddr, projection, from string, out *printer) error {
+func replayCmd(ctx context.Context, adm adminClient, projection, from string, out *printer) error {
 	body := fmt.Sprintf(`{"projection":%q,"from":%q}`, projection, from)
-	resp, err := http.Post("http://"+adminAddr+"/admin/replay", "application/json", strings.NewReader(body))
+	resp, err := adm.do("POST", "/admin/replay", strings.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("the node's admin address %s does not answer: %w", adminAddr, err)
+		return fmt.Errorf("the node's admin address %s does not answer: %w", adm.addr, err)
 	}
 	var job chatnode.ReplayJob
 	err = decodeAdmin(resp, &job)
@@ -51,7 +53,7 @@ func replayCmd(ctx context.Context, adminAddr, projection, from string, out *pri
 			return ctx.Err()
 		case <-time.After(time.Second):
 		}
-		resp, err := http.Get("http://" + adminAddr + "/admin/replay")
+		resp, err := adm.do("GET", "/admin/replay", nil)
 		if err != nil {
 			return err
 		}
@@ -71,10 +73,10 @@ func eta(j chatnode.ReplayJob) string {
 // verifyCmd asks a running node to verify a projection and prints the
 // report; it fails when the store and the log disagree, and when it
 // compared nothing while the log holds events.
-func verifyCmd(adminAddr, projection string, out *printer) error {
-	resp, err := http.Get("http://" + adminAddr + "/admin/verify?projection=" + projection)
+func verifyCmd(adm adminClient, projection string, out *printer) error {
+	resp, err := adm.do("GET", "/admin/verify?projection="+url.QueryEscape(projection), nil)
 	if err != nil {
-		return fmt.Errorf("the node's admin address %s does not answer: %w", adminAddr, err)
+		return fmt.Errorf("the node's admin address %s does not answer: %w", adm.addr, err)
 	}
 	var rep verify.Report
 	if err := decodeAdmin(resp, &rep); err != nil {
@@ -93,6 +95,21 @@ func verifyCmd(adminAddr, projection string, out *printer) error {
 	}
 	out.done("they agree")
 	return nil
+}
+
+// adminClient calls a node's admin address with its token.
+type adminClient struct{ addr, token string }
+
+func (a adminClient) do(method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequest(method, "http://"+a.addr+path, body)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return http.DefaultClient.Do(req)
 }
 
 func decodeAdmin(resp *http.Response, v any) error {

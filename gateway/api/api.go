@@ -6,9 +6,11 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -55,17 +57,27 @@ type Verifier interface {
 	Verify(token string, now time.Time) (auth.Claims, error)
 }
 
-// WebSocket serves an authenticated upgrade request. An upgrade it refuses
-// before making it returns the error, for the status table to answer.
+// WebSocket serves an authenticated upgrade request (an upgrade it refuses
+// before making it returns the error, for the status table to answer), and
+// closes a device's connections on this node when it logs out.
 type WebSocket interface {
 	Serve(w http.ResponseWriter, r *http.Request, c auth.Claims) error
+	CloseDevice(u domain.UserID, d domain.DeviceID, why string)
+}
+
+// Sessions tells a revoked (logged-out) session.
+type Sessions interface {
+	SessionRevoked(ctx context.Context, u domain.UserID, sid string) (bool, error)
 }
 
 // Config wires the API.
 type Config struct {
-	Service  Service
-	Reader   Reader
-	Tokens   Verifier
+	Service Service
+	Reader  Reader
+	Tokens  Verifier
+	// Sessions, if set, is asked about every token's session: a logged-out
+	// one is refused (401) on every route, the WebSocket's included.
+	Sessions Sessions
 	WS       WebSocket
 	Presence PresenceReader
 	// Live reports whether the process is up (GET /healthz); nil means
@@ -83,24 +95,41 @@ type Config struct {
 	Channels, MemberAdds *throttle.Buckets
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// MaxBody bounds every request body, in bytes: a larger one is
+	// refused with too_long (413) before more than MaxBody bytes are
+	// read. Default 64 KiB.
+	MaxBody int64
+	// LoginsByName and LoginsByAddr throttle failed logins per user name
+	// (canonical) and per source address (the connection's, never a
+	// header): past their limit a login is refused with rate_limited
+	// (429) and Retry-After, before any password is checked. nil: off.
+	LoginsByName, LoginsByAddr *auth.Throttle
 }
+
+// DefaultMaxBody is Config.MaxBody's default: a group of 500 members
+// created in one request is about 12 KiB.
+const DefaultMaxBody = 64 << 10
 
 // New returns the echo server with every route registered.
 func New(cfg Config) *echo.Echo {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = DefaultMaxBody
+	}
 	h := &handlers{cfg: cfg}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = func(err error, c echo.Context) { httpError(err, c, cfg.Errors) }
+	e.Pre(h.limitBody)
 	e.GET("/healthz", h.health)
 	e.GET("/readyz", h.ready)
 	e.POST("/v1/users", h.signUp)
 	e.POST("/v1/login", h.login)
 	// The token check sits on each route, not on a group: a group would
 	// answer unknown paths with 401 instead of 404.
-	auth := h.authenticate
+	auth := h.authenticate(false)
 	e.GET("/v1/users", h.userByName, auth)
 	e.POST("/v1/logout", h.logout, auth)
 	e.GET("/v1/channels", h.channels, auth)
@@ -111,7 +140,7 @@ func New(cfg Config) *echo.Echo {
 	e.GET("/v1/channels/:channel_id/messages", h.messages, auth)
 	e.GET("/v1/channels/:channel_id/reads", h.reads, auth)
 	e.GET("/v1/presence", h.presence, auth)
-	e.GET("/v1/ws", h.ws, auth)
+	e.GET("/v1/ws", h.ws, h.authenticate(true))
 	return e
 }
 
@@ -119,20 +148,53 @@ type handlers struct{ cfg Config }
 
 const claimsKey = "claims"
 
-func (h *handlers) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
+// authenticate checks the bearer token of the Authorization header, or, on
+// the WebSocket route alone (query), the ?token= parameter: browsers cannot
+// set headers on a WebSocket, while elsewhere a token in a URL ends up in
+// logs and histories.
+func (h *handlers) authenticate(query bool) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			tok := ""
+			if query {
+				tok = c.QueryParam("token")
+			}
+			if a := c.Request().Header.Get("Authorization"); strings.HasPrefix(a, "Bearer ") {
+				tok = strings.TrimPrefix(a, "Bearer ")
+			}
+			if tok == "" {
+				return domain.Errorf(domain.CodeUnauthorized, "missing token: send Authorization: Bearer <token>")
+			}
+			cl, err := h.cfg.Tokens.Verify(tok, h.cfg.Now())
+			if err != nil {
+				return err
+			}
+			if h.cfg.Sessions != nil && cl.Session != "" {
+				revoked, err := h.cfg.Sessions.SessionRevoked(c.Request().Context(), cl.UserID, cl.Session)
+				if err != nil {
+					return err
+				}
+				if revoked {
+					return domain.Errorf(domain.CodeUnauthorized, "token revoked: this session logged out")
+				}
+			}
+			c.Set(claimsKey, cl)
+			return next(c)
+		}
+	}
+}
+
+// limitBody bounds the body of every request: one that says it is larger
+// is refused before it is read, one that turns out larger stops being read
+// at the bound (bind reports too_long).
+func (h *handlers) limitBody(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		tok := c.QueryParam("token")
-		if a := c.Request().Header.Get("Authorization"); strings.HasPrefix(a, "Bearer ") {
-			tok = strings.TrimPrefix(a, "Bearer ")
+		r := c.Request()
+		if r.ContentLength > h.cfg.MaxBody {
+			c.Response().Header().Set("Connection", "close")
+			return domain.Errorf(domain.CodeTooLong, "body over %d bytes", h.cfg.MaxBody)
 		}
-		if tok == "" {
-			return domain.Errorf(domain.CodeUnauthorized, "missing token: send Authorization: Bearer <token>")
-		}
-		cl, err := h.cfg.Tokens.Verify(tok, h.cfg.Now())
-		if err != nil {
-			return err
-		}
-		c.Set(claimsKey, cl)
+		r.Body = http.MaxBytesReader(c.Response(), r.Body, h.cfg.MaxBody)
 		return next(c)
 	}
 }
@@ -141,6 +203,9 @@ func claims(c echo.Context) auth.Claims { return c.Get(claimsKey).(auth.Claims) 
 
 func bind(c echo.Context, v any) error {
 	if err := c.Bind(v); err != nil {
+		if mb := (*http.MaxBytesError)(nil); errors.As(err, &mb) {
+			return domain.Errorf(domain.CodeTooLong, "body over %d bytes", mb.Limit)
+		}
 		return domain.Errorf(domain.CodeBadRequest, "malformed JSON body")
 	}
 	return nil
@@ -190,6 +255,10 @@ func (h *handlers) userByName(c echo.Context) error {
 	if name == "" {
 		return domain.Errorf(domain.CodeBadRequest, "query parameter name is required")
 	}
+	name, err := domain.CanonicalUserName(name)
+	if err != nil {
+		return err
+	}
 	u, err := h.cfg.Reader.UserByName(c.Request().Context(), name)
 	if err != nil {
 		return err
@@ -206,7 +275,20 @@ func (h *handlers) login(c echo.Context) error {
 	if err := bind(c, &req); err != nil {
 		return err
 	}
+	// Throttled by the name people would read (any form of "ann" counts
+	// for ann) and by the connection's address.
+	name, _ := domain.CanonicalUserName(req.Name)
+	name = cmp.Or(name, req.Name)
+	addr, _, _ := net.SplitHostPort(c.Request().RemoteAddr)
+	now := h.cfg.Now()
+	if err := cmp.Or(h.cfg.LoginsByAddr.Allow(addr, now), h.cfg.LoginsByName.Allow(name, now)); err != nil {
+		return err
+	}
 	cl, tok, err := h.cfg.Service.Login(c.Request().Context(), req.Name, req.Password, req.DeviceID)
+	if errors.Is(err, domain.ErrUnauthorized) {
+		h.cfg.LoginsByAddr.Fail(addr, now)
+		h.cfg.LoginsByName.Fail(name, now)
+	}
 	if err != nil {
 		return err
 	}
@@ -217,8 +299,12 @@ func (h *handlers) login(c echo.Context) error {
 }
 
 func (h *handlers) logout(c echo.Context) error {
-	if err := h.cfg.Service.Logout(c.Request().Context(), claims(c)); err != nil {
+	cl := claims(c)
+	if err := h.cfg.Service.Logout(c.Request().Context(), cl); err != nil {
 		return err
+	}
+	if h.cfg.WS != nil {
+		h.cfg.WS.CloseDevice(cl.UserID, cl.DeviceID, "logged out")
 	}
 	return c.NoContent(http.StatusNoContent)
 }
@@ -405,7 +491,15 @@ func (h *handlers) after(ctx context.Context, ch domain.ChannelID, after int64, 
 	return ms, more, nil
 }
 
+// ws hands the request to the WebSocket server, after lifting the HTTP
+// server's read and write deadlines from the connection: they bound a
+// request, and an upgraded connection outlives it (the WebSocket server
+// has its own bounds: pings, write timeouts). gorilla's Upgrade clears
+// them too; this does not depend on it.
 func (h *handlers) ws(c echo.Context) error {
+	rc := http.NewResponseController(c.Response())
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
 	return h.cfg.WS.Serve(c.Response(), c.Request(), claims(c))
 }
 

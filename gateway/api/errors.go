@@ -2,9 +2,9 @@ package api
 
 import (
 	"errors"
-	"math"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,10 +26,30 @@ var statusOf = map[domain.Code]int{
 	domain.CodeConflict:     http.StatusConflict,
 	domain.CodeGroupFull:    http.StatusUnprocessableEntity,
 	domain.CodeUnavailable:  http.StatusServiceUnavailable,
-	domain.CodeRateLimited:  http.StatusTooManyRequests,
 	// The WebSocket upgrade of a user or device over its cap.
 	domain.CodeTooManyConnections: http.StatusTooManyRequests,
 	domain.CodeInternal:           http.StatusInternalServerError,
+
+	domain.CodeBusy:             http.StatusServiceUnavailable,
+	domain.CodeRateLimited:      http.StatusTooManyRequests,
+	domain.CodeUnsupportedMedia: http.StatusUnsupportedMediaType,
+}
+
+// StatusOf returns the HTTP status of an error code (500 for a code the
+// table does not have): the admin address answers by the same table.
+func StatusOf(c domain.Code) int {
+	if s, ok := statusOf[c]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+// retryAfter sets the Retry-After header, in whole seconds rounded up, of
+// an error that says when to come back.
+func retryAfter(h http.Header, err error) {
+	if d := domain.RetryAfterOf(err); d > 0 {
+		h.Set("Retry-After", strconv.Itoa(int((d+time.Second-1)/time.Second)))
+	}
 }
 
 type errorBody struct {
@@ -59,10 +79,8 @@ func httpError(err error, c echo.Context, counter *prometheus.CounterVec) {
 	default:
 		body.Error.Code = domain.CodeOf(err)
 		body.Error.Message = domain.MessageOf(err)
-		status = statusOf[body.Error.Code]
-		if d := domain.RetryAfterOf(err); d > 0 {
-			c.Response().Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(d.Seconds()))))
-		}
+		status = StatusOf(body.Error.Code)
+		retryAfter(c.Response().Header(), err)
 		if body.Error.Code == domain.CodeInternal {
 			c.Logger().Error(err)
 		}
@@ -81,17 +99,13 @@ func codeOfStatus(status int) domain.Code {
 		return domain.CodeUnauthorized
 	case http.StatusRequestEntityTooLarge:
 		return domain.CodeTooLong
+	case http.StatusUnsupportedMediaType:
+		return domain.CodeUnsupportedMedia
+	case http.StatusTooManyRequests:
+		return domain.CodeRateLimited
 	}
 	if status >= 500 {
 		return domain.CodeInternal
 	}
 	return domain.CodeBadRequest
-}
-
-// StatusOf returns the HTTP status of an error's code.
-func StatusOf(err error) int {
-	if s, ok := statusOf[domain.CodeOf(err)]; ok {
-		return s
-	}
-	return http.StatusInternalServerError
 }

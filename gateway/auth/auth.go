@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -28,6 +29,10 @@ type Claims struct {
 	UserID   domain.UserID   `json:"u"`
 	DeviceID domain.DeviceID `json:"d"`
 	Expires  int64           `json:"exp"` // unix seconds
+	// Session names the login that issued the token: logout revokes it
+	// (store.RevokeSession), and every node refuses it after. Random, 16
+	// bytes in hex. Tokens issued before sessions have none.
+	Session string `json:"s,omitempty"`
 }
 
 // Tokens signs and verifies tokens.
@@ -52,9 +57,12 @@ func NewTokens(secret []byte, ttl time.Duration) (*Tokens, error) {
 }
 
 // Issue returns a token for the device, valid from now for the lifetime.
+// The token names a new random session.
 func (t *Tokens) Issue(u domain.UserID, d domain.DeviceID, now time.Time) (string, time.Time) {
 	exp := now.Add(t.ttl).Truncate(time.Second)
-	b, _ := json.Marshal(Claims{UserID: u, DeviceID: d, Expires: exp.Unix()})
+	var sid [16]byte
+	_, _ = rand.Read(sid[:]) // never fails (crypto/rand)
+	b, _ := json.Marshal(Claims{UserID: u, DeviceID: d, Expires: exp.Unix(), Session: hex.EncodeToString(sid[:])})
 	body := "v1." + base64.RawURLEncoding.EncodeToString(b)
 	return body + "." + base64.RawURLEncoding.EncodeToString(t.mac(body)), exp
 }

@@ -6,6 +6,7 @@
 package chat
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -30,6 +31,7 @@ type Store interface {
 	CreateUser(ctx context.Context, u store.User) error
 	UserByName(ctx context.Context, name string) (store.User, error)
 	User(ctx context.Context, id domain.UserID) (store.User, error)
+	RevokeSession(ctx context.Context, u domain.UserID, sid string, expires time.Time) error
 	ReserveSend(ctx context.Context, r store.SendReservation) (store.SendReservation, bool, error)
 	SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (store.SendReservation, error)
 	TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next store.SendAttempt) (bool, error)
@@ -83,6 +85,9 @@ type Config struct {
 	Now func() time.Time
 	// Logger; default discard.
 	Logger *slog.Logger
+	// Passwords hashes and checks passwords on a bounded pool. Default:
+	// auth.NewPasswords with its defaults.
+	Passwords *auth.Passwords
 }
 
 // Service carries out commands. It is safe for concurrent use.
@@ -126,6 +131,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Passwords == nil {
+		p, err := auth.NewPasswords(auth.PasswordsConfig{})
+		if err != nil {
+			return c, fmt.Errorf("chat: passwords: %w", err)
+		}
+		c.Passwords = p
 	}
 	return c, nil
 }
@@ -203,15 +215,17 @@ func (s *Service) meta() (domain.Meta, error) {
 	return domain.Meta{EventID: fmt.Sprint(id), Time: s.cfg.Now().UTC()}, nil
 }
 
-// SignUp creates an account and records user.registered.
+// SignUp creates an account under the name's canonical form
+// (domain.CanonicalUserName) and records user.registered.
 func (s *Service) SignUp(ctx context.Context, name, password string) (store.User, error) {
-	if !domain.ValidUserName(name) {
-		return store.User{}, domain.Errorf(domain.CodeBadRequest, "name must be 1 to %d letters, digits, '.', '_' or '-'", domain.MaxNameLen)
+	name, err := domain.CanonicalUserName(name)
+	if err != nil {
+		return store.User{}, err
 	}
 	if n := len([]rune(password)); n < 8 || n > 1024 {
 		return store.User{}, domain.Errorf(domain.CodeBadRequest, "password must be 8 to 1024 characters")
 	}
-	hash, err := auth.HashPassword(password)
+	hash, err := s.cfg.Passwords.Hash(ctx, password)
 	if err != nil {
 		return store.User{}, err
 	}
@@ -236,15 +250,24 @@ func (s *Service) Login(ctx context.Context, name, password string, device domai
 	if device != "" && !domain.ValidDeviceID(device) {
 		return auth.Claims{}, "", domain.Errorf(domain.CodeBadRequest, "device_id must be 1 to %d letters, digits, '.', '_' or '-'", domain.MaxDeviceIDLen)
 	}
+	if len(password) > 4096 { // sign-up takes at most 1024 characters
+		return auth.Claims{}, "", bad
+	}
+	// An unknown name, or one that cannot be a name, costs a check of a
+	// dummy hash: as long as a known name's.
+	name, err := domain.CanonicalUserName(name)
+	if err != nil {
+		return auth.Claims{}, "", cmp.Or(s.cfg.Passwords.CheckUnknown(ctx, password), bad)
+	}
 	u, err := s.st.UserByName(ctx, name)
 	if errors.Is(err, domain.ErrNotFound) {
-		return auth.Claims{}, "", bad
+		return auth.Claims{}, "", cmp.Or(s.cfg.Passwords.CheckUnknown(ctx, password), bad)
 	}
 	if err != nil {
 		return auth.Claims{}, "", err
 	}
-	if !auth.CheckPassword(u.PasswordHash, password) {
-		return auth.Claims{}, "", bad
+	if ok, err := s.cfg.Passwords.Check(ctx, u.PasswordHash, password); err != nil || !ok {
+		return auth.Claims{}, "", cmp.Or(err, bad)
 	}
 	m, err := s.meta()
 	if err != nil {
@@ -260,8 +283,17 @@ func (s *Service) Login(ctx context.Context, name, password string, device domai
 	return auth.Claims{UserID: u.ID, DeviceID: device, Expires: exp.Unix()}, tok, nil
 }
 
-// Logout records device.logged_out.
+// Logout revokes the token's session in the store (durable: every node
+// and every later start refuse the token), then records
+// device.logged_out. A token without a session cannot be revoked: it is
+// refused here rather than logged out in name only.
 func (s *Service) Logout(ctx context.Context, c auth.Claims) error {
+	if c.Session == "" {
+		return domain.Errorf(domain.CodeUnauthorized, "this token predates sessions: log in again")
+	}
+	if err := s.st.RevokeSession(ctx, c.UserID, c.Session, time.Unix(c.Expires, 0)); err != nil {
+		return err
+	}
 	m, err := s.meta()
 	if err != nil {
 		return err

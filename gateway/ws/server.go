@@ -898,6 +898,17 @@ func resumeFrom(r *http.Request) (resume bool, epoch int32, position int64, err 
 // Count returns the number of open connections.
 func (s *Server) Count() int { return s.hub.Count() }
 
+// CloseDevice closes the device's connections on this node, telling it
+// why (its session was revoked: a reconnect with the same token is
+// refused at the upgrade).
+func (s *Server) CloseDevice(u domain.UserID, d domain.DeviceID, why string) {
+	for _, c := range s.hub.conns(u) {
+		if c.device == d {
+			c.cut(why)
+		}
+	}
+}
+
 // Shutdown closes every connection and waits for their handlers, at most
 // until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {

@@ -8,7 +8,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -38,6 +40,7 @@ type Embedded struct {
 	aborted   int
 	committed int
 	repaired  int
+	ln        *retryListener
 }
 
 // StartEmbedded starts the broker on 127.0.0.1:port (0 picks a free port)
@@ -49,9 +52,18 @@ type Embedded struct {
 // the segment index entries a kill -9 left missing or out of step with
 // their batches (see repairSegmentIndexes).
 func StartEmbedded(dir string, port int, fsync bool) (*Embedded, error) {
+	var rl *retryListener
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.Ports(port),
+		kfake.ListenFn(func(network, addr string) (net.Listener, error) {
+			ln, err := net.Listen(network, addr)
+			if err != nil {
+				return nil, err
+			}
+			rl = newRetryListener(ln)
+			return rl, nil
+		}),
 		kfake.BrokerConfigs(map[string]string{"transaction.max.timeout.ms": strconv.Itoa(15 * 60 * 1000)}),
 	}
 	repaired := 0
@@ -69,7 +81,7 @@ func StartEmbedded(dir string, port int, fsync bool) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: embedded broker: %w", err)
 	}
-	e := &Embedded{c: c, repaired: repaired}
+	e := &Embedded{c: c, repaired: repaired, ln: rl}
 	if dir == "" {
 		return e, nil
 	}
@@ -100,6 +112,7 @@ func StartEmbedded(dir string, port int, fsync bool) (*Embedded, error) {
 		if e.c, err = kfake.NewCluster(opts...); err != nil {
 			return nil, fmt.Errorf("eventlog: embedded broker: reopen after rolling transactions forward: %w", err)
 		}
+		e.ln = rl // the reopened broker's listener
 	}
 	return e, nil
 }
@@ -136,5 +149,80 @@ func (e *Embedded) CommittedAtStart() int { return e.committed }
 // RepairedAtStart returns how many segment index files the start rewrote.
 func (e *Embedded) RepairedAtStart() int { return e.repaired }
 
+// Healthy returns an error while the broker cannot take connections: its
+// listener failed to accept one (too many open files) within the last 5 s.
+// The listener keeps trying, so the broker recovers by itself when
+// descriptors come back.
+func (e *Embedded) Healthy() error {
+	if e.ln != nil && e.ln.failedWithin(5*time.Second, time.Now()) {
+		return fmt.Errorf("eventlog: the embedded broker cannot accept connections: %v", e.ln.lastErr())
+	}
+	return nil
+}
+
 // Close stops the broker, flushing its data.
 func (e *Embedded) Close() { e.c.Close() }
+
+// retryListener keeps kfake's accept loop alive: kfake's loop returns on
+// the first error of Accept, so one "too many open files" left the broker
+// deaf until the process restarted (every new client connection, and every
+// reconnection of an idle one, then hung). This Accept retries such errors
+// with a backoff, as net/http does, and remembers the last one; only
+// Close ends it.
+type retryListener struct {
+	net.Listener
+	closed    chan struct{}
+	closeOnce sync.Once
+
+	mu       sync.Mutex
+	failedAt time.Time
+	err      error
+}
+
+func newRetryListener(ln net.Listener) *retryListener {
+	return &retryListener{Listener: ln, closed: make(chan struct{})}
+}
+
+func (l *retryListener) Accept() (net.Conn, error) {
+	delay := 5 * time.Millisecond
+	for {
+		c, err := l.Listener.Accept()
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-l.closed:
+			return nil, err
+		default:
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return nil, err
+		}
+		l.mu.Lock()
+		l.failedAt, l.err = time.Now(), err
+		l.mu.Unlock()
+		select {
+		case <-l.closed:
+			return nil, err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, time.Second)
+	}
+}
+
+func (l *retryListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+func (l *retryListener) failedWithin(d time.Duration, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.failedAt.IsZero() && now.Sub(l.failedAt) < d
+}
+
+func (l *retryListener) lastErr() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}

@@ -26,6 +26,12 @@ type Store interface {
 	UserByName(ctx context.Context, name string) (User, error)
 	// User finds an account by id, or domain.ErrNotFound.
 	User(ctx context.Context, id domain.UserID) (User, error)
+	// RevokeSession records that session sid of user u (one login's
+	// token) is logged out, durably, at least until expires (the token's
+	// own expiry; after it the token is refused anyway).
+	RevokeSession(ctx context.Context, u domain.UserID, sid string, expires time.Time) error
+	// SessionRevoked reports whether RevokeSession recorded (u, sid).
+	SessionRevoked(ctx context.Context, u domain.UserID, sid string) (bool, error)
 
 	// ReserveSend records that (r.SenderID, r.ClientMsgID) is being sent
 	// as r.MessageID, unless a reservation for that pair exists: then it

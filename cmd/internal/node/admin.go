@@ -2,11 +2,15 @@ package node
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"mime"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +30,8 @@ type admin struct {
 	node   *Node
 	limits domain.Limits
 	logger *slog.Logger
+	token  string   // every request's bearer token
+	hosts  []string // Host names answered besides loopback and localhost
 
 	mu  sync.Mutex
 	job *ReplayJob
@@ -58,6 +64,50 @@ type ReplayJob struct {
 type progressFunc func(ctx context.Context) (applied, lag int64, err error)
 
 func (a *admin) handler() http.Handler {
+	return a.guard(a.routes())
+}
+
+// guard lets a request through only when its Host names this address (a
+// loopback address, localhost, or one of a.hosts: a page in a browser on
+// the operator's machine cannot reach it by DNS rebinding), it carries
+// the admin token (pprof included), and, for a POST, its body is JSON of
+// at most 64 KiB (a form post from a page cannot start a replay).
+func (a *admin) guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.hostAllowed(r.Host) {
+			writeErr(w, http.StatusForbidden, domain.Errorf(domain.CodeForbidden, "host %q is not this admin address's (see --admin-hosts)", r.Host))
+			return
+		}
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(a.token)) != 1 {
+			writeErr(w, http.StatusUnauthorized, domain.Errorf(domain.CodeUnauthorized,
+				"send Authorization: Bearer <the token in the node's admin token file>"))
+			return
+		}
+		if r.Method == http.MethodPost {
+			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+				writeErr(w, http.StatusUnsupportedMediaType, domain.Errorf(domain.CodeUnsupportedMedia, "send Content-Type: application/json"))
+				return
+			}
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *admin) hostAllowed(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() || strings.EqualFold(host, "localhost") {
+		return true
+	}
+	return slices.ContainsFunc(a.hosts, func(h string) bool { return strings.EqualFold(h, host) })
+}
+
+func (a *admin) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /admin/replay", a.startReplay)
 	mux.HandleFunc("GET /admin/replay", a.replayStatus)

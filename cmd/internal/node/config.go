@@ -90,6 +90,16 @@ type Config struct {
 	// AdminAddr (--admin): the operators' endpoints (replay, verify,
 	// pprof); empty: off. Default empty.
 	AdminAddr string
+	// AdminTokenFile (--admin-token-file): the file holding the bearer
+	// token every request to the admin address must carry; made with a
+	// random token (0600) on first start when missing. Default
+	// <DataDir>/admin.token.
+	AdminTokenFile string
+	// AdminHosts (--admin-hosts): Host names the admin address answers
+	// besides loopback addresses, localhost and its own listening host;
+	// any other Host is refused (403), against DNS rebinding. Default
+	// none.
+	AdminHosts []string
 	// ReadyLag (--ready-lag): GET /readyz answers 503 while a projection
 	// is more records behind than this. Default 1000.
 	ReadyLag int64
@@ -133,6 +143,51 @@ type Config struct {
 	ChannelBurst   int
 	MemberAddRate  float64
 	MemberAddBurst int
+
+	// MaxHTTPConns (--max-http-conns): plain HTTP connections held at
+	// once (an upgraded WebSocket no longer counts); past it, and past
+	// the descriptors left for connections (see FDReserve), a connection
+	// is answered 503 busy and closed. At most half of those descriptors.
+	// Default 1024.
+	MaxHTTPConns int
+	// FDReserve (--fd-reserve): open files kept out of the connections'
+	// reach, for the log (the embedded broker's both ends), the store's
+	// files, the admin address and outgoing clients. The connections
+	// (plain HTTP and WebSocket) share the open-files limit less this.
+	// Default 1024.
+	FDReserve int
+	// HTTPHeaderTimeout (--http-header-timeout): to read a request's
+	// headers. Default 10 s.
+	HTTPHeaderTimeout time.Duration
+	// HTTPReadTimeout (--http-read-timeout): to read a whole request,
+	// body included. Default 30 s.
+	HTTPReadTimeout time.Duration
+	// HTTPWriteTimeout (--http-write-timeout): from the end of a
+	// request's headers to the end of its answer. Default 30 s.
+	// WebSockets are exempt from all three: their connection has its own
+	// bounds (gateway/ws).
+	HTTPWriteTimeout time.Duration
+	// HTTPIdleTimeout (--http-idle-timeout): a keep-alive connection
+	// with no request is closed after this. Default 60 s.
+	HTTPIdleTimeout time.Duration
+	// MaxBody (--max-body): bytes of any request body; larger is 413
+	// too_long. Default 64 KiB.
+	MaxBody int64
+	// PasswordWorkers (--password-workers): password hashes run at once
+	// (each holds ~19 MiB). 0: GOMAXPROCS. Default 0.
+	PasswordWorkers int
+	// PasswordQueue (--password-queue): sign-ups and logins waiting for a
+	// worker; past it 503 busy with Retry-After. Default 64.
+	PasswordQueue int
+	// LoginFailuresPerName (--login-failures-per-name): failed logins of
+	// one user name in a LoginWindow; then 429 rate_limited until the
+	// window ends. 0: off. Default 10.
+	LoginFailuresPerName int
+	// LoginFailuresPerAddr (--login-failures-per-addr): failed logins
+	// from one source address in a LoginWindow. 0: off. Default 100.
+	LoginFailuresPerAddr int
+	// LoginWindow (--login-window): the throttles' window. Default 5 min.
+	LoginWindow time.Duration
 	// Logger: default discards.
 	Logger *slog.Logger
 	// Stdout receives the "listening" line. Default io.Discard.
@@ -172,6 +227,18 @@ func DefaultConfig() Config {
 		ChannelBurst:   20,
 		MemberAddRate:  2,
 		MemberAddBurst: 200,
+
+		MaxHTTPConns:         1024,
+		FDReserve:            1024,
+		HTTPHeaderTimeout:    10 * time.Second,
+		HTTPReadTimeout:      30 * time.Second,
+		HTTPWriteTimeout:     30 * time.Second,
+		HTTPIdleTimeout:      60 * time.Second,
+		MaxBody:              64 << 10,
+		PasswordQueue:        64,
+		LoginFailuresPerName: 10,
+		LoginFailuresPerAddr: 100,
+		LoginWindow:          5 * time.Minute,
 	}
 }
 
@@ -201,6 +268,9 @@ func (c Config) Validate() error {
 	if c.AdminAddr != "" {
 		if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
 			return bad("admin address %q: %v", c.AdminAddr, err)
+		}
+		if c.AdminTokenFile == "" && c.DataDir == "" {
+			return bad("an admin address without a token file or a data directory to keep one in")
 		}
 	}
 	if c.DataDir == "" && (len(c.Kafka) == 0 || len(c.Cassandra) == 0 || c.Secret == "") {
@@ -257,6 +327,32 @@ func (c Config) Validate() error {
 	}
 	if c.MemberAddBurst < c.Limits.MaxGroupSize {
 		return bad("member-add burst %d: want at least the largest group, %d", c.MemberAddBurst, c.Limits.MaxGroupSize)
+	}
+	if c.MaxHTTPConns < 1 {
+		return bad("max HTTP connections %d: want at least 1", c.MaxHTTPConns)
+	}
+	if c.FDReserve < 64 {
+		return bad("descriptor reserve %d: want at least 64 (the log, the store and the admin address need them)", c.FDReserve)
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"header", c.HTTPHeaderTimeout}, {"read", c.HTTPReadTimeout}, {"write", c.HTTPWriteTimeout}, {"idle", c.HTTPIdleTimeout}} {
+		if d.d <= 0 {
+			return bad("HTTP %s timeout %s: want more than 0 (else a slow client holds its connection for ever)", d.name, d.d)
+		}
+	}
+	if c.MaxBody < 1024 {
+		return bad("max body %d bytes: want at least 1024", c.MaxBody)
+	}
+	if c.PasswordWorkers < 0 || c.PasswordQueue < 1 {
+		return bad("password workers %d and queue %d: want workers ≥ 0 (0: GOMAXPROCS) and queue ≥ 1", c.PasswordWorkers, c.PasswordQueue)
+	}
+	if c.LoginFailuresPerName < 0 || c.LoginFailuresPerAddr < 0 {
+		return bad("login failures per name %d, per address %d: want ≥ 0 (0: off)", c.LoginFailuresPerName, c.LoginFailuresPerAddr)
+	}
+	if (c.LoginFailuresPerName > 0 || c.LoginFailuresPerAddr > 0) && c.LoginWindow <= 0 {
+		return bad("login window %s: want more than 0", c.LoginWindow)
 	}
 	if _, err := selectRoles(c.Roles); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)

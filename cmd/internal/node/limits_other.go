@@ -2,5 +2,8 @@
 
 package node
 
-// connectionLimit is 0 (no limit) where the open-files limit is unknown.
-func connectionLimit() int { return 0 }
+// openFilesLimit is 0 (unknown) where the open-files limit is unknown.
+func openFilesLimit() int { return 0 }
+
+// restrictFiles does nothing where there is no umask.
+func restrictFiles() {}

@@ -4,13 +4,17 @@ package node
 
 import "syscall"
 
-// connectionLimit is how many WebSocket connections this process can hold
-// while keeping 1024 file descriptors for its log, store and HTTP clients.
-// (Go raises the soft open-files limit to the hard one at start.)
-func connectionLimit() int {
+// openFilesLimit returns the process's open-files limit, 0 when unknown or
+// practically unlimited. (Go raises the soft limit to the hard one at
+// start.)
+func openFilesLimit() int {
 	var r syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil || r.Cur > 1<<30 {
 		return 0
 	}
-	return max(int(r.Cur)-1024, 64)
+	return int(r.Cur)
 }
+
+// restrictFiles makes the files and folders this process creates readable
+// by its user alone (0600, 0700), whatever the library creating them asks.
+func restrictFiles() { syscall.Umask(0o077) }

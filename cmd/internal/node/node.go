@@ -86,6 +86,8 @@ type Node struct {
 	texts        *bodies.Resolver // resolves inbox entries' texts for the tailers and push
 	decoded      *inbox.Decoded   // inbox records decoded once for the tailers, inbox and push
 	tasks        *tasks
+	wsCap        int    // WebSockets this process may hold (0: no cap)
+	adminToken   string // set before ready is closed
 
 	mu     sync.Mutex
 	logCfg eventlog.Config // with the current epochs
@@ -107,6 +109,9 @@ func (n *Node) Ready() <-chan struct{} { return n.ready }
 // HTTPAddr is the address the node's HTTP server listens on, once Ready.
 func (n *Node) HTTPAddr() string { return n.httpAddr }
 
+// AdminToken is the bearer token of the operators' address, once Ready.
+func (n *Node) AdminToken() string { return n.adminToken }
+
 // AdminAddr is the operators' address, once Ready; empty when off.
 func (n *Node) AdminAddr() string { return n.adminAddr }
 
@@ -127,16 +132,29 @@ func (n *Node) current() eventlog.Config {
 // nil on a clean cancel, else the first failure.
 func (n *Node) Run(ctx context.Context) error {
 	cfg, log := n.cfg, n.log
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	plainCap, wsCap, connCap, err := connectionCaps(openFilesLimit(), cfg.FDReserve, cfg.MaxHTTPConns)
+	if err != nil {
+		return err
+	}
+	n.wsCap = wsCap
+	// The data directory holds the token secret and every message: its
+	// user's alone, however it was made before.
+	restrictFiles()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
 	brokers := cfg.Kafka
+	brokerOK := func() error { return nil }
 	if len(brokers) == 0 {
 		emb, err := eventlog.StartEmbedded(filepath.Join(cfg.DataDir, "log"), cfg.EmbeddedKafkaPort, cfg.EmbeddedFsync)
 		if err != nil {
 			return err
 		}
 		defer emb.Close()
+		brokerOK = emb.Healthy
 		brokers = emb.Addrs()
 		log.Info("embedded broker", "addr", strings.Join(brokers, ","), "aborted_open_txns", emb.AbortedAtStart(), "committed_open_txns", emb.CommittedAtStart(), "repaired_segment_indexes", emb.RepairedAtStart())
 	}
@@ -151,7 +169,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	// The current epochs of the inbox and of presence (a rebuild made
 	// their topics before it started them).
-	logCfg, err := eventlog.ReadEpochs(startCtx, logCfg)
+	logCfg, err = eventlog.ReadEpochs(startCtx, logCfg)
 	if err != nil {
 		return err
 	}
@@ -201,7 +219,18 @@ func (n *Node) Run(ctx context.Context) error {
 		handler http.Handler
 	)
 	ready := new(atomic.Bool)
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	limited := newConnLimiter(ln, plainCap, connCap)
 	readyz := func() (bool, string) {
+		if err := brokerOK(); err != nil {
+			return false, err.Error()
+		}
+		if limited.failedWithin(acceptFailWindow, time.Now()) {
+			return false, "the HTTP listener could not accept a connection lately (too many open files?)"
+		}
 		if l := lag.Max(); l > cfg.ReadyLag {
 			return false, fmt.Sprintf("a projection is %d records behind (bound %d)", l, cfg.ReadyLag)
 		}
@@ -221,14 +250,16 @@ func (n *Node) Run(ctx context.Context) error {
 	} else {
 		handler = healthOnly(ready, readyz)
 	}
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		return err
-	}
+	defer ln.Close() // if a step below fails before serve takes it
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/", handler)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{
+		Handler: mux, ConnState: limited.connState, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: cfg.HTTPHeaderTimeout, ReadTimeout: cfg.HTTPReadTimeout,
+		WriteTimeout: cfg.HTTPWriteTimeout, IdleTimeout: cfg.HTTPIdleTimeout,
+	}
+	log.Info("connection limits", "open_files", openFilesLimit(), "reserve", cfg.FDReserve, "http", plainCap, "websocket", wsCap)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -242,7 +273,7 @@ func (n *Node) Run(ctx context.Context) error {
 				_ = n.gw.Shutdown(sctx)
 			}()
 		}
-		return serve(ctx, srv, ln)
+		return serve(ctx, srv, limited)
 	})
 	n.httpAddr = ln.Addr().String()
 	ready.Store(true)
@@ -250,6 +281,9 @@ func (n *Node) Run(ctx context.Context) error {
 	log.Info("ready", "http", ln.Addr().String(), "roles", strings.Join(RoleNamesOf(n.roles), ","), "kafka", strings.Join(brokers, ","),
 		"store", storeName(cfg), "inbox_epoch", logCfg.Epoch(), "presence_epoch", eventlog.EpochOf(logCfg, domain.OutputPresence))
 	if cfg.AdminAddr != "" {
+		if n.adminToken, err = loadAdminToken(cfg); err != nil {
+			return err
+		}
 		acl, err := kgo.NewClient(logCfg.ClientOpts()...)
 		if err == nil {
 			defer acl.Close() // after every task, the admin's too, has ended
@@ -261,7 +295,9 @@ func (n *Node) Run(ctx context.Context) error {
 		if err = cmp.Or(err, lerr); err != nil {
 			cancel(err)
 		} else {
-			adm := &admin{kadm: kadm.NewClient(acl), node: n, limits: cfg.Limits, logger: log}
+			host, _, _ := net.SplitHostPort(aln.Addr().String())
+			adm := &admin{kadm: kadm.NewClient(acl), node: n, limits: cfg.Limits, logger: log,
+				token: n.adminToken, hosts: append(slices.Clip(cfg.AdminHosts), host)}
 			asrv := &http.Server{Handler: adm.handler(), ReadHeaderTimeout: 10 * time.Second}
 			n.tasks.start(taskAdmin, func(ctx context.Context) error { return serve(ctx, asrv, aln) })
 			n.adminAddr = aln.Addr().String()
@@ -304,9 +340,14 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	// The service's attempts carry the machine id and a boot id of this
 	// process: after a restart, resends of what the dead process was
 	// sending take over at once.
+	passwords, err := auth.NewPasswords(auth.PasswordsConfig{Workers: cfg.PasswordWorkers, Queue: cfg.PasswordQueue})
+	if err != nil {
+		app.Close()
+		return nil, nil, nil, err
+	}
 	svc, err := chat.New(chat.Config{
 		Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: n.log,
-		Node: uint16(cfg.MachineID), DeliveryTimeout: logCfg.DeliveryTimeout,
+		Node: uint16(cfg.MachineID), DeliveryTimeout: logCfg.DeliveryTimeout, Passwords: passwords,
 	}, n.st, app, ids, tokens)
 	if err != nil {
 		app.Close()
@@ -319,7 +360,7 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	}
 	n.gw = ws.NewServer(ws.Config{
 		Logger: n.log, Metrics: ws.NewMetrics(reg, n.hub.Count),
-		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions, MaxConnections: connectionLimit(),
+		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions, MaxConnections: n.wsCap,
 		QueueSize: cfg.WSQueueFrames, QueueBytes: cfg.WSQueueBytes,
 		MaxPerUser: cfg.WSMaxPerUser, MaxPerDevice: cfg.WSMaxPerDevice,
 		PingInterval: cfg.WSPingInterval, PongTimeout: cfg.WSPongTimeout,
@@ -331,10 +372,12 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	}, []string{"code"})
 	reg.MustRegister(restErrors)
 	e := api.New(api.Config{
-		Service: svc, Reader: n.st, Tokens: tokens, WS: n.gw, Presence: n.presenceTail, Errors: restErrors,
-		Live: ready.Load, Ready: readyz,
-		Channels:   throttle.New(throttle.Rule{PerSecond: cfg.ChannelRate, Burst: cfg.ChannelBurst}),
-		MemberAdds: throttle.New(throttle.Rule{PerSecond: cfg.MemberAddRate, Burst: cfg.MemberAddBurst}),
+		Service: svc, Reader: n.st, Tokens: tokens, Sessions: n.st, WS: n.gw, Presence: n.presenceTail, Errors: restErrors,
+		Live: ready.Load, Ready: readyz, MaxBody: cfg.MaxBody,
+		LoginsByName: auth.NewThrottle(auth.ThrottleConfig{Limit: cfg.LoginFailuresPerName, Window: cfg.LoginWindow}),
+		LoginsByAddr: auth.NewThrottle(auth.ThrottleConfig{Limit: cfg.LoginFailuresPerAddr, Window: cfg.LoginWindow}),
+		Channels:     throttle.New(throttle.Rule{PerSecond: cfg.ChannelRate, Burst: cfg.ChannelBurst}),
+		MemberAdds:   throttle.New(throttle.Rule{PerSecond: cfg.MemberAddRate, Burst: cfg.MemberAddBurst}),
 	})
 	return app, tailer, e, nil
 }
@@ -416,6 +459,11 @@ func (n *Node) startRoles(tailer *ws.Tailer, olderInboxes []int32) {
 	n.tasks.start(taskEpochs, func(ctx context.Context) error { return eventlog.WatchEpochs(ctx, lc, n.onEpoch) })
 }
 
+// acceptFailWindow is how long /readyz fails after a listener could not
+// accept a connection: a listener short of descriptors fails every time
+// a connection waits, so it stays unready while the shortage lasts.
+const acceptFailWindow = 5 * time.Second
+
 // serve serves srv on ln until ctx ends, then shuts it down within 10 s.
 func serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
 	errc := make(chan error, 1)
@@ -462,4 +510,31 @@ func loadSecret(cfg Config) ([]byte, error) {
 		return nil, err
 	}
 	return secret, os.WriteFile(path, []byte(hex.EncodeToString(secret)+"\n"), 0o600)
+}
+
+// AdminTokenPath is where the admin token of cfg is kept.
+func AdminTokenPath(cfg Config) string {
+	return cmp.Or(cfg.AdminTokenFile, filepath.Join(cfg.DataDir, "admin.token"))
+}
+
+// loadAdminToken returns the admin token in AdminTokenPath, made (0600)
+// on first start.
+func loadAdminToken(cfg Config) (string, error) {
+	path := AdminTokenPath(cfg)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if tok := strings.TrimSpace(string(b)); len(tok) >= 16 {
+			return tok, nil
+		}
+		return "", fmt.Errorf("%w: the admin token in %s is shorter than 16 characters", ErrConfig, path)
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(raw)
+	return tok, os.WriteFile(path, []byte(tok+"\n"), 0o600)
 }

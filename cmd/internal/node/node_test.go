@@ -186,7 +186,7 @@ func TestNodeInProcess(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var rep verify.Report
-		st := call(t, n.AdminAddr(), "GET", "/admin/verify?projection=inbox", "", nil, &rep)
+		st := call(t, n.AdminAddr(), "GET", "/admin/verify?projection=inbox", n.AdminToken(), nil, &rep)
 		if st == http.StatusOK && rep.Err() == nil && rep.Entities > 0 {
 			break
 		}
@@ -195,7 +195,7 @@ func TestNodeInProcess(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if st := call(t, n.AdminAddr(), "GET", "/admin/verify?projection=cursors", "", nil, nil); st != http.StatusBadRequest {
+	if st := call(t, n.AdminAddr(), "GET", "/admin/verify?projection=cursors", n.AdminToken(), nil, nil); st != http.StatusBadRequest {
 		t.Fatalf("verify cursors: status %d, want 400 (not verifiable)", st)
 	}
 }
@@ -217,7 +217,10 @@ func TestNodeSomeRoles(t *testing.T) {
 	}
 	var e struct{ Error struct{ Message string } }
 	b, _ := json.Marshal(map[string]string{"projection": "push", "from": "start"})
-	resp, err := http.Post("http://"+n.AdminAddr()+"/admin/replay", "application/json", bytes.NewReader(b))
+	req, _ := http.NewRequest("POST", "http://"+n.AdminAddr()+"/admin/replay", bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+n.AdminToken())
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import "strings"
 // gocql prepares each once per connection and caches it by its text.
 type queries struct {
 	insertUserByName, insertUser, releaseUserName, selectUserByName, selectUser string
+	insertRevoked, selectRevoked                                                string
 
 	insertReservation, markAppended, reservationExists string
 	selectReservation, takeOverReservation             string
@@ -36,6 +37,8 @@ func newQueries(ks string) queries {
 		releaseUserName:  q(`DELETE FROM ${keyspace}.users_by_name WHERE name = ? IF user_id = ?`),
 		selectUserByName: q(`SELECT user_id, password_hash, created_at FROM ${keyspace}.users_by_name WHERE name = ?`),
 		selectUser:       q(`SELECT name, password_hash, created_at FROM ${keyspace}.users WHERE user_id = ?`),
+		insertRevoked:    q(`INSERT INTO ${keyspace}.revoked_sessions (user_id, session_id, expires_at) VALUES (?, ?, ?) USING TTL ?`),
+		selectRevoked:    q(`SELECT expires_at FROM ${keyspace}.revoked_sessions WHERE user_id = ? AND session_id = ?`),
 
 		insertReservation:   q(`INSERT INTO ${keyspace}.send_reservations (sender_id, client_msg_id, ` + resCols + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS`),
 		markAppended:        q(`UPDATE ${keyspace}.send_reservations SET appended = true WHERE sender_id = ? AND client_msg_id = ?`),

@@ -200,6 +200,29 @@ func (s *Store) User(ctx context.Context, id domain.UserID) (store.User, error) 
 	return u, nil
 }
 
+// RevokeSession records (u, sid) as logged out until expires (a TTL:
+// the row goes when the token would have expired anyway).
+func (s *Store) RevokeSession(ctx context.Context, u domain.UserID, sid string, expires time.Time) error {
+	ttl := max(int(time.Until(expires).Seconds())+60, 60)
+	if err := s.query(ctx, s.q.insertRevoked, string(u), sid, expires, ttl).Exec(); err != nil {
+		return fail("revoke session", err)
+	}
+	return nil
+}
+
+// SessionRevoked reports whether (u, sid) was revoked.
+func (s *Store) SessionRevoked(ctx context.Context, u domain.UserID, sid string) (bool, error) {
+	var at time.Time
+	err := s.query(ctx, s.q.selectRevoked, string(u), sid).Scan(&at)
+	if errors.Is(err, gocql.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fail("session revoked", err)
+	}
+	return true, nil
+}
+
 // ReserveSend records r unless a reservation for (r.SenderID,
 // r.ClientMsgID) exists, in which case it returns that one and
 // created=false. A lightweight transaction decides between concurrent

@@ -21,6 +21,7 @@ const (
 	tCursor      byte = 'd'
 	tRead        byte = 's'
 	tPush        byte = 'o'
+	tRevoked     byte = 'v'
 )
 
 // key builds keys column by column.
@@ -67,6 +68,9 @@ func prefixEnd(p []byte) []byte {
 
 func userKey(id domain.UserID) key { return newKey(tUser, len(id)).last(string(id)) }
 func userNameKey(name string) key  { return newKey(tUserName, len(name)).last(name) }
+func revokedKey(u domain.UserID, sid string) key {
+	return newKey(tRevoked, len(u)+len(sid)+2).str(string(u)).last(sid)
+}
 
 func reservationKey(sender domain.UserID, clientMsgID string) key {
 	return newKey(tReservation, len(sender)+len(clientMsgID)+2).str(string(sender)).last(clientMsgID)

@@ -233,6 +233,31 @@ func (s *Store) has(k []byte) (bool, error) {
 	return true, nil
 }
 
+// RevokeSession records (u, sid) as logged out, synced to disk. The
+// record is kept (a few dozen bytes a logout).
+func (s *Store) RevokeSession(ctx context.Context, u domain.UserID, sid string, expires time.Time) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	v, _ := json.Marshal(expires.UTC())
+	if err := s.db.Set(revokedKey(u, sid), v, pebble.Sync); err != nil {
+		return fmt.Errorf("pebblestore: revoke session: %w", err)
+	}
+	return nil
+}
+
+// SessionRevoked reports whether (u, sid) was revoked.
+func (s *Store) SessionRevoked(ctx context.Context, u domain.UserID, sid string) (bool, error) {
+	if err := s.check(ctx); err != nil {
+		return false, err
+	}
+	found, err := s.has(revokedKey(u, sid))
+	if err != nil {
+		return false, fmt.Errorf("pebblestore: session revoked: %w", err)
+	}
+	return found, nil
+}
+
 // CreateUser adds an account. A taken name, or a taken id, is
 // domain.ErrConflict.
 func (s *Store) CreateUser(ctx context.Context, u store.User) error {

@@ -35,6 +35,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"UserNameTaken", testUserNameTaken},
 		{"UserNameTakenConcurrently", testUserNameTakenConcurrently},
 		{"UserNotFound", testUserNotFound},
+		{"RevokeSession", testRevokeSession},
 		{"ReserveSend", testReserveSend},
 		{"ReserveSendConcurrently", testReserveSendConcurrently},
 		{"MarkSendAppended", testMarkSendAppended},
@@ -142,6 +143,31 @@ func apply(t testing.TB, s store.Store, b store.Batch) {
 	t.Helper()
 	if err := s.Apply(context.Background(), b); err != nil {
 		t.Fatalf("apply: %v", err)
+	}
+}
+
+// testRevokeSession: a revoked session is revoked; another session of the
+// same user, and the same session id of another user, are not.
+func testRevokeSession(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	g := newIDs(t)
+	ann, bob := g.user("1"), g.user("2")
+	revoked := func(u domain.UserID, sid string) bool {
+		t.Helper()
+		r, err := s.SessionRevoked(ctx, u, sid)
+		must(t, err)
+		return r
+	}
+	if revoked(ann, "s1") {
+		t.Fatal("a session revoked before any logout")
+	}
+	must(t, s.RevokeSession(ctx, ann, "s1", time.Now().Add(time.Hour)))
+	must(t, s.RevokeSession(ctx, ann, "s1", time.Now().Add(time.Hour))) // twice is once
+	if !revoked(ann, "s1") {
+		t.Fatal("a revoked session is not revoked")
+	}
+	if revoked(ann, "s2") || revoked(bob, "s1") {
+		t.Fatal("a revocation reached another session or another user")
 	}
 }
 
