@@ -89,7 +89,8 @@ func closedWithin(c net.Conn, d time.Duration, feed func(c net.Conn) error) bool
 // connections go. Before: ~19,800 idle connections took every descriptor.
 func TestHTTPConnectionCap(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
-		n := startNode(t, b, "--max-http-conns", "8", "--http-header-timeout", "5m")
+		// 12 WebSockets of one device: past the default per-device cap.
+		n := startNode(t, b, "--max-http-conns", "8", "--http-header-timeout", "5m", "--ws-max-per-device", "16")
 		ann, bob := n.signUp("ann"), n.signUp("bob")
 		tok := n.login(ann, "laptop")
 		ch := n.createChannel(tok, "direct", bob.ID)
