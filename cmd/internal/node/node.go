@@ -146,6 +146,13 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
+	if cfg.AdminAddr != "" {
+		// Before anything reports ready: an operator (or a test) that sees
+		// /readyz answer finds the token in its file.
+		if n.adminToken, err = loadAdminToken(cfg); err != nil {
+			return err
+		}
+	}
 	brokers := cfg.Kafka
 	brokerOK := func() error { return nil }
 	if len(brokers) == 0 {
@@ -281,9 +288,6 @@ func (n *Node) Run(ctx context.Context) error {
 	log.Info("ready", "http", ln.Addr().String(), "roles", strings.Join(RoleNamesOf(n.roles), ","), "kafka", strings.Join(brokers, ","),
 		"store", storeName(cfg), "inbox_epoch", logCfg.Epoch(), "presence_epoch", eventlog.EpochOf(logCfg, domain.OutputPresence))
 	if cfg.AdminAddr != "" {
-		if n.adminToken, err = loadAdminToken(cfg); err != nil {
-			return err
-		}
 		acl, err := kgo.NewClient(logCfg.ClientOpts()...)
 		if err == nil {
 			defer acl.Close() // after every task, the admin's too, has ended
