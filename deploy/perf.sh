@@ -5,6 +5,9 @@
 #   bash deploy/perf.sh rate  [embedded|real]   # 2,000 messages/s into groups of 10 for 60 s, send→deliver latency
 #   bash deploy/perf.sh bench                   # the testing.B benchmarks of the hot paths and the stores
 #
+# With EVCHAT_PERF_PROFILE=1, the rate mode also saves a 15 s CPU profile and
+# an allocation profile of chatd (cpu-rate-<backend>.pprof, allocs-...).
+#
 # It builds chatd and the load generator, starts chatd on 127.0.0.1 with a
 # fresh data directory (embedded default, or against the Kafka and
 # Cassandra of deploy/servers.sh, which it starts if needed), runs
@@ -38,6 +41,9 @@ if [[ "$backend" == real ]]; then
   eval "$(bash deploy/servers.sh start)"
   args+=(--kafka "$EVCHAT_KAFKA" --cassandra "$EVCHAT_CASSANDRA" --keyspace "perf_$$" --topic-prefix "perf$$")
 fi
+# EVCHAT_PERF_CHATD_ARGS: more flags for chatd (e.g. "--embedded-fsync=true").
+read -r -a more <<<"${EVCHAT_PERF_CHATD_ARGS:-}"
+args+=("${more[@]}")
 "$out/chatd" "${args[@]}" 2>"$out/chatd-$mode-$backend.log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data"' EXIT
@@ -48,6 +54,18 @@ if [[ "$mode" == idle ]]; then
   "$out/loadgen" --server "127.0.0.1:$port" --idle --users 250 --devices 4 --conns-per-device 20 \
     --sources 4 --duration 30s --json "$out/idle-$backend.json" "$@"
 else
+  if [[ -n "${EVCHAT_PERF_PROFILE:-}" ]]; then
+    # CPU and allocation profiles of 15 s in the middle of the run, from the
+    # admin address (its token is in the data directory).
+    ( tok="$(cat "$data/admin.token")"
+      # 10 s into the load: once the first deliveries are counted.
+      until curl -fs "127.0.0.1:$port/metrics" | grep -q '^evchat_ws_deliveries_total [1-9]'; do sleep 1; done
+      sleep 10
+      curl -fs -H "Authorization: Bearer $tok" -o "$out/cpu-$mode-$backend.pprof" "127.0.0.1:18473/debug/pprof/profile?seconds=15"
+      curl -fs -H "Authorization: Bearer $tok" -o "$out/allocs-$mode-$backend.pprof" "127.0.0.1:18473/debug/pprof/allocs"
+      curl -fs -H "Authorization: Bearer $tok" -o "$out/goroutines-$mode-$backend.txt" "127.0.0.1:18473/debug/pprof/goroutine?debug=1"
+    ) &
+  fi
   "$out/loadgen" --server "127.0.0.1:$port" --users 500 --group-size 10 --rate 2000 --duration 60s \
     --warmup 5s --grace 10s --senders 32 --json "$out/rate-$backend.json" "$@"
 fi

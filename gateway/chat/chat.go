@@ -88,6 +88,15 @@ type Config struct {
 	// Passwords hashes and checks passwords on a bounded pool. Default:
 	// auth.NewPasswords with its defaults.
 	Passwords *auth.Passwords
+	// Texts, if set, is told every message's text just before it is
+	// appended, so the members' inbox entries (which point at the message)
+	// find it there rather than waiting for history to store it.
+	Texts TextCache
+}
+
+// TextCache remembers recent messages' texts (projections/bodies).
+type TextCache interface {
+	Put(id domain.MessageID, text string)
 }
 
 // Service carries out commands. It is safe for concurrent use.
@@ -488,6 +497,9 @@ func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.
 		}
 	}
 	m := domain.Meta{EventID: r.MessageID.String(), Time: r.ReservedAt}
+	if s.cfg.Texts != nil {
+		s.cfg.Texts.Put(r.MessageID, text) // one id has one text (sameMessage)
+	}
 	if _, err := s.log.Append(ctx, s.cfg.Topics.Channels, string(id), evs[0], m); err != nil {
 		// Not released: the event may still be on its way to the log.
 		return 0, err

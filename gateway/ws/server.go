@@ -416,9 +416,6 @@ func (s *Server) send(ctx context.Context, c *conn, f ClientFrame, read time.Tim
 		c.send(errorFrame(err, f.ClientMsgID))
 		return
 	}
-	// The members' entries point at the message: live delivery finds its
-	// text here.
-	c.gen.tailer.texts.Put(id, f.Text)
 	s.cfg.Metrics.acked(time.Since(read).Seconds()) // as the client sees it: waiting for its turn included
 	c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
 	s.svc.Sent(ctx, c.user, f.ClientMsgID)

@@ -21,10 +21,9 @@ type PositionStore interface {
 }
 
 // Bodies resolves the text of inbox entries that point at their message
-// (package bodies), and learns the texts of messages this gateway appended.
+// (package bodies; gateway/chat tells it the texts this gateway appends).
 type Bodies interface {
 	Resolve(ctx context.Context, ms []domain.InboxMessage) error
-	Put(id domain.MessageID, text string)
 }
 
 // Tailer reads the inbox topic and offers each entry to its user's

@@ -37,10 +37,14 @@ import (
 // producer's next committed transaction.
 type Embedded struct {
 	c         *kfake.Cluster
+	dir       string
 	aborted   int
 	committed int
 	repaired  int
 	ln        *retryListener
+
+	stopSync chan struct{} // closed by Close; nil until SyncEvery
+	synced   sync.WaitGroup
 }
 
 // StartEmbedded starts the broker on 127.0.0.1:port (0 picks a free port)
@@ -81,7 +85,7 @@ func StartEmbedded(dir string, port int, fsync bool) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: embedded broker: %w", err)
 	}
-	e := &Embedded{c: c, repaired: repaired, ln: rl}
+	e := &Embedded{c: c, dir: dir, repaired: repaired, ln: rl}
 	if dir == "" {
 		return e, nil
 	}
@@ -161,7 +165,70 @@ func (e *Embedded) Healthy() error {
 }
 
 // Close stops the broker, flushing its data.
-func (e *Embedded) Close() { e.c.Close() }
+func (e *Embedded) Close() {
+	if e.stopSync != nil {
+		close(e.stopSync)
+		e.synced.Wait()
+	}
+	e.c.Close()
+}
+
+// SyncEvery fsyncs, every interval, the broker's files written since the
+// last pass, off the broker's own loop: without fsync per batch, what a
+// power loss can take is then bounded by about interval (the class of
+// Cassandra's periodic commit log, and of a Kafka broker's page cache
+// with replication), while kill -9 takes nothing (every batch is written
+// to its file before it is acknowledged). kfake's per-batch fsync
+// (StartEmbedded's fsync) runs inside its one request loop, where each
+// fsync holds up every client: 5,500 appends/s instead of 28,000 in
+// BenchmarkEmbeddedAppend. Call it at most once, before Close; it does
+// nothing for a broker in memory.
+func (e *Embedded) SyncEvery(interval time.Duration) {
+	if e.dir == "" || interval <= 0 || e.stopSync != nil {
+		return
+	}
+	e.stopSync = make(chan struct{})
+	e.synced.Go(func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		since := time.Time{}
+		for {
+			select {
+			case <-e.stopSync:
+				return
+			case <-t.C:
+				since, _ = syncChanged(e.dir, since)
+			}
+		}
+	})
+}
+
+// syncChanged fsyncs the files and folders under dir modified at or after
+// since (all of them when since is zero), and returns when the pass began,
+// a little early so that a write during the pass is taken by the next, and
+// how many it fsynced. A file that went away meanwhile (a segment rolled, a
+// temporary renamed) is skipped.
+func syncChanged(dir string, since time.Time) (time.Time, int) {
+	n := 0
+	began := time.Now().Add(-time.Second)
+	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil || info.ModTime().Before(since) {
+			return nil
+		}
+		if f, err := os.Open(path); err == nil {
+			if f.Sync() == nil {
+				n++
+			}
+			f.Close()
+		}
+		return nil
+	})
+	return began, n
+}
 
 // retryListener keeps kfake's accept loop alive: kfake's loop returns on
 // the first error of Accept, so one "too many open files" left the broker

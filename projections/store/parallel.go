@@ -1,6 +1,9 @@
 package store
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // Lookups is how many store lookups one caller runs at once. A lookup is
 // a round trip (a Cassandra query), so a batch's lookups go in parallel
@@ -13,14 +16,17 @@ func EachParallel(n int, fn func(i int) error) error {
 	if n == 1 {
 		return fn(0)
 	}
+	// min(n, Lookups) workers take the next i in turn: a goroutine per i
+	// grew a fresh stack for every lookup (Pebble's read path is deep),
+	// 8% of the CPU at 2,000 msg/s.
 	errs := make([]error, n)
-	sem := make(chan struct{}, Lookups)
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for i := range n {
-		sem <- struct{}{}
+	for range min(n, Lookups) {
 		wg.Go(func() {
-			defer func() { <-sem }()
-			errs[i] = fn(i)
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				errs[i] = fn(i)
+			}
 		})
 	}
 	wg.Wait()

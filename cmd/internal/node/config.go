@@ -33,8 +33,16 @@ type Config struct {
 	// Default 0.
 	EmbeddedKafkaPort int
 	// EmbeddedFsync (--embedded-fsync): fsync every batch of the embedded
-	// broker. Default true.
+	// broker before acknowledging it, so an acknowledged append survives a
+	// power loss too. Default false: kfake fsyncs inside its one request
+	// loop, which then holds up every client (see eventlog.SyncEvery), and
+	// kill -9 loses nothing without it.
 	EmbeddedFsync bool
+	// EmbeddedSyncInterval (--embedded-sync-interval): without
+	// EmbeddedFsync, how often the embedded broker's changed files are
+	// fsynced in the background, bounding what a power loss can take.
+	// Default 1s; 0 leaves it to the operating system.
+	EmbeddedSyncInterval time.Duration
 	// Cassandra (--cassandra): hosts; empty uses the embedded store.
 	Cassandra []string
 	// Keyspace (--keyspace): the Cassandra keyspace. Default evchat.
@@ -73,6 +81,9 @@ type Config struct {
 	// PushWebhook (--push-webhook): URL that receives notifications as
 	// FCM-shaped JSON; empty logs them. Default empty.
 	PushWebhook string
+	// StoreCache (--store-cache): bytes of the embedded store's block
+	// cache (Pebble). Default 256 MiB.
+	StoreCache int64
 	// BodyCache (--body-cache): bytes of recent messages' texts kept to
 	// resolve inbox entries, which point at their message instead of
 	// copying it (package bodies). Default 64 MiB.
@@ -198,35 +209,36 @@ type Config struct {
 // role, the embedded broker and store under ./data, http on 127.0.0.1:8080.
 func DefaultConfig() Config {
 	return Config{
-		HTTPAddr:       "127.0.0.1:8080",
-		DataDir:        "data",
-		EmbeddedFsync:  true,
-		Keyspace:       "evchat",
-		TopicPrefix:    "chat",
-		Partitions:     8,
-		MachineID:      1,
-		Limits:         domain.DefaultLimits(),
-		PresenceWindow: domain.DefaultPresenceWindow,
-		Heartbeat:      5 * time.Second,
-		PushDelay:      3 * time.Second,
-		PushMaxAge:     2 * time.Minute,
-		BodyCache:      bodies.DefaultCacheBytes,
-		BodyWait:       bodies.DefaultWait,
-		ReadyLag:       1000,
-		WSQueueFrames:  1024,
-		WSQueueBytes:   2 << 20,
-		WSMaxPerUser:   32,
-		WSMaxPerDevice: 8,
-		WSPingInterval: 25 * time.Second,
-		WSPongTimeout:  30 * time.Second,
-		SendRate:       20,
-		SendBurst:      100,
-		SendBytesRate:  1 << 20,
-		SendBytesBurst: 4 << 20,
-		ChannelRate:    0.2,
-		ChannelBurst:   20,
-		MemberAddRate:  2,
-		MemberAddBurst: 200,
+		HTTPAddr:             "127.0.0.1:8080",
+		DataDir:              "data",
+		EmbeddedSyncInterval: time.Second,
+		Keyspace:             "evchat",
+		TopicPrefix:          "chat",
+		Partitions:           8,
+		MachineID:            1,
+		Limits:               domain.DefaultLimits(),
+		PresenceWindow:       domain.DefaultPresenceWindow,
+		Heartbeat:            5 * time.Second,
+		PushDelay:            3 * time.Second,
+		PushMaxAge:           2 * time.Minute,
+		StoreCache:           256 << 20,
+		BodyCache:            bodies.DefaultCacheBytes,
+		BodyWait:             bodies.DefaultWait,
+		ReadyLag:             1000,
+		WSQueueFrames:        1024,
+		WSQueueBytes:         2 << 20,
+		WSMaxPerUser:         32,
+		WSMaxPerDevice:       8,
+		WSPingInterval:       25 * time.Second,
+		WSPongTimeout:        30 * time.Second,
+		SendRate:             20,
+		SendBurst:            100,
+		SendBytesRate:        1 << 20,
+		SendBytesBurst:       4 << 20,
+		ChannelRate:          0.2,
+		ChannelBurst:         20,
+		MemberAddRate:        2,
+		MemberAddBurst:       200,
 
 		MaxHTTPConns:         1024,
 		FDReserve:            1024,
@@ -255,6 +267,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Limits.Validate(); err != nil {
 		return bad("%v", err)
+	}
+	if c.EmbeddedSyncInterval < 0 {
+		return bad("embedded sync interval %s: want 0 or more", c.EmbeddedSyncInterval)
 	}
 	if c.Partitions < 1 || c.Partitions > math.MaxInt32 {
 		return bad("partitions %d: want at least 1", c.Partitions)
@@ -296,6 +311,9 @@ func (c Config) Validate() error {
 	}
 	if c.PushMaxAge <= c.PushDelay {
 		return bad("push max age %s: want more than the push delay %s (else every notification is dropped)", c.PushMaxAge, c.PushDelay)
+	}
+	if c.StoreCache < 8<<20 {
+		return bad("store cache of %d bytes: want at least 8 MiB", c.StoreCache)
 	}
 	if c.BodyCache < 1<<20 {
 		return bad("body cache of %d bytes: want at least 1 MiB (a message is up to 400 KB)", c.BodyCache)

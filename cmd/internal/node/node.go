@@ -161,6 +161,9 @@ func (n *Node) Run(ctx context.Context) error {
 			return err
 		}
 		defer emb.Close()
+		if !cfg.EmbeddedFsync {
+			emb.SyncEvery(cfg.EmbeddedSyncInterval)
+		}
 		brokerOK = emb.Healthy
 		brokers = emb.Addrs()
 		log.Info("embedded broker", "addr", strings.Join(brokers, ","), "aborted_open_txns", emb.AbortedAtStart(), "committed_open_txns", emb.CommittedAtStart(), "repaired_segment_indexes", emb.RepairedAtStart())
@@ -187,7 +190,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 
 	if len(cfg.Cassandra) == 0 {
-		ps, err := pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: log})
+		ps, err := pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: log, CacheSize: cfg.StoreCache})
 		if err != nil {
 			return err
 		}
@@ -351,7 +354,7 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	}
 	svc, err := chat.New(chat.Config{
 		Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: n.log,
-		Node: uint16(cfg.MachineID), DeliveryTimeout: logCfg.DeliveryTimeout, Passwords: passwords,
+		Node: uint16(cfg.MachineID), DeliveryTimeout: logCfg.DeliveryTimeout, Passwords: passwords, Texts: n.texts,
 	}, n.st, app, ids, tokens)
 	if err != nil {
 		app.Close()

@@ -61,7 +61,6 @@ func testConfig(t *testing.T) node.Config {
 	cfg.DataDir = t.TempDir()
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.AdminAddr = "127.0.0.1:0"
-	cfg.EmbeddedFsync = false
 	cfg.Partitions = 2
 	return cfg
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/bloom"
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/store"
@@ -25,7 +26,8 @@ type Options struct {
 	// Error, everything else at Debug. Nil discards them.
 	Logger *slog.Logger
 	// CacheSize is the size in bytes of Pebble's block cache. Zero means
-	// 64 MiB.
+	// 256 MiB: with 64 MiB the inbox projection's lookups missed it, and
+	// reading blocks again took a fifth of the CPU at 2,000 msg/s.
 	CacheSize int64
 }
 
@@ -37,7 +39,7 @@ func (o Options) Validate() error {
 	return nil
 }
 
-const defaultCacheSize = 64 << 20
+const defaultCacheSize = 256 << 20
 
 // reservationStripes is how many locks guard send and push reservations:
 // reservations of different keys rarely wait for each other.
@@ -90,10 +92,23 @@ func Open(dir string, opts Options) (*Store, error) {
 		Cache:              cache,
 		Logger:             pl,
 		FormatMajorVersion: pebble.FormatNewest,
+		// A bigger memtable than the 4 MiB default: fewer flushes and L0
+		// files, so less compaction under a steady stream of inbox entries.
+		MemTableSize: 32 << 20,
 		EventListener: &pebble.EventListener{
 			BackgroundError: func(err error) { log.Error("pebble background error", "err", err) },
 		},
 	}
+	// Bloom filters on every level: the inbox projection looks up every
+	// (user, message) it stores, nearly always to find nothing, and without
+	// a filter each such miss reads an index block of every table it could
+	// be in (a quarter of the CPU at 2,000 msg/s).
+	po.Levels = make([]pebble.LevelOptions, 7)
+	for i := range po.Levels {
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		po.Levels[i].FilterType = pebble.TableFilter
+	}
+	po.EnsureDefaults()
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
@@ -342,25 +357,44 @@ func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store
 		return store.SendReservation{}, false, err
 	}
 	k := reservationKey(r.SenderID, r.ClientMsgID)
-	mu := s.resLock(k)
-	mu.Lock()
-	defer mu.Unlock()
 	var old reservationRecord
-	found, err := s.get(k, &old)
-	if err != nil {
+	found := false
+	err := s.writeDurable(k, func() ([]byte, error) {
+		var err error
+		if found, err = s.get(k, &old); err != nil || found {
+			return nil, err
+		}
+		return json.Marshal(toReservationRecord(r))
+	})
+	switch {
+	case err != nil:
 		return store.SendReservation{}, false, fmt.Errorf("pebblestore: reserve send: %w", err)
-	}
-	if found {
+	case found:
 		return old.reservation(), false, nil
 	}
-	v, err := json.Marshal(toReservationRecord(r))
-	if err != nil {
-		return store.SendReservation{}, false, fmt.Errorf("pebblestore: reserve send: %w", err)
-	}
-	if err := s.db.Set(k, v, pebble.Sync); err != nil {
-		return store.SendReservation{}, false, fmt.Errorf("pebblestore: reserve send: %w", err)
-	}
 	return r, true, nil
+}
+
+// writeDurable runs decide under k's reservation lock and writes the value
+// it returns (none when nil), and returns once that write is fsynced. The
+// fsync is waited for outside the lock, so the reservations of one stripe
+// share an fsync instead of taking turns at one each (at 2,000 sends/s,
+// hundreds of sends queued on the stripes). A reader that takes the lock
+// meanwhile may see the write before it is durable; it lives in this
+// process, and what it appends to the log it appends after its own
+// write's fsync, which covers this one (the WAL is synced in order).
+func (s *Store) writeDurable(k []byte, decide func() ([]byte, error)) error {
+	mu := s.resLock(k)
+	mu.Lock()
+	v, err := decide()
+	if err == nil && v != nil {
+		err = s.db.Set(k, v, pebble.NoSync)
+	}
+	mu.Unlock()
+	if err != nil || v == nil {
+		return err
+	}
+	return s.db.LogData(nil, pebble.Sync)
 }
 
 // SendReservation returns the reservation of (sender, clientMsgID), or
@@ -381,34 +415,29 @@ func (s *Store) SendReservation(ctx context.Context, sender domain.UserID, clien
 }
 
 // TakeOverSend makes next the reservation's attempt if it is not marked
-// appended and its attempt is still from. The check and the fsynced write
-// happen under the key's reservation lock, so a takeover is durable before
-// its attempt appends anything.
+// appended and its attempt is still from. The check and the write happen
+// under the key's reservation lock, and it returns once the write is
+// fsynced, so a takeover is durable before its attempt appends anything.
 func (s *Store) TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next store.SendAttempt) (bool, error) {
 	if err := s.check(ctx); err != nil {
 		return false, err
 	}
 	k := reservationKey(sender, clientMsgID)
-	mu := s.resLock(k)
-	mu.Lock()
-	defer mu.Unlock()
-	var r reservationRecord
-	found, err := s.get(k, &r)
+	taken := false
+	err := s.writeDurable(k, func() ([]byte, error) {
+		var r reservationRecord
+		found, err := s.get(k, &r)
+		if err != nil || !found || r.Appended || r.Attempt.Number != from {
+			return nil, err
+		}
+		r.Attempt = attemptRecord(next)
+		taken = true
+		return json.Marshal(r)
+	})
 	if err != nil {
 		return false, fmt.Errorf("pebblestore: take over send: %w", err)
 	}
-	if !found || r.Appended || r.Attempt.Number != from {
-		return false, nil
-	}
-	r.Attempt = attemptRecord(next)
-	v, err := json.Marshal(r)
-	if err != nil {
-		return false, fmt.Errorf("pebblestore: take over send: %w", err)
-	}
-	if err := s.db.Set(k, v, pebble.Sync); err != nil {
-		return false, fmt.Errorf("pebblestore: take over send: %w", err)
-	}
-	return true, nil
+	return taken, nil
 }
 
 // MarkSendAppended records that the reserved message is in the log. An
