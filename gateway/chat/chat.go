@@ -352,8 +352,15 @@ func (s *Service) CreateChannel(ctx context.Context, caller domain.UserID, kind 
 	if len(evs) == 0 {
 		return cur, false, nil
 	}
-	c, err = s.appendAndWait(ctx, id, evs)
-	return c, err == nil, err
+	c, at, err := s.appendAndWait(ctx, id, evs)
+	if err != nil {
+		return domain.Channel{}, false, err
+	}
+	// A group's id is new, so its channel.created is admitted. A direct
+	// channel opened by both its members at once is created by the first
+	// channel.created in the log; the other is dropped, and its caller
+	// found the channel rather than created it.
+	return c, kind == domain.KindGroup || c.Version == at.Offset+1, nil
 }
 
 // AddMember adds a user to a group.
@@ -381,7 +388,29 @@ func (s *Service) decideAndAppend(ctx context.Context, id domain.ChannelID, cmd 
 	if len(evs) == 0 {
 		return cur, nil
 	}
-	return s.appendAndWait(ctx, id, evs)
+	c, _, err := s.appendAndWait(ctx, id, evs)
+	if err != nil {
+		return domain.Channel{}, err
+	}
+	return s.outcome(c, cmd)
+}
+
+// outcome answers a command whose event history has applied, from the
+// channel's state read after it. The command was decided on a state that
+// may have been stale: a concurrent add may have filled the group first,
+// and then the projections dropped this event (domain.Admit). Success is
+// answered only when the state shows the command's effect; else the
+// command is decided again on the new state for the error that says why
+// (group_full), or, when nothing refuses it now (the group changed again
+// since), conflict: the caller reads the group and tries again.
+func (s *Service) outcome(c domain.Channel, cmd domain.Command) (domain.Channel, error) {
+	if domain.Holds(c, cmd) {
+		return c, nil
+	}
+	if _, err := domain.Decide(c, cmd, s.cfg.Limits); err != nil {
+		return domain.Channel{}, err
+	}
+	return domain.Channel{}, domain.Errorf(domain.CodeConflict, "channel %s changed while this change was made, and it did not take effect: read the channel and try again", c.ID)
 }
 
 // current returns the channel's state, or an empty state with its id.
@@ -394,25 +423,27 @@ func (s *Service) current(ctx context.Context, id domain.ChannelID) (domain.Chan
 }
 
 // appendAndWait appends channel events and waits until the history
-// projection has applied them, then returns the channel's new state: the
-// caller reads its own write.
-func (s *Service) appendAndWait(ctx context.Context, id domain.ChannelID, evs []domain.Event) (domain.Channel, error) {
+// projection has applied them, then returns the channel's state and the
+// last event's position: the caller reads its own write, or, if the
+// projections dropped it, what came first.
+func (s *Service) appendAndWait(ctx context.Context, id domain.ChannelID, evs []domain.Event) (domain.Channel, eventlog.Position, error) {
 	var last eventlog.Position
 	for _, ev := range evs {
 		m, err := s.meta()
 		if err != nil {
-			return domain.Channel{}, err
+			return domain.Channel{}, last, err
 		}
 		if last, err = s.log.Append(ctx, s.cfg.Topics.Channels, string(id), ev, m); err != nil {
-			return domain.Channel{}, err
+			return domain.Channel{}, last, err
 		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyWait)
 	defer cancel()
 	if err := projector.WaitApplied(wctx, s.st, history.Name, last.Partition, last.Offset); err != nil {
-		return domain.Channel{}, err
+		return domain.Channel{}, last, err
 	}
-	return s.st.Channel(ctx, id)
+	c, err := s.st.Channel(ctx, id)
+	return c, last, err
 }
 
 // Send posts a message and returns its id once the log holds it. A resend
