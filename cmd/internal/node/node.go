@@ -50,6 +50,7 @@ const (
 	taskTailer       = "tailer" // per inbox epoch: tailer.eN
 	taskPresenceTail = "presence-tail"
 	taskHeartbeats   = "heartbeats"
+	taskLogouts      = "logouts"
 )
 
 // Node is one chatd process: the roles of its Config, over the log and the
@@ -82,6 +83,7 @@ type Node struct {
 	hub          *ws.Hub
 	gw           *ws.Server
 	presenceTail *ws.Presence
+	logouts      *ws.Logouts // closes the devices that log out on any node
 	sender       push.Sender
 	texts        *bodies.Resolver // resolves inbox entries' texts for the tailers and push
 	decoded      *inbox.Decoded   // inbox records decoded once for the tailers, inbox and push
@@ -371,6 +373,10 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 		Sends:     throttle.New(throttle.Rule{PerSecond: cfg.SendRate, Burst: cfg.SendBurst}),
 		SendBytes: throttle.New(throttle.Rule{PerSecond: cfg.SendBytesRate, Burst: cfg.SendBytesBurst}),
 	}, n.hub, tailer, svc, n.st, app)
+	if n.logouts, err = ws.NewLogouts(ctx, logCfg, n.gw, n.log); err != nil {
+		app.Close()
+		return nil, nil, nil, err
+	}
 	restErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "evchat_http_errors_total", Help: "REST error responses, by code.",
 	}, []string{"code"})
@@ -459,6 +465,7 @@ func (n *Node) startRoles(tailer *ws.Tailer, olderInboxes []int32) {
 	if tailer != nil {
 		n.tasks.start(eventlog.Epoched(taskTailer, lc.Epoch()), tailer.Run)
 		n.tasks.start(taskHeartbeats, n.gw.RunHeartbeats)
+		n.tasks.start(taskLogouts, n.logouts.Run)
 	}
 	n.tasks.start(taskEpochs, func(ctx context.Context) error { return eventlog.WatchEpochs(ctx, lc, n.onEpoch) })
 }
