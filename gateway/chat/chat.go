@@ -29,6 +29,7 @@ import (
 // Store is what the service needs of the store.
 type Store interface {
 	CreateUser(ctx context.Context, u store.User) error
+	DeleteUser(ctx context.Context, u store.User) error
 	UserByName(ctx context.Context, name string) (store.User, error)
 	User(ctx context.Context, id domain.UserID) (store.User, error)
 	RevokeSession(ctx context.Context, u domain.UserID, sid string, expires time.Time) error
@@ -216,7 +217,9 @@ func (s *Service) meta() (domain.Meta, error) {
 }
 
 // SignUp creates an account under the name's canonical form
-// (domain.CanonicalUserName) and records user.registered.
+// (domain.CanonicalUserName) and records user.registered. When the log
+// does not take user.registered, the account is removed again and the
+// answer is unavailable: a retry of the same sign-up makes it afresh.
 func (s *Service) SignUp(ctx context.Context, name, password string) (store.User, error) {
 	name, err := domain.CanonicalUserName(name)
 	if err != nil {
@@ -238,7 +241,12 @@ func (s *Service) SignUp(ctx context.Context, name, password string) (store.User
 		return store.User{}, err
 	}
 	if _, err := s.log.Append(ctx, s.cfg.Topics.Sessions, string(u.ID), domain.UserRegistered{UserID: u.ID, Name: name}, m); err != nil {
-		s.logger.Error("user created but user.registered not appended", "user", u.ID, "err", err)
+		// No account without its user.registered: undo it, so that the
+		// name is free and the client's retry makes the account afresh.
+		if derr := s.st.DeleteUser(context.WithoutCancel(ctx), u); derr != nil {
+			s.logger.Error("user.registered not appended and the account not undone", "user", u.ID, "err", derr)
+		}
+		return store.User{}, &domain.Error{Code: domain.CodeUnavailable, Msg: "the log did not take the sign-up: try again", Err: err}
 	}
 	return u, nil
 }
