@@ -234,6 +234,25 @@ func Admit(c Channel, ev Event, l Limits) bool {
 	return false
 }
 
+// Holds reports whether the state c shows the effect of cmd: the channel
+// exists (CreateChannel), the user is a member (AddMember), the user is not
+// (RemoveMember). The gateway decides on a state that may be stale and the
+// projections may drop the event it appended (Admit); after the event is
+// applied, Holds on the state read back tells whether the caller got what
+// it asked for, so that an answer of success is never given for an event
+// the projections dropped. For any other command it reports false.
+func Holds(c Channel, cmd Command) bool {
+	switch cmd := cmd.(type) {
+	case CreateChannel:
+		return c.Exists() && c.Kind == cmd.Kind
+	case AddMember:
+		return c.Kind == KindGroup && c.IsMember(cmd.UserID)
+	case RemoveMember:
+		return c.Kind == KindGroup && !c.IsMember(cmd.UserID)
+	}
+	return false
+}
+
 // Evolve returns the state after ev, an admitted event of the channel topic.
 // It does not change c.
 func Evolve(c Channel, ev Event, at time.Time) Channel {

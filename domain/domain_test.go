@@ -294,6 +294,41 @@ func TestAdmit(t *testing.T) {
 	}
 }
 
+// TestHolds: whether a state read back shows a command's effect, and that
+// a state from a dropped add (the group filled first) does not.
+func TestHolds(t *testing.T) {
+	var (
+		add    = domain.AddMember{ChannelID: groupID, ActorID: alice, UserID: carol}
+		remove = domain.RemoveMember{ChannelID: groupID, ActorID: alice, UserID: carol}
+		open   = domain.CreateChannel{ChannelID: directID, Kind: domain.KindDirect, CreatorID: alice, Members: []domain.UserID{bob}}
+	)
+	tests := []struct {
+		name  string
+		state domain.Channel
+		cmd   domain.Command
+		want  bool
+	}{
+		{"added", group(alice, carol), add, true},
+		{"add dropped: another took the last place", group(alice, bob, dave), add, false},
+		{"add on nothing", domain.Channel{ID: groupID}, add, false},
+		{"add to a direct channel", direct(), domain.AddMember{ChannelID: directID, ActorID: alice, UserID: alice}, false},
+		{"removed", group(alice, bob), remove, true},
+		{"remove undone by a later add", group(alice, carol), remove, false},
+		{"remove on nothing", domain.Channel{ID: groupID}, remove, false},
+		{"direct channel open", direct(), open, true},
+		{"direct channel not there", domain.Channel{ID: directID}, open, false},
+		{"a group under a direct channel's command", group(alice, bob), open, false},
+		{"a send", group(alice), domain.SendMessage{ChannelID: groupID, SenderID: alice}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := domain.Holds(tt.state, tt.cmd); got != tt.want {
+				t.Errorf("Holds(%+v, %+v) = %v; want %v", tt.state, tt.cmd, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestEvolve(t *testing.T) {
 	// withSpare returns the members in a slice with spare capacity, so that
 	// an append inside Evolve would write into the caller's array.

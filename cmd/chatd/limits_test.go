@@ -506,9 +506,12 @@ func closedByServer(t *testing.T, w *wsClient) error {
 
 // TestLogoutRevokes: after logout the token is refused on REST and on the
 // WebSocket upgrade, the device's open WebSocket is closed, and this holds
-// after a restart and, on the real servers, on another node. The same
-// device logs in again with a new token, and ann's other device is not
-// touched. Before: the logged-out token kept working everywhere.
+// after a restart and, on the real servers, on another node, where the
+// device's open WebSocket is closed too (the peer tails device.logged_out)
+// and ann's other device's is not. The same device logs in again with a
+// new token, and ann's other device is not touched. Before: the
+// logged-out token kept working everywhere; then, a WebSocket of the
+// device on another node stayed open.
 func TestLogoutRevokes(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		n := startNode(t, b)
@@ -516,10 +519,25 @@ func TestLogoutRevokes(t *testing.T) {
 		laptop, phone := n.login(ann, "laptop"), n.login(ann, "phone")
 		ch := n.createChannel(phone, "direct", bob.ID)
 		open, other := n.connect(laptop), n.connect(phone)
+		var peer *node
+		var peerOpen, peerOther *wsClient
+		if b.kafka != "" {
+			peer = startPeer(t, n, 2)
+			peerOpen, peerOther = peer.connect(laptop), peer.connect(phone)
+		}
 		n.must("POST", "/v1/logout", laptop, nil, nil)
 
 		if err := closedByServer(t, open); !strings.Contains(err.Error(), "logged out") {
 			t.Fatalf("the laptop's WebSocket closed with %v, want a close that says logged out", err)
+		}
+		if peer != nil {
+			if err := closedByServer(t, peerOpen); !strings.Contains(err.Error(), "logged out") {
+				t.Fatalf("the laptop's WebSocket on another node closed with %v, want a close that says logged out", err)
+			}
+			peerOther.write(map[string]string{"type": "ping"})
+			if f, _ := peerOther.readUntil("pong"); f.Type != "pong" {
+				t.Fatalf("ann's phone on another node: %+v", f)
+			}
 		}
 		refused := func(n *node, where string) {
 			t.Helper()
@@ -534,8 +552,8 @@ func TestLogoutRevokes(t *testing.T) {
 		if f := other.send(ch.ChannelID, "1", "the phone is still in"); f.Type != "ack" {
 			t.Fatalf("ann's other device after the laptop logged out: %+v", f)
 		}
-		if b.kafka != "" {
-			refused(startPeer(t, n, 2), "another node")
+		if peer != nil {
+			refused(peer, "another node")
 		}
 		n.stop()
 		n.start()

@@ -92,6 +92,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.LoginFailuresPerName, "login-failures-per-name", cfg.LoginFailuresPerName, "failed logins of one name per --login-window; then 429 (0: off)")
 	fs.IntVar(&cfg.LoginFailuresPerAddr, "login-failures-per-addr", cfg.LoginFailuresPerAddr, "failed logins from one address per --login-window; then 429 (0: off)")
 	fs.DurationVar(&cfg.LoginWindow, "login-window", cfg.LoginWindow, "window of the login throttles")
+	fs.IntVar(&cfg.RevocationCache, "revocation-cache", cfg.RevocationCache, "logged-out sessions remembered, and as many found not logged out (~200 bytes each)")
+	fs.DurationVar(&cfg.RevocationRecheck, "revocation-recheck", cfg.RevocationRecheck, "how long a session found not logged out is trusted: a logout on another node is refused here within this")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -29,6 +29,7 @@ import (
 // Store is what the service needs of the store.
 type Store interface {
 	CreateUser(ctx context.Context, u store.User) error
+	DeleteUser(ctx context.Context, u store.User) error
 	UserByName(ctx context.Context, name string) (store.User, error)
 	User(ctx context.Context, id domain.UserID) (store.User, error)
 	RevokeSession(ctx context.Context, u domain.UserID, sid string, expires time.Time) error
@@ -225,7 +226,9 @@ func (s *Service) meta() (domain.Meta, error) {
 }
 
 // SignUp creates an account under the name's canonical form
-// (domain.CanonicalUserName) and records user.registered.
+// (domain.CanonicalUserName) and records user.registered. When the log
+// does not take user.registered, the account is removed again and the
+// answer is unavailable: a retry of the same sign-up makes it afresh.
 func (s *Service) SignUp(ctx context.Context, name, password string) (store.User, error) {
 	name, err := domain.CanonicalUserName(name)
 	if err != nil {
@@ -247,7 +250,12 @@ func (s *Service) SignUp(ctx context.Context, name, password string) (store.User
 		return store.User{}, err
 	}
 	if _, err := s.log.Append(ctx, s.cfg.Topics.Sessions, string(u.ID), domain.UserRegistered{UserID: u.ID, Name: name}, m); err != nil {
-		s.logger.Error("user created but user.registered not appended", "user", u.ID, "err", err)
+		// No account without its user.registered: undo it, so that the
+		// name is free and the client's retry makes the account afresh.
+		if derr := s.st.DeleteUser(context.WithoutCancel(ctx), u); derr != nil {
+			s.logger.Error("user.registered not appended and the account not undone", "user", u.ID, "err", derr)
+		}
+		return store.User{}, &domain.Error{Code: domain.CodeUnavailable, Msg: "the log did not take the sign-up: try again", Err: err}
 	}
 	return u, nil
 }
@@ -361,8 +369,15 @@ func (s *Service) CreateChannel(ctx context.Context, caller domain.UserID, kind 
 	if len(evs) == 0 {
 		return cur, false, nil
 	}
-	c, err = s.appendAndWait(ctx, id, evs)
-	return c, err == nil, err
+	c, at, err := s.appendAndWait(ctx, id, evs)
+	if err != nil {
+		return domain.Channel{}, false, err
+	}
+	// A group's id is new, so its channel.created is admitted. A direct
+	// channel opened by both its members at once is created by the first
+	// channel.created in the log; the other is dropped, and its caller
+	// found the channel rather than created it.
+	return c, kind == domain.KindGroup || c.Version == at.Offset+1, nil
 }
 
 // AddMember adds a user to a group.
@@ -390,7 +405,29 @@ func (s *Service) decideAndAppend(ctx context.Context, id domain.ChannelID, cmd 
 	if len(evs) == 0 {
 		return cur, nil
 	}
-	return s.appendAndWait(ctx, id, evs)
+	c, _, err := s.appendAndWait(ctx, id, evs)
+	if err != nil {
+		return domain.Channel{}, err
+	}
+	return s.outcome(c, cmd)
+}
+
+// outcome answers a command whose event history has applied, from the
+// channel's state read after it. The command was decided on a state that
+// may have been stale: a concurrent add may have filled the group first,
+// and then the projections dropped this event (domain.Admit). Success is
+// answered only when the state shows the command's effect; else the
+// command is decided again on the new state for the error that says why
+// (group_full), or, when nothing refuses it now (the group changed again
+// since), conflict: the caller reads the group and tries again.
+func (s *Service) outcome(c domain.Channel, cmd domain.Command) (domain.Channel, error) {
+	if domain.Holds(c, cmd) {
+		return c, nil
+	}
+	if _, err := domain.Decide(c, cmd, s.cfg.Limits); err != nil {
+		return domain.Channel{}, err
+	}
+	return domain.Channel{}, domain.Errorf(domain.CodeConflict, "channel %s changed while this change was made, and it did not take effect: read the channel and try again", c.ID)
 }
 
 // current returns the channel's state, or an empty state with its id.
@@ -403,25 +440,27 @@ func (s *Service) current(ctx context.Context, id domain.ChannelID) (domain.Chan
 }
 
 // appendAndWait appends channel events and waits until the history
-// projection has applied them, then returns the channel's new state: the
-// caller reads its own write.
-func (s *Service) appendAndWait(ctx context.Context, id domain.ChannelID, evs []domain.Event) (domain.Channel, error) {
+// projection has applied them, then returns the channel's state and the
+// last event's position: the caller reads its own write, or, if the
+// projections dropped it, what came first.
+func (s *Service) appendAndWait(ctx context.Context, id domain.ChannelID, evs []domain.Event) (domain.Channel, eventlog.Position, error) {
 	var last eventlog.Position
 	for _, ev := range evs {
 		m, err := s.meta()
 		if err != nil {
-			return domain.Channel{}, err
+			return domain.Channel{}, last, err
 		}
 		if last, err = s.log.Append(ctx, s.cfg.Topics.Channels, string(id), ev, m); err != nil {
-			return domain.Channel{}, err
+			return domain.Channel{}, last, err
 		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyWait)
 	defer cancel()
 	if err := projector.WaitApplied(wctx, s.st, history.Name, last.Partition, last.Offset); err != nil {
-		return domain.Channel{}, err
+		return domain.Channel{}, last, err
 	}
-	return s.st.Channel(ctx, id)
+	c, err := s.st.Channel(ctx, id)
+	return c, last, err
 }
 
 // Send posts a message and returns its id once the log holds it. A resend

@@ -23,7 +23,8 @@
 // with 1003, a text frame that is not UTF-8 with 1007 (ReadClientFrame).
 // Per process: the Tailer reads the inbox topic from the inbox
 // projection's positions and offers each entry to the connections of its
-// user.
+// user; Logouts reads the session topic and closes the connections of the
+// devices that log out on any node.
 //
 // Bounds. A command has Config.CommandTimeout; a sync has no deadline but
 // must keep making progress: it fails (1013) after Config.SyncStall in

@@ -22,6 +22,10 @@ import (
 type Store interface {
 	// CreateUser adds an account. A taken name is domain.ErrConflict.
 	CreateUser(ctx context.Context, u User) error
+	// DeleteUser removes the account u.ID and frees its name, if the name
+	// is still u.ID's: sign-up undoes an account whose user.registered did
+	// not reach the log. An absent account is no error.
+	DeleteUser(ctx context.Context, u User) error
 	// UserByName finds an account by name, or domain.ErrNotFound.
 	UserByName(ctx context.Context, name string) (User, error)
 	// User finds an account by id, or domain.ErrNotFound.

@@ -199,6 +199,15 @@ type Config struct {
 	LoginFailuresPerAddr int
 	// LoginWindow (--login-window): the throttles' window. Default 5 min.
 	LoginWindow time.Duration
+	// RevocationCache (--revocation-cache): logged-out sessions the
+	// gateway remembers, and as many found not logged out, least recently
+	// used out first (auth.Revocations). Default 50,000.
+	RevocationCache int
+	// RevocationRecheck (--revocation-recheck): how long a session found
+	// not logged out is trusted before the store is read again, so a
+	// logout on another node is refused here within it (this node's own
+	// logouts at once). Default 1s; at most 1 min.
+	RevocationRecheck time.Duration
 	// Logger: default discards.
 	Logger *slog.Logger
 	// Stdout receives the "listening" line. Default io.Discard.
@@ -251,6 +260,8 @@ func DefaultConfig() Config {
 		LoginFailuresPerName: 10,
 		LoginFailuresPerAddr: 100,
 		LoginWindow:          5 * time.Minute,
+		RevocationCache:      auth.DefaultRevocationEntries,
+		RevocationRecheck:    auth.DefaultRevocationRecheck,
 	}
 }
 
@@ -371,6 +382,9 @@ func (c Config) Validate() error {
 	}
 	if (c.LoginFailuresPerName > 0 || c.LoginFailuresPerAddr > 0) && c.LoginWindow <= 0 {
 		return bad("login window %s: want more than 0", c.LoginWindow)
+	}
+	if c.RevocationCache < 1 || c.RevocationRecheck <= 0 || c.RevocationRecheck > time.Minute {
+		return bad("revocation cache of %d entries, recheck %s: want at least 1 entry and a recheck above 0, at most 1m (the time a logout on another node may be missed here)", c.RevocationCache, c.RevocationRecheck)
 	}
 	if _, err := selectRoles(c.Roles); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)

@@ -22,7 +22,7 @@
 // tasks (tasks.go), which labels it, tracks it and waits for it; the first
 // task to fail cancels the node. A task is a role of Table (per epoch,
 // "fanout.e2"), or a part of the gateway (the HTTP server, tailer.eN, the
-// presence tail, heartbeats), or the epochs watcher, the admin server and
+// presence tail, heartbeats, the logout tail), or the epochs watcher, the admin server and
 // a replay's follower. A replay stops and starts one task; an epoch switch
 // starts the new epoch's tasks and stops the old ones.
 //

@@ -50,6 +50,7 @@ const (
 	taskTailer       = "tailer" // per inbox epoch: tailer.eN
 	taskPresenceTail = "presence-tail"
 	taskHeartbeats   = "heartbeats"
+	taskLogouts      = "logouts"
 )
 
 // Node is one chatd process: the roles of its Config, over the log and the
@@ -82,6 +83,7 @@ type Node struct {
 	hub          *ws.Hub
 	gw           *ws.Server
 	presenceTail *ws.Presence
+	logouts      *ws.Logouts // closes the devices that log out on any node
 	sender       push.Sender
 	texts        *bodies.Resolver // resolves inbox entries' texts for the tailers and push
 	decoded      *inbox.Decoded   // inbox records decoded once for the tailers, inbox and push
@@ -352,10 +354,17 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 		app.Close()
 		return nil, nil, nil, err
 	}
+	// Logouts go through the revocation cache, so this node refuses a
+	// logged-out token at once; authenticated requests ask the cache.
+	revocations, err := auth.NewRevocations(n.st, auth.RevocationsConfig{Entries: cfg.RevocationCache, Recheck: cfg.RevocationRecheck})
+	if err != nil {
+		app.Close()
+		return nil, nil, nil, err
+	}
 	svc, err := chat.New(chat.Config{
 		Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: n.log,
 		Node: uint16(cfg.MachineID), DeliveryTimeout: logCfg.DeliveryTimeout, Passwords: passwords, Texts: n.texts,
-	}, n.st, app, ids, tokens)
+	}, revokingStore{n.st, revocations}, app, ids, tokens)
 	if err != nil {
 		app.Close()
 		return nil, nil, nil, err
@@ -374,12 +383,16 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 		Sends:     throttle.New(throttle.Rule{PerSecond: cfg.SendRate, Burst: cfg.SendBurst}),
 		SendBytes: throttle.New(throttle.Rule{PerSecond: cfg.SendBytesRate, Burst: cfg.SendBytesBurst}),
 	}, n.hub, tailer, svc, n.st, app)
+	if n.logouts, err = ws.NewLogouts(ctx, logCfg, logoutCloser{revocations, n.gw}, n.log); err != nil {
+		app.Close()
+		return nil, nil, nil, err
+	}
 	restErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "evchat_http_errors_total", Help: "REST error responses, by code.",
 	}, []string{"code"})
 	reg.MustRegister(restErrors)
 	e := api.New(api.Config{
-		Service: svc, Reader: n.st, Tokens: tokens, Sessions: n.st, WS: n.gw, Presence: n.presenceTail, Errors: restErrors,
+		Service: svc, Reader: n.st, Tokens: tokens, Sessions: revocations, WS: n.gw, Presence: n.presenceTail, Errors: restErrors,
 		Live: ready.Load, Ready: readyz, MaxBody: cfg.MaxBody,
 		LoginsByName: auth.NewThrottle(auth.ThrottleConfig{Limit: cfg.LoginFailuresPerName, Window: cfg.LoginWindow}),
 		LoginsByAddr: auth.NewThrottle(auth.ThrottleConfig{Limit: cfg.LoginFailuresPerAddr, Window: cfg.LoginWindow}),
@@ -387,6 +400,33 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 		MemberAdds:   throttle.New(throttle.Rule{PerSecond: cfg.MemberAddRate, Burst: cfg.MemberAddBurst}),
 	})
 	return app, tailer, e, nil
+}
+
+// revokingStore is the store with its revocations through the cache.
+type revokingStore struct {
+	store.Store
+	rev *auth.Revocations
+}
+
+func (s revokingStore) RevokeSession(ctx context.Context, u domain.UserID, sid string, expires time.Time) error {
+	return s.rev.RevokeSession(ctx, u, sid, expires)
+}
+
+func (s revokingStore) SessionRevoked(ctx context.Context, u domain.UserID, sid string) (bool, error) {
+	return s.rev.SessionRevoked(ctx, u, sid)
+}
+
+// logoutCloser acts on a device.logged_out read from the log: the cache
+// forgets the user's sessions it found not revoked, so a reconnect is
+// checked against the store, then the device's connections are closed.
+type logoutCloser struct {
+	rev *auth.Revocations
+	gw  *ws.Server
+}
+
+func (l logoutCloser) CloseDevice(u domain.UserID, d domain.DeviceID, why string) {
+	l.rev.Forget(u)
+	l.gw.CloseDevice(u, d, why)
 }
 
 // statCounter exports a pair of running counts as one counter with a label
@@ -462,6 +502,7 @@ func (n *Node) startRoles(tailer *ws.Tailer, olderInboxes []int32) {
 	if tailer != nil {
 		n.tasks.start(eventlog.Epoched(taskTailer, lc.Epoch()), tailer.Run)
 		n.tasks.start(taskHeartbeats, n.gw.RunHeartbeats)
+		n.tasks.start(taskLogouts, n.logouts.Run)
 	}
 	n.tasks.start(taskEpochs, func(ctx context.Context) error { return eventlog.WatchEpochs(ctx, lc, n.onEpoch) })
 }

@@ -8,6 +8,8 @@ type queries struct {
 	insertUserByName, insertUser, releaseUserName, selectUserByName, selectUser string
 	insertRevoked, selectRevoked                                                string
 
+	deleteUser string
+
 	insertReservation, markAppended, reservationExists string
 	selectReservation, takeOverReservation             string
 
@@ -35,6 +37,7 @@ func newQueries(ks string) queries {
 		insertUserByName: q(`INSERT INTO ${keyspace}.users_by_name (name, user_id, password_hash, created_at) VALUES (?, ?, ?, ?) IF NOT EXISTS`),
 		insertUser:       q(`INSERT INTO ${keyspace}.users (user_id, name, password_hash, created_at) VALUES (?, ?, ?, ?) IF NOT EXISTS`),
 		releaseUserName:  q(`DELETE FROM ${keyspace}.users_by_name WHERE name = ? IF user_id = ?`),
+		deleteUser:       q(`DELETE FROM ${keyspace}.users WHERE user_id = ?`),
 		selectUserByName: q(`SELECT user_id, password_hash, created_at FROM ${keyspace}.users_by_name WHERE name = ?`),
 		selectUser:       q(`SELECT name, password_hash, created_at FROM ${keyspace}.users WHERE user_id = ?`),
 		insertRevoked:    q(`INSERT INTO ${keyspace}.revoked_sessions (user_id, session_id, expires_at) VALUES (?, ?, ?) USING TTL ?`),

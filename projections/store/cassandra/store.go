@@ -172,6 +172,18 @@ func (s *Store) CreateUser(ctx context.Context, u store.User) error {
 	return nil
 }
 
+// DeleteUser removes the account u.ID and frees its name, if the name is
+// still u.ID's (a lightweight transaction, like the name's creation).
+func (s *Store) DeleteUser(ctx context.Context, u store.User) error {
+	if _, err := s.lwt(ctx, s.q.releaseUserName, u.Name, string(u.ID)).MapScanCAS(map[string]any{}); err != nil {
+		return fail("delete user: release name", err)
+	}
+	if err := s.query(ctx, s.q.deleteUser, string(u.ID)).Exec(); err != nil {
+		return fail("delete user", err)
+	}
+	return nil
+}
+
 // UserByName finds an account by name, or domain.ErrNotFound.
 func (s *Store) UserByName(ctx context.Context, name string) (store.User, error) {
 	u := store.User{Name: name}

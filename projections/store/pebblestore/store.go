@@ -311,6 +311,39 @@ func (s *Store) CreateUser(ctx context.Context, u store.User) error {
 	return nil
 }
 
+// DeleteUser removes the account u.ID and frees its name, if the name is
+// still u.ID's.
+func (s *Store) DeleteUser(ctx context.Context, u store.User) error {
+	if err := s.check(ctx); err != nil {
+		return err
+	}
+	s.userMu.Lock()
+	defer s.userMu.Unlock()
+	b := s.db.NewBatch()
+	defer b.Close()
+	nameKey := userNameKey(u.Name)
+	owner, closer, err := s.db.Get(nameKey)
+	switch {
+	case err == nil:
+		mine := string(owner) == string(u.ID)
+		closer.Close()
+		if mine {
+			if err := b.Delete(nameKey, nil); err != nil {
+				return fmt.Errorf("pebblestore: delete user: %w", err)
+			}
+		}
+	case !errors.Is(err, pebble.ErrNotFound):
+		return fmt.Errorf("pebblestore: delete user: %w", err)
+	}
+	if err := b.Delete(userKey(u.ID), nil); err != nil {
+		return fmt.Errorf("pebblestore: delete user: %w", err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("pebblestore: delete user: %w", err)
+	}
+	return nil
+}
+
 // UserByName finds an account by name, or domain.ErrNotFound.
 func (s *Store) UserByName(ctx context.Context, name string) (store.User, error) {
 	if err := s.check(ctx); err != nil {

@@ -32,6 +32,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	shared := []test{
 		{"CreateUser", testCreateUser},
+		{"DeleteUser", testDeleteUser},
 		{"UserNameTaken", testUserNameTaken},
 		{"UserNameTakenConcurrently", testUserNameTakenConcurrently},
 		{"UserNotFound", testUserNotFound},
@@ -182,6 +183,29 @@ func testCreateUser(t *testing.T, s store.Store) {
 	got, err = s.UserByName(ctx, u.Name)
 	must(t, err)
 	check(t, "UserByName", normUser(got), u)
+}
+
+func testDeleteUser(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	g := newIDs(t)
+	u := store.User{ID: g.user("1"), Name: g.name("dora"), PasswordHash: "h1", CreatedAt: at(1)}
+	must(t, s.CreateUser(ctx, u))
+	must(t, s.DeleteUser(ctx, u))
+	if _, err := s.User(ctx, u.ID); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("User after DeleteUser: got %v, want ErrNotFound", err)
+	}
+	if _, err := s.UserByName(ctx, u.Name); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("UserByName after DeleteUser: got %v, want ErrNotFound", err)
+	}
+	must(t, s.DeleteUser(ctx, u)) // absent: no error
+	// The name is free again; deleting the old account again leaves the
+	// new owner's name alone.
+	again := store.User{ID: g.user("2"), Name: u.Name, PasswordHash: "h2", CreatedAt: at(2)}
+	must(t, s.CreateUser(ctx, again))
+	must(t, s.DeleteUser(ctx, u))
+	got, err := s.UserByName(ctx, u.Name)
+	must(t, err)
+	check(t, "UserByName of the name's new owner", normUser(got), again)
 }
 
 func testUserNameTaken(t *testing.T, s store.Store) {
