@@ -71,6 +71,22 @@ func TestPasswordsWaitEndsWithContext(t *testing.T) {
 	waitFor(t, func() bool { return len(p.slots) == 0 })
 }
 
+// TestPasswordsWaitBounded: a request that waits MaxWait for a worker is
+// refused with busy, and its queue slot is free again. Before, it waited
+// until the HTTP write timeout closed its connection (EOF, no answer).
+func TestPasswordsWaitBounded(t *testing.T) {
+	p, _ := NewPasswords(PasswordsConfig{Workers: 1, Queue: 1, MaxWait: 50 * time.Millisecond})
+	release := make(chan struct{})
+	started := make(chan struct{})
+	go func() { _ = p.do(context.Background(), func() error { close(started); <-release; return nil }) }()
+	<-started
+	if _, err := p.Check(context.Background(), p.dummy, "x"); !errors.Is(err, domain.ErrBusy) || domain.RetryAfterOf(err) <= 0 {
+		t.Fatalf("got %v, want busy with a Retry-After", err)
+	}
+	close(release)
+	waitFor(t, func() bool { return len(p.slots) == 0 })
+}
+
 func TestThrottle(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	th := NewThrottle(ThrottleConfig{Limit: 3, Window: time.Minute, MaxKeys: 4})

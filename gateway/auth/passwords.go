@@ -21,6 +21,11 @@ type PasswordsConfig struct {
 	Queue int
 	// RetryAfter is what a refused request is told to wait. Default 1 s.
 	RetryAfter time.Duration
+	// MaxWait bounds how long a request waits in the queue for a worker
+	// (--password-wait); then it is refused with domain.CodeBusy too, so
+	// its client hears 503 rather than a connection closed by the HTTP
+	// write timeout. Default 10 s.
+	MaxWait time.Duration
 }
 
 func (c PasswordsConfig) withDefaults() PasswordsConfig {
@@ -32,6 +37,9 @@ func (c PasswordsConfig) withDefaults() PasswordsConfig {
 	}
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = time.Second
+	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = 10 * time.Second
 	}
 	return c
 }
@@ -91,14 +99,19 @@ func (p *Passwords) CheckUnknown(ctx context.Context, pw string) error {
 }
 
 func (p *Passwords) do(ctx context.Context, f func() error) error {
+	busy := &domain.Error{Code: domain.CodeBusy, Msg: "too many password checks at once; retry shortly", RetryAfter: p.cfg.RetryAfter}
 	select {
 	case p.slots <- struct{}{}:
 	default:
-		return &domain.Error{Code: domain.CodeBusy, Msg: "too many password checks at once; retry shortly", RetryAfter: p.cfg.RetryAfter}
+		return busy
 	}
 	defer func() { <-p.slots }()
+	wait := time.NewTimer(p.cfg.MaxWait)
+	defer wait.Stop()
 	select {
 	case p.run <- struct{}{}:
+	case <-wait.C:
+		return busy
 	case <-ctx.Done():
 		return ctx.Err()
 	}

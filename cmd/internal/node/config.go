@@ -190,6 +190,10 @@ type Config struct {
 	// PasswordQueue (--password-queue): sign-ups and logins waiting for a
 	// worker; past it 503 busy with Retry-After. Default 64.
 	PasswordQueue int
+	// PasswordWait (--password-wait): how long a sign-up or login waits
+	// for a password worker before it is refused with 503 busy; below
+	// HTTPWriteTimeout, so the client hears why. Default 10s.
+	PasswordWait time.Duration
 	// LoginFailuresPerName (--login-failures-per-name): failed logins of
 	// one user name in a LoginWindow; then 429 rate_limited until the
 	// window ends. 0: off. Default 10.
@@ -257,6 +261,7 @@ func DefaultConfig() Config {
 		HTTPIdleTimeout:      60 * time.Second,
 		MaxBody:              64 << 10,
 		PasswordQueue:        64,
+		PasswordWait:         10 * time.Second,
 		LoginFailuresPerName: 10,
 		LoginFailuresPerAddr: 100,
 		LoginWindow:          5 * time.Minute,
@@ -373,6 +378,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBody < 1024 {
 		return bad("max body %d bytes: want at least 1024", c.MaxBody)
+	}
+	if c.PasswordWait <= 0 || c.PasswordWait >= c.HTTPWriteTimeout {
+		return bad("password wait %s: want more than 0 and less than the HTTP write timeout (%s), or a waiting login's connection closes without an answer", c.PasswordWait, c.HTTPWriteTimeout)
 	}
 	if c.PasswordWorkers < 0 || c.PasswordQueue < 1 {
 		return bad("password workers %d and queue %d: want workers ≥ 0 (0: GOMAXPROCS) and queue ≥ 1", c.PasswordWorkers, c.PasswordQueue)
