@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"maps"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,37 @@ type Store struct {
 	// concurrent Applys the lower offset of a message stays in the index.
 	// It is never held with userMu or resMu.
 	inboxMu sync.Mutex
+
+	// positions keeps each projection's positions in memory once read:
+	// this process is the store's only writer, and a scan of the
+	// positions walks every version of them still in the memtable (6%
+	// of the CPU at 800 msg/s, where every batch checks them). posMu
+	// guards the map; each entry's own lock is held from an Apply's
+	// commit to its update of the entry, so that it follows the commits.
+	posMu     sync.Mutex
+	positions map[string]*positionCache
+}
+
+// positionCache is what a projection's positions are in the store, once
+// loaded.
+type positionCache struct {
+	mu     sync.Mutex
+	loaded bool
+	pos    map[int32]int64
+}
+
+func (s *Store) positionCache(projection string) *positionCache {
+	s.posMu.Lock()
+	defer s.posMu.Unlock()
+	if s.positions == nil {
+		s.positions = map[string]*positionCache{}
+	}
+	pc := s.positions[projection]
+	if pc == nil {
+		pc = &positionCache{}
+		s.positions[projection] = pc
+	}
+	return pc
 }
 
 var _ store.Store = (*Store)(nil)
@@ -601,7 +633,20 @@ func (s *Store) apply(in store.Batch) error {
 	if b.Empty() {
 		return nil
 	}
-	return b.Commit(pebble.Sync)
+	if len(in.Positions) == 0 {
+		return b.Commit(pebble.Sync)
+	}
+	pc := s.positionCache(in.Projection)
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if err := b.Commit(pebble.Sync); err != nil {
+		pc.loaded = false // not known whether it was written
+		return err
+	}
+	if pc.loaded {
+		maps.Copy(pc.pos, in.Positions)
+	}
+	return nil
 }
 
 // indexInbox adds to b the inbox message index entries of entries: for
@@ -659,6 +704,21 @@ func (s *Store) Positions(ctx context.Context, projection string) (map[int32]int
 	if err := s.check(ctx); err != nil {
 		return nil, err
 	}
+	pc := s.positionCache(projection)
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if !pc.loaded {
+		pos, err := s.readPositions(projection)
+		if err != nil {
+			return nil, err
+		}
+		pc.pos, pc.loaded = pos, true
+	}
+	return maps.Clone(pc.pos), nil
+}
+
+// readPositions reads the projection's positions from the database.
+func (s *Store) readPositions(projection string) (map[int32]int64, error) {
 	pos := make(map[int32]int64)
 	prefix := positionPrefix(projection)
 	err := s.scan(prefix, prefixEnd(prefix), false, -1, func(k, v []byte) error {
@@ -971,6 +1031,10 @@ func (s *Store) ResetProjection(ctx context.Context, projection string) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
+	pc := s.positionCache(projection)
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	pc.loaded = false
 	b := s.db.NewBatch()
 	defer b.Close()
 	prefix := positionPrefix(projection)
