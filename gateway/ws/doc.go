@@ -37,6 +37,16 @@
 // the store (the inbox projection) up to the tailer's point, then flushes
 // the buffer: no gap and no duplicate, as documented on Server.sync.
 //
+// Files, by concern: server.go (the Server, its store and command
+// interfaces, a connection's life from upgrade to close, shutdown),
+// config.go (Config and its defaults), dispatch.go (a client frame to its
+// command), sync.go (sync, catch-up and carry-over: the store's part),
+// epoch.go (inbox epochs and the switch), heartbeat.go, conn.go (one
+// connection: live offers, the writer), queue.go (the send queue and the
+// shared frame bodies), sends.go (sends off the read loop), tailer.go (the
+// inbox topic to the connections), hub.go, presence.go, frames.go and
+// encode.go (the frames and their codec).
+//
 // Lock order: conn.syncMu, then Tailer.parts[p], then conn.mu, then
 // sendQueue.mu (bodyCache.mu is taken alone); Hub shard locks are never held while taking any of them, and
 // sends.mu is taken alone (nothing is held while taking it, nothing is
