@@ -111,7 +111,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) e
 	c := &conn{
 		gen: g, user: cl.UserID, device: cl.DeviceID, ws: wsc,
 		q: newSendQueue(s.cfg.QueueSize, s.cfg.QueueBytes), bodies: g.tailer.bodies, done: make(chan struct{}),
-		maxBuf: s.cfg.SyncBuffer, maxBufBytes: s.cfg.QueueBytes, last: -1, metrics: s.cfg.Metrics,
+		h: newHandoff(s.cfg.SyncBuffer, s.cfg.QueueBytes), metrics: s.cfg.Metrics,
 	}
 	var writer sync.WaitGroup
 	writer.Go(func() { c.write(s.cfg.WriteTimeout, s.cfg.PingInterval) })
@@ -157,8 +157,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) e
 	}
 	g.tailer.mark(part, func(next int64) {
 		c.mu.Lock()
-		c.last = max(next, end) - 1
-		c.syncing = resume // a resuming device gets nothing live before its sync
+		c.h.connect(max(next, end), resume) // a resuming device gets nothing live before its sync
 		c.mu.Unlock()
 		s.hub.add(c)
 	})

@@ -3,7 +3,6 @@ package ws
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/evchat/evchat/domain"
@@ -21,6 +20,7 @@ import (
 // past T arrives in the buffer. So: deliver the store's entries in
 // (position, T) as the projection stores them (see fromStore), then the
 // buffered ones past the last delivered, and switch back to live delivery.
+// The connection's side of this is c.h (see handoff).
 //
 // A position from an older epoch is carried over: the device had exactly
 // the old epoch's entries up to its position, so it gets every entry of the
@@ -46,7 +46,7 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 		if err != nil {
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			c.buf, c.bufBytes = nil, 0
+			c.h.fail()
 			c.sendLocked(errorFrame(err, ""))
 			c.cutLocked("sync failed: " + err.Error())
 		}
@@ -71,7 +71,7 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 			return nil
 		}
 		c.mu.Lock()
-		c.had = had // for every later sync of this connection too
+		c.h.had = had // for every later sync of this connection too
 		c.mu.Unlock()
 		position = -1
 	}
@@ -83,7 +83,7 @@ func (s *Server) sync(ctx context.Context, c *conn, part int32, epoch int32, pos
 			return err
 		}
 		c.mu.Lock()
-		position = c.last
+		position = c.h.last
 		c.mu.Unlock()
 	}
 }
@@ -96,9 +96,7 @@ func (s *Server) syncRound(ctx context.Context, c *conn, part int32, position in
 	g.tailer.mark(part, func(next int64) {
 		t = next
 		c.mu.Lock()
-		c.syncing, c.dropping = true, false
-		c.buf, c.bufBytes = c.buf[:0], 0
-		c.last = position
+		c.h.begin(position)
 		c.mu.Unlock()
 	})
 	if err := s.fromStore(ctx, c, part, position, t); err != nil {
@@ -107,21 +105,17 @@ func (s *Server) syncRound(ctx context.Context, c *conn, part int32, position in
 	// Then what arrived live meanwhile, until nothing waits.
 	for {
 		c.mu.Lock()
-		if c.dropping {
+		batch, step := c.h.next()
+		switch step {
+		case stepAgain:
 			c.mu.Unlock()
 			return true, nil
-		}
-		batch := c.buf
-		c.bufBytes = 0
-		if len(batch) == 0 {
-			c.buf = nil
-			c.syncing = false
-			last, e := c.last, g.epoch
+		case stepSynced:
+			last, e := c.h.last, g.epoch
 			c.sendLocked(ServerFrame{Type: TypeSynced, Epoch: &e, Position: &last})
 			c.mu.Unlock()
 			return false, nil
 		}
-		c.buf = nil
 		c.mu.Unlock()
 		if err := s.deliver(ctx, c, batch, true); err != nil {
 			return false, err
@@ -176,29 +170,14 @@ func (s *Server) fromStore(ctx context.Context, c *conn, part int32, after, t in
 				return err
 			}
 			// At most a send queue's bytes of text held at once.
-			pend := make([]pending, 0, len(es))
-			full, bytes := false, 0
-			for _, e := range es {
-				if e.Offset >= upto {
-					break
-				}
-				if full = len(pend) > 0 && bytes+len(e.Message.Text) > c.q.maxBytes; full {
-					break
-				}
-				pend = append(pend, pending{e.Offset, e.Message})
-				bytes += len(e.Message.Text)
-			}
+			pend, next := storePage(es, upto, c.q.maxBytes, page)
 			if err := s.resolve(ctx, c, pend); err != nil {
 				return err
 			}
 			if err := s.deliver(ctx, c, pend, false); err != nil {
 				return err
 			}
-			if len(pend) == page || full {
-				after = pend[len(pend)-1].offset
-			} else {
-				after = upto - 1 // every stored entry of the user below upto is delivered
-			}
+			after = next
 			moved = time.Now() // the time the client took is not the projection's
 			continue
 		}
@@ -241,7 +220,7 @@ func (s *Server) resolve(ctx context.Context, c *conn, ps []pending) error {
 // conn.offer) from the last position it was sent.
 func (s *Server) catchUp(ctx context.Context, c *conn, part int32) {
 	c.mu.Lock()
-	position := c.last
+	position := c.h.last
 	c.mu.Unlock()
 	if err := s.sync(ctx, c, part, c.gen.epoch, position); err != nil && ctx.Err() == nil {
 		s.cfg.Logger.Warn("catch-up", "user", c.user, "device", c.device, "err", err)
@@ -277,11 +256,9 @@ func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, live bool) 
 		}
 		c.mu.Lock()
 		for i, p := range ps[:len(fs)] {
-			if c.had != nil && c.had(p.msg.MessageID) {
-				c.last = max(c.last, p.offset)
-				continue
+			if c.h.take(p.offset, p.msg.MessageID, true) {
+				c.deliverLocked(p.offset, p.msg, &fs[i], live)
 			}
-			c.deliverLocked(p.offset, p.msg, &fs[i], live)
 		}
 		c.mu.Unlock()
 		ps = ps[len(fs):]
@@ -331,9 +308,5 @@ func (s *Server) carryOver(ctx context.Context, c *conn, part, epoch int32, posi
 		}
 		after = es[len(es)-1].Offset
 	}
-	slices.Sort(ids)
-	return func(id domain.MessageID) bool {
-		_, found := slices.BinarySearch(ids, id)
-		return found
-	}, true, nil
+	return carried(ids), true, nil
 }
