@@ -39,6 +39,9 @@ type round struct {
 	// moment k < reads is before the k-th store read, then before each
 	// step of the drain; past every moment, after the sync.
 	arrive []int
+	// had: the messages the device had in an older epoch (a carry-over:
+	// the sync starts at -1 and passes over these).
+	had []domain.MessageID
 }
 
 // play runs a sync of r over p as Server.syncRound and fromStore do, and
@@ -47,6 +50,9 @@ type round struct {
 func play(t *testing.T, p partition, r round) (got []int64, rounds int) {
 	t.Helper()
 	h := newHandoff(r.maxBuf, 1<<20)
+	if r.had != nil {
+		h.had = carried(slices.Clone(r.had))
+	}
 	take := func(es []pending, carried bool) {
 		for _, e := range es {
 			if h.take(e.offset, e.msg.MessageID, carried) {
@@ -158,6 +164,35 @@ func TestHandoffSync(t *testing.T) {
 			}
 			if rounds != tt.rounds {
 				t.Errorf("%d rounds, want %d", rounds, tt.rounds)
+			}
+		})
+	}
+}
+
+// TestHandoffCarryOver: a device that had some messages in an older epoch
+// (in another order there: the new epoch is a rebuild) gets every other
+// entry of the current one, once, whenever the live ones arrive, and ends
+// at the current epoch's last position.
+func TestHandoffCarryOver(t *testing.T) {
+	p := partition{entry(0, 3, "c"), entry(1, 1, "a"), entry(4, 2, "b"), entry(5, 6, "f"), entry(6, 4, "d"), entry(9, 5, "e")}
+	tests := []struct {
+		name string
+		had  []domain.MessageID
+		r    round
+		want []int64
+	}{
+		{"it had nothing of them", []domain.MessageID{99}, round{point: 10, stored: 10, page: 500, maxBuf: 100}, []int64{0, 1, 4, 5, 6, 9}},
+		{"it had the first three", []domain.MessageID{1, 2, 3}, round{point: 10, stored: 10, page: 500, maxBuf: 100}, []int64{5, 6, 9}},
+		{"it had some in between", []domain.MessageID{1, 6, 5}, round{point: 10, stored: 10, page: 2, maxBuf: 100}, []int64{0, 4, 6}},
+		{"it had them all", []domain.MessageID{1, 2, 3, 4, 5, 6}, round{point: 10, stored: 10, page: 1, maxBuf: 100}, nil},
+		{"some arrive live", []domain.MessageID{1, 2, 3}, round{point: 5, stored: 5, page: 500, maxBuf: 100, arrive: []int{0, 1, 9}}, []int64{5, 6, 9}},
+		{"the buffer overflows", []domain.MessageID{2, 4}, round{point: 1, stored: 1, page: 1, maxBuf: 1, arrive: []int{0, 0, 0, 0, 0}}, []int64{0, 1, 5, 9}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.r.position, tt.r.had = -1, tt.had
+			if got, _ := play(t, p, tt.r); !slices.Equal(got, tt.want) {
+				t.Errorf("delivered %v, want %v", got, tt.want)
 			}
 		})
 	}
