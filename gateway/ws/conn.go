@@ -75,7 +75,7 @@ func (c *conn) offer(offset int64, m domain.InboxMessage, f outFrame) {
 	case offerBehind:
 		c.behind()
 	case offerDeliver:
-		if c.h.take(offset, m.MessageID, false) {
+		if c.h.take(offset, m.MessageID) {
 			c.deliverLocked(offset, m, &f, true)
 		}
 	}

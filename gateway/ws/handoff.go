@@ -16,9 +16,9 @@ import (
 //
 //   - An entry goes to the device once, in offset order: never one at or
 //     before the position (last), never a second inbox copy of a message
-//     delivered a moment ago (recent), never, in a sync after a carry-over,
-//     a message the device had in the older epoch (had: the position moves
-//     past it all the same).
+//     delivered a moment ago (recent), never, after a carry-over, a
+//     message the device had in the older epoch, whether the store or the
+//     live tail brings it (had: the position moves past it all the same).
 //   - A connection that resumes takes nothing live before its sync; one
 //     that does not takes live entries from the point it connected at
 //     (connect), never older ones.
@@ -106,11 +106,13 @@ func (h *handoff) offer(offset int64, m domain.InboxMessage, halfFull func() boo
 }
 
 // take reports whether the entry at offset goes to the device, and moves
-// the position to it when it is past it. A sync's entries pass carried:
-// after a carry-over, a message the device had in the older epoch does
-// not go out, and the position moves past it.
-func (h *handoff) take(offset int64, id domain.MessageID, carried bool) bool {
-	if carried && h.had != nil && h.had(id) {
+// the position to it when it is past it. After a carry-over, a message the
+// device had in the older epoch does not go out, from the store or live,
+// and the position moves past it: the new epoch's writer may lag the old
+// one's at the switch, so entries of messages the device had live in the
+// old epoch can arrive live after the sync.
+func (h *handoff) take(offset int64, id domain.MessageID) bool {
+	if h.had != nil && h.had(id) {
 		h.last = max(h.last, offset)
 		return false
 	}

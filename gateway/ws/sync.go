@@ -256,7 +256,7 @@ func (s *Server) deliver(ctx context.Context, c *conn, ps []pending, live bool) 
 		}
 		c.mu.Lock()
 		for i, p := range ps[:len(fs)] {
-			if c.h.take(p.offset, p.msg.MessageID, true) {
+			if c.h.take(p.offset, p.msg.MessageID) {
 				c.deliverLocked(p.offset, p.msg, &fs[i], live)
 			}
 		}
