@@ -18,7 +18,6 @@ type conn struct {
 	ws      *websocket.Conn
 	done    chan struct{}
 	once    sync.Once
-	maxBuf  int
 	metrics *Metrics
 	gen     *generation // the inbox epoch the connection is in, for its life
 
@@ -27,9 +26,6 @@ type conn struct {
 	q *sendQueue
 	// bodies encodes message frames, sharing each message's body.
 	bodies *bodyCache
-	// maxBufBytes bounds the bytes of text buffered during a sync, as
-	// maxBuf bounds the entries.
-	maxBufBytes int
 
 	// behind starts a catch-up from the store (Server.catchUp) when live
 	// entries come faster than the client reads; set by Serve.
@@ -38,52 +34,18 @@ type conn struct {
 	// asked for take turns.
 	syncMu sync.Mutex
 
-	mu       sync.Mutex // guards the fields below
-	syncing  bool
-	dropping bool // live entries are dropped: a sync will read them from the store
-	buf      []pending
-	bufBytes int                         // of the texts in buf
-	had      func(domain.MessageID) bool // after a carry-over: whether the device had a message
-	last     int64                       // offset of the newest entry delivered; -1: none
-	recent   *recentIDs
-	cutWhy   string
+	mu sync.Mutex // guards the fields below
+	// h is what the device has and, during a sync, the live entries that
+	// wait for it: the hand-off between the store and live delivery.
+	h      handoff
+	cutWhy string
 }
 
-// recentIDs remembers the last message ids delivered on a connection, so
-// that a second inbox copy of a message (see package inbox) arriving live
-// is not delivered twice. Allocated on first delivery.
-type recentIDs struct {
-	ids  [256]domain.MessageID
-	next int
-}
-
-func (r *recentIDs) seen(id domain.MessageID) bool {
-	for _, x := range r.ids {
-		if x == id {
-			return true
-		}
-	}
-	r.ids[r.next] = id
-	r.next = (r.next + 1) % len(r.ids)
-	return false
-}
-
-// deliverLocked sends an inbox entry unless it is at or before the last
-// position delivered or a copy of a message just delivered. f is the
-// entry's frame when the caller has encoded it (the tailer, once for all
-// the user's connections); otherwise it is encoded here, sharing the
-// message's body.
+// deliverLocked sends an inbox entry the hand-off took (handoff.take). f
+// is the entry's frame when the caller has encoded it (the tailer, once
+// for all the user's connections); otherwise it is encoded here, sharing
+// the message's body.
 func (c *conn) deliverLocked(offset int64, m domain.InboxMessage, f *outFrame, live bool) {
-	if offset <= c.last {
-		return
-	}
-	c.last = offset
-	if c.recent == nil {
-		c.recent = &recentIDs{}
-	}
-	if c.recent.seen(m.MessageID) {
-		return
-	}
 	if f == nil {
 		enc, err := c.bodies.messageFrame(c.gen.epoch, offset, m)
 		if err != nil {
@@ -93,11 +55,6 @@ func (c *conn) deliverLocked(offset int64, m domain.InboxMessage, f *outFrame, l
 	}
 	c.pushLocked(*f)
 	c.metrics.delivered(m.SentAt, live)
-}
-
-type pending struct {
-	offset int64
-	msg    domain.InboxMessage
 }
 
 // offer hands the connection a live inbox entry. Called by the tailer with
@@ -114,26 +71,14 @@ type pending struct {
 func (c *conn) offer(offset int64, m domain.InboxMessage, f outFrame) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	switch {
-	case c.dropping:
-		return
-	case c.syncing:
-		if len(c.buf) >= c.maxBuf || c.bufBytes+len(m.Text) > c.maxBufBytes || !m.Resolved() {
-			c.dropping, c.buf, c.bufBytes = true, nil, 0 // the running sync goes round again
-			return
-		}
-		c.buf = append(c.buf, pending{offset, m})
-		c.bufBytes += len(m.Text)
-		return
-	case !m.Resolved() || c.q.halfFull():
-		// Without its text (the tailer could not resolve it in time, or
-		// the connection is newer than the tailer's resolve) the entry
-		// is read from the store like one the client was too slow for.
-		c.syncing, c.dropping = true, true
+	switch c.h.offer(offset, m, c.q.halfFull) {
+	case offerBehind:
 		c.behind()
-		return
+	case offerDeliver:
+		if c.h.take(offset, m.MessageID) {
+			c.deliverLocked(offset, m, &f, true)
+		}
 	}
-	c.deliverLocked(offset, m, &f, true)
 }
 
 // takesLive reports whether the connection delivers or buffers live
@@ -142,7 +87,7 @@ func (c *conn) offer(offset int64, m domain.InboxMessage, f outFrame) {
 func (c *conn) takesLive() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return !c.dropping
+	return c.h.takesLive()
 }
 
 // waitRoom waits until frames more frames of bytes bytes fit in half the

@@ -36,7 +36,21 @@
 // has, in its user's partition of the inbox topic, with the inbox epoch.
 // On sync, the connection buffers live entries, reads what it missed from
 // the store (the inbox projection) up to the tailer's point, then flushes
-// the buffer: no gap and no duplicate, as documented on Server.sync.
+// the buffer: no gap and no duplicate, as documented on Server.sync. The
+// connection's side of that hand-off (what the device has, what waits for
+// the sync) is the handoff type: no I/O, no lock of its own, its rules
+// table-tested.
+//
+// Files, by concern: server.go (the Server, its store and command
+// interfaces, a connection's life from upgrade to close, shutdown),
+// config.go (Config and its defaults), dispatch.go (a client frame to its
+// command), sync.go (sync, catch-up and carry-over: the store's part),
+// handoff.go (the connection's part of a sync, tested without I/O),
+// epoch.go (inbox epochs and the switch), heartbeat.go, conn.go (one
+// connection: live offers, the writer), queue.go (the send queue and the
+// shared frame bodies), sends.go (sends off the read loop), tailer.go (the
+// inbox topic to the connections), hub.go, presence.go, frames.go and
+// encode.go (the frames and their codec).
 //
 // Lock order: conn.syncMu, then Tailer.parts[p], then conn.mu, then
 // sendQueue.mu (bodyCache.mu is taken alone); Hub shard locks are never held while taking any of them, and

@@ -151,6 +151,7 @@ type gateway struct {
 	srv  *ws.Server
 	http *httptest.Server
 	logs *syncBuffer
+	log  eventlog.Config // the embedded broker, in the gateway's inbox epoch
 }
 
 type syncBuffer struct {
@@ -187,12 +188,18 @@ func smallBuffers(_, _ string, rc syscall.RawConn) error {
 // broker; everything it starts stops when the test ends.
 func startGateway(t *testing.T, cfg ws.Config, st *fakeStore, cmds ws.Commands) *gateway {
 	t.Helper()
+	return startGatewayIn(t, 1, cfg, st, cmds)
+}
+
+// startGatewayIn is startGateway in an inbox epoch.
+func startGatewayIn(t *testing.T, epoch int32, cfg ws.Config, st ws.InboxStore, cmds ws.Commands) *gateway {
+	t.Helper()
 	emb, err := eventlog.StartEmbedded("", 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	lcfg := eventlog.Config{Brokers: emb.Addrs(), Partitions: 1}
+	lcfg := eventlog.Config{Brokers: emb.Addrs(), Partitions: 1}.WithEpoch(domain.OutputInbox, epoch)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := eventlog.EnsureTopics(ctx, lcfg); err != nil {
@@ -233,7 +240,7 @@ func startGateway(t *testing.T, cfg ws.Config, st *fakeStore, cmds ws.Commands) 
 		}
 		hs.Close()
 	})
-	return &gateway{srv: srv, http: hs, logs: logs}
+	return &gateway{srv: srv, http: hs, logs: logs, log: lcfg}
 }
 
 // client is a device's end of a connection.

@@ -30,7 +30,7 @@ type Bodies interface {
 // connections, with its text resolved (see resolve). It starts each
 // partition at the inbox projection's position, so that everything below
 // the tailer's point in a partition is either in the store or was offered
-// live: the invariant Conn.sync relies on.
+// live: the invariant the sync (sync.go) relies on.
 type Tailer struct {
 	cfg   eventlog.Config
 	topic string
