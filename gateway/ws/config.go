@@ -1,6 +1,8 @@
 package ws
 
 import (
+	"context"
+	"github.com/evchat/evchat/domain"
 	"log/slog"
 	"time"
 
@@ -80,6 +82,16 @@ type Config struct {
 	Heartbeat time.Duration
 	// SessionsTopic is where heartbeats go. Required for heartbeats.
 	SessionsTopic string
+	// Sessions, if set, is asked again once a connection has registered
+	// whether its session was revoked: a logout that reached this node
+	// between the upgrade's check and the registration found no
+	// connection to close (see Logouts).
+	Sessions SessionChecker
+}
+
+// SessionChecker tells a revoked (logged-out) session (auth.Revocations).
+type SessionChecker interface {
+	SessionRevoked(ctx context.Context, u domain.UserID, sid string) (bool, error)
 }
 
 func (c Config) withDefaults() Config {

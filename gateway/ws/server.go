@@ -166,6 +166,15 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) e
 		c.cut(epochChanged(s.gen.Load().epoch))
 		return nil
 	}
+	if s.cfg.Sessions != nil {
+		// A logout that came between the upgrade's check and the
+		// registration closed nothing here; it is in the store by now
+		// (it is revoked there before device.logged_out is appended).
+		if revoked, err := s.cfg.Sessions.SessionRevoked(r.Context(), c.user, cl.Session); err == nil && revoked {
+			c.cut(LoggedOutReason)
+			return nil
+		}
+	}
 	hello := g.epoch
 	c.send(ServerFrame{Type: TypeHello, UserID: c.user, DeviceID: c.device, Epoch: &hello})
 	if first { // a device's other connections have made it online already

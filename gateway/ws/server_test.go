@@ -586,3 +586,32 @@ func TestSyncResolvesTexts(t *testing.T) {
 		t.Fatalf("after the backlog: %+v", f)
 	}
 }
+
+// revokedSessions says every session is revoked.
+type revokedSessions struct{}
+
+func (revokedSessions) SessionRevoked(context.Context, domain.UserID, string) (bool, error) {
+	return true, nil
+}
+
+// TestRevokedAfterRegistration: a connection whose session is revoked by
+// the time it has registered is closed with LoggedOutReason (a logout
+// between the upgrade's check and the registration closed nothing).
+// Without the second look it got its hello and stayed open.
+func TestRevokedAfterRegistration(t *testing.T) {
+	g := startGateway(t, ws.Config{Sessions: revokedSessions{}}, newFakeStore(0, ""), newFakeCommands())
+	c := g.dial(t, "")
+	for {
+		f, err := c.read()
+		if err != nil {
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) || ce.Text != ws.LoggedOutReason {
+				t.Fatalf("connection ended with %v, want a close saying %q", err, ws.LoggedOutReason)
+			}
+			return
+		}
+		if f.Type == ws.TypeHello {
+			t.Fatalf("a revoked session got its hello")
+		}
+	}
+}

@@ -376,7 +376,7 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	}
 	n.gw = ws.NewServer(ws.Config{
 		Logger: n.log, Metrics: ws.NewMetrics(reg, n.hub.Count),
-		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions, MaxConnections: n.wsCap,
+		Heartbeat: cfg.Heartbeat, SessionsTopic: logCfg.Topics().Sessions, Sessions: revocations, MaxConnections: n.wsCap,
 		QueueSize: cfg.WSQueueFrames, QueueBytes: cfg.WSQueueBytes,
 		MaxPerUser: cfg.WSMaxPerUser, MaxPerDevice: cfg.WSMaxPerDevice,
 		PingInterval: cfg.WSPingInterval, PongTimeout: cfg.WSPongTimeout,
