@@ -14,9 +14,11 @@ type generation struct {
 
 // SwitchEpoch moves the gateway to the inbox epoch that t reads. New
 // connections are in the new epoch at once; every connection of an older
-// one is closed (1013, with the reason), and its device reconnects with
-// the position it has: the sync carries the position over (see sync).
-func (s *Server) SwitchEpoch(t *Tailer) {
+// one is closed (1013, with the reason) by closeOld, which the caller
+// runs outside its own locks (a close can wait on a stuck writer), and its
+// device reconnects with the position it has: the sync carries the
+// position over (see sync).
+func (s *Server) SwitchEpoch(t *Tailer) (closeOld func()) {
 	g := &generation{epoch: t.Epoch(), tailer: t}
 	s.gen.Store(g)
 	var old []*conn
@@ -32,10 +34,12 @@ func (s *Server) SwitchEpoch(t *Tailer) {
 		}
 		sh.mu.RUnlock()
 	}
-	for _, c := range old {
-		c.cut(epochChanged(g.epoch))
+	return func() {
+		for _, c := range old {
+			c.cut(epochChanged(g.epoch))
+		}
+		s.cfg.Logger.Info("inbox epoch switched", "epoch", g.epoch, "connections_closed", len(old))
 	}
-	s.cfg.Logger.Info("inbox epoch switched", "epoch", g.epoch, "connections_closed", len(old))
 }
 
 func epochChanged(e int32) string {

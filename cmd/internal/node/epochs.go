@@ -49,7 +49,8 @@ func (n *Node) rebuild(ctx context.Context, output string) (eventlog.Config, err
 
 // onEpoch switches this node to a new epoch of an output (from the epochs
 // topic). Older or current epochs are ignored. The new tailer is made
-// (which reads the log) before the node's lock is taken.
+// (which reads the log) before the node's lock is taken, and the old
+// epoch's connections are closed after it is let go.
 func (n *Node) onEpoch(ev domain.EpochStarted) {
 	ctx, cancel := context.WithTimeout(n.tasks.ctx, time.Minute)
 	defer cancel()
@@ -67,6 +68,14 @@ func (n *Node) onEpoch(ev domain.EpochStarted) {
 		tailer = t
 	}
 
+	// The old epoch's connections are closed after the lock is let go:
+	// a close can wait on a stuck writer.
+	var closeOld func()
+	defer func() {
+		if closeOld != nil {
+			closeOld()
+		}
+	}()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	old := eventlog.EpochOf(n.logCfg, ev.Output)
@@ -77,7 +86,7 @@ func (n *Node) onEpoch(ev domain.EpochStarted) {
 	lc = n.logCfg.WithEpoch(ev.Output, ev.Epoch)
 	if tailer != nil {
 		n.tasks.start(eventlog.Epoched(taskTailer, ev.Epoch), tailer.Run)
-		n.gw.SwitchEpoch(tailer)
+		closeOld = n.gw.SwitchEpoch(tailer)
 		n.tasks.stopIf(eventlog.Epoched(taskTailer, old))
 	}
 	for _, r := range n.roles {
