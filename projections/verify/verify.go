@@ -7,9 +7,11 @@
 // not compared.
 //
 // It verifies history (chat.channels → channels and messages, positions
-// under "history") and the inbox of the node's current inbox epoch N
+// under "history"), the inbox of the node's current inbox epoch N
 // (chat.inbox.eN → the store's inbox of epoch N, one entry per (user,
-// message), the first copy; positions under "inbox.eN").
+// message), the first copy; positions under "inbox.eN"), and cursors
+// (chat.sessions → each device's furthest acknowledged position and each
+// member's furthest read mark; positions under "cursors").
 //
 // A verification that compared nothing proves nothing: when the topic holds
 // records but no entity or no event was compared (the projection has not
@@ -29,13 +31,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/cursors"
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/history"
 	"github.com/evchat/evchat/projections/inbox"
@@ -48,6 +53,8 @@ type Store interface {
 	Channel(ctx context.Context, id domain.ChannelID) (domain.Channel, error)
 	MessagesAfter(ctx context.Context, ch domain.ChannelID, after int64, limit int) ([]store.Message, error)
 	Inbox(ctx context.Context, u domain.UserID, epoch int32, after int64, limit int) ([]store.InboxEntry, error)
+	DeviceCursors(ctx context.Context, u domain.UserID) ([]store.DeviceCursor, error)
+	ChannelReads(ctx context.Context, ch domain.ChannelID) ([]store.ReadMark, error)
 }
 
 // Errors of Report.Err.
@@ -87,11 +94,18 @@ type Report struct {
 	// FirstDifference names the first entity (in id order) that differs,
 	// and how, when the digests differ.
 	FirstDifference string `json:"first_difference,omitempty"`
+	// NoneKept: the events read below the positions hold nothing the
+	// projection keeps (a session topic of heartbeats and logins, no
+	// acknowledgement or read yet), so there is no entity to compare.
+	NoneKept bool `json:"none_kept,omitempty"`
 }
 
 // ComparedNothing reports a verification that proves nothing: the topic
 // holds records, but no entity or no event was compared.
 func (r Report) ComparedNothing() bool {
+	if r.NoneKept && r.Events > 0 {
+		return false
+	}
 	return r.LogRecords > 0 && (r.Entities == 0 || r.Events == 0)
 }
 
@@ -126,7 +140,7 @@ func (r Report) Summary() string {
 func short(d string) string { return d[:min(12, len(d))] }
 
 // Projections lists what Run can verify.
-var Projections = []string{history.Name, inbox.Name}
+var Projections = []string{history.Name, inbox.Name, cursors.Name}
 
 // Run verifies one projection: history, or the inbox of cfg's inbox epoch
 // (a node passes its config with the epochs it reads).
@@ -138,6 +152,8 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 	case inbox.Name:
 		rep.Epoch = cfg.Epoch()
 		rep.Positions, rep.Topic, rep.Kind = eventlog.Epoched(inbox.Name, rep.Epoch), cfg.Topics().Inbox, "users"
+	case cursors.Name:
+		rep.Positions, rep.Topic, rep.Kind = cursors.Name, cfg.Topics().Sessions, "users and channels"
 	default:
 		return Report{}, domain.Errorf(domain.CodeBadRequest, "cannot verify %q: verify knows %v", projection, Projections)
 	}
@@ -149,10 +165,13 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 	if err != nil {
 		return Report{}, err
 	}
-	if projection == history.Name {
+	switch projection {
+	case history.Name:
 		err = verifyHistory(ctx, cfg, st, pos, limits, &rep)
-	} else {
+	case inbox.Name:
 		err = verifyInbox(ctx, cfg, st, pos, &rep)
+	default:
+		err = verifyCursors(ctx, cfg, st, pos, &rep)
 	}
 	if err != nil {
 		return Report{}, err
@@ -447,4 +466,122 @@ func describeInbox(epoch int32, u domain.UserID, want, got []inboxDigest) string
 		return fmt.Sprintf("%s: message %s is in the store but not in the log", at(g), g.Message.MessageID)
 	}
 	return fmt.Sprintf("%s: the entry differs: log %+v, store %+v", at(w), w.Message, g.Message)
+}
+
+// cursorDigest is what is compared of a device's cursor or a read mark:
+// times to the millisecond (what Cassandra keeps).
+type cursorDigest struct {
+	Key       string           `json:"key"` // device id, or user id for a read mark
+	Epoch     int32            `json:"epoch,omitempty"`
+	Position  int64            `json:"position"` // or the read's seq
+	MessageID domain.MessageID `json:"message_id,omitempty"`
+	UpdatedAt time.Time        `json:"updated_at"`
+}
+
+func newCursorDigest(key string, epoch int32, pos int64, id domain.MessageID, at time.Time) cursorDigest {
+	return cursorDigest{key, epoch, pos, id, at.UTC().Truncate(time.Millisecond)}
+}
+
+// verifyCursors compares the store's device cursors (per user) and read
+// marks (per channel) with the session topic below the positions, by the
+// cursors projection's rule: the furthest acknowledgement of a device
+// (epoch, then position) and the furthest read of a member (seq) win, with
+// the time of the event that set them.
+func verifyCursors(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]int64, rep *Report) error {
+	devices := map[domain.UserID]map[domain.DeviceID]cursorDigest{}
+	reads := map[domain.ChannelID]map[domain.UserID]cursorDigest{}
+	n, err := readLog(ctx, cfg, cfg.Topics().Sessions, pos, func(r *kgo.Record) {
+		meta, ev, err := domain.Decode(r.Value)
+		if err != nil {
+			return
+		}
+		switch ev := ev.(type) {
+		case domain.DeviceAcked:
+			if devices[ev.UserID] == nil {
+				devices[ev.UserID] = map[domain.DeviceID]cursorDigest{}
+			}
+			cur, ok := devices[ev.UserID][ev.DeviceID]
+			if ok && (ev.Epoch < cur.Epoch || ev.Epoch == cur.Epoch && ev.Position <= cur.Position) {
+				return
+			}
+			devices[ev.UserID][ev.DeviceID] = newCursorDigest(string(ev.DeviceID), ev.Epoch, ev.Position, 0, meta.Time)
+		case domain.ChannelRead:
+			if reads[ev.ChannelID] == nil {
+				reads[ev.ChannelID] = map[domain.UserID]cursorDigest{}
+			}
+			if cur, ok := reads[ev.ChannelID][ev.UserID]; ok && ev.Seq <= cur.Position {
+				return
+			}
+			reads[ev.ChannelID][ev.UserID] = newCursorDigest(string(ev.UserID), 0, ev.Seq, ev.MessageID, meta.Time)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	rep.Events = n
+	rep.NoneKept = len(devices) == 0 && len(reads) == 0
+	sorted := func(m map[string]cursorDigest) []cursorDigest {
+		out := make([]cursorDigest, 0, len(m))
+		for _, d := range m {
+			out = append(out, d)
+		}
+		slices.SortFunc(out, func(a, b cursorDigest) int { return strings.Compare(a.Key, b.Key) })
+		return out
+	}
+	logSum, storeSum := sha256.New(), sha256.New()
+	compare := func(what string, want, got map[string]cursorDigest) {
+		w, g := sorted(want), sorted(got)
+		wd, gd := digest(w), digest(g)
+		logSum.Write([]byte(wd))
+		storeSum.Write([]byte(gd))
+		rep.Entities++
+		if wd != gd && rep.FirstDifference == "" {
+			rep.FirstDifference = describeCursors(what, w, g)
+		}
+	}
+	for _, u := range slices.Sorted(maps.Keys(devices)) {
+		cs, err := st.DeviceCursors(ctx, u)
+		if err != nil {
+			return err
+		}
+		want, got := map[string]cursorDigest{}, map[string]cursorDigest{}
+		for d, c := range devices[u] {
+			want[string(d)] = c
+		}
+		for _, c := range cs {
+			got[string(c.DeviceID)] = newCursorDigest(string(c.DeviceID), c.Epoch, c.Position, 0, c.UpdatedAt)
+		}
+		compare("user "+string(u)+"'s device cursors", want, got)
+	}
+	for _, ch := range slices.Sorted(maps.Keys(reads)) {
+		rs, err := st.ChannelReads(ctx, ch)
+		if err != nil {
+			return err
+		}
+		want, got := map[string]cursorDigest{}, map[string]cursorDigest{}
+		for u, r := range reads[ch] {
+			want[string(u)] = r
+		}
+		for _, r := range rs {
+			got[string(r.UserID)] = newCursorDigest(string(r.UserID), 0, r.Seq, r.MessageID, r.UpdatedAt)
+		}
+		compare("channel "+string(ch)+"'s read marks", want, got)
+	}
+	rep.LogDigest, rep.StoreDigest = hex.EncodeToString(logSum.Sum(nil)), hex.EncodeToString(storeSum.Sum(nil))
+	return nil
+}
+
+// describeCursors names the first device or member whose cursor differs.
+func describeCursors(what string, want, got []cursorDigest) string {
+	for i := range max(len(want), len(got)) {
+		switch {
+		case i >= len(got) || i < len(want) && want[i].Key < got[i].Key:
+			return fmt.Sprintf("%s: %s %+v is missing from the store", what, want[i].Key, want[i])
+		case i >= len(want) || got[i].Key < want[i].Key:
+			return fmt.Sprintf("%s: %s %+v is in the store but not in the log", what, got[i].Key, got[i])
+		case want[i] != got[i]:
+			return fmt.Sprintf("%s: %s differs: log %+v, store %+v", what, want[i].Key, want[i], got[i])
+		}
+	}
+	return what + ": they differ"
 }

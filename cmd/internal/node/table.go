@@ -92,7 +92,7 @@ var Table = []*Role{
 	{
 		Name: cursors.Name, Doc: "device positions and read marks in the store",
 		Input:  func(t eventlog.Topics) string { return t.Sessions },
-		Replay: Rewind,
+		Replay: Rewind, Verify: verifyWith(cursors.Name),
 		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
 			return n.projector(cursors.Name, lc.Topics().Sessions, lc, func() projector.Handler { return cursors.New(n.st, n.log) })
 		},
