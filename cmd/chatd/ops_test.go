@@ -98,6 +98,8 @@ func TestVerifyAndReplay(t *testing.T) {
 		if out, ok := n.ops("verify", "--projection", "inbox"); !ok || !strings.Contains(out, "verify inbox epoch 1: compared 2 users") {
 			t.Fatalf("verify inbox:\n%s", out)
 		}
+		// Cursors, replayed in place, agree with the session topic.
+		waitFor(t, func() bool { _, ok := n.ops("verify", "--projection", "cursors"); return ok })
 		// Bad input to the operator's commands.
 		if out, ok := n.ops("replay", "--projection", "nonsense"); ok || !strings.Contains(out, "bad_request") {
 			t.Fatalf("replay of an unknown projection:\n%s", out)
