@@ -255,11 +255,11 @@ func (h *handlers) userByName(c echo.Context) error {
 	if name == "" {
 		return domain.Errorf(domain.CodeBadRequest, "query parameter name is required")
 	}
-	name, err := domain.CanonicalUserName(name)
+	canonical, err := domain.CanonicalUserName(name)
 	if err != nil {
 		return err
 	}
-	u, err := h.cfg.Reader.UserByName(c.Request().Context(), name)
+	u, err := store.FindUser(c.Request().Context(), h.cfg.Reader, name, canonical)
 	if err != nil {
 		return err
 	}

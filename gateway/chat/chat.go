@@ -272,11 +272,11 @@ func (s *Service) Login(ctx context.Context, name, password string, device domai
 	}
 	// An unknown name, or one that cannot be a name, costs a check of a
 	// dummy hash: as long as a known name's.
-	name, err := domain.CanonicalUserName(name)
+	canonical, err := domain.CanonicalUserName(name)
 	if err != nil {
 		return auth.Claims{}, "", cmp.Or(s.cfg.Passwords.CheckUnknown(ctx, password), bad)
 	}
-	u, err := s.st.UserByName(ctx, name)
+	u, err := store.FindUser(ctx, s.st, name, canonical)
 	if errors.Is(err, domain.ErrNotFound) {
 		return auth.Claims{}, "", cmp.Or(s.cfg.Passwords.CheckUnknown(ctx, password), bad)
 	}

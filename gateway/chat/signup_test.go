@@ -14,7 +14,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/gateway/auth"
 	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
 )
 
@@ -110,5 +112,55 @@ func TestSignUpLogDown(t *testing.T) {
 	}
 	if regs := registered(); fmt.Sprint(regs) != fmt.Sprint([]domain.UserRegistered{{UserID: u.ID, Name: "ann"}}) {
 		t.Fatalf("user.registered in the log: %+v, want the one of %s", regs, u.ID)
+	}
+}
+
+// TestLoginLegacyName: an account made before names were canonical, stored
+// under "Ann" as typed then, still logs in with "Ann" (the canonical "ann"
+// finds nothing), and a wrong password is still refused. Before, it could
+// not log in at all.
+func TestLoginLegacyName(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	emb, err := eventlog.StartEmbedded("", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Close)
+	lcfg := eventlog.Config{Brokers: emb.Addrs(), Prefix: "chat", Partitions: 1}
+	if err := eventlog.EnsureTopics(ctx, lcfg); err != nil {
+		t.Fatal(err)
+	}
+	app, err := eventlog.NewAppender(lcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(app.Close)
+	ps, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ps.Close() })
+	tokens, err := auth.NewTokens([]byte("0123456789abcdef0123456789abcdef"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Topics: lcfg.Topics()}, ps, app, &counter{}, tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := auth.HashPassword("correct horse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.CreateUser(ctx, store.User{ID: "7", Name: "Ann", PasswordHash: hash, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	cl, _, err := s.Login(ctx, "Ann", "correct horse", "phone")
+	if err != nil || cl.UserID != "7" {
+		t.Fatalf("legacy account's login: %+v %v, want user 7", cl, err)
+	}
+	if _, _, err := s.Login(ctx, "Ann", "wrong", "phone"); !errors.Is(err, domain.ErrUnauthorized) {
+		t.Fatalf("wrong password: %v, want unauthorized", err)
 	}
 }
