@@ -60,23 +60,7 @@ func TestSignUpLogDown(t *testing.T) {
 		return resp, nil, true
 	})
 	lcfg := eventlog.Config{Brokers: c.ListenAddrs(), Prefix: "chat", Partitions: 1, DeliveryTimeout: 2 * time.Second}
-	if err := eventlog.EnsureTopics(ctx, lcfg); err != nil {
-		t.Fatal(err)
-	}
-	app, err := eventlog.NewAppender(lcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(app.Close)
-	ps, err := pebblestore.Open(t.TempDir(), pebblestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ps.Close() })
-	s, err := New(Config{Topics: lcfg.Topics(), DeliveryTimeout: lcfg.DeliveryTimeout}, ps, app, &counter{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, ps := newLoggedService(t, ctx, lcfg)
 	registered := func() []domain.UserRegistered {
 		t.Helper()
 		var out []domain.UserRegistered
@@ -127,7 +111,27 @@ func TestLoginLegacyName(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	lcfg := eventlog.Config{Brokers: emb.Addrs(), Prefix: "chat", Partitions: 1}
+	s, ps := newLoggedService(t, ctx, eventlog.Config{Brokers: emb.Addrs(), Prefix: "chat", Partitions: 1})
+	hash, err := auth.HashPassword("correct horse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.CreateUser(ctx, store.User{ID: "7", Name: "Ann", PasswordHash: hash, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	cl, _, err := s.Login(ctx, "Ann", "correct horse", "phone")
+	if err != nil || cl.UserID != "7" {
+		t.Fatalf("legacy account's login: %+v %v, want user 7", cl, err)
+	}
+	if _, _, err := s.Login(ctx, "Ann", "wrong", "phone"); !errors.Is(err, domain.ErrUnauthorized) {
+		t.Fatalf("wrong password: %v, want unauthorized", err)
+	}
+}
+
+// newLoggedService returns a Service on a real appender to the log of lcfg
+// (its topics made) and a Pebble store of its own.
+func newLoggedService(t *testing.T, ctx context.Context, lcfg eventlog.Config) (*Service, *pebblestore.Store) {
+	t.Helper()
 	if err := eventlog.EnsureTopics(ctx, lcfg); err != nil {
 		t.Fatal(err)
 	}
@@ -145,22 +149,9 @@ func TestLoginLegacyName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Topics: lcfg.Topics()}, ps, app, &counter{}, tokens)
+	s, err := New(Config{Topics: lcfg.Topics(), DeliveryTimeout: lcfg.DeliveryTimeout}, ps, app, &counter{}, tokens)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hash, err := auth.HashPassword("correct horse")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ps.CreateUser(ctx, store.User{ID: "7", Name: "Ann", PasswordHash: hash, CreatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	cl, _, err := s.Login(ctx, "Ann", "correct horse", "phone")
-	if err != nil || cl.UserID != "7" {
-		t.Fatalf("legacy account's login: %+v %v, want user 7", cl, err)
-	}
-	if _, _, err := s.Login(ctx, "Ann", "wrong", "phone"); !errors.Is(err, domain.ErrUnauthorized) {
-		t.Fatalf("wrong password: %v, want unauthorized", err)
-	}
+	return s, ps
 }
