@@ -161,6 +161,7 @@ func Decide(c Channel, cmd Command, l Limits) ([]Event, error) {
 		return []Event{MessageSent{
 			ChannelID: c.ID, MessageID: cmd.MessageID, SenderID: cmd.SenderID,
 			DeviceID: cmd.DeviceID, ClientMsgID: cmd.ClientMsgID, Text: cmd.Text,
+			DecidedAt: c.Version,
 		}}, nil
 	default:
 		return nil, Errorf(CodeUnknownType, "unknown command %T", cmd)
@@ -219,7 +220,10 @@ func mustBeMember(c Channel, u UserID) error {
 // channel's state at its position in the log. The gateway decided on a state
 // that may have been stale (a member removed meanwhile, a group filled by a
 // concurrent add); projections drop events that Admit refuses, all in the
-// same way, so every projection agrees.
+// same way, so every projection agrees. A message is the exception: it is
+// acknowledged once appended, so one decided while its sender was a member
+// is admitted after that sender's removal (MessageSent.DecidedAt). Every
+// projection sets Version as history does, so they agree on that too.
 func Admit(c Channel, ev Event, l Limits) bool {
 	switch ev := ev.(type) {
 	case ChannelCreated:
@@ -229,7 +233,13 @@ func Admit(c Channel, ev Event, l Limits) bool {
 	case MemberRemoved:
 		return c.Kind == KindGroup && c.IsMember(ev.UserID)
 	case MessageSent:
-		return c.Exists() && c.IsMember(ev.SenderID)
+		// A sender who is no longer a member was one in the state the
+		// gateway decided on (DecidedAt) if the state has changed since:
+		// a removal raced the send, which was acknowledged on appending,
+		// and an acknowledged send stands (it is in the log, and in
+		// history, once). Messages do not change Version, so any change
+		// since DecidedAt is a membership change.
+		return c.Exists() && (c.IsMember(ev.SenderID) || ev.DecidedAt > 0 && ev.DecidedAt < c.Version)
 	}
 	return false
 }

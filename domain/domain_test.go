@@ -274,6 +274,11 @@ func TestAdmit(t *testing.T) {
 		{"message on nothing", none, sentBy(alice), false},
 		{"message by a member", group(alice, bob), sentBy(bob), true},
 		{"message by a non-member", group(alice, bob), sentBy(carol), false},
+		// A removal raced the send: decided at version 5, where the
+		// sender was a member; removed since (version 9).
+		{"message by a member removed after the decision", atVersion(9, group(alice)), domain.MessageSent{ChannelID: groupID, MessageID: 1, SenderID: bob, ClientMsgID: "c", Text: "x", DecidedAt: 5}, true},
+		{"message by a non-member decided at this version", atVersion(9, group(alice)), domain.MessageSent{ChannelID: groupID, MessageID: 1, SenderID: bob, ClientMsgID: "c", Text: "x", DecidedAt: 9}, false},
+		{"message by a non-member, no decision version", atVersion(9, group(alice)), sentBy(bob), false},
 		{"message in a direct channel", direct(), domain.MessageSent{ChannelID: directID, MessageID: 1, SenderID: bob, ClientMsgID: "c", Text: "x"}, true},
 		{"message by an outsider in a direct channel", direct(), domain.MessageSent{ChannelID: directID, MessageID: 1, SenderID: carol, ClientMsgID: "c", Text: "x"}, false},
 
@@ -292,6 +297,12 @@ func TestAdmit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// atVersion returns c at version v.
+func atVersion(v int64, c domain.Channel) domain.Channel {
+	c.Version = v
+	return c
 }
 
 // TestHolds: whether a state read back shows a command's effect, and that

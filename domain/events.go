@@ -76,6 +76,11 @@ type MessageSent struct {
 	DeviceID    DeviceID  `json:"device_id"`
 	ClientMsgID string    `json:"client_msg_id"`
 	Text        string    `json:"text"`
+	// DecidedAt is the Version of the channel state the gateway decided
+	// the send on, where the sender was a member (0 in events written
+	// before it existed). Admit takes a message whose sender has left
+	// since: the send was acknowledged, so it must stand.
+	DecidedAt int64 `json:"decided_at,omitempty"`
 }
 
 // UserRegistered records a sign-up. Session topic, keyed by user id. The

@@ -317,3 +317,44 @@ func BenchmarkPartition(b *testing.B) {
 		})
 	}
 }
+
+// TestSendRacingRemoval: a message decided while its sender was a member
+// (DecidedAt below the version the sender's removal set) is fanned out to
+// the members left, as history keeps it; one decided on the state after
+// the removal, or with no decision version, is dropped. The fan-out sets
+// Version as history does, or it would drop what history keeps.
+func TestSendRacingRemoval(t *testing.T) {
+	ctx := context.Background()
+	p, c := newSeeded(t, 10)
+	sender, newcomer := c.Members[3], domain.UserID("2000")
+	var inbox []*kgo.Record
+	out := newOut(t, p.topics.FanoutState, func(r *kgo.Record) {
+		if r.Topic == p.topics.Inbox {
+			inbox = append(inbox, r)
+		}
+	})
+	send := func(id domain.MessageID, decidedAt int64) domain.MessageSent {
+		m := message(id, sender, "hi")
+		m.DecidedAt = decidedAt
+		return m
+	}
+	fanned := map[domain.MessageID]int{}
+	for i, ev := range []domain.Event{
+		domain.MemberAdded{ChannelID: c.ID, UserID: newcomer, ByID: c.Members[0]}, // offset 10: version 11
+		domain.MemberRemoved{ChannelID: c.ID, UserID: sender, ByID: c.Members[0]}, // offset 11: version 12
+		send(50, 11), // decided on version 11, sender a member: stands
+		send(51, 12), // decided after the removal: cannot have been acknowledged
+		send(52, 0),  // written before decision versions: the old rule
+	} {
+		inbox = nil
+		if err := p.Process(ctx, 0, record(t, p, int64(10+i), ev), out); err != nil {
+			t.Fatal(err)
+		}
+		if m, ok := ev.(domain.MessageSent); ok {
+			fanned[m.MessageID] = len(inbox)
+		}
+	}
+	if want := map[domain.MessageID]int{50: 10, 51: 0, 52: 0}; !reflect.DeepEqual(fanned, want) {
+		t.Fatalf("inbox entries per message %v, want %v (the 10 members after the removal for 50)", fanned, want)
+	}
+}

@@ -105,6 +105,12 @@ func msg(ch domain.ChannelID, id domain.MessageID, from domain.UserID) domain.Me
 	return domain.MessageSent{ChannelID: ch, MessageID: id, SenderID: from, DeviceID: "d", ClientMsgID: fmt.Sprint("c", id), Text: "hi"}
 }
 
+// decided returns m as decided on channel version v.
+func decided(m domain.MessageSent, v int64) domain.MessageSent {
+	m.DecidedAt = v
+	return m
+}
+
 // TestHandle applies logs in batches and reads back channels, the
 // user → channels index and messages by (channel, offset).
 func TestHandle(t *testing.T) {
@@ -147,6 +153,17 @@ func TestHandle(t *testing.T) {
 		batch:   2,
 		members: map[domain.UserID][]domain.ChannelID{"a": {g}},
 		msgs:    map[domain.ChannelID][]string{g: {"1:7", "2:8"}},
+	}, {
+		// A send decided on version 1 (b a member), appended after b's
+		// removal (version 2), was acknowledged: it stands. One decided on
+		// version 2 (b gone) could not have been, and is dropped.
+		name: "a send that raced its sender's removal stands",
+		evs: []domain.Event{created(g, domain.KindGroup, "a", "b"),
+			domain.MemberRemoved{ChannelID: g, UserID: "b", ByID: "a"},
+			decided(msg(g, 7, "b"), 1), decided(msg(g, 8, "b"), 2), msg(g, 9, "b")},
+		batch:   2,
+		members: map[domain.UserID][]domain.ChannelID{"a": {g}},
+		msgs:    map[domain.ChannelID][]string{g: {"2:7"}},
 	}, {
 		name:    "a second channel.created changes nothing",
 		evs:     []domain.Event{created(g, domain.KindGroup, "a"), created(g, domain.KindGroup, "b")},
