@@ -89,7 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Int64Var(&cfg.MaxBody, "max-body", cfg.MaxBody, "bytes of any request body; larger is 413 too_long")
 	fs.IntVar(&cfg.PasswordWorkers, "password-workers", cfg.PasswordWorkers, "password hashes at once, ~19 MiB each (0: GOMAXPROCS)")
 	fs.IntVar(&cfg.PasswordQueue, "password-queue", cfg.PasswordQueue, "sign-ups and logins waiting for a password worker; past it 503 busy")
-	fs.DurationVar(&cfg.PasswordWait, "password-wait", cfg.PasswordWait, "how long a sign-up or login waits for a password worker before 503 busy (below --http-write-timeout)")
+	fs.DurationVar(&cfg.PasswordWait, "password-wait", cfg.PasswordWait, "how long a sign-up or login waits for a password worker before 503 busy, below --http-write-timeout (0: a third of it)")
 	fs.IntVar(&cfg.LoginFailuresPerName, "login-failures-per-name", cfg.LoginFailuresPerName, "failed logins of one name per --login-window; then 429 (0: off)")
 	fs.IntVar(&cfg.LoginFailuresPerAddr, "login-failures-per-addr", cfg.LoginFailuresPerAddr, "failed logins from one address per --login-window; then 429 (0: off)")
 	fs.DurationVar(&cfg.LoginWindow, "login-window", cfg.LoginWindow, "window of the login throttles")

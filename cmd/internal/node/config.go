@@ -192,7 +192,8 @@ type Config struct {
 	PasswordQueue int
 	// PasswordWait (--password-wait): how long a sign-up or login waits
 	// for a password worker before it is refused with 503 busy; below
-	// HTTPWriteTimeout, so the client hears why. Default 10s.
+	// HTTPWriteTimeout, so the client hears why. Default 0: a third of
+	// HTTPWriteTimeout (10 s with its default).
 	PasswordWait time.Duration
 	// LoginFailuresPerName (--login-failures-per-name): failed logins of
 	// one user name in a LoginWindow; then 429 rate_limited until the
@@ -261,7 +262,6 @@ func DefaultConfig() Config {
 		HTTPIdleTimeout:      60 * time.Second,
 		MaxBody:              64 << 10,
 		PasswordQueue:        64,
-		PasswordWait:         10 * time.Second,
 		LoginFailuresPerName: 10,
 		LoginFailuresPerAddr: 100,
 		LoginWindow:          5 * time.Minute,
@@ -379,8 +379,8 @@ func (c Config) Validate() error {
 	if c.MaxBody < 1024 {
 		return bad("max body %d bytes: want at least 1024", c.MaxBody)
 	}
-	if c.PasswordWait <= 0 || c.PasswordWait >= c.HTTPWriteTimeout {
-		return bad("password wait %s: want more than 0 and less than the HTTP write timeout (%s), or a waiting login's connection closes without an answer", c.PasswordWait, c.HTTPWriteTimeout)
+	if c.PasswordWait < 0 || c.PasswordWait >= c.HTTPWriteTimeout {
+		return bad("password wait %s: want 0 (a third of the HTTP write timeout) or less than the HTTP write timeout (%s), or a waiting login's connection closes without an answer", c.PasswordWait, c.HTTPWriteTimeout)
 	}
 	if c.PasswordWorkers < 0 || c.PasswordQueue < 1 {
 		return bad("password workers %d and queue %d: want workers ≥ 0 (0: GOMAXPROCS) and queue ≥ 1", c.PasswordWorkers, c.PasswordQueue)

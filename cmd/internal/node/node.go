@@ -349,7 +349,7 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	// The service's attempts carry the machine id and a boot id of this
 	// process: after a restart, resends of what the dead process was
 	// sending take over at once.
-	passwords, err := auth.NewPasswords(auth.PasswordsConfig{Workers: cfg.PasswordWorkers, Queue: cfg.PasswordQueue, MaxWait: cfg.PasswordWait})
+	passwords, err := auth.NewPasswords(auth.PasswordsConfig{Workers: cfg.PasswordWorkers, Queue: cfg.PasswordQueue, MaxWait: cmp.Or(cfg.PasswordWait, cfg.HTTPWriteTimeout/3)})
 	if err != nil {
 		app.Close()
 		return nil, nil, nil, err
