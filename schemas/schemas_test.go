@@ -56,7 +56,7 @@ func sampleEvents() []domain.Event {
 		domain.ChannelCreated{ChannelID: direct, Kind: domain.KindDirect, CreatorID: bob, Members: []domain.UserID{alice, bob}},
 		domain.MemberAdded{ChannelID: group, UserID: carol, ByID: alice},
 		domain.MemberRemoved{ChannelID: group, UserID: carol, ByID: carol},
-		domain.MessageSent{ChannelID: group, MessageID: msgID, SenderID: alice, DeviceID: "phone-1", ClientMsgID: "c-1", Text: "hello"},
+		domain.MessageSent{ChannelID: group, MessageID: msgID, SenderID: alice, DeviceID: "phone-1", ClientMsgID: "c-1", Text: "hello", DecidedAt: 42},
 		domain.MessageSent{ChannelID: direct, MessageID: domain.MessageID(^uint64(0)), SenderID: bob, DeviceID: "web.tab_2", ClientMsgID: strings.Repeat("x", 64), Text: strings.Repeat("é", 100_000)},
 		domain.UserRegistered{UserID: alice, Name: "alice.b-c_d"},
 		domain.DeviceLoggedIn{UserID: alice, DeviceID: "phone-1"},
