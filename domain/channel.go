@@ -46,8 +46,8 @@ type Channel struct {
 	Members   []UserID    `json:"members"` // sorted, no duplicates
 	CreatedAt time.Time   `json:"created_at"`
 	// Version is the channel-topic offset just past the last event that
-	// changed this state; 0 before any. Projections set it (Evolve does
-	// not): a history rebuild knows a stored state with a version past the
+	// changed this state; 0 before any. Projections set it (EvolveAt): a
+	// history rebuild knows a stored state with a version past the
 	// record it reads comes from later in the log, and starts that channel
 	// afresh.
 	Version int64 `json:"version,omitempty"`
@@ -223,7 +223,7 @@ func mustBeMember(c Channel, u UserID) error {
 // same way, so every projection agrees. A message is the exception: it is
 // acknowledged once appended, so one decided while its sender was a member
 // is admitted after that sender's removal (MessageSent.DecidedAt). Every
-// projection sets Version as history does, so they agree on that too.
+// projection sets Version through EvolveAt, so they agree on that too.
 func Admit(c Channel, ev Event, l Limits) bool {
 	switch ev := ev.(type) {
 	case ChannelCreated:
@@ -263,8 +263,18 @@ func Holds(c Channel, cmd Command) bool {
 	return false
 }
 
+// EvolveAt returns the state after ev, an admitted event at offset of the
+// channel topic: Evolve's, with Version just past offset. Every projection
+// of the channel topic evolves through it, so they agree on Version, which
+// Admit reads (MessageSent.DecidedAt).
+func EvolveAt(c Channel, ev Event, at time.Time, offset int64) Channel {
+	c = Evolve(c, ev, at)
+	c.Version = offset + 1
+	return c
+}
+
 // Evolve returns the state after ev, an admitted event of the channel topic.
-// It does not change c.
+// It does not change c, nor set Version (see EvolveAt).
 func Evolve(c Channel, ev Event, at time.Time) Channel {
 	switch ev := ev.(type) {
 	case ChannelCreated:

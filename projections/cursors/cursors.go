@@ -77,8 +77,7 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b 
 				return err
 			}
 			k := deviceKey{ev.UserID, ev.DeviceID}
-			cur, ok := p.devices[k]
-			if ok && (ev.Epoch < cur.Epoch || ev.Epoch == cur.Epoch && ev.Position <= cur.Position) {
+			if cur, ok := p.devices[k]; ok && !AckAdvances(cur.Epoch, cur.Position, ev) {
 				continue
 			}
 			p.devices[k] = store.DeviceCursor{UserID: ev.UserID, DeviceID: ev.DeviceID, Epoch: ev.Epoch,
@@ -89,7 +88,7 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b 
 				return err
 			}
 			k := readKey{ev.ChannelID, ev.UserID}
-			if cur, ok := p.reads[k]; ok && ev.Seq <= cur.Seq {
+			if cur, ok := p.reads[k]; ok && !ReadAdvances(cur.Seq, ev) {
 				continue
 			}
 			p.reads[k] = store.ReadMark{ChannelID: ev.ChannelID, UserID: ev.UserID, Seq: ev.Seq,
@@ -105,6 +104,16 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b 
 	}
 	return nil
 }
+
+// AckAdvances reports whether ev moves a device's cursor at (epoch,
+// position) on: a later epoch, or a later position in the same one. The
+// furthest acknowledgement wins, whatever order they arrive in.
+func AckAdvances(epoch int32, position int64, ev domain.DeviceAcked) bool {
+	return ev.Epoch > epoch || ev.Epoch == epoch && ev.Position > position
+}
+
+// ReadAdvances reports whether ev moves a member's read mark at seq on.
+func ReadAdvances(seq int64, ev domain.ChannelRead) bool { return ev.Seq > seq }
 
 func (p *Projection) loadUser(ctx context.Context, u domain.UserID) error {
 	if p.users[u] {

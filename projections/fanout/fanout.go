@@ -160,8 +160,7 @@ func (p *Projection) Process(_ context.Context, n int32, rec *kgo.Record, out *t
 	}
 	m, isMsg := ev.(domain.MessageSent)
 	if !isMsg {
-		c = domain.Evolve(c, ev, meta.Time)
-		c.Version = rec.Offset + 1 // as history sets it: Admit reads it
+		c = domain.EvolveAt(c, ev, meta.Time, rec.Offset)
 		st[id] = c
 		v, err := json.Marshal(c)
 		if err != nil {

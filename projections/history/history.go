@@ -111,8 +111,7 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b 
 			})
 			continue
 		}
-		next := domain.Evolve(c, ev, meta.Time)
-		next.Version = rec.Offset + 1
+		next := domain.EvolveAt(c, ev, meta.Time, rec.Offset)
 		for _, u := range next.Members {
 			if !c.IsMember(u) {
 				b.Memberships = append(b.Memberships, store.Membership{ChannelID: id, UserID: u, Member: true})

@@ -277,8 +277,7 @@ func verifyHistory(ctx context.Context, cfg eventlog.Config, st Store, pos map[i
 			}
 			return
 		}
-		cs.Channel = domain.Evolve(cs.Channel, ev, meta.Time)
-		cs.Channel.Version = r.Offset + 1
+		cs.Channel = domain.EvolveAt(cs.Channel, ev, meta.Time, r.Offset)
 	})
 	if err != nil {
 		return err
@@ -484,9 +483,9 @@ func newCursorDigest(key string, epoch int32, pos int64, id domain.MessageID, at
 
 // verifyCursors compares the store's device cursors (per user) and read
 // marks (per channel) with the session topic below the positions, by the
-// cursors projection's rule: the furthest acknowledgement of a device
-// (epoch, then position) and the furthest read of a member (seq) win, with
-// the time of the event that set them.
+// cursors projection's rules (cursors.AckAdvances, ReadAdvances): the
+// furthest acknowledgement of a device and the furthest read of a member
+// win, with the time of the event that set them.
 func verifyCursors(ctx context.Context, cfg eventlog.Config, st Store, pos map[int32]int64, rep *Report) error {
 	devices := map[domain.UserID]map[domain.DeviceID]cursorDigest{}
 	reads := map[domain.ChannelID]map[domain.UserID]cursorDigest{}
@@ -500,8 +499,7 @@ func verifyCursors(ctx context.Context, cfg eventlog.Config, st Store, pos map[i
 			if devices[ev.UserID] == nil {
 				devices[ev.UserID] = map[domain.DeviceID]cursorDigest{}
 			}
-			cur, ok := devices[ev.UserID][ev.DeviceID]
-			if ok && (ev.Epoch < cur.Epoch || ev.Epoch == cur.Epoch && ev.Position <= cur.Position) {
+			if cur, ok := devices[ev.UserID][ev.DeviceID]; ok && !cursors.AckAdvances(cur.Epoch, cur.Position, ev) {
 				return
 			}
 			devices[ev.UserID][ev.DeviceID] = newCursorDigest(string(ev.DeviceID), ev.Epoch, ev.Position, 0, meta.Time)
@@ -509,7 +507,7 @@ func verifyCursors(ctx context.Context, cfg eventlog.Config, st Store, pos map[i
 			if reads[ev.ChannelID] == nil {
 				reads[ev.ChannelID] = map[domain.UserID]cursorDigest{}
 			}
-			if cur, ok := reads[ev.ChannelID][ev.UserID]; ok && ev.Seq <= cur.Position {
+			if cur, ok := reads[ev.ChannelID][ev.UserID]; ok && !cursors.ReadAdvances(cur.Position, ev) {
 				return
 			}
 			reads[ev.ChannelID][ev.UserID] = newCursorDigest(string(ev.UserID), 0, ev.Seq, ev.MessageID, meta.Time)
