@@ -98,8 +98,13 @@ func TestVerifyAndReplay(t *testing.T) {
 		if out, ok := n.ops("verify", "--projection", "inbox"); !ok || !strings.Contains(out, "verify inbox epoch 1: compared 2 users") {
 			t.Fatalf("verify inbox:\n%s", out)
 		}
-		// Cursors, replayed in place, agree with the session topic.
+		// Cursors, replayed in place, agree with the session topic, and so
+		// does presence (ann and bob online).
 		waitFor(t, func() bool { _, ok := n.ops("verify", "--projection", "cursors"); return ok })
+		waitFor(t, func() bool {
+			out, ok := n.ops("verify", "--projection", "presence")
+			return ok && strings.Contains(out, "verify presence epoch 1: compared 2 users")
+		})
 		// Bad input to the operator's commands.
 		if out, ok := n.ops("replay", "--projection", "nonsense"); ok || !strings.Contains(out, "bad_request") {
 			t.Fatalf("replay of an unknown projection:\n%s", out)
@@ -471,6 +476,12 @@ func TestReplayFanoutAndPresence(t *testing.T) {
 			}
 		}
 		waitFor(t, func() bool { return !n.presence(annTok, bob.ID).Online })
+		// The rebuilt epoch agrees with the session topic, bob's going
+		// offline included.
+		waitFor(t, func() bool {
+			out, ok := n.ops("verify", "--projection", "presence")
+			return ok && strings.Contains(out, "verify presence epoch 2: compared")
+		})
 		n.validateTopics("epochs", "inbox.e2", "presence.e2")
 	})
 }

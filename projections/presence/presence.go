@@ -61,15 +61,10 @@ type Projection struct {
 	cfg    Config
 	topics eventlog.Topics
 	log    *slog.Logger
-	parts  map[int32]*partState // owned by the txproc goroutine
+	parts  map[int32]*Partition // owned by the txproc goroutine
 
 	mu    sync.Mutex
 	owned []int32 // partitions to tick
-}
-
-type partState struct {
-	clock time.Time
-	users map[domain.UserID]domain.Presence
 }
 
 // New returns the projection.
@@ -87,7 +82,7 @@ func New(cfg Config) (*Projection, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Projection{cfg: cfg, topics: cfg.Log.Topics(), log: cfg.Logger.With("projection", Name),
-		parts: map[int32]*partState{}}, nil
+		parts: map[int32]*Partition{}}, nil
 }
 
 // Run processes and ticks until ctx is cancelled; it returns nil then.
@@ -143,10 +138,10 @@ func (p *Projection) tick(ctx context.Context, cl *kgo.Client) {
 // Drop forgets all state.
 func (p *Projection) Drop() { clear(p.parts) }
 
-func (p *Projection) part(n int32) *partState {
+func (p *Projection) part(n int32) *Partition {
 	ps, ok := p.parts[n]
 	if !ok {
-		ps = &partState{users: map[domain.UserID]domain.Presence{}}
+		ps = NewPartition()
 		p.parts[n] = ps
 	}
 	return ps
@@ -176,46 +171,95 @@ func (p *Projection) Process(_ context.Context, n int32, rec *kgo.Record, out *t
 		p.log.Warn("skipping undecodable record", "partition", n, "offset", rec.Offset, "err", err)
 		return nil
 	}
-	ps := p.part(n)
-	if meta.Time.After(ps.clock) {
-		ps.clock = meta.Time
+	p.part(n).Apply(ev, meta.Time, p.cfg.Window, Effects{
+		Change: func(ch domain.PresenceChange) { p.emit(ch, out) },
+		Save: func(u domain.UserID, pr *domain.Presence) {
+			if pr == nil {
+				out.SaveState(n, []byte(u), nil)
+			} else if b, err := json.Marshal(*pr); err == nil {
+				out.SaveState(n, []byte(u), b)
+			}
+		},
+		Clock: func(t time.Time) {
+			if b, err := t.MarshalText(); err == nil {
+				out.SaveState(n, []byte(clockKey), b)
+			}
+		},
+	})
+	return nil
+}
+
+// Partition is one session partition's presence: its clock and its online
+// users. The projection folds the log with it, and so does verify, which
+// rebuilds the changes the projection must have written.
+type Partition struct {
+	clock time.Time
+	users map[domain.UserID]domain.Presence
+}
+
+// NewPartition returns an empty partition's presence.
+func NewPartition() *Partition {
+	return &Partition{users: map[domain.UserID]domain.Presence{}}
+}
+
+// Effects receive what Apply decides; a nil one is not called.
+type Effects struct {
+	// Change is a user going online or offline.
+	Change func(domain.PresenceChange)
+	// Save is a user's new state; nil: the user is forgotten (offline).
+	Save func(domain.UserID, *domain.Presence)
+	// Clock is the partition's clock after a tick.
+	Clock func(time.Time)
+}
+
+// Apply folds one event of the partition at event time t, deciding from
+// event time only: a replay of the same log makes the same changes at the
+// same times, in the same order.
+func (ps *Partition) Apply(ev domain.Event, t time.Time, window time.Duration, fx Effects) {
+	if t.After(ps.clock) {
+		ps.clock = t
+	}
+	change := func(ch *domain.PresenceChange) {
+		if ch != nil && fx.Change != nil {
+			fx.Change(*ch)
+		}
+	}
+	save := func(u domain.UserID, pr *domain.Presence) {
+		if fx.Save != nil {
+			fx.Save(u, pr)
+		}
 	}
 	switch ev := ev.(type) {
 	case domain.ClockTicked:
-		if b, err := ps.clock.MarshalText(); err == nil {
-			out.SaveState(n, []byte(clockKey), b)
+		if fx.Clock != nil {
+			fx.Clock(ps.clock)
 		}
 		// Sorted, so a replay emits the same changes in the same order.
 		for _, u := range slices.Sorted(maps.Keys(ps.users)) {
 			pr := ps.users[u]
-			next, ch := domain.ExpirePresence(pr, ps.clock, p.cfg.Window)
-			if ch != nil {
-				p.emit(*ch, out)
-			}
+			next, ch := domain.ExpirePresence(pr, ps.clock, window)
+			change(ch)
 			if !next.Online {
 				// An offline user needs no state: forget it.
 				delete(ps.users, u)
-				out.SaveState(n, []byte(u), nil)
+				save(u, nil)
 			} else if len(next.Devices) != len(pr.Devices) {
 				ps.users[u] = next
-				p.save(n, next, out)
+				save(u, &next)
 			}
 		}
 	case domain.DeviceLoggedIn, domain.DeviceHeartbeat, domain.DeviceLoggedOut:
 		u := userOf(ev)
-		next, ch := domain.ApplyPresence(ps.users[u], ev, meta.Time, p.cfg.Window)
-		if ch != nil {
-			p.emit(*ch, out)
-		}
+		next, ch := domain.ApplyPresence(ps.users[u], ev, t, window)
+		change(ch)
 		if next.Online {
 			ps.users[u] = next
-			p.save(n, next, out)
+			save(u, &next)
 		} else if _, ok := ps.users[u]; ok {
 			delete(ps.users, u)
-			out.SaveState(n, []byte(u), nil)
+			save(u, nil)
 		}
 	}
-	return nil
 }
 
 func userOf(ev domain.Event) domain.UserID {
@@ -228,12 +272,6 @@ func userOf(ev domain.Event) domain.UserID {
 		return ev.UserID
 	}
 	return ""
-}
-
-func (p *Projection) save(n int32, pr domain.Presence, out *txproc.Out) {
-	if b, err := json.Marshal(pr); err == nil {
-		out.SaveState(n, []byte(pr.UserID), b)
-	}
 }
 
 func (p *Projection) emit(ch domain.PresenceChange, out *txproc.Out) {

@@ -115,7 +115,7 @@ func TestVerifyCursors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := build(t, len(recs), tc.mutate)
-			rep, err := Run(ctx, cfg, st, cursors.Name, domain.DefaultLimits())
+			rep, err := Run(ctx, cfg, st, cursors.Name, Rules{Limits: domain.DefaultLimits()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -146,7 +146,7 @@ func TestVerifyCursors(t *testing.T) {
 				b.Positions, b.Cursors, b.Reads = nil, nil, nil
 			}
 		})
-		rep, err := Run(ctx, cfg, st, cursors.Name, domain.DefaultLimits())
+		rep, err := Run(ctx, cfg, st, cursors.Name, Rules{Limits: domain.DefaultLimits()})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,7 +11,10 @@
 // (chat.inbox.eN → the store's inbox of epoch N, one entry per (user,
 // message), the first copy; positions under "inbox.eN"), and cursors
 // (chat.sessions → each device's furthest acknowledged position and each
-// member's furthest read mark; positions under "cursors").
+// member's furthest read mark; positions under "cursors"), and presence
+// (chat.sessions → the presence topic of the node's presence epoch, each
+// user's latest change; positions are the presence projection's committed
+// offsets, see verifyPresence).
 //
 // A verification that compared nothing proves nothing: when the topic holds
 // records but no entity or no event was compared (the projection has not
@@ -25,6 +28,7 @@
 package verify
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -44,6 +48,7 @@ import (
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/history"
 	"github.com/evchat/evchat/projections/inbox"
+	"github.com/evchat/evchat/projections/presence"
 	"github.com/evchat/evchat/projections/store"
 )
 
@@ -140,11 +145,22 @@ func (r Report) Summary() string {
 func short(d string) string { return d[:min(12, len(d))] }
 
 // Projections lists what Run can verify.
-var Projections = []string{history.Name, inbox.Name, cursors.Name}
+var Projections = []string{history.Name, inbox.Name, cursors.Name, presence.Name}
 
-// Run verifies one projection: history, or the inbox of cfg's inbox epoch
-// (a node passes its config with the epochs it reads).
-func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, limits domain.Limits) (Report, error) {
+// Rules are the rules the projections were built with, which verify
+// rebuilds them by.
+type Rules struct {
+	// Limits are history's and the fan-out's (domain.Admit).
+	Limits domain.Limits
+	// PresenceWindow is the presence projection's window; 0 is
+	// domain.DefaultPresenceWindow.
+	PresenceWindow time.Duration
+}
+
+// Run verifies one projection: history, cursors, the inbox of cfg's inbox
+// epoch or the presence of cfg's presence epoch (a node passes its config
+// with the epochs it reads).
+func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, rules Rules) (Report, error) {
 	rep := Report{Projection: projection}
 	switch projection {
 	case history.Name:
@@ -154,6 +170,9 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 		rep.Positions, rep.Topic, rep.Kind = eventlog.Epoched(inbox.Name, rep.Epoch), cfg.Topics().Inbox, "users"
 	case cursors.Name:
 		rep.Positions, rep.Topic, rep.Kind = cursors.Name, cfg.Topics().Sessions, "users and channels"
+	case presence.Name:
+		rep.Epoch = eventlog.EpochOf(cfg, domain.OutputPresence)
+		rep.Positions, rep.Topic, rep.Kind = cfg.Group(eventlog.Epoched(presence.Name, rep.Epoch)), cfg.Topics().Sessions, "users"
 	default:
 		return Report{}, domain.Errorf(domain.CodeBadRequest, "cannot verify %q: verify knows %v", projection, Projections)
 	}
@@ -161,17 +180,21 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 	if err != nil {
 		return Report{}, err
 	}
-	pos, err := st.Positions(ctx, rep.Positions)
-	if err != nil {
+	var pos map[int32]int64
+	if projection == presence.Name {
+		// Read by verifyPresence, before and after it reads the output.
+	} else if pos, err = st.Positions(ctx, rep.Positions); err != nil {
 		return Report{}, err
 	}
 	switch projection {
 	case history.Name:
-		err = verifyHistory(ctx, cfg, st, pos, limits, &rep)
+		err = verifyHistory(ctx, cfg, st, pos, rules.Limits, &rep)
 	case inbox.Name:
 		err = verifyInbox(ctx, cfg, st, pos, &rep)
-	default:
+	case cursors.Name:
 		err = verifyCursors(ctx, cfg, st, pos, &rep)
+	default:
+		pos, err = verifyPresence(ctx, cfg, cmp.Or(rules.PresenceWindow, domain.DefaultPresenceWindow), &rep)
 	}
 	if err != nil {
 		return Report{}, err

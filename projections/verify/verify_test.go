@@ -284,7 +284,7 @@ func TestVerify(t *testing.T) {
 				{history.Name, c.history, 2, count(f.channels)},
 				{inbox.Name, c.inbox, 3, count(f.inbox)},
 			} {
-				rep, err := Run(ctx, f.cfg, st, p.name, domain.DefaultLimits())
+				rep, err := Run(ctx, f.cfg, st, p.name, Rules{Limits: domain.DefaultLimits()})
 				if err != nil {
 					t.Fatalf("%s: %v", p.name, err)
 				}
@@ -317,7 +317,7 @@ func TestVerify(t *testing.T) {
 				}
 			}
 			if c.name == "as built" {
-				rep, _ := Run(ctx, f.cfg, st, inbox.Name, domain.DefaultLimits())
+				rep, _ := Run(ctx, f.cfg, st, inbox.Name, Rules{Limits: domain.DefaultLimits()})
 				if s := rep.Summary(); rep.Epoch != 2 || !strings.Contains(s, "verify inbox epoch 2: compared 3 users and 13 events of v.inbox.e2 (13 offsets in the topic) up to the positions under inbox.e2") {
 					t.Errorf("summary: %s", s)
 				}
@@ -346,12 +346,12 @@ func TestVerifyEmptyLog(t *testing.T) {
 	}
 	defer st.Close()
 	for _, p := range Projections {
-		rep, err := Run(ctx, cfg, st, p, domain.DefaultLimits())
+		rep, err := Run(ctx, cfg, st, p, Rules{Limits: domain.DefaultLimits()})
 		if err != nil || rep.Err() != nil || !rep.Agree || rep.LogRecords != 0 {
 			t.Errorf("%s on an empty log: %+v, %v, %v", p, rep, err, rep.Err())
 		}
 	}
-	if _, err := Run(ctx, cfg, st, "push", domain.DefaultLimits()); domain.CodeOf(err) != domain.CodeBadRequest {
+	if _, err := Run(ctx, cfg, st, "push", Rules{Limits: domain.DefaultLimits()}); domain.CodeOf(err) != domain.CodeBadRequest {
 		t.Errorf("verify push: %v, want bad_request", err)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/store"
+	"github.com/evchat/evchat/projections/verify"
 )
 
 // admin serves the operators' endpoints on their own listener: replay,
@@ -418,7 +419,7 @@ func (a *admin) verify(w http.ResponseWriter, r *http.Request) {
 			"cannot verify %q: verifiable are %s", name, strings.Join(RoleNames(Verifiable), ", ")))
 		return
 	}
-	rep, err := role.Verify(r.Context(), a.node.current(), a.node.st, a.limits)
+	rep, err := role.Verify(r.Context(), a.node.current(), a.node.st, verify.Rules{Limits: a.limits, PresenceWindow: a.node.cfg.PresenceWindow})
 	if err != nil {
 		status := http.StatusInternalServerError
 		if domain.CodeOf(err) == domain.CodeBadRequest {

@@ -61,7 +61,7 @@ type Role struct {
 	RebuiltBy string
 	// Verify checks its state in the store against the log (lc carries
 	// the epochs the node reads); nil: not verified.
-	Verify func(ctx context.Context, lc eventlog.Config, st verify.Store, limits domain.Limits) (verify.Report, error)
+	Verify func(ctx context.Context, lc eventlog.Config, st verify.Store, rules verify.Rules) (verify.Report, error)
 	// OldEpochsRun: its instances of older epochs keep running after a
 	// switch (the inbox projection, so that the store holds every entry
 	// of an old epoch a device may come back with).
@@ -135,6 +135,7 @@ var Table = []*Role{
 		Name: presence.Name, Doc: "online/offline from heartbeats, exactly once, to the presence topic of its epoch",
 		Input:  func(t eventlog.Topics) string { return t.Sessions },
 		Output: domain.OutputPresence, Replay: Rebuild, restartWhenCurrent: true,
+		Verify: verifyWith(presence.Name),
 		// Only the current epoch's projection puts time on the log
 		// (clock ticks); a rebuild reads them.
 		run: func(n *Node, lc eventlog.Config, current bool) func(context.Context) error {
@@ -194,9 +195,9 @@ func (r *Role) task(lc eventlog.Config) string {
 	return eventlog.Epoched(r.Name, eventlog.EpochOf(lc, r.Output))
 }
 
-func verifyWith(name string) func(context.Context, eventlog.Config, verify.Store, domain.Limits) (verify.Report, error) {
-	return func(ctx context.Context, lc eventlog.Config, st verify.Store, limits domain.Limits) (verify.Report, error) {
-		return verify.Run(ctx, lc, st, name, limits)
+func verifyWith(name string) func(context.Context, eventlog.Config, verify.Store, verify.Rules) (verify.Report, error) {
+	return func(ctx context.Context, lc eventlog.Config, st verify.Store, rules verify.Rules) (verify.Report, error) {
+		return verify.Run(ctx, lc, st, name, rules)
 	}
 }
 
