@@ -370,6 +370,20 @@ func (r *chaosRun) check(what string) {
 	if len(sent) < len(ackedIDs) {
 		t.Errorf("the channel topic holds %d message ids, fewer than the %d acknowledged", len(sent), len(ackedIDs))
 	}
+	// The operator's check says the same: the fan-out's output, history
+	// and the inbox agree with the log after every kill.
+	for _, p := range []string{"fanout", "history", "inbox"} {
+		var out string
+		if !waitUntil(2*time.Minute, func() bool {
+			var ok bool
+			out, ok = n.ops("verify", "--projection", p)
+			return ok
+		}) {
+			t.Errorf("verify %s after the kills:\n%s", p, out)
+		} else {
+			t.Log(strings.TrimSpace(out))
+		}
+	}
 }
 
 // waitUntil waits up to d for cond, a quarter second between tries, and

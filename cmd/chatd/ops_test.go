@@ -42,7 +42,7 @@ func TestVerifyAndReplay(t *testing.T) {
 			}
 		}
 		waitFor(t, func() bool { return len(n.history(tok, g.ChannelID, "limit=100").Messages) == 20 })
-		for _, p := range []string{"history", "inbox"} {
+		for _, p := range []string{"history", "fanout", "inbox"} {
 			waitFor(t, func() bool { _, ok := n.ops("verify", "--projection", p); return ok })
 		}
 
@@ -450,6 +450,10 @@ func TestReplayFanoutAndPresence(t *testing.T) {
 		if out, ok := n.ops("verify", "--projection", "inbox"); !ok || !strings.Contains(out, "verify inbox epoch 2: compared 2 users") {
 			t.Fatalf("verify inbox of epoch 2:\n%s", out)
 		}
+		waitFor(t, func() bool {
+			out, ok := n.ops("verify", "--projection", "fanout")
+			return ok && strings.Contains(out, "verify fanout epoch 2: compared")
+		})
 		// Live delivery runs on the new epoch (ann's connection was closed
 		// by the switch too).
 		annWS.c.Close()

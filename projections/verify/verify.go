@@ -14,7 +14,9 @@
 // member's furthest read mark; positions under "cursors"), and presence
 // (chat.sessions → the presence topic of the node's presence epoch, each
 // user's latest change; positions are the presence projection's committed
-// offsets, see verifyPresence).
+// offsets, see verifyPresence), and the fan-out (chat.channels → the inbox
+// topic of the current epoch: one entry per member and admitted message,
+// none twice; positions are its committed offsets, see verifyFanout).
 //
 // A verification that compared nothing proves nothing: when the topic holds
 // records but no entity or no event was compared (the projection has not
@@ -46,6 +48,7 @@ import (
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/cursors"
 	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/fanout"
 	"github.com/evchat/evchat/projections/history"
 	"github.com/evchat/evchat/projections/inbox"
 	"github.com/evchat/evchat/projections/presence"
@@ -145,7 +148,7 @@ func (r Report) Summary() string {
 func short(d string) string { return d[:min(12, len(d))] }
 
 // Projections lists what Run can verify.
-var Projections = []string{history.Name, inbox.Name, cursors.Name, presence.Name}
+var Projections = []string{history.Name, fanout.Name, inbox.Name, cursors.Name, presence.Name}
 
 // Rules are the rules the projections were built with, which verify
 // rebuilds them by.
@@ -170,6 +173,9 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 		rep.Positions, rep.Topic, rep.Kind = eventlog.Epoched(inbox.Name, rep.Epoch), cfg.Topics().Inbox, "users"
 	case cursors.Name:
 		rep.Positions, rep.Topic, rep.Kind = cursors.Name, cfg.Topics().Sessions, "users and channels"
+	case fanout.Name:
+		rep.Epoch = cfg.Epoch()
+		rep.Positions, rep.Topic, rep.Kind = cfg.Group(eventlog.Epoched(fanout.Name, rep.Epoch)), cfg.Topics().Channels, "users"
 	case presence.Name:
 		rep.Epoch = eventlog.EpochOf(cfg, domain.OutputPresence)
 		rep.Positions, rep.Topic, rep.Kind = cfg.Group(eventlog.Epoched(presence.Name, rep.Epoch)), cfg.Topics().Sessions, "users"
@@ -181,8 +187,9 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 		return Report{}, err
 	}
 	var pos map[int32]int64
-	if projection == presence.Name {
-		// Read by verifyPresence, before and after it reads the output.
+	if projection == presence.Name || projection == fanout.Name {
+		// Their consumer offsets, read by verifyPresence and verifyFanout
+		// before and after they read the output.
 	} else if pos, err = st.Positions(ctx, rep.Positions); err != nil {
 		return Report{}, err
 	}
@@ -193,6 +200,8 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 		err = verifyInbox(ctx, cfg, st, pos, &rep)
 	case cursors.Name:
 		err = verifyCursors(ctx, cfg, st, pos, &rep)
+	case fanout.Name:
+		pos, err = verifyFanout(ctx, cfg, rules.Limits, &rep)
 	default:
 		pos, err = verifyPresence(ctx, cfg, cmp.Or(rules.PresenceWindow, domain.DefaultPresenceWindow), &rep)
 	}

@@ -207,17 +207,19 @@ func TestNodeInProcess(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	// Presence: the presence topic against the session topic.
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		var rep verify.Report
-		st := call(t, n.AdminAddr(), "GET", "/admin/verify?projection=presence", n.AdminToken(), nil, &rep)
-		if st == http.StatusOK && rep.Err() == nil && rep.Entities > 0 {
-			break
+	// Presence and the fan-out: their output topics against their input.
+	for _, p := range []string{"presence", "fanout"} {
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			var rep verify.Report
+			st := call(t, n.AdminAddr(), "GET", "/admin/verify?projection="+p, n.AdminToken(), nil, &rep)
+			if st == http.StatusOK && rep.Err() == nil && rep.Entities > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("verify %s: status %d, %s: %v", p, st, rep.Summary(), rep.Err())
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("verify presence: status %d, %s: %v", st, rep.Summary(), rep.Err())
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 	if st := call(t, n.AdminAddr(), "GET", "/admin/verify?projection=push", n.AdminToken(), nil, nil); st != http.StatusBadRequest {
 		t.Fatalf("verify push: status %d, want 400 (not verifiable)", st)

@@ -100,7 +100,7 @@ var Table = []*Role{
 	{
 		Name: fanout.Name, Doc: "one inbox entry per recipient, exactly once, to the inbox topic of its epoch",
 		Input:  func(t eventlog.Topics) string { return t.Channels },
-		Output: domain.OutputInbox, Replay: Rebuild,
+		Output: domain.OutputInbox, Replay: Rebuild, Verify: verifyWith(fanout.Name),
 		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
 			return func(ctx context.Context) error {
 				fan, err := fanout.New(fanout.Config{Log: lc, Limits: n.cfg.Limits, InstanceID: n.instance, Logger: n.log})
