@@ -3,7 +3,8 @@
 //   java -cp <cassandra lib>/*:<dir> CqlProbe HOST PORT [smoke]
 // Prints "release_version cluster_name" of system.local and exits 0, else exits 1.
 // With "smoke": also creates a keyspace (rf 1) and table, writes and reads back a
-// row at QUORUM, and drops the keyspace again.
+// row at QUORUM, and drops the keyspace again. With "drop NAME": drops keyspace NAME
+// (letters, digits and _ only) if it exists.
 import com.datastax.driver.core.Cluster;
 import com.datastax.driver.core.ConsistencyLevel;
 import com.datastax.driver.core.SimpleStatement;
@@ -35,6 +36,12 @@ public final class CqlProbe {
                 if (r == null || !"b".equals(r.getString("v"))) throw new IllegalStateException("smoke read-back failed");
                 session.execute("DROP KEYSPACE evchat_smoke");
                 System.out.println("smoke ok: create keyspace/table, write+read at QUORUM, drop");
+            }
+            if (args.length > 3 && args[2].equals("drop")) {
+                String ks = args[3];
+                if (!ks.matches("[A-Za-z0-9_]+")) throw new IllegalArgumentException("bad keyspace name " + ks);
+                session.execute("DROP KEYSPACE IF EXISTS " + ks);
+                System.out.println("dropped keyspace " + ks);
             }
             System.exit(0);
         } catch (Throwable t) {

@@ -356,5 +356,6 @@ case "${1:-}" in
   status) status ;;
   nodetool) shift; nodetool "$@" ;;
   smoke) fetch >/dev/null; mkdir -p "$LOG_DIR"; probe smoke ;;
-  *) echo "usage: $0 {fetch|start|restart|kill|stop|status|smoke|nodetool ARGS...}" >&2; exit 64 ;;
+  drop-keyspace) fetch >/dev/null; mkdir -p "$LOG_DIR"; probe drop "${2:?keyspace}" ;;
+  *) echo "usage: $0 {fetch|start|restart|kill|stop|status|smoke|drop-keyspace NAME|nodetool ARGS...}" >&2; exit 64 ;;
 esac

@@ -46,7 +46,13 @@ read -r -a more <<<"${EVCHAT_PERF_CHATD_ARGS:-}"
 args+=("${more[@]}")
 "$out/chatd" "${args[@]}" 2>"$out/chatd-$mode-$backend.log" &
 pid=$!
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data"' EXIT
+# The real run's keyspace goes with it (topics stay: Kafka has no cheap
+# delete here, and their prefix is the run's own).
+cleanup() {
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data"
+  if [[ "$backend" == real ]]; then bash deploy/cassandra.sh drop-keyspace "perf_$$" >/dev/null || echo "perf: could not drop keyspace perf_$$" >&2; fi
+}
+trap cleanup EXIT
 for _ in $(seq 300); do curl -fs "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
 
 if [[ "$mode" == idle ]]; then
