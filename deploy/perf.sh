@@ -32,9 +32,10 @@ case "$mode" in idle|rate) ;; *) echo "usage: $0 idle|rate [embedded|real] [load
 
 go build -o "$out/chatd" ./cmd/chatd
 go build -o "$out/loadgen" ./cmd/loadgen
-port=18471; data="$(mktemp -d "$out/data.XXXX")"
+# EVCHAT_PERF_PORT: chatd's HTTP port (default 18471); its admin port is two above.
+port="${EVCHAT_PERF_PORT:-18471}"; admin=$((port + 2)); data="$(mktemp -d "$out/data.XXXX")"
 # Capacity, not abuse: the per-user send rate limits are lifted.
-args=(--http "127.0.0.1:$port" --data "$data" --log-level warn --admin 127.0.0.1:18473 --send-rate 1e9 --send-burst 1000000000)
+args=(--http "127.0.0.1:$port" --data "$data" --log-level warn --admin "127.0.0.1:$admin" --send-rate 1e9 --send-burst 1000000000)
 # The idle mode opens 20 connections per device token (80 per user).
 [[ "$mode" == idle ]] && args+=(--ws-max-per-user 100 --ws-max-per-device 25)
 if [[ "$backend" == real ]]; then
@@ -67,9 +68,9 @@ else
       # 10 s into the load: once the first deliveries are counted.
       until curl -fs "127.0.0.1:$port/metrics" | grep -q '^evchat_ws_deliveries_total [1-9]'; do sleep 1; done
       sleep 10
-      curl -fs -H "Authorization: Bearer $tok" -o "$out/cpu-$mode-$backend.pprof" "127.0.0.1:18473/debug/pprof/profile?seconds=15"
-      curl -fs -H "Authorization: Bearer $tok" -o "$out/allocs-$mode-$backend.pprof" "127.0.0.1:18473/debug/pprof/allocs"
-      curl -fs -H "Authorization: Bearer $tok" -o "$out/goroutines-$mode-$backend.txt" "127.0.0.1:18473/debug/pprof/goroutine?debug=1"
+      curl -fs -H "Authorization: Bearer $tok" -o "$out/cpu-$mode-$backend.pprof" "127.0.0.1:$admin/debug/pprof/profile?seconds=15"
+      curl -fs -H "Authorization: Bearer $tok" -o "$out/allocs-$mode-$backend.pprof" "127.0.0.1:$admin/debug/pprof/allocs"
+      curl -fs -H "Authorization: Bearer $tok" -o "$out/goroutines-$mode-$backend.txt" "127.0.0.1:$admin/debug/pprof/goroutine?debug=1"
     ) &
   fi
   "$out/loadgen" --server "127.0.0.1:$port" --users 500 --group-size 10 --rate 2000 --duration 60s \
