@@ -113,9 +113,12 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) e
 		q: newSendQueue(s.cfg.QueueSize, s.cfg.QueueBytes), bodies: g.tailer.bodies, done: make(chan struct{}),
 		h: newHandoff(s.cfg.SyncBuffer, s.cfg.QueueBytes), metrics: s.cfg.Metrics,
 	}
+	// The writer starts once the connection's hello is decided (below):
+	// frames the hub or the tailer queue for it before then wait behind
+	// the hello, so that hello is always the first frame.
 	var writer sync.WaitGroup
-	writer.Go(func() { c.write(s.cfg.WriteTimeout, s.cfg.PingInterval) })
 	defer writer.Wait()
+	startWriter := sync.OnceFunc(func() { writer.Go(func() { c.write(s.cfg.WriteTimeout, s.cfg.PingInterval) }) })
 	// Sends run beside the handler (see sends) and end before it returns;
 	// those the read loop took are carried out even if the connection
 	// closes meanwhile.
@@ -153,8 +156,11 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) e
 	cancel()
 	if err != nil {
 		c.send(errorFrame(err, ""))
+		startWriter()
 		return nil
 	}
+	hello := g.epoch
+	c.send(ServerFrame{Type: TypeHello, UserID: c.user, DeviceID: c.device, Epoch: &hello})
 	g.tailer.mark(part, func(next int64) {
 		c.mu.Lock()
 		c.h.connect(max(next, end), resume) // a resuming device gets nothing live before its sync
@@ -175,8 +181,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) e
 			return nil
 		}
 	}
-	hello := g.epoch
-	c.send(ServerFrame{Type: TypeHello, UserID: c.user, DeviceID: c.device, Epoch: &hello})
+	startWriter()
 	if first { // a device's other connections have made it online already
 		s.heartbeat(r.Context(), c)
 	}

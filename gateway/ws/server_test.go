@@ -149,6 +149,7 @@ func (f *fakeCommands) Read(_ context.Context, _ auth.Claims, _ domain.ChannelID
 // gateway is one Server on an httptest server, and what it logged.
 type gateway struct {
 	srv  *ws.Server
+	hub  *ws.Hub
 	http *httptest.Server
 	logs *syncBuffer
 	log  eventlog.Config // the embedded broker, in the gateway's inbox epoch
@@ -240,7 +241,7 @@ func startGatewayIn(t *testing.T, epoch int32, cfg ws.Config, st ws.InboxStore, 
 		}
 		hs.Close()
 	})
-	return &gateway{srv: srv, http: hs, logs: logs, log: lcfg}
+	return &gateway{srv: srv, hub: hub, http: hs, logs: logs, log: lcfg}
 }
 
 // client is a device's end of a connection.
@@ -592,6 +593,40 @@ type revokedSessions struct{}
 
 func (revokedSessions) SessionRevoked(context.Context, domain.UserID, string) (bool, error) {
 	return true, nil
+}
+
+// pushingSessions, asked whether a session is revoked, first queues a
+// presence frame on the user's registered connections, as a presence
+// change arriving at that moment would, and says it is not.
+type pushingSessions struct {
+	hub    *ws.Hub
+	pushed atomic.Int32
+}
+
+func (p *pushingSessions) SessionRevoked(_ context.Context, u domain.UserID, _ string) (bool, error) {
+	online := true
+	p.pushed.Add(int32(ws.PushTo(p.hub, u, ws.ServerFrame{Type: ws.TypePresence, UserID: "someone", Online: &online})))
+	return false, nil
+}
+
+// TestHelloFirst: hello is a connection's first frame, even when a frame
+// for the user is queued between the connection's registration and its
+// hello (the session's second look happens there). Before, the loader
+// met "first frame is presence, not hello" on a loaded machine.
+func TestHelloFirst(t *testing.T) {
+	chk := &pushingSessions{}
+	g := startGateway(t, ws.Config{Sessions: chk}, newFakeStore(0, ""), newFakeCommands())
+	chk.hub = g.hub
+	c := g.dial(t, "")
+	if f := c.must(); f.Type != ws.TypeHello {
+		t.Fatalf("first frame %+v, want hello", f)
+	}
+	if f := c.must(); f.Type != ws.TypePresence {
+		t.Fatalf("second frame %+v, want the presence frame queued before hello", f)
+	}
+	if chk.pushed.Load() != 1 {
+		t.Fatalf("the presence frame reached %d connections, want 1", chk.pushed.Load())
+	}
 }
 
 // TestRevokedAfterRegistration: a connection whose session is revoked by
