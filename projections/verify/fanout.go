@@ -28,16 +28,12 @@ import (
 // before the inbox topic (o1) must have all their entries, those between
 // them and the offsets read after it (o2) may have them or not.
 func verifyFanout(ctx context.Context, cfg eventlog.Config, limits domain.Limits, rep *Report) (map[int32]int64, error) {
-	o1, err := committed(ctx, cfg, rep.Positions, rep.Topic)
-	if err != nil {
-		return nil, err
-	}
 	type copies struct {
 		entry     inboxDigest
 		positions []int64
 	}
 	got := map[domain.UserID]map[domain.MessageID]*copies{}
-	if _, err := eventlog.ReadToEnd(ctx, cfg, cfg.Topics().Inbox, eventlog.ReadRange{}, func(r *kgo.Record) {
+	o1, o2, err := bracketed(ctx, cfg, rep, cfg.Topics().Inbox, func(r *kgo.Record) {
 		_, ev, err := domain.Decode(r.Value)
 		if err != nil {
 			return
@@ -55,10 +51,7 @@ func verifyFanout(ctx context.Context, cfg eventlog.Config, limits domain.Limits
 			got[m.UserID][m.MessageID] = c
 		}
 		c.positions = append(c.positions, r.Offset)
-	}); err != nil {
-		return nil, err
-	}
-	o2, err := committed(ctx, cfg, rep.Positions, rep.Topic)
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -33,12 +33,8 @@ import (
 // latest change below o1 or one made in [o1, o2). A user the output names
 // and the log does not, or the other way round, differs.
 func verifyPresence(ctx context.Context, cfg eventlog.Config, window time.Duration, rep *Report) (map[int32]int64, error) {
-	o1, err := committed(ctx, cfg, rep.Positions, rep.Topic)
-	if err != nil {
-		return nil, err
-	}
 	got := map[domain.UserID]domain.PresenceChange{}
-	if _, err := eventlog.ReadToEnd(ctx, cfg, cfg.Topics().Presence, eventlog.ReadRange{}, func(r *kgo.Record) {
+	o1, o2, err := bracketed(ctx, cfg, rep, cfg.Topics().Presence, func(r *kgo.Record) {
 		if r.Value == nil { // a tombstone: the key's value is gone
 			delete(got, domain.UserID(r.Key))
 			return
@@ -48,10 +44,7 @@ func verifyPresence(ctx context.Context, cfg eventlog.Config, window time.Durati
 				got[ch.UserID] = normalPresence(domain.PresenceChange(ch))
 			}
 		}
-	}); err != nil {
-		return nil, err
-	}
-	o2, err := committed(ctx, cfg, rep.Positions, rep.Topic)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -116,6 +109,24 @@ func verifyPresence(ctx context.Context, cfg eventlog.Config, window time.Durati
 	}
 	rep.LogDigest, rep.StoreDigest = hex.EncodeToString(logSum.Sum(nil)), hex.EncodeToString(storeSum.Sum(nil))
 	return o2, nil
+}
+
+// bracketed reads output, which a projection commits together with its
+// consumer offsets (rep.Positions is its group, rep.Topic its input), to
+// its end, and returns the offsets committed before (o1) and after (o2)
+// it read: what it read is the output of the input below offsets
+// somewhere between the two.
+func bracketed(ctx context.Context, cfg eventlog.Config, rep *Report, output string, fn func(*kgo.Record)) (o1, o2 map[int32]int64, err error) {
+	if o1, err = committed(ctx, cfg, rep.Positions, rep.Topic); err != nil {
+		return nil, nil, err
+	}
+	if _, err := eventlog.ReadToEnd(ctx, cfg, output, eventlog.ReadRange{}, fn); err != nil {
+		return nil, nil, err
+	}
+	if o2, err = committed(ctx, cfg, rep.Positions, rep.Topic); err != nil {
+		return nil, nil, err
+	}
+	return o1, o2, nil
 }
 
 // committed returns group's committed offsets on topic.
