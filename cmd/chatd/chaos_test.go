@@ -217,9 +217,11 @@ func (r *chaosRun) waitProgress(count int) {
 func (r *chaosRun) check(what string) {
 	t, n, devs := r.t, r.n, r.devs
 	t.Helper()
-	if !waitUntil(5*time.Minute, func() bool { a, s := r.acked(); return a == s }) {
+	// Bounded by progress, not by total time: a loaded machine may take
+	// long, but a run with nothing acknowledged for 3 minutes is stuck.
+	if !waitProgress(3*time.Minute, func() int { a, _ := r.acked(); return a }, func() bool { a, s := r.acked(); return a == s }) {
 		a, s := r.acked()
-		t.Fatalf("after 5 min %d of %d sends acknowledged; %s", a, s, r.pending())
+		t.Fatalf("no send acknowledged for 3 min: %d of %d sends acknowledged; %s", a, s, r.pending())
 	}
 
 	// What every device must end with: each acknowledged message of each
@@ -254,13 +256,22 @@ func (r *chaosRun) check(what string) {
 		}
 		return true
 	}
-	waitUntil(3*time.Minute, complete)
+	received := func() int {
+		n := 0
+		for _, d := range devs {
+			d.mu.Lock()
+			n += len(d.got)
+			d.mu.Unlock()
+		}
+		return n
+	}
+	waitProgress(time.Minute, received, complete)
 	// A last sync from each device's position, as an app does when it
 	// comes to the foreground: whatever live delivery missed comes now.
 	for _, d := range devs {
 		d.reconnect()
 	}
-	waitUntil(3*time.Minute, complete)
+	waitProgress(time.Minute, received, complete)
 	r.stop()
 
 	// The checker.
@@ -384,6 +395,21 @@ func (r *chaosRun) check(what string) {
 			t.Log(strings.TrimSpace(out))
 		}
 	}
+}
+
+// waitProgress waits for done as long as count grows: it returns false
+// once count has not grown for stall (a quarter second between tries).
+func waitProgress(stall time.Duration, count func() int, done func() bool) bool {
+	last, at := count(), time.Now()
+	for !done() {
+		if c := count(); c != last {
+			last, at = c, time.Now()
+		} else if time.Since(at) > stall {
+			return false
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return true
 }
 
 // waitUntil waits up to d for cond, a quarter second between tries, and
