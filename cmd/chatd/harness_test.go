@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -1003,8 +1004,10 @@ func waitForTB(tb testing.TB, d time.Duration, cond func() bool) {
 
 // TestInProcessNode holds the harness to what it promises of an in-process
 // node: every goroutine the node starts carries its run's label (so the
-// leak check after stop cannot pass for want of finding any), none is
-// left once stop returns, and a restart on the same data works.
+// leak check after stop cannot pass for want of finding any), kill and
+// pid refuse it (failing the test, naming startChild) and leave it
+// running, no goroutine of it is left once stop returns, and a restart on
+// the same data works.
 func TestInProcessNode(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
@@ -1014,6 +1017,16 @@ func TestInProcessNode(t *testing.T) {
 		first := n.r
 		if got := labelledGoroutines(nodeLabel, first.label); len(got) < 5 {
 			t.Fatalf("%d goroutine stacks labelled %s while the node runs, want its tasks' and more", len(got), first.label)
+		}
+		for name, call := range map[string]func(*node){"kill": (*node).kill, "pid": func(n *node) { n.pid() }} {
+			if msg := fatalOf(t, n, call); !strings.Contains(msg, "startChild") {
+				t.Errorf("%s of an in-process node: %q, want a failure that names startChild", name, msg)
+			}
+		}
+		select {
+		case <-first.done:
+			t.Fatalf("the node ended: %v", first.err)
+		default:
 		}
 		w.c.Close()
 		n.stop()
@@ -1029,4 +1042,30 @@ func TestInProcessNode(t *testing.T) {
 		}
 		n.login(ann, "phone") // the user from before the restart
 	})
+}
+
+// fatalOf calls call on a copy of n whose test records a failure instead of
+// failing t, and returns what it said ("" if nothing).
+func fatalOf(t *testing.T, n *node, call func(*node)) string {
+	rec := &fatalRecorder{TB: t}
+	c := *n
+	c.t = rec
+	done := make(chan struct{})
+	go func() { defer close(done); call(&c) }() // Fatalf ends this goroutine
+	<-done
+	return rec.msg
+}
+
+// fatalRecorder is a test whose Fatalf records its message and ends the
+// calling goroutine, as testing's does, without failing the test.
+type fatalRecorder struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalRecorder) Helper() {}
+
+func (f *fatalRecorder) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
 }
