@@ -138,12 +138,13 @@ func TestPasswordAndBodyFlood(t *testing.T) {
 		// A queue of 8 (default 64): under -race on a loaded machine a
 		// check takes seconds, and a login that waits longer than
 		// --http-write-timeout for its turn gets its connection closed.
-		n := startNode(t, b, "--login-failures-per-name", "0", "--login-failures-per-addr", "0", "--password-queue", "8")
+		// A child: the bound is on the process's own peak memory.
+		n := startChild(t, b, "--login-failures-per-name", "0", "--login-failures-per-addr", "0", "--password-queue", "8")
 		ann, bob := n.signUp("ann"), n.signUp("bob")
 		tok := n.login(ann, "phone")
 		ch := n.createChannel(tok, "direct", bob.ID)
 		w := n.connect(tok)
-		pid := n.cmd.Process.Pid
+		pid := n.pid()
 		before := procKB(t, pid, "VmRSS")
 
 		var wg sync.WaitGroup

@@ -2,10 +2,7 @@ package main
 
 import (
 	"cmp"
-	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -20,32 +17,7 @@ import (
 //
 //	go test -run x -bench SendDeliver -benchtime 2000x ./cmd/chatd/
 func BenchmarkSendDeliver(b *testing.B) {
-	dir := b.TempDir()
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(b))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--http", addr, "--data", dir, "--log-level", "error", "--kafka", "", "--cassandra", "",
-			"--send-rate", "1e9", "--send-burst", "1000000000"}, io.Discard, io.Discard)
-	}()
-	b.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			b.Errorf("node: %v", err)
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("node not healthy")
-		}
-	}
-	n := &node{t: b, http: addr}
+	n := startNode(b, backend{name: "embedded"}, "--send-rate", "1e9", "--send-burst", "1000000000")
 	ann, bob := n.signUp("ann"), n.signUp("bob")
 	annWS, bobWS := n.connect(n.login(ann, "phone")), n.connect(n.login(bob, "phone"))
 	ch := n.createChannel(ann.Token["phone"], "direct", bob.ID)

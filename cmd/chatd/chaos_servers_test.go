@@ -55,7 +55,7 @@ func TestChaosServers(t *testing.T) {
 	}
 	srv := startPrivateServers(t)
 	b := backend{name: "private kafka+cassandra", kafka: srv.kafka, cassandra: srv.cassandra}
-	a := startNode(t, b, unlimitedSends...)
+	a := startChild(t, b, unlimitedSends...) // killed with SIGKILL, like its peer
 	p := startPeer(t, a, 2, unlimitedSends...)
 	nodes := []*node{a, p}
 	// The burst is paced (at most 50 a second) so that it outlasts the
@@ -73,8 +73,8 @@ func TestChaosServers(t *testing.T) {
 		t.Helper()
 		for _, n := range nodes {
 			select {
-			case <-n.done:
-				t.Fatalf("chatd at %s exited by itself (code %d); its stderr:\n%s", n.http, n.cmd.ProcessState.ExitCode(), n.stderr)
+			case <-n.r.done:
+				t.Fatalf("chatd at %s exited by itself (%v); its stderr:\n%s", n.http, n.r.err, n.logs)
 			default:
 			}
 		}

@@ -55,7 +55,7 @@ type chaosConfig struct {
 }
 
 func runChaos(t *testing.T, b backend, cfg chaosConfig) {
-	n := startNode(t, b, unlimitedSends...)
+	n := startChild(t, b, unlimitedSends...) // killed with SIGKILL
 	r := newChaosRun(t, n, []*node{n}, cfg)
 	r.start()
 	defer r.stop()

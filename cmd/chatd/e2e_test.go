@@ -308,7 +308,7 @@ func inOrder(t *testing.T, w *wsClient, count int, last domain.MessageID) int64 
 func TestRestart(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
-		n := startNode(t, b)
+		n := startChild(t, b) // killed with SIGKILL
 		ann, bob := n.signUp("ann"), n.signUp("bob")
 		annTok, bobTok := n.login(ann, "phone"), n.login(bob, "phone")
 		ch := n.createChannel(annTok, "group", bob.ID)

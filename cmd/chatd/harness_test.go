@@ -15,6 +15,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,13 +31,19 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	chatnode "github.com/evchat/evchat/cmd/internal/node"
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/schemas"
 )
 
-// The end-to-end tests start chatd as a child process, built once by
-// TestMain, and drive it only over HTTP and WebSocket. They run on the
+// The end-to-end tests drive chatd only over HTTP and WebSocket. A node
+// runs in the test's process by default (startNode: the same argument
+// list, parsed by chatd's own parseConfig, and node.Run in a goroutine),
+// and as a child process of the chatd binary, built once by TestMain,
+// where a test needs a process: kill -9 (kill), an open-files limit
+// (startChildLimited), the process's own memory or descriptors (pid), or
+// several processes of one deployment (startPeer). They run on the
 // embedded default, and again on real Kafka and Cassandra when
 // EVCHAT_KAFKA and EVCHAT_CASSANDRA name them (deploy/servers.sh start).
 
@@ -89,7 +98,10 @@ func eachBackend(t *testing.T, fn func(t *testing.T, b backend)) {
 	}
 }
 
-// node is one chatd process and what it takes to restart it.
+// node is one chatd node of a test and what it takes to restart it: in
+// the test's process, or a child process (child). Everything a test reads
+// from a node (its HTTP and admin addresses, its data directory and admin
+// token file, its log) is the same in both.
 type node struct {
 	t         testing.TB
 	b         backend
@@ -98,13 +110,45 @@ type node struct {
 	kafkaPort int
 	prefix    string
 	keyspace  string
-	cmd       *exec.Cmd
-	stderr    *bytes.Buffer
-	done      chan struct{}
 	extra     []string // more flags
 	machine   int      // --machine-id; 0 means 1
 	admin     string   // --admin address
-	nofile    int      // the open-files limit the process runs under (prlimit); 0: inherited
+	child     bool     // a child process of chatdBin, not a node in this process
+	nofile    int      // a child's open-files limit (prlimit); 0: inherited
+	logs      *logBuffer
+	r         *running // the current run, replaced by each start
+}
+
+// running is one run of a node, from start to its end.
+type running struct {
+	done  chan struct{} // closed once the run has ended
+	err   error         // set before done is closed: a child's exit, or what Run returned
+	ended atomic.Bool   // the test ended it (stop, kill): it did not exit by itself
+	// A child.
+	cmd *exec.Cmd
+	// In this process.
+	cancel context.CancelFunc
+	label  string // the value of nodeLabel on every goroutine of this run
+}
+
+// testSecret is every test node's token secret (EVCHAT_SECRET).
+const testSecret = "e2e-secret-e2e-secret-e2e-secret-e2e!"
+
+// nodeLabel is the profiler label on every goroutine an in-process node
+// starts (goroutines inherit their creator's labels): those left after
+// Run returned are leaks.
+const nodeLabel = "evchat_test_node"
+
+var runs atomic.Int64 // in-process runs, to make labels unique
+
+// testEnv is the environment an in-process node's flags read, in place of
+// os.Getenv: the secret alone, as a child gets it, and no EVCHAT_KAFKA or
+// EVCHAT_CASSANDRA (the harness names the backend in flags).
+func testEnv(key string) string {
+	if key == "EVCHAT_SECRET" {
+		return testSecret
+	}
+	return ""
 }
 
 // freePort returns a port that was free a moment ago, below the
@@ -130,13 +174,30 @@ func freePort(t testing.TB) int {
 // portsTaken are the ports freePort has handed out in this process.
 var portsTaken sync.Map
 
+// startNode starts a node in the test's process.
 func startNode(t testing.TB, b backend, extra ...string) *node {
 	t.Helper()
-	return startNodeLimited(t, b, 0, extra...)
+	return newNode(t, b, false, 0, extra...)
 }
 
-// startNodeLimited starts a node under an open-files limit (0: inherited).
-func startNodeLimited(t testing.TB, b backend, nofile int, extra ...string) *node {
+// startChild starts a node as a child process: for a test that kills it
+// with SIGKILL, or reads the process's memory or descriptors.
+func startChild(t testing.TB, b backend, extra ...string) *node {
+	t.Helper()
+	return newNode(t, b, true, 0, extra...)
+}
+
+// startChildLimited starts a node as a child process under an open-files
+// limit (prlimit), which is the process's own.
+func startChildLimited(t testing.TB, b backend, nofile int, extra ...string) *node {
+	t.Helper()
+	if nofile <= 0 {
+		t.Fatalf("startChildLimited: open-files limit %d", nofile)
+	}
+	return newNode(t, b, true, nofile, extra...)
+}
+
+func newNode(t testing.TB, b backend, child bool, nofile int, extra ...string) *node {
 	t.Helper()
 	suffix := fmt.Sprintf("%d", rand.Uint64()%1e12)
 	n := &node{
@@ -147,11 +208,12 @@ func startNodeLimited(t testing.TB, b backend, nofile int, extra ...string) *nod
 		keyspace:  "e2e_" + suffix,
 		extra:     extra,
 		admin:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		child:     child,
 		nofile:    nofile,
 	}
-	n.start()
 	t.Cleanup(n.dropKeyspace)
 	t.Cleanup(n.stop)
+	n.start()
 	return n
 }
 
@@ -176,17 +238,18 @@ func (n *node) dropKeyspace() {
 }
 
 // startPeer starts a second process of the same deployment as n (same
-// topics, same store), with its own HTTP address and machine id. It needs
-// the real servers: the embedded broker and store belong to one process.
+// topics, same store), with its own HTTP address and machine id: always a
+// child, so that the deployment has processes of its own. It needs the
+// real servers: the embedded broker and store belong to one process.
 func startPeer(t *testing.T, n *node, machine int, extra ...string) *node {
 	t.Helper()
 	p := &node{
 		t: t, b: n.b, dir: t.TempDir(), http: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		kafkaPort: freePort(t), prefix: n.prefix, keyspace: n.keyspace, extra: extra, machine: machine,
-		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), child: true,
 	}
-	p.start()
 	t.Cleanup(p.stop)
+	p.start()
 	return p
 }
 
@@ -197,34 +260,33 @@ func (n *node) brokers() []string {
 	return []string{fmt.Sprintf("127.0.0.1:%d", n.kafkaPort)}
 }
 
-func (n *node) start() {
-	t := n.t
-	t.Helper()
+// args is the node's chatd command line, the same in both modes.
+func (n *node) args() []string {
 	args := []string{
 		"--http", n.http, "--data", n.dir, "--topic-prefix", n.prefix,
 		"--embedded-kafka-port", fmt.Sprint(n.kafkaPort), "--partitions", "4", "--log-level", cmp.Or(os.Getenv("EVCHAT_TEST_LOG"), "warn"),
 		"--kafka", n.b.kafka, "--cassandra", n.b.cassandra, "--keyspace", n.keyspace,
 		"--machine-id", fmt.Sprint(max(n.machine, 1)), "--admin", n.admin,
 	}
-	args = append(args, n.extra...)
-	n.cmd = exec.Command(chatdBin, args...)
-	if n.nofile > 0 {
-		n.cmd = exec.Command("prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", n.nofile, n.nofile), chatdBin}, args...)...)
+	return append(args, n.extra...)
+}
+
+// start runs the node and waits until it answers /healthz.
+func (n *node) start() {
+	t := n.t
+	t.Helper()
+	n.logs = &logBuffer{}
+	if n.child {
+		n.r = n.startProcess()
+	} else {
+		n.r = n.startInProcess()
 	}
-	n.stderr = &bytes.Buffer{}
-	n.cmd.Stderr = &lockedWriter{w: n.stderr}
-	n.cmd.Stdout = io.Discard
-	n.cmd.Env = append(os.Environ(), "EVCHAT_SECRET=e2e-secret-e2e-secret-e2e-secret-e2e!")
-	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	n.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(n.cmd, n.done)
 	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case <-n.done:
-			t.Fatalf("chatd exited at start: %s", n.stderr)
+		case <-n.r.done:
+			n.r.ended.Store(true)
+			t.Fatalf("chatd at %s ended at start: %v\n%s", n.http, n.r.err, n.logs)
 		default:
 		}
 		resp, err := http.Get("http://" + n.http + "/healthz")
@@ -236,67 +298,200 @@ func (n *node) start() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("chatd not healthy after 90s: %s", n.stderr)
+	t.Fatalf("chatd at %s not healthy after 90s: %s", n.http, n.logs)
 }
 
-// kill stops the process with SIGKILL: nothing is flushed.
+// startProcess starts chatdBin with the node's arguments.
+func (n *node) startProcess() *running {
+	args := n.args()
+	cmd := exec.Command(chatdBin, args...)
+	if n.nofile > 0 {
+		cmd = exec.Command("prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", n.nofile, n.nofile), chatdBin}, args...)...)
+	}
+	cmd.Stderr = n.logs
+	cmd.Stdout = io.Discard
+	cmd.Env = append(os.Environ(), "EVCHAT_SECRET="+testSecret)
+	if err := cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	r := &running{done: make(chan struct{}), cmd: cmd}
+	go func() { r.err = cmd.Wait(); close(r.done) }()
+	return r
+}
+
+// startInProcess parses the node's arguments as chatd does and runs the
+// node in a goroutine the run owns, its log in n.logs, every goroutine it
+// starts labelled with the run.
+func (n *node) startInProcess() *running {
+	n.t.Helper()
+	cfg, err := parseConfig(n.args(), n.logs, testEnv)
+	if err != nil {
+		n.t.Fatalf("chatd %s: %v", strings.Join(n.args(), " "), err)
+	}
+	nd, err := chatnode.New(cfg)
+	if err != nil {
+		n.t.Fatalf("node.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{done: make(chan struct{}), cancel: cancel, label: fmt.Sprintf("%s#%d", n.http, runs.Add(1))}
+	go pprof.Do(ctx, pprof.Labels(nodeLabel, r.label), func(ctx context.Context) {
+		defer close(r.done)
+		r.err = nd.Run(ctx)
+	})
+	return r
+}
+
+// pid is the node's process id: only a child has a process of its own.
+func (n *node) pid() int {
+	n.t.Helper()
+	if !n.child {
+		n.t.Fatalf("pid of the in-process node at %s: start it with startChild", n.http)
+	}
+	return n.r.cmd.Process.Pid
+}
+
+// kill stops the child process with SIGKILL: nothing is flushed. An
+// in-process node cannot be killed so: the test fails.
 func (n *node) kill() {
-	_ = n.cmd.Process.Signal(syscall.SIGKILL)
-	<-n.done
+	n.t.Helper()
+	if !n.child {
+		n.t.Fatalf("kill -9 of the in-process node at %s: start it with startChild", n.http)
+	}
+	n.r.ended.Store(true)
+	_ = n.r.cmd.Process.Signal(syscall.SIGKILL)
+	<-n.r.done
 }
 
-// stop stops the process with SIGTERM and checks it exits cleanly.
+// stop stops the node and checks it ends cleanly: a child on SIGTERM with
+// exit code 0; in this process, Run returns nil once its context is
+// cancelled, within a bound, and leaves no goroutine behind. A node that
+// ended by itself fails the test.
 func (n *node) stop() {
+	r := n.r
+	if r == nil || r.ended.Swap(true) {
+		return
+	}
 	select {
-	case <-n.done:
+	case <-r.done:
+		n.t.Errorf("chatd at %s ended by itself: %v", n.http, r.err)
+		n.t.Logf("chatd log:\n%s", n.logs)
 		return
 	default:
 	}
 	if n.t.Failed() {
 		n.dumpGoroutines("stop")
 	}
-	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	if n.child {
+		_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	} else {
+		r.cancel()
+	}
 	select {
-	case <-n.done:
-		if code := n.cmd.ProcessState.ExitCode(); code != 0 && !n.t.Failed() {
-			n.t.Errorf("chatd exited with %d: %s", code, n.stderr)
+	case <-r.done:
+		if r.err != nil {
+			n.t.Errorf("chatd at %s ended with %v, want a clean stop: %s", n.http, r.err, n.logs)
 		}
-	case <-time.After(30 * time.Second):
-		n.t.Errorf("chatd did not stop within 30s of SIGTERM")
-		n.kill()
+		if !n.child {
+			n.checkGoroutinesEnded(r)
+		}
+	case <-time.After(60 * time.Second):
+		n.dumpGoroutines("stop-timeout")
+		n.t.Errorf("chatd at %s did not stop within 60s", n.http)
+		if n.child {
+			_ = r.cmd.Process.Signal(syscall.SIGKILL)
+			<-r.done
+		}
 	}
 	if n.t.Failed() {
-		n.t.Logf("chatd stderr:\n%s", n.stderr)
+		n.t.Logf("chatd log:\n%s", n.logs)
 	}
 }
 
+// checkGoroutinesEnded fails the test unless every goroutine the run
+// started has ended within 30 s of Run's return (a closed client's last
+// goroutines may take a moment), naming those left.
+func (n *node) checkGoroutinesEnded(r *running) {
+	var left []string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if left = labelledGoroutines(nodeLabel, r.label); len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+	}
+	n.t.Errorf("chatd at %s left %d goroutine stacks running after Run returned:\n%s", n.http, len(left), strings.Join(left, "\n\n"))
+}
+
+// labelledGoroutines returns the stacks of this process's goroutines that
+// carry the profiler label key=value, as the goroutine profile prints them
+// (debug=1: one entry per distinct stack, with its count).
+func labelledGoroutines(key, value string) []string {
+	var b bytes.Buffer
+	if err := pprof.Lookup("goroutine").WriteTo(&b, 1); err != nil {
+		return []string{err.Error()}
+	}
+	want := strconv.Quote(key) + ":" + strconv.Quote(value)
+	var out []string
+	for entry := range strings.SplitSeq(b.String(), "\n\n") {
+		if strings.Contains(entry, "# labels: ") && strings.Contains(entry, want) && !outlivesClose(entry) {
+			out = append(out, entry)
+		}
+	}
+	return out
+}
+
+// outlivesClose reports whether a goroutine's stack is one a library lets
+// outlive its Close for a bounded time, by design: gocql handles a
+// keyspace's schema event (any client's CREATE or DROP KEYSPACE, so the
+// other tests') in a goroutine that waits for schema agreement for up to
+// its MaxWaitSchemaAgreement (60 s), and neither the Session's close nor
+// a context ends that wait.
+func outlivesClose(stack string) bool {
+	return strings.Contains(stack, "github.com/gocql/gocql.(*Session).handleSchemaEvent")
+}
+
 // dumpGoroutines writes the node's goroutines to a file for a post-mortem
-// and names it in the test log.
+// and names it in the test log: a child's from its admin address, an
+// in-process node's with every other goroutine of the test process.
 func (n *node) dumpGoroutines(tag string) {
-	tok, _ := os.ReadFile(filepath.Join(n.dir, "admin.token"))
-	req, _ := http.NewRequest("GET", "http://"+n.admin+"/debug/pprof/goroutine?debug=2", nil)
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	var b bytes.Buffer
+	if n.child {
+		tok, _ := os.ReadFile(filepath.Join(n.dir, "admin.token"))
+		req, _ := http.NewRequest("GET", "http://"+n.admin+"/debug/pprof/goroutine?debug=2", nil)
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(&b, resp.Body)
+		resp.Body.Close()
+	} else if err := pprof.Lookup("goroutine").WriteTo(&b, 2); err != nil {
 		return
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	path := filepath.Join(os.TempDir(), "chatd-goroutines-"+tag+"-"+strings.ReplaceAll(n.http, ":", "-")+".txt")
-	if os.WriteFile(path, b, 0o644) == nil {
+	if os.WriteFile(path, b.Bytes(), 0o644) == nil {
 		n.t.Logf("goroutines of the node at %s: %s", n.http, path)
 	}
 }
 
-type lockedWriter struct {
+// logBuffer holds a node's log: its goroutines' (or a child's stderr)
+// writes, read when a test fails.
+type logBuffer struct {
 	mu sync.Mutex
-	w  io.Writer
+	b  bytes.Buffer
 }
 
-func (l *lockedWriter) Write(p []byte) (int, error) {
+func (l *logBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.w.Write(p)
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // topicCount returns the number of records in a topic of this node.
@@ -815,4 +1010,72 @@ func waitForTB(tb testing.TB, d time.Duration, cond func() bool) {
 		}
 	}
 	tb.Fatalf("condition not met within %v", d)
+}
+
+// TestInProcessNode holds the harness to what it promises of an in-process
+// node: every goroutine the node starts carries its run's label (so the
+// leak check after stop cannot pass for want of finding any), kill and
+// pid refuse it (failing the test, naming startChild) and leave it
+// running, no goroutine of it is left once stop returns, and a restart on
+// the same data works.
+func TestInProcessNode(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, b backend) {
+		n := startNode(t, b)
+		ann := n.signUp("ann")
+		w := n.connect(n.login(ann, "phone"))
+		first := n.r
+		if got := labelledGoroutines(nodeLabel, first.label); len(got) < 5 {
+			t.Fatalf("%d goroutine stacks labelled %s while the node runs, want its tasks' and more", len(got), first.label)
+		}
+		for name, call := range map[string]func(*node){"kill": (*node).kill, "pid": func(n *node) { n.pid() }} {
+			if msg := fatalOf(t, n, call); !strings.Contains(msg, "startChild") {
+				t.Errorf("%s of an in-process node: %q, want a failure that names startChild", name, msg)
+			}
+		}
+		select {
+		case <-first.done:
+			t.Fatalf("the node ended: %v", first.err)
+		default:
+		}
+		w.c.Close()
+		n.stop()
+		if t.Failed() {
+			return
+		}
+		if left := labelledGoroutines(nodeLabel, first.label); len(left) > 0 {
+			t.Fatalf("after stop, goroutines of the node remain:\n%s", strings.Join(left, "\n\n"))
+		}
+		n.start()
+		if n.r == first || n.r.label == first.label {
+			t.Fatalf("a restart reused the run %s", first.label)
+		}
+		n.login(ann, "phone") // the user from before the restart
+	})
+}
+
+// fatalOf calls call on a copy of n whose test records a failure instead of
+// failing t, and returns what it said ("" if nothing).
+func fatalOf(t *testing.T, n *node, call func(*node)) string {
+	rec := &fatalRecorder{TB: t}
+	c := *n
+	c.t = rec
+	done := make(chan struct{})
+	go func() { defer close(done); call(&c) }() // Fatalf ends this goroutine
+	<-done
+	return rec.msg
+}
+
+// fatalRecorder is a test whose Fatalf records its message and ends the
+// calling goroutine, as testing's does, without failing the test.
+type fatalRecorder struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalRecorder) Helper() {}
+
+func (f *fatalRecorder) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
 }

@@ -191,12 +191,12 @@ func TestSlowHTTPClients(t *testing.T) {
 func TestDescriptorFlood(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		const nofile = 1536
-		n := startNodeLimited(t, b, nofile, "--fd-reserve", "1024", "--http-header-timeout", "5m")
+		n := startChildLimited(t, b, nofile, "--fd-reserve", "1024", "--http-header-timeout", "5m")
 		ann, bob := n.signUp("ann"), n.signUp("bob")
 		tok := n.login(ann, "laptop")
 		ch := n.createChannel(tok, "direct", bob.ID)
 		ws := n.connect(tok)
-		pid := n.cmd.Process.Pid
+		pid := n.pid()
 
 		var (
 			mu    sync.Mutex

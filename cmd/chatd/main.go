@@ -36,13 +36,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && (args[0] == "replay" || args[0] == "verify") {
 		return opsCommand(ctx, args[0], args[1:], stdout, stderr)
 	}
+	cfg, err := parseConfig(args, stderr, os.Getenv)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	cfg.Stdout = stdout
+	n, err := chatnode.New(cfg)
+	if err != nil {
+		return err
+	}
+	return n.Run(ctx)
+}
+
+// parseConfig turns chatd's flags into a node's Config: its usage and
+// errors go to stderr, and so does the node's log (a text handler at
+// --log-level). getenv reads the environment (os.Getenv; the tests pass
+// their own): EVCHAT_KAFKA and EVCHAT_CASSANDRA are the defaults of --kafka
+// and --cassandra, EVCHAT_SECRET the token secret. -h returns
+// flag.ErrHelp. The end-to-end tests start their in-process nodes with it,
+// so that a node in the test process and a chatd process read the same
+// argument list the same way.
+func parseConfig(args []string, stderr io.Writer, getenv func(string) string) (chatnode.Config, error) {
 	fs := flag.NewFlagSet("chatd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfg := chatnode.DefaultConfig()
 	fs.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "address of the REST API and WebSocket gateway")
 	fs.StringVar(&cfg.DataDir, "data", cfg.DataDir, "directory of the embedded broker, the embedded store and the token secret")
-	kafka := fs.String("kafka", os.Getenv("EVCHAT_KAFKA"), "comma-separated Kafka brokers; empty runs the embedded broker (env EVCHAT_KAFKA)")
-	cass := fs.String("cassandra", os.Getenv("EVCHAT_CASSANDRA"), "comma-separated Cassandra hosts; empty uses the embedded store (env EVCHAT_CASSANDRA)")
+	kafka := fs.String("kafka", getenv("EVCHAT_KAFKA"), "comma-separated Kafka brokers; empty runs the embedded broker (env EVCHAT_KAFKA)")
+	cass := fs.String("cassandra", getenv("EVCHAT_CASSANDRA"), "comma-separated Cassandra hosts; empty uses the embedded store (env EVCHAT_CASSANDRA)")
 	fs.StringVar(&cfg.Keyspace, "keyspace", cfg.Keyspace, "Cassandra keyspace")
 	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", cfg.TopicPrefix, "prefix of every topic name")
 	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions of each topic created at start")
@@ -97,13 +121,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.RevocationRecheck, "revocation-recheck", cfg.RevocationRecheck, "how long a session found not logged out is trusted: a logout on another node is refused here within this")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		return cfg, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
+		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	cfg.Kafka = splitList(*kafka)
 	cfg.Cassandra = splitList(*cass)
@@ -111,21 +132,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *roles != "all" {
 		cfg.Roles = splitList(*roles)
 		if len(cfg.Roles) == 0 {
-			return fmt.Errorf("--roles: empty; the roles are %s, or all", strings.Join(chatnode.RoleNames(), ", "))
+			return cfg, fmt.Errorf("--roles: empty; the roles are %s, or all", strings.Join(chatnode.RoleNames(), ", "))
 		}
 	}
-	cfg.Secret = os.Getenv("EVCHAT_SECRET")
+	cfg.Secret = getenv("EVCHAT_SECRET")
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+		return cfg, fmt.Errorf("--log-level: %w", err)
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
-	cfg.Stdout = stdout
-	n, err := chatnode.New(cfg)
-	if err != nil {
-		return err
-	}
-	return n.Run(ctx)
+	return cfg, nil
 }
 
 // rolesHelp lists Table's roles, one a line.

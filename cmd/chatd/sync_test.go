@@ -154,7 +154,8 @@ func TestPush(t *testing.T) {
 		// A presence window of 10 s: cat, connected throughout, must not
 		// look offline because her heartbeats were held up a few seconds
 		// on a loaded machine (with 3 s, CI saw a push to cat as well).
-		n := startNode(t, b, "--push-webhook", ps.URL, "--push-delay", "1s", "--push-max-age", "40s", "--presence-window", "10s", "--heartbeat", "100ms")
+		// A child: killed with SIGKILL.
+		n := startChild(t, b, "--push-webhook", ps.URL, "--push-delay", "1s", "--push-max-age", "40s", "--presence-window", "10s", "--heartbeat", "100ms")
 		ann, bob, cat := n.signUp("ann"), n.signUp("bob"), n.signUp("cat")
 		annTok, catTok := n.login(ann, "phone"), n.login(cat, "phone")
 		n.login(bob, "phone")

@@ -86,7 +86,8 @@ const slowReadersGrowthMB = 1100
 func TestSlowReaders(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
-		n := startNode(t, b, "--send-bytes-rate", "1e9", "--send-bytes-burst", "1000000000")
+		// A child: the bound is on the process's own memory.
+		n := startChild(t, b, "--send-bytes-rate", "1e9", "--send-bytes-burst", "1000000000")
 		// 40 sockets: 5 members with 8 devices each (the per-device
 		// cap allows 8), so the fan-out writes 6 inbox entries a message,
 		// not 41: the log's copies of the text (one per recipient, until
@@ -118,7 +119,7 @@ func TestSlowReaders(t *testing.T) {
 		}
 		waitForTB(t, time.Minute, func() bool { return n.metric("evchat_ws_connections") == readers+3 })
 
-		pid := n.cmd.Process.Pid
+		pid := n.pid()
 		before := procKB(t, pid, "VmRSS")
 		text := strings.Repeat("<", size)
 		var wg sync.WaitGroup

@@ -1,8 +1,14 @@
 // Package node runs one chatd process: the roles of its Config over the
 // log and the store, started by Run and stopped when its context ends.
 // cmd/chatd parses flags into a Config; tests start a node in-process with
-// New and Run (see runNode in node_test.go), and as a child process only
-// where they need kill -9 or several processes.
+// New and Run (see runNode in node_test.go, and cmd/chatd's end-to-end
+// harness, which runs most of its nodes so), and as a child process only
+// where they need kill -9, a process's own limits, memory or descriptors,
+// or several processes. Run keeps no state outside the Node: each node has
+// its own Prometheus registry, HTTP muxes, logger and secret, so several
+// run in one process. What it does change for the whole process is the
+// umask (0077, so that the data directory is its user's alone), the same
+// for every node.
 //
 // Table names every role once: each projection (history, cursors, fanout,
 // inbox, push, presence) and the gateway, with its input topic, the output
