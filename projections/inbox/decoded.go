@@ -55,7 +55,7 @@ func NewDecoded() *Decoded {
 // event. The entry is shared by value: callers may change their copy.
 func (d *Decoded) Entry(rec *kgo.Record) (m domain.InboxMessage, ok bool, err error) {
 	if d == nil {
-		return decodeEntry(rec.Value)
+		return domain.DecodeInbox(rec.Value)
 	}
 	k := topicPartition{rec.Topic, rec.Partition}
 	i := int(uint64(rec.Offset) % slotsPerPartition)
@@ -70,7 +70,7 @@ func (d *Decoded) Entry(rec *kgo.Record) (m domain.InboxMessage, ok bool, err er
 	}
 	d.mu.Unlock()
 	d.misses.Add(1)
-	m, ok, err = decodeEntry(rec.Value)
+	m, ok, err = domain.DecodeInbox(rec.Value)
 	if err != nil {
 		return m, ok, err
 	}
@@ -89,11 +89,3 @@ func (d *Decoded) Entry(rec *kgo.Record) (m domain.InboxMessage, ok bool, err er
 // decoded.
 func (d *Decoded) Stats() (hits, misses int64) { return d.hits.Load(), d.misses.Load() }
 
-func decodeEntry(b []byte) (domain.InboxMessage, bool, error) {
-	_, ev, err := domain.Decode(b)
-	if err != nil {
-		return domain.InboxMessage{}, false, err
-	}
-	m, ok := ev.(domain.InboxMessage)
-	return m, ok, nil
-}

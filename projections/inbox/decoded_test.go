@@ -33,7 +33,7 @@ func TestDecodedOnce(t *testing.T) {
 	otherPart.Partition = 4
 	later := record(t, entry{7 + slotsPerPartition, "c", 72}) // takes a's slot
 	for _, rec := range []*kgo.Record{other, otherPart, later, a} {
-		want, _, _ := decodeEntry(rec.Value)
+		want, _, _ := domain.DecodeInbox(rec.Value)
 		if m, ok, err := d.Entry(rec); err != nil || !ok || m != want {
 			t.Fatalf("%d/%d: %+v, want %+v (%v)", rec.Partition, rec.Offset, m, want, err)
 		}
