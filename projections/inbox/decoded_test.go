@@ -41,6 +41,14 @@ func TestDecodedOnce(t *testing.T) {
 	if hits, misses := d.Stats(); hits != 1 || misses != 5 {
 		t.Fatalf("%d hits, %d misses; want 1, 5", hits, misses)
 	}
+	// A reader far behind the others (push, Delay behind) decoded a, from
+	// the window's past: it took nothing from the readers at its front.
+	if _, _, err := d.Entry(later); err != nil {
+		t.Fatal(err)
+	}
+	if hits, misses := d.Stats(); hits != 2 || misses != 5 {
+		t.Fatalf("the newer record again, after an older one in its slot: %d hits, %d misses; want 2, 5", hits, misses)
+	}
 	var none *Decoded
 	if m, ok, err := none.Entry(a); err != nil || !ok || m.MessageID != 70 {
 		t.Fatalf("nil Decoded: %+v %v %v", m, ok, err)
