@@ -95,4 +95,3 @@ func (d *Decoded) Entry(rec *kgo.Record) (m domain.InboxMessage, ok bool, err er
 // Stats returns how many records were found decoded and how many were
 // decoded.
 func (d *Decoded) Stats() (hits, misses int64) { return d.hits.Load(), d.misses.Load() }
-
