@@ -1,10 +1,13 @@
 package eventlog
 
 import (
+	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -58,5 +61,63 @@ func TestGather(t *testing.T) {
 		}
 		clear(got)
 		mu.Unlock()
+	}
+}
+
+// BenchmarkGather appends records one at a time (a session topic's acks)
+// while a consumer reads them, prompt or gathering: fetches/op is how many
+// fetch requests the consumer made per record.
+func BenchmarkGather(b *testing.B) {
+	for _, cc := range []struct {
+		name string
+		opts []kgo.Opt
+	}{{"prompt", Gather(0)}, {"gathering", Gather(GatherWait)}} {
+		b.Run(cc.name, func(b *testing.B) {
+			const topic = "gather"
+			c, err := kfake.NewCluster(kfake.NumBrokers(1))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.CreateTopic(topic, 1, nil); err != nil {
+				b.Fatal(err)
+			}
+			cfg := Config{Brokers: c.ListenAddrs()}
+			var fetches atomic.Int64
+			c.ControlKey(int16(kmsg.Fetch), func(kmsg.Request) (kmsg.Response, error, bool) {
+				c.KeepControl()
+				fetches.Add(1)
+				return nil, nil, false
+			})
+			ctx := context.Background()
+			prod, err := kgo.NewClient(cfg.ClientOpts(kgo.DefaultProduceTopic(topic))...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer prod.Close()
+			opts := append([]kgo.Opt{kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, cc.opts...)
+			cons, err := kgo.NewClient(cfg.ClientOpts(opts...)...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cons.Close()
+			read := make(chan int, 1)
+			go func() {
+				n := 0
+				for n < b.N {
+					n += len(cons.PollFetches(ctx).Records())
+				}
+				read <- n
+			}()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if err := prod.ProduceSync(ctx, &kgo.Record{Value: []byte(`{"type":"device.acked"}`)}).FirstErr(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			<-read
+			b.ReportMetric(float64(fetches.Load())/float64(b.N), "fetches/op")
+		})
 	}
 }
