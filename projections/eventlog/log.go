@@ -166,7 +166,7 @@ func Gather(wait time.Duration) []kgo.Opt {
 }
 
 // GatherWait is how long the consumers that no reader waits on (cursors,
-// presence, logouts) let their fetches gather records.
+// the logouts tail) let their fetches gather records.
 const GatherWait = 100 * time.Millisecond
 
 // EnsureTopics creates every topic that does not exist yet.

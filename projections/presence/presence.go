@@ -107,9 +107,6 @@ func (p *Projection) Run(ctx context.Context) error {
 	return txproc.Run(ctx, txproc.Config{
 		Name: eventlog.Epoched(Name, eventlog.EpochOf(p.cfg.Log, domain.OutputPresence)), Input: p.topics.Sessions, Changelog: p.topics.PresenceState,
 		Log: p.cfg.Log, Instance: p.cfg.Instance, Logger: p.cfg.Logger,
-		// Nobody waits on presence for less than its window: a change
-		// a tenth of a second later is the same change.
-		Gather: eventlog.GatherWait,
 		OnAssigned: func(ps []int32) {
 			p.mu.Lock()
 			p.owned = append([]int32(nil), ps...)
