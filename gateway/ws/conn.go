@@ -16,6 +16,7 @@ type conn struct {
 	user    domain.UserID
 	device  domain.DeviceID
 	ws      *websocket.Conn
+	out     *batchConn // under ws: the writer's drains go out in one write each; nil in tests without a network
 	done    chan struct{}
 	once    sync.Once
 	metrics *Metrics
@@ -207,15 +208,9 @@ func (c *conn) write(writeTimeout, pingEvery time.Duration) {
 		case <-c.done:
 			return
 		case <-c.q.wake:
-			for _, f := range c.q.take() {
-				_ = c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
-				if err := c.writeFrame(f); err != nil {
-					c.close()
-					return
-				}
-				// One frame fewer waits: a sync waiting for room (or
-				// for any progress at all) learns of it at once.
-				c.q.written(f)
+			if err := c.drain(writeTimeout); err != nil {
+				c.close()
+				return
 			}
 		case <-tick.C:
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
@@ -224,6 +219,38 @@ func (c *conn) write(writeTimeout, pingEvery time.Duration) {
 			}
 		}
 	}
+}
+
+// drain writes every frame the queue holds, those queued while it writes
+// included, and sends them in one write to the network (batchConn) rather
+// than one per frame; whatever it took is out when it returns.
+func (c *conn) drain(writeTimeout time.Duration) error {
+	if c.out != nil {
+		c.out.hold()
+	}
+	for {
+		batch := c.q.take()
+		if len(batch) == 0 {
+			break
+		}
+		for _, f := range batch {
+			_ = c.ws.SetWriteDeadline(time.Now().Add(writeTimeout))
+			if err := c.writeFrame(f); err != nil {
+				if c.out != nil {
+					_ = c.out.flush()
+				}
+				return err
+			}
+			// One frame fewer waits: a sync waiting for room (or for
+			// any progress at all) learns of it at once. At most
+			// batchFlushBytes of them wait in batchConn meanwhile.
+			c.q.written(f)
+		}
+	}
+	if c.out == nil {
+		return nil
+	}
+	return c.out.flush()
 }
 
 // writeFrame writes one frame, its head and its shared body, as one

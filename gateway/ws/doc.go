@@ -47,13 +47,15 @@
 // command), sync.go (sync, catch-up and carry-over: the store's part),
 // handoff.go (the connection's part of a sync, tested without I/O),
 // epoch.go (inbox epochs and the switch), heartbeat.go, conn.go (one
-// connection: live offers, the writer), queue.go (the send queue and the
-// shared frame bodies), sends.go (sends off the read loop), tailer.go (the
+// connection: live offers, the writer), batchconn.go (the network connection
+// under gorilla, which sends each drain of the writer in one write),
+// queue.go (the send queue and the shared frame bodies), sends.go (sends off the read loop), tailer.go (the
 // inbox topic to the connections), hub.go, presence.go, frames.go and
 // encode.go (the frames and their codec).
 //
 // Lock order: conn.syncMu, then Tailer.parts[p], then conn.mu, then
 // sendQueue.mu (bodyCache.mu is taken alone); Hub shard locks are never held while taking any of them, and
 // sends.mu is taken alone (nothing is held while taking it, nothing is
-// taken under it).
+// taken under it), and so is batchConn.mu (gorilla's write lock may be
+// held while taking it; no network write happens under it).
 package ws

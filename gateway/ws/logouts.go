@@ -70,7 +70,11 @@ func NewLogouts(ctx context.Context, cfg eventlog.Config, closer DeviceCloser, l
 
 // Run tails until ctx is cancelled and returns nil then.
 func (l *Logouts) Run(ctx context.Context) error {
-	cl, err := kgo.NewClient(l.cfg.ClientOpts(kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{l.topic: l.from}))...)
+	// Logouts are rare among the session topic's records (acks,
+	// heartbeats): its fetches gather (a socket closes a tenth of a
+	// second later at most) rather than wake this tail for every ack.
+	opts := append([]kgo.Opt{kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{l.topic: l.from})}, eventlog.Gather(eventlog.GatherWait)...)
+	cl, err := kgo.NewClient(l.cfg.ClientOpts(opts...)...)
 	if err != nil {
 		return err
 	}

@@ -102,14 +102,15 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) e
 		return err
 	}
 	defer s.hub.release(cl.UserID, cl.DeviceID)
-	wsc, err := s.upgrader.Upgrade(w, r, nil)
+	bw := &batchWriter{ResponseWriter: w}
+	wsc, err := s.upgrader.Upgrade(bw, r, nil)
 	if err != nil {
 		return nil // the upgrader has answered
 	}
 	wsc.SetReadLimit(s.cfg.ReadLimit)
 	g := s.gen.Load()
 	c := &conn{
-		gen: g, user: cl.UserID, device: cl.DeviceID, ws: wsc,
+		gen: g, user: cl.UserID, device: cl.DeviceID, ws: wsc, out: bw.bc,
 		q: newSendQueue(s.cfg.QueueSize, s.cfg.QueueBytes), bodies: g.tailer.bodies, done: make(chan struct{}),
 		h: newHandoff(s.cfg.SyncBuffer, s.cfg.QueueBytes), metrics: s.cfg.Metrics,
 	}

@@ -152,6 +152,23 @@ func (c Config) ClientOpts(extra ...kgo.Opt) []kgo.Opt {
 	return append(opts, extra...)
 }
 
+// Gather returns the options of a consumer that no reader waits on: each
+// fetch waits up to wait for records (up to 1 MiB of them) instead of
+// coming back with the first, so the consumer wakes, decodes and writes
+// its batch a few times a second rather than once per record or
+// transaction its input gets. Zero wait returns no options (the
+// consumer's fetches come back as soon as there is anything).
+func Gather(wait time.Duration) []kgo.Opt {
+	if wait <= 0 {
+		return nil
+	}
+	return []kgo.Opt{kgo.FetchMinBytes(1 << 20), kgo.FetchMaxWait(wait)}
+}
+
+// GatherWait is how long the consumers that no reader waits on (cursors,
+// the logouts tail) let their fetches gather records.
+const GatherWait = 100 * time.Millisecond
+
 // EnsureTopics creates every topic that does not exist yet.
 func EnsureTopics(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {

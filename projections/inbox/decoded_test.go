@@ -33,13 +33,21 @@ func TestDecodedOnce(t *testing.T) {
 	otherPart.Partition = 4
 	later := record(t, entry{7 + slotsPerPartition, "c", 72}) // takes a's slot
 	for _, rec := range []*kgo.Record{other, otherPart, later, a} {
-		want, _, _ := decodeEntry(rec.Value)
+		want, _, _ := domain.DecodeInbox(rec.Value)
 		if m, ok, err := d.Entry(rec); err != nil || !ok || m != want {
 			t.Fatalf("%d/%d: %+v, want %+v (%v)", rec.Partition, rec.Offset, m, want, err)
 		}
 	}
 	if hits, misses := d.Stats(); hits != 1 || misses != 5 {
 		t.Fatalf("%d hits, %d misses; want 1, 5", hits, misses)
+	}
+	// A reader far behind the others (push, Delay behind) decoded a, from
+	// the window's past: it took nothing from the readers at its front.
+	if _, _, err := d.Entry(later); err != nil {
+		t.Fatal(err)
+	}
+	if hits, misses := d.Stats(); hits != 2 || misses != 5 {
+		t.Fatalf("the newer record again, after an older one in its slot: %d hits, %d misses; want 2, 5", hits, misses)
 	}
 	var none *Decoded
 	if m, ok, err := none.Entry(a); err != nil || !ok || m.MessageID != 70 {

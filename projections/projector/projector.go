@@ -60,6 +60,10 @@ type Config struct {
 	// Instance identifies this process among the projection's consumers
 	// (static group membership). Default "0"; unique per process.
 	Instance string
+	// Gather is how long a fetch may wait to gather records into one
+	// batch (eventlog.Gather). Default 0: a batch as soon as there are
+	// records, for projections that readers wait on.
+	Gather time.Duration
 	// Logger; default discard.
 	Logger *slog.Logger
 }
@@ -106,6 +110,7 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 		}),
 		kgo.ClientID("evchat-"+cfg.Name),
 	)
+	opts = append(opts, eventlog.Gather(cfg.Gather)...)
 	cl, err := kgo.NewClient(cfg.Log.ClientOpts(opts...)...)
 	if err != nil {
 		return fmt.Errorf("projector %s: client: %w", cfg.Name, err)

@@ -99,6 +99,10 @@ type Config struct {
 	// transaction open longer is aborted by the coordinator. Default
 	// DefaultTransactionTimeout.
 	TransactionTimeout time.Duration
+	// Gather is how long a fetch may wait to gather records into one
+	// transaction (eventlog.Gather). Default 0: a transaction as soon as
+	// there are records.
+	Gather time.Duration
 	// Logger; default discard.
 	Logger *slog.Logger
 }
@@ -189,6 +193,7 @@ func (r *runner) session(ctx context.Context) error {
 	)
 	// Changelog records carry their partition; everything else is keyed.
 	opts = append(opts, kgo.RecordPartitioner(partitioner{cfg.Changelog}))
+	opts = append(opts, eventlog.Gather(cfg.Gather)...)
 	sess, err := kgo.NewGroupTransactSession(cfg.Log.ClientOpts(opts...)...)
 	if err != nil {
 		return fmt.Errorf("txproc %s: session: %w", cfg.Name, err)

@@ -16,7 +16,9 @@ import (
 //   - WriteMessage: Apply of a batch of one message and a position, as the
 //     history projection writes when it keeps up with the log;
 //   - ReadPage50: MessagesBefore of the newest 50 messages of a channel of
-//     1000, as a client opening a channel reads.
+//     1000, as a client opening a channel reads;
+//   - Channel: the state of a group of 10 among 100, its messages written
+//     since, as every send reads it.
 //
 // open is as for Run.
 func Bench(b *testing.B, open func(b *testing.B) store.Store) {
@@ -39,6 +41,30 @@ func Bench(b *testing.B, open func(b *testing.B) store.Store) {
 			})
 			if err != nil {
 				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Channel", func(b *testing.B) {
+		s := open(b)
+		g := newIDs(b)
+		ctx := context.Background()
+		var chs []domain.Channel
+		for i := range 100 {
+			c := domain.Channel{ID: g.channel(fmt.Sprint("bench", i)), Kind: domain.KindGroup, Name: "bench", CreatorID: g.user("a"), CreatedAt: at(i)}
+			for j := range 10 {
+				c.Members = append(c.Members, g.user(fmt.Sprint("m", j)))
+			}
+			chs = append(chs, c)
+		}
+		if err := s.Apply(ctx, store.Batch{Channels: chs}); err != nil {
+			b.Fatal(err)
+		}
+		ms := messages(chs[7].ID, chs[7].Members[0], 1000, func(i int) int64 { return int64(i) })
+		applyMessages(b, s, ms)
+		b.ReportAllocs()
+		for b.Loop() {
+			if c, err := s.Channel(ctx, chs[7].ID); err != nil || len(c.Members) != 10 {
+				b.Fatal(c, err)
 			}
 		}
 	})

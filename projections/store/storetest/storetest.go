@@ -675,6 +675,12 @@ func testChannelUpsert(t *testing.T, s store.Store) {
 	got, err := s.Channel(ctx, id)
 	must(t, err)
 	check(t, "group after another channel's write", normChannel(got), v2)
+	// What a caller does to its copy (a store may keep states it read)
+	// is not the store's.
+	got.Members[0] = "changed"
+	got, err = s.Channel(ctx, id)
+	must(t, err)
+	check(t, "group after a caller changed its copy", normChannel(got), v2)
 }
 
 func testChannelsOf(t *testing.T, s store.Store) {

@@ -1,0 +1,97 @@
+package domain_test
+
+import (
+	"bytes"
+	"reflect"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/evchat/evchat/domain"
+)
+
+// inboxSamples are inbox records as the fan-out writes them (version 2),
+// and as version 1 wrote them (with the text, ASCII or not), and other
+// spellings of the same entries that only Decode reads.
+func inboxSamples(t testing.TB) (canonical, other [][]byte) {
+	entry := domain.InboxMessage{UserID: "468192741203755010", ChannelID: "g468192741203755011", MessageID: 468192741203755009,
+		SenderID: "468192741203755008", SentAt: at.Add(-time.Second), ChannelPartition: 3, ChannelOffset: 1234567}
+	v2, err := domain.Encode(entry, domain.Meta{EventID: "e-1", Time: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := func(text string) []byte {
+		b := bytes.Replace(v2, []byte(`"version":2`), []byte(`"version":1`), 1)
+		return bytes.Replace(b, []byte(`"sent_at"`), []byte(`"text":`+strconv.Quote(text)+`,"sent_at"`), 1)
+	}
+	canonical = [][]byte{v2, v1("hello"), v1("Hello, wörld! ☃"),
+		bytes.Replace(v2, []byte(`"sent_at"`), []byte(`"text":"dropped","sent_at"`), 1), // text in version 2: ignored
+		bytes.Replace(v2, []byte(`"channel_partition":3`), []byte(`"channel_partition":-0`), 1)}
+	other = [][]byte{
+		bytes.Replace(v2, []byte(`,"version"`), []byte(`, "version"`), 1),                              // a space
+		bytes.Replace(v2, []byte(`"g468192741203755011"`), []byte(`"g46819274120375\u0030011"`), 1),    // an escape
+		bytes.Replace(v2, []byte(`"channel_offset":1234567`), []byte(`"channel_offset":1234567.0`), 1), // not an integer: an error
+		bytes.Replace(v2, []byte(`"version":2`), []byte(`"version":3`), 1),                             // unknown version: an error
+		bytes.Replace(v2, []byte(`"message_id":"468192741203755009"`), []byte(`"message_id":"0"`), 1),  // no id: an error
+	}
+	return canonical, other
+}
+
+// TestDecodeInbox: the records the fan-out writes take the fast path, and
+// every sample decodes as Decode decodes it.
+func TestDecodeInbox(t *testing.T) {
+	canonical, other := inboxSamples(t)
+	for i, b := range canonical {
+		if _, ok := domain.DecodeInboxCanonical(b); !ok {
+			t.Errorf("canonical sample %d did not take the fast path: %s", i, b)
+		}
+		sameAsDecode(t, b)
+	}
+	for i, b := range other {
+		if _, ok := domain.DecodeInboxCanonical(b); ok {
+			t.Errorf("sample %d took the fast path: %s", i, b)
+		}
+		sameAsDecode(t, b)
+	}
+	// Another event on the inbox topic: not an entry, no error.
+	hb, err := domain.Encode(domain.DeviceHeartbeat{UserID: "u1", DeviceID: "d1"}, domain.Meta{EventID: "e-2", Time: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := domain.DecodeInbox(hb); ok || err != nil {
+		t.Errorf("heartbeat: ok %v err %v", ok, err)
+	}
+}
+
+// sameAsDecode fails unless DecodeInbox gives what Decode gives for b.
+func sameAsDecode(t *testing.T, b []byte) {
+	t.Helper()
+	got, gotOK, gotErr := domain.DecodeInbox(b)
+	_, ev, err := domain.Decode(b)
+	want, wantOK := ev.(domain.InboxMessage)
+	if (gotErr == nil) != (err == nil) || gotOK != wantOK || !reflect.DeepEqual(got, want) {
+		t.Errorf("%s:\nDecodeInbox %+v %v %v\nDecode      %+v %v %v", b, got, gotOK, gotErr, want, wantOK, err)
+	}
+}
+
+// FuzzDecodeInbox holds the fast path to Decode: whatever it takes, it
+// reads as Decode does.
+func FuzzDecodeInbox(f *testing.F) {
+	canonical, other := inboxSamples(f)
+	for _, b := range append(canonical, other...) {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, ok := domain.DecodeInboxCanonical(b)
+		if !ok {
+			return
+		}
+		_, ev, err := domain.Decode(b)
+		if err != nil {
+			t.Fatalf("fast path took %q, Decode: %v", b, err)
+		}
+		if want, isEntry := ev.(domain.InboxMessage); !isEntry || !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q:\nfast   %+v\nDecode %+v", b, got, ev)
+		}
+	})
+}
