@@ -101,13 +101,7 @@ func verifyFanout(ctx context.Context, cfg eventlog.Config, limits domain.Limits
 		return nil, err
 	}
 	rep.Events = n
-	users := slices.Collect(maps.Keys(want))
-	for u := range got {
-		if _, ok := want[u]; !ok {
-			users = append(users, u)
-		}
-	}
-	slices.Sort(users)
+	users := unionKeys(want, got)
 	logSum, storeSum := sha256.New(), sha256.New()
 	for _, u := range users {
 		var ws, gs []inboxDigest

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -80,13 +81,7 @@ func verifyPresence(ctx context.Context, cfg eventlog.Config, window time.Durati
 		return nil, err
 	}
 	rep.Events = n
-	users := slices.Sorted(maps.Keys(allowed))
-	for u := range got {
-		if _, ok := allowed[u]; !ok {
-			users = append(users, u)
-		}
-	}
-	slices.Sort(users)
+	users := unionKeys(allowed, got)
 	rep.NoneKept = len(users) == 0
 	logSum, storeSum := sha256.New(), sha256.New()
 	for _, u := range users {
@@ -150,6 +145,19 @@ func committed(ctx context.Context, cfg eventlog.Config, group, topic string) (m
 		}
 	})
 	return pos, nil
+}
+
+// unionKeys returns the keys of a and b, sorted, each once: the entities
+// the log names and those the output names.
+func unionKeys[K cmp.Ordered, A, B any](a map[K]A, b map[K]B) []K {
+	ks := slices.Collect(maps.Keys(a))
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			ks = append(ks, k)
+		}
+	}
+	slices.Sort(ks)
+	return ks
 }
 
 // normalPresence is a change as compared: times in UTC.
