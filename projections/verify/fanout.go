@@ -34,12 +34,8 @@ func verifyFanout(ctx context.Context, cfg eventlog.Config, limits domain.Limits
 	}
 	got := map[domain.UserID]map[domain.MessageID]*copies{}
 	o1, o2, err := bracketed(ctx, cfg, rep, cfg.Topics().Inbox, func(r *kgo.Record) {
-		_, ev, err := domain.Decode(r.Value)
-		if err != nil {
-			return
-		}
-		m, ok := ev.(domain.InboxMessage)
-		if !ok {
+		m, ok, err := domain.DecodeInbox(r.Value)
+		if err != nil || !ok {
 			return
 		}
 		if got[m.UserID] == nil {

@@ -426,12 +426,8 @@ func verifyInbox(ctx context.Context, cfg eventlog.Config, st Store, pos map[int
 	want := map[domain.UserID][]inboxDigest{}
 	seen := map[string]bool{}
 	n, err := readLog(ctx, cfg, cfg.Topics().Inbox, pos, func(r *kgo.Record) {
-		_, ev, err := domain.Decode(r.Value)
-		if err != nil {
-			return
-		}
-		m, ok := ev.(domain.InboxMessage)
-		if !ok {
+		m, ok, err := domain.DecodeInbox(r.Value)
+		if err != nil || !ok {
 			return
 		}
 		k := string(m.UserID) + "/" + m.MessageID.String()
