@@ -42,6 +42,11 @@
 // another mutex from that read to their commit. Reads see the last committed
 // writes and take no lock.
 //
+// Nearly every lookup in the inbox message index is of a key that is not
+// there (a new message). The store keeps, per (user, epoch), a message id at
+// or above every id the index holds, and a lookup above it reads nothing
+// (inboxTops in store.go; it may be too high, never too low).
+//
 // ResetProjection deletes the projection's positions and the tables (key
 // prefixes) that it alone writes with range deletions, in one fsynced
 // batch: "history" owns c, g, m and i; "inbox" owns x and b; "cursors" owns

@@ -114,6 +114,13 @@ func inboxMsgKey(u domain.UserID, epoch int32, id domain.MessageID) key {
 	return newKey(tInboxMsg, len(u)+2+4+8).str(string(u)).i32(epoch).u64(uint64(id))
 }
 
+// splitInboxMsgKey splits an inbox message index key into its (user,
+// epoch) prefix and its message id.
+func splitInboxMsgKey(k []byte) (prefix []byte, id uint64) {
+	n := len(k) - 8
+	return k[:n], binary.BigEndian.Uint64(k[n:])
+}
+
 func cursorPrefix(u domain.UserID) key { return newKey(tCursor, len(u)+2+24).str(string(u)) }
 
 func cursorKey(u domain.UserID, device domain.DeviceID) key {
