@@ -36,7 +36,7 @@ type Store interface {
 	ReserveSend(ctx context.Context, r store.SendReservation) (store.SendReservation, bool, error)
 	SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (store.SendReservation, error)
 	TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next store.SendAttempt) (bool, error)
-	MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string) error
+	MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) error
 	Channel(ctx context.Context, id domain.ChannelID) (domain.Channel, error)
 	MessageByID(ctx context.Context, ch domain.ChannelID, id domain.MessageID) (store.Message, error)
 	Positions(ctx context.Context, projection string) (map[int32]int64, error)
@@ -626,7 +626,7 @@ func (s *Service) resend(ctx context.Context, r *store.SendReservation) (done bo
 					return false, err
 				}
 				if in {
-					if err := s.st.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID); err != nil {
+					if err := s.st.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID, r.MessageID); err != nil {
 						s.logger.Warn("message in the log but not marked", "sender", r.SenderID, "client_msg_id", r.ClientMsgID, "err", err)
 					}
 					return true, nil
@@ -686,8 +686,8 @@ func (s *Service) release(ctx context.Context, r store.SendReservation) {
 // answered at once. The gateway calls it after the acknowledgement: it is
 // off the send's critical path, and losing it costs a resend a takeover
 // that finds the message in the log.
-func (s *Service) Sent(ctx context.Context, sender domain.UserID, clientMsgID string) {
-	if err := s.st.MarkSendAppended(ctx, sender, clientMsgID); err != nil {
+func (s *Service) Sent(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) {
+	if err := s.st.MarkSendAppended(ctx, sender, clientMsgID, id); err != nil {
 		s.logger.Warn("message appended but not marked", "sender", sender, "client_msg_id", clientMsgID, "err", err)
 	}
 }

@@ -256,7 +256,7 @@ func (e *env) node(t *testing.T, node uint16, boot string) *Service {
 func send(ctx context.Context, s *Service, ch domain.ChannelID, clientMsgID, text string) (domain.MessageID, error) {
 	id, err := s.Send(ctx, ann, "phone", ch, clientMsgID, text)
 	if err == nil {
-		s.Sent(ctx, ann, clientMsgID)
+		s.Sent(ctx, ann, clientMsgID, id)
 	}
 	return id, err
 }
@@ -523,7 +523,7 @@ func TestResendConflicts(t *testing.T) {
 			}
 		})
 	}
-	a.Sent(ctx, ann, "c1")
+	a.Sent(ctx, ann, "c1", first)
 	if got := mustSend(t, a, ch1, "c1", "hi"); got != first {
 		t.Fatalf("resend with the same text: id %d, want %d", got, first)
 	}

@@ -56,9 +56,9 @@ func (m *Metered) TakeOverSend(ctx context.Context, sender domain.UserID, client
 }
 
 // MarkSendAppended is Store.MarkSendAppended, timed.
-func (m *Metered) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string) error {
+func (m *Metered) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) error {
 	defer m.observe("mark_send_appended", time.Now())
-	return m.Store.MarkSendAppended(ctx, sender, clientMsgID)
+	return m.Store.MarkSendAppended(ctx, sender, clientMsgID, id)
 }
 
 // MessagesBefore is Store.MessagesBefore, timed.

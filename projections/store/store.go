@@ -51,8 +51,10 @@ type Store interface {
 	// one is taken. The other fields are kept. An unknown reservation is
 	// not taken. next.Number must be above from.
 	TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next SendAttempt) (taken bool, err error)
-	// MarkSendAppended records that the reserved message is in the log.
-	MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string) error
+	// MarkSendAppended records that the reserved message, id, is in the
+	// log. A mark that names no reservation of that message id changes
+	// nothing (a store may report domain.ErrNotFound).
+	MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) error
 
 	// Apply writes a projection's state changes and its new positions.
 	// The embedded store writes all of it atomically; Cassandra writes the

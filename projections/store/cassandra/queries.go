@@ -10,7 +10,7 @@ type queries struct {
 
 	deleteUser string
 
-	insertReservation, markAppended, reservationExists string
+	insertReservation, markAppended, reservationMark string
 	selectReservation, takeOverReservation             string
 
 	insertPosition, selectPositions, deletePositions string
@@ -45,7 +45,7 @@ func newQueries(ks string) queries {
 
 		insertReservation:   q(`INSERT INTO ${keyspace}.send_reservations (sender_id, client_msg_id, ` + resCols + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS`),
 		markAppended:        q(`UPDATE ${keyspace}.send_reservations SET appended = true WHERE sender_id = ? AND client_msg_id = ?`),
-		reservationExists:   q(`SELECT appended FROM ${keyspace}.send_reservations WHERE sender_id = ? AND client_msg_id = ?`),
+		reservationMark:     q(`SELECT appended, message_id FROM ${keyspace}.send_reservations WHERE sender_id = ? AND client_msg_id = ?`),
 		selectReservation:   q(`SELECT ` + resCols + ` FROM ${keyspace}.send_reservations WHERE sender_id = ? AND client_msg_id = ?`),
 		takeOverReservation: q(`UPDATE ${keyspace}.send_reservations SET attempt = ?, node = ?, boot = ?, lease_at = ? WHERE sender_id = ? AND client_msg_id = ? IF attempt = ? AND appended = false`),
 

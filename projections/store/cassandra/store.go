@@ -344,8 +344,9 @@ func (s *Store) TakeOverSend(ctx context.Context, sender domain.UserID, clientMs
 	return applied, nil
 }
 
-// MarkSendAppended records that the reserved message is in the log. An
-// unknown reservation is domain.ErrNotFound.
+// MarkSendAppended records that the reserved message, id, is in the log.
+// An unknown reservation, or one of another message id, is
+// domain.ErrNotFound.
 //
 // A read and a plain update, not a lightweight transaction: the mark only
 // moves false to true on a row the reservation's transaction created, and
@@ -353,9 +354,15 @@ func (s *Store) TakeOverSend(ctx context.Context, sender domain.UserID, clientMs
 // in the log, nothing more; a Paxos round here cost every send four round
 // trips. (A takeover may race the mark and win: it checks the log before
 // it appends.)
-func (s *Store) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string) error {
-	var appended bool
-	err := s.query(ctx, s.q.reservationExists, string(sender), clientMsgID).Scan(&appended)
+func (s *Store) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) error {
+	var (
+		appended bool
+		reserved int64
+	)
+	err := s.query(ctx, s.q.reservationMark, string(sender), clientMsgID).Scan(&appended, &reserved)
+	if err == nil && domain.MessageID(reserved) != id {
+		err = gocql.ErrNotFound
+	}
 	if errors.Is(err, gocql.ErrNotFound) {
 		return domain.Errorf(domain.CodeNotFound, "no reservation for sender %s, client message %q", sender, clientMsgID)
 	}

@@ -14,6 +14,8 @@
 //	u id                           → user
 //	n name                         → user id (the name index)
 //	r sender client_msg_id         → send reservation
+//	a sender client_msg_id         → (empty): the reserved message is in
+//	                                 the log (MarkSendAppended)
 //	p projection partition         → next offset
 //	c channel                      → channel
 //	g user channel                 → (empty): the user → channels index
@@ -35,7 +37,7 @@
 //
 // Apply writes a batch's state and positions in one Pebble batch, committed
 // with fsync, so a crash never separates state from position. CreateUser,
-// ReserveSend, TakeOverSend, MarkSendAppended and ReservePush read and then write; a mutex
+// ReserveSend, TakeOverSend and ReservePush read and then write; a mutex
 // serializes them per key, which is enough because a single process owns
 // the directory (Pebble locks it). Their writes are also fsynced. Apply reads the inbox message
 // index to keep its lowest offset, so Applys that carry inbox entries hold

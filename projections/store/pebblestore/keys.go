@@ -22,6 +22,7 @@ const (
 	tRead        byte = 's'
 	tPush        byte = 'o'
 	tRevoked     byte = 'v'
+	tSendMark    byte = 'a'
 )
 
 // key builds keys column by column.
@@ -119,6 +120,12 @@ func inboxMsgKey(u domain.UserID, epoch int32, id domain.MessageID) key {
 func splitInboxMsgKey(k []byte) (prefix []byte, id uint64) {
 	n := len(k) - 8
 	return k[:n], binary.BigEndian.Uint64(k[n:])
+}
+
+// sendMarkKey is the key of the mark that (sender, clientMsgID)'s reserved
+// message is in the log.
+func sendMarkKey(sender domain.UserID, clientMsgID string) key {
+	return newKey(tSendMark, len(sender)+len(clientMsgID)+2).str(string(sender)).last(clientMsgID)
 }
 
 func cursorPrefix(u domain.UserID) key { return newKey(tCursor, len(u)+2+24).str(string(u)) }

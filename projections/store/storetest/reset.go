@@ -32,7 +32,7 @@ func testResetProjection(t *testing.T, s store.Store) {
 	if _, created, err := s.ReserveSend(ctx, reservation); err != nil || !created {
 		t.Fatalf("ReserveSend: created=%v, %v", created, err)
 	}
-	must(t, s.MarkSendAppended(ctx, u, reservation.ClientMsgID))
+	must(t, s.MarkSendAppended(ctx, u, reservation.ClientMsgID, id))
 	reservation.Appended = true
 	if created, err := s.ReservePush(ctx, v, id, at(3)); err != nil || !created {
 		t.Fatalf("ReservePush: created=%v, %v", created, err)

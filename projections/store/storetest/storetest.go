@@ -382,7 +382,7 @@ func testMarkSendAppended(t *testing.T, s store.Store) {
 	_, _, err := s.ReserveSend(ctx, r)
 	must(t, err)
 	for range 2 { // marking twice is harmless
-		must(t, s.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID))
+		must(t, s.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID, r.MessageID))
 	}
 	resend := r
 	resend.MessageID = 3002
@@ -395,9 +395,23 @@ func testMarkSendAppended(t *testing.T, s store.Store) {
 	}
 	check(t, "resend after MarkSendAppended", normRes(got), want)
 
-	if err := s.MarkSendAppended(ctx, r.SenderID, "never-reserved"); !errors.Is(err, domain.ErrNotFound) {
-		t.Fatalf("MarkSendAppended of an unknown reservation: got %v, want ErrNotFound", err)
+	// A mark that names no reservation of its message changes nothing.
+	if err := s.MarkSendAppended(ctx, r.SenderID, "never-reserved", 3003); err != nil && !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("MarkSendAppended of an unknown reservation: got %v, want nil or ErrNotFound", err)
 	}
+	later := store.SendReservation{SenderID: r.SenderID, ClientMsgID: "never-reserved", ChannelID: r.ChannelID, MessageID: 3004, ReservedAt: at(2)}
+	got, created, err = s.ReserveSend(ctx, later)
+	must(t, err)
+	if !created {
+		t.Fatal("a reservation after a mark of none: created=false")
+	}
+	check(t, "a reservation after a mark of none", normRes(got), later)
+	if err := s.MarkSendAppended(ctx, r.SenderID, later.ClientMsgID, 3003); err != nil && !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("MarkSendAppended of another message id: got %v, want nil or ErrNotFound", err)
+	}
+	got, err = s.SendReservation(ctx, r.SenderID, later.ClientMsgID)
+	must(t, err)
+	check(t, "a reservation after a mark of another message id", normRes(got), later)
 }
 
 func testSendReservation(t *testing.T, s store.Store) {
@@ -416,7 +430,7 @@ func testSendReservation(t *testing.T, s store.Store) {
 	got, err := s.SendReservation(ctx, r.SenderID, r.ClientMsgID)
 	must(t, err)
 	check(t, "SendReservation", normRes(got), r)
-	must(t, s.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID))
+	must(t, s.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID, r.MessageID))
 	got, err = s.SendReservation(ctx, r.SenderID, r.ClientMsgID)
 	must(t, err)
 	r.Appended = true
@@ -474,7 +488,7 @@ func testTakeOverSend(t *testing.T, s store.Store) {
 	reads(t, "after a release", want)
 
 	// An appended message is not taken over.
-	must(t, s.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID))
+	must(t, s.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID, r.MessageID))
 	takeOver(t, 3, store.SendAttempt{Number: 4, Node: 4, Boot: "b4", LeaseAt: at(5)}, false)
 	want.Appended = true
 	reads(t, "after a takeover of an appended message", want)
