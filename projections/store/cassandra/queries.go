@@ -11,7 +11,7 @@ type queries struct {
 	deleteUser string
 
 	insertReservation, markAppended, reservationMark string
-	selectReservation, takeOverReservation             string
+	selectReservation, takeOverReservation           string
 
 	insertPosition, selectPositions, deletePositions string
 
