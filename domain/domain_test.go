@@ -966,6 +966,29 @@ func BenchmarkEncode(b *testing.B) {
 	}
 }
 
+// BenchmarkEncodeInbox encodes the inbox entry the fan-out writes per
+// member (its fast path), and the same entry the general way.
+//
+//	go test -run x -bench EncodeInbox -benchmem ./domain/
+func BenchmarkEncodeInbox(b *testing.B) {
+	sent, m := benchMessage()
+	entry := domain.InboxMessage{UserID: "468192741203755010", ChannelID: sent.ChannelID, MessageID: sent.MessageID,
+		SenderID: sent.SenderID, SentAt: at, ChannelPartition: 3, ChannelOffset: 1234567}
+	for _, c := range []struct {
+		name string
+		enc  func(domain.Event, domain.Meta) ([]byte, error)
+	}{{"Encode", domain.Encode}, {"general", domain.EncodeGeneral}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.enc(entry, m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func BenchmarkDecode(b *testing.B) {
 	ev, m := benchMessage()
 	raw, err := domain.Encode(ev, m)

@@ -243,6 +243,16 @@ type Meta struct {
 // than by marshalling it a second time (json.Marshal validates and
 // compacts a RawMessage again, 5% of the CPU at 2,000 msg/s).
 func Encode(ev Event, m Meta) ([]byte, error) {
+	if im, ok := ev.(InboxMessage); ok {
+		if b, ok := encodeInboxCanonical(im, m); ok {
+			return b, nil
+		}
+	}
+	return encode(ev, m)
+}
+
+// encode is Encode's general path.
+func encode(ev Event, m Meta) ([]byte, error) {
 	p, err := json.Marshal(ev)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", ev.EventType(), err)

@@ -3,3 +3,10 @@ package domain
 // DecodeInboxCanonical is the fast path of DecodeInbox, for tests that it
 // is taken.
 var DecodeInboxCanonical = decodeInboxCanonical
+
+// EncodeInboxCanonical is Encode's fast path for inbox entries, and
+// EncodeGeneral its general path, for tests that the two agree.
+var (
+	EncodeInboxCanonical = encodeInboxCanonical
+	EncodeGeneral        = encode
+)

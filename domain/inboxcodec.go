@@ -165,3 +165,62 @@ func (s *canon) int(lo, hi int64) (int64, bool) {
 	s.b = s.b[n:]
 	return v, true
 }
+
+// encodeInboxCanonical writes an inbox entry's record without reflection,
+// the bytes Encode's general path gives (the fan-out writes one per member
+// per message: json.Marshal was 5% of the CPU at 2,000 msg/s). ok is false,
+// and nothing is written, when a string needs escaping or a time is out of
+// JSON's range, or the time sent is not in UTC: those go the general way. FuzzEncodeInbox holds the two
+// paths to the same bytes.
+func encodeInboxCanonical(im InboxMessage, m Meta) (b []byte, ok bool) {
+	if !plainJSON(m.EventID) || !plainJSON(string(im.UserID)) || !plainJSON(string(im.ChannelID)) ||
+		!plainJSON(string(im.SenderID)) || !plainJSON(im.Text) || !jsonYear(m.Time.UTC()) ||
+		im.SentAt.Location() != time.UTC || !jsonYear(im.SentAt) {
+		return nil, false
+	}
+	b = make([]byte, 0, 240+len(m.EventID)+len(im.UserID)+len(im.ChannelID)+len(im.SenderID)+len(im.Text))
+	b = append(b, `{"type":"inbox.message","version":`...)
+	b = strconv.AppendInt(b, int64(VersionOf(TypeInboxMessage)), 10)
+	b = append(b, `,"event_id":"`...)
+	b = append(b, m.EventID...)
+	b = append(b, `","time":"`...)
+	b = m.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","payload":{"user_id":"`...)
+	b = append(b, im.UserID...)
+	b = append(b, `","channel_id":"`...)
+	b = append(b, im.ChannelID...)
+	b = append(b, `","message_id":"`...)
+	b = strconv.AppendUint(b, uint64(im.MessageID), 10)
+	b = append(b, `","sender_id":"`...)
+	b = append(b, im.SenderID...)
+	if im.Text != "" {
+		b = append(b, `","text":"`...)
+		b = append(b, im.Text...)
+	}
+	b = append(b, `","sent_at":"`...)
+	b = im.SentAt.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","channel_partition":`...)
+	b = strconv.AppendInt(b, int64(im.ChannelPartition), 10)
+	b = append(b, `,"channel_offset":`...)
+	b = strconv.AppendInt(b, im.ChannelOffset, 10)
+	return append(b, "}}"...), true
+}
+
+// plainJSON reports whether s is written in JSON as itself between quotes
+// by encoding/json: printable ASCII without '"', '\\' and the characters
+// it escapes for HTML.
+func plainJSON(s string) bool {
+	for i := range len(s) {
+		switch c := s[i]; {
+		case c < 0x20 || c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
+}
+
+// jsonYear reports whether t's year is one time.Time.MarshalJSON writes.
+func jsonYear(t time.Time) bool {
+	y := t.Year()
+	return y >= 0 && y <= 9999
+}

@@ -95,3 +95,59 @@ func FuzzDecodeInbox(f *testing.F) {
 		}
 	})
 }
+
+// TestEncodeInbox: the entries the fan-out writes take Encode's fast path,
+// and it writes the general path's bytes; entries it cannot write as they
+// are go the general way.
+func TestEncodeInbox(t *testing.T) {
+	entry := domain.InboxMessage{UserID: "468192741203755010", ChannelID: "g468192741203755011", MessageID: 468192741203755009,
+		SenderID: "468192741203755008", SentAt: at.Add(-time.Second + 5), ChannelPartition: 3, ChannelOffset: 1234567}
+	m := domain.Meta{EventID: "e-1", Time: at}
+	if _, ok := domain.EncodeInboxCanonical(entry, m); !ok {
+		t.Fatal("a fan-out entry did not take the fast path")
+	}
+	sameAsGeneral(t, entry, m)
+	withText := entry
+	withText.Text = "hello"
+	sameAsGeneral(t, withText, m)
+	for name, e := range map[string]domain.InboxMessage{
+		"an escape":       func() domain.InboxMessage { e := entry; e.Text = `say "hi"`; return e }(),
+		"html":            func() domain.InboxMessage { e := entry; e.SenderID = "a<b"; return e }(),
+		"not ascii":       func() domain.InboxMessage { e := entry; e.Text = "wörld"; return e }(),
+		"a zone":          func() domain.InboxMessage { e := entry; e.SentAt = at.In(time.FixedZone("x", 3600)); return e }(),
+		"year 10000":      func() domain.InboxMessage { e := entry; e.SentAt = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC); return e }(),
+		"a control octet": func() domain.InboxMessage { e := entry; e.ChannelID = "g\x01"; return e }(),
+	} {
+		if _, ok := domain.EncodeInboxCanonical(e, m); ok {
+			t.Errorf("%s: took the fast path", name)
+		}
+	}
+}
+
+// sameAsGeneral fails unless Encode's fast path, if it takes e, writes the
+// general path's bytes.
+func sameAsGeneral(t *testing.T, e domain.InboxMessage, m domain.Meta) {
+	t.Helper()
+	got, ok := domain.EncodeInboxCanonical(e, m)
+	if !ok {
+		return
+	}
+	want, err := domain.EncodeGeneral(e, m)
+	if err != nil {
+		t.Fatalf("general path: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("fast    %s\ngeneral %s", got, want)
+	}
+}
+
+// FuzzEncodeInbox holds Encode's fast path to its general path.
+func FuzzEncodeInbox(f *testing.F) {
+	f.Add("468192741203755010", "g1", uint64(468192741203755009), "s", "", "e-1", int64(1764511200123456789), int64(1764511200000000000), int32(3), int64(1234567))
+	f.Add("u", "d1-2", uint64(1), "s", "hi there", "", int64(0), int64(-1), int32(-1), int64(0))
+	f.Fuzz(func(t *testing.T, u, ch string, id uint64, sender, text, eventID string, sent, at int64, part int32, off int64) {
+		e := domain.InboxMessage{UserID: domain.UserID(u), ChannelID: domain.ChannelID(ch), MessageID: domain.MessageID(id),
+			SenderID: domain.UserID(sender), Text: text, SentAt: time.Unix(0, sent).UTC(), ChannelPartition: part, ChannelOffset: off}
+		sameAsGeneral(t, e, domain.Meta{EventID: eventID, Time: time.Unix(0, at)})
+	})
+}
