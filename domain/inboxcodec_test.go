@@ -111,11 +111,15 @@ func TestEncodeInbox(t *testing.T) {
 	withText.Text = "hello"
 	sameAsGeneral(t, withText, m)
 	for name, e := range map[string]domain.InboxMessage{
-		"an escape":       func() domain.InboxMessage { e := entry; e.Text = `say "hi"`; return e }(),
-		"html":            func() domain.InboxMessage { e := entry; e.SenderID = "a<b"; return e }(),
-		"not ascii":       func() domain.InboxMessage { e := entry; e.Text = "wörld"; return e }(),
-		"a zone":          func() domain.InboxMessage { e := entry; e.SentAt = at.In(time.FixedZone("x", 3600)); return e }(),
-		"year 10000":      func() domain.InboxMessage { e := entry; e.SentAt = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC); return e }(),
+		"an escape": func() domain.InboxMessage { e := entry; e.Text = `say "hi"`; return e }(),
+		"html":      func() domain.InboxMessage { e := entry; e.SenderID = "a<b"; return e }(),
+		"not ascii": func() domain.InboxMessage { e := entry; e.Text = "wörld"; return e }(),
+		"a zone":    func() domain.InboxMessage { e := entry; e.SentAt = at.In(time.FixedZone("x", 3600)); return e }(),
+		"year 10000": func() domain.InboxMessage {
+			e := entry
+			e.SentAt = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+			return e
+		}(),
 		"a control octet": func() domain.InboxMessage { e := entry; e.ChannelID = "g\x01"; return e }(),
 	} {
 		if _, ok := domain.EncodeInboxCanonical(e, m); ok {
