@@ -73,6 +73,12 @@ else
       curl -fs -H "Authorization: Bearer $tok" -o "$out/goroutines-$mode-$backend.txt" "127.0.0.1:$admin/debug/pprof/goroutine?debug=1"
     ) &
   fi
+  rc=0
   "$out/loadgen" --server "127.0.0.1:$port" --users 500 --group-size 10 --rate 2000 --duration 60s \
-    --warmup 5s --grace 10s --senders 32 --json "$out/rate-$backend.json" "$@"
+    --warmup 5s --grace 10s --senders 32 --json "$out/rate-$backend.json" "$@" || rc=$?
+  # chatd's metrics after the run, whatever its outcome: the store's and
+  # the log's operation latencies, where the CPU profile does not see the
+  # servers' time.
+  curl -fs -o "$out/metrics-$mode-$backend.txt" "127.0.0.1:$port/metrics" || echo "perf: no metrics" >&2
+  exit "$rc"
 fi

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,9 +40,10 @@ func record(t *testing.T, e entry) *kgo.Record {
 	return r
 }
 
-// apply hands each batch to a new projection (the runner's Reset) and
-// writes what it adds with its positions, as the projector does.
-func apply(t *testing.T, st *pebblestore.Store, batches [][]entry) {
+// apply hands each batch to a new projection on lookups (the runner's
+// Reset), or with p to p (no Reset between them), and writes what it adds
+// with its positions, as the projector does.
+func apply(t *testing.T, st *pebblestore.Store, lookups Store, batches [][]entry, p *Projection) {
 	t.Helper()
 	ctx := context.Background()
 	for _, es := range batches {
@@ -50,7 +52,11 @@ func apply(t *testing.T, st *pebblestore.Store, batches [][]entry) {
 			recs[i] = record(t, e)
 		}
 		b := store.Batch{Projection: eventlog.Epoched(Name, epoch), Positions: map[int32]int64{3: es[len(es)-1].offset + 1}}
-		if err := New(st, epoch, nil, nil).Handle(ctx, 3, recs, &b); err != nil {
+		h := p
+		if h == nil {
+			h = New(lookups, epoch, nil, nil)
+		}
+		if err := h.Handle(ctx, 3, recs, &b); err != nil {
 			t.Fatal(err)
 		}
 		for _, e := range b.Inbox {
@@ -114,24 +120,121 @@ func TestHandle(t *testing.T) {
 		want: map[domain.UserID][]string{"a": {"0:10", "1:11", "2:12"}},
 	}}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			st := storetest.OpenPebble(t)
-			apply(t, st, tt.batches)
-			if got := inboxes(t, st, "a", "b"); !reflect.DeepEqual(got, tt.want) {
-				t.Fatalf("inboxes %v, want %v", got, tt.want)
-			}
-			// The message index points at the first copy.
-			for u, es := range tt.want {
-				var off int64
-				var id domain.MessageID
-				fmt.Sscanf(es[0], "%d:%d", &off, &id)
-				e, err := st.InboxByMessage(context.Background(), u, epoch, id)
-				if err != nil || e.Offset != off {
-					t.Errorf("InboxByMessage(%s, %d) = offset %d, %v; want %d", u, id, e.Offset, err, off)
+		for _, mode := range []string{"store", "memory"} {
+			t.Run(tt.name+"/"+mode, func(t *testing.T) {
+				st := storetest.OpenPebble(t)
+				cs := &counting{Store: st}
+				if mode == "store" {
+					// A projection per batch, begun after the messages were
+					// sent: the store answers every lookup.
+					apply(t, st, cs, tt.batches, nil)
+					if cs.lookups.Load() == 0 {
+						t.Fatal("the store was never asked")
+					}
+				} else {
+					// One projection, begun more than SkewMargin before the
+					// messages were sent: its memory answers them all.
+					p := New(cs, epoch, nil, nil).withClock(func() time.Time { return t0.Add(-SkewMargin) }, MaxRecent)
+					apply(t, st, cs, tt.batches, p)
+					if n := cs.lookups.Load(); n != 0 {
+						t.Fatalf("the store was asked %d times", n)
+					}
 				}
-			}
-		})
+				check(t, st, tt.want)
+			})
+		}
 	}
+}
+
+// check fails unless the inboxes of a and b hold want, and the message
+// index points at the first copy of each.
+func check(t *testing.T, st *pebblestore.Store, want map[domain.UserID][]string) {
+	t.Helper()
+	if got := inboxes(t, st, "a", "b"); !reflect.DeepEqual(got, want) {
+		t.Fatalf("inboxes %v, want %v", got, want)
+	}
+	for u, es := range want {
+		var off int64
+		var id domain.MessageID
+		fmt.Sscanf(es[0], "%d:%d", &off, &id)
+		e, err := st.InboxByMessage(context.Background(), u, epoch, id)
+		if err != nil || e.Offset != off {
+			t.Errorf("InboxByMessage(%s, %d) = offset %d, %v; want %d", u, id, e.Offset, err, off)
+		}
+	}
+}
+
+// counting is the store, counting the lookups the projection makes.
+type counting struct {
+	*pebblestore.Store
+	lookups atomic.Int64
+}
+
+func (c *counting) InboxByMessage(ctx context.Context, u domain.UserID, epoch int32, id domain.MessageID) (store.InboxEntry, error) {
+	c.lookups.Add(1)
+	return c.Store.InboxByMessage(ctx, u, epoch, id)
+}
+
+// withClock sets the projection's clock and how many entries it remembers
+// per partition.
+func (p *Projection) withClock(now func() time.Time, maxRecent int) *Projection {
+	p.now, p.maxRecent = now, maxRecent
+	return p
+}
+
+// TestHandleMemoryBounds: the projection's memory answers only what it can
+// know. A message sent within SkewMargin of the run's start may have a
+// copy from before the run; a message sent no later than one it forgot
+// may have a forgotten copy. The store answers both, and their second
+// copies are dropped.
+func TestHandleMemoryBounds(t *testing.T) {
+	ctx := context.Background()
+	sent := func(e entry, at time.Time) *kgo.Record {
+		r := record(t, e)
+		ev := domain.InboxMessage{UserID: e.u, ChannelID: "c", MessageID: e.id, SenderID: "s", SentAt: at, ChannelOffset: int64(e.id)}
+		v, err := domain.Encode(ev, domain.Meta{EventID: fmt.Sprint(e.offset), Time: at})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Value = v
+		return r
+	}
+	st := storetest.OpenPebble(t)
+	cs := &counting{Store: st}
+	handle := func(p *Projection, recs ...*kgo.Record) {
+		t.Helper()
+		b := store.Batch{Projection: eventlog.Epoched(Name, epoch), Positions: map[int32]int64{3: recs[len(recs)-1].Offset + 1}}
+		if err := p.Handle(ctx, 3, recs, &b); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Apply(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An earlier run stored message 10 at offset 0.
+	handle(New(cs, epoch, nil, nil), sent(entry{0, "a", 10}, t0))
+	// This run began at t0: message 10 was sent within the margin.
+	p := New(cs, epoch, nil, nil).withClock(func() time.Time { return t0 }, 2)
+	before := cs.lookups.Load()
+	handle(p, sent(entry{1, "a", 10}, t0))
+	if cs.lookups.Load() == before {
+		t.Fatal("a message sent within the margin of the run's start: the store was not asked")
+	}
+	// Messages sent well after the start; with room for two, 11 is
+	// forgotten when 13 comes.
+	late := t0.Add(2 * SkewMargin)
+	handle(p, sent(entry{2, "a", 11}, late), sent(entry{3, "a", 12}, late.Add(time.Second)), sent(entry{4, "a", 13}, late.Add(2*time.Second)))
+	before = cs.lookups.Load()
+	handle(p, sent(entry{5, "a", 11}, late)) // a copy of the forgotten 11
+	if cs.lookups.Load() == before {
+		t.Fatal("a message as old as a forgotten one: the store was not asked")
+	}
+	before = cs.lookups.Load()
+	handle(p, sent(entry{6, "a", 13}, late.Add(2*time.Second)), sent(entry{7, "a", 14}, late.Add(3*time.Second)))
+	if n := cs.lookups.Load() - before; n != 0 {
+		t.Fatalf("remembered and new messages: the store was asked %d times", n)
+	}
+	check(t, st, map[domain.UserID][]string{"a": {"0:10", "2:11", "3:12", "4:13", "7:14"}})
 }
 
 // TestHandleOtherEvents: records that are not inbox entries, or cannot be
