@@ -71,7 +71,7 @@ func (p *Projection) Reset() {
 // message's time sent) and of this projection's process may disagree:
 // an entry sent this much later than the partition's run began has no
 // copy the run did not handle (see recent).
-const SkewMargin = time.Minute
+const SkewMargin = 10 * time.Second
 
 // MaxRecent bounds the entries remembered per partition (some 100 bytes
 // each).
