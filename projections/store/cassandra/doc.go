@@ -29,10 +29,10 @@
 // Names, send reservations and push reservations are unique through
 // lightweight transactions (INSERT ... IF NOT EXISTS at the serial
 // consistency), and rows created that way are changed only by lightweight
-// transactions (a send reservation's attempt: UPDATE ... IF attempt = ?),
-// except a send reservation's appended mark, a plain update (see
-// MarkSendAppended). Everything else is an idempotent upsert, so applying a
-// Batch twice leaves the same state.
+// transactions (a send reservation's attempt: UPDATE ... IF attempt = ?).
+// A send's appended mark is a blind insert into a table of its own
+// (send_marks, see MarkSendAppended). Everything else is an idempotent
+// upsert, so applying a Batch twice leaves the same state.
 //
 // Apply writes a batch's state first and its positions last, so a crash in
 // between makes the projection apply the batch again. Within the batch, the

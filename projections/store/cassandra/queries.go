@@ -10,8 +10,8 @@ type queries struct {
 
 	deleteUser string
 
-	insertReservation, markAppended, reservationMark string
-	selectReservation, takeOverReservation           string
+	insertReservation, selectReservation, takeOverReservation string
+	insertSendMark, selectSendMark                            string
 
 	insertPosition, selectPositions, deletePositions string
 
@@ -44,8 +44,8 @@ func newQueries(ks string) queries {
 		selectRevoked:    q(`SELECT expires_at FROM ${keyspace}.revoked_sessions WHERE user_id = ? AND session_id = ?`),
 
 		insertReservation:   q(`INSERT INTO ${keyspace}.send_reservations (sender_id, client_msg_id, ` + resCols + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS`),
-		markAppended:        q(`UPDATE ${keyspace}.send_reservations SET appended = true WHERE sender_id = ? AND client_msg_id = ?`),
-		reservationMark:     q(`SELECT appended, message_id FROM ${keyspace}.send_reservations WHERE sender_id = ? AND client_msg_id = ?`),
+		insertSendMark:      q(`INSERT INTO ${keyspace}.send_marks (sender_id, client_msg_id, message_id) VALUES (?, ?, ?)`),
+		selectSendMark:      q(`SELECT message_id FROM ${keyspace}.send_marks WHERE sender_id = ? AND client_msg_id = ?`),
 		selectReservation:   q(`SELECT ` + resCols + ` FROM ${keyspace}.send_reservations WHERE sender_id = ? AND client_msg_id = ?`),
 		takeOverReservation: q(`UPDATE ${keyspace}.send_reservations SET attempt = ?, node = ?, boot = ?, lease_at = ? WHERE sender_id = ? AND client_msg_id = ? IF attempt = ? AND appended = false`),
 

@@ -5,8 +5,9 @@ import "context"
 // ownedTables are the tables each projection alone writes: ResetProjection
 // truncates them. Every table is in at most one list. positions, which all
 // projections write, is not: a reset deletes only the projection's
-// partition of it. users, users_by_name, send_reservations and
-// push_reservations are no projection's and are never deleted.
+// partition of it. users, users_by_name, send_reservations, send_marks,
+// push_reservations and revoked_sessions are no projection's and are
+// never deleted.
 var ownedTables = map[string][]string{
 	"history": {"channel_buckets", "messages", "messages_by_id"}, // channels and user_channels are kept
 	"inbox":   {"inbox_buckets", "inbox", "inbox_by_message"},

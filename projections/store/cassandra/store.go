@@ -279,6 +279,9 @@ func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store
 	if v, ok := existing["lease_at"].(time.Time); ok && !v.IsZero() && v.UnixMilli() != 0 {
 		got.Attempt.LeaseAt = v
 	}
+	if err := s.marked(ctx, &got); err != nil {
+		return store.SendReservation{}, false, err
+	}
 	return got, false, nil
 }
 
@@ -325,6 +328,9 @@ func (s *Store) SendReservation(ctx context.Context, sender domain.UserID, clien
 	if !lease.IsZero() && lease.UnixMilli() != 0 {
 		r.Attempt.LeaseAt = lease
 	}
+	if err := s.marked(ctx, &r); err != nil {
+		return store.SendReservation{}, err
+	}
 	return r, nil
 }
 
@@ -334,6 +340,18 @@ func (s *Store) SendReservation(ctx context.Context, sender domain.UserID, clien
 // appended = false, so it is never created here). A timeout leaves the
 // outcome unknown and is an error: the caller does not append.
 func (s *Store) TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next store.SendAttempt) (bool, error) {
+	// A message marked in send_marks is not taken over either; the
+	// transaction's condition sees only the row's own mark.
+	r, err := s.SendReservation(ctx, sender, clientMsgID)
+	if domain.CodeOf(err) == domain.CodeNotFound {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if r.Appended {
+		return false, nil
+	}
 	applied, err := s.lwt(ctx, s.q.takeOverReservation,
 		attemptNumber(next.Number), int(next.Node), next.Boot, leaseAt(next.LeaseAt),
 		string(sender), clientMsgID, attemptNumber(from),
@@ -344,37 +362,36 @@ func (s *Store) TakeOverSend(ctx context.Context, sender domain.UserID, clientMs
 	return applied, nil
 }
 
-// MarkSendAppended records that the reserved message, id, is in the log.
-// An unknown reservation, or one of another message id, is
-// domain.ErrNotFound.
-//
-// A read and a plain update, not a lightweight transaction: the mark only
-// moves false to true on a row the reservation's transaction created, and
-// a lost or shadowed mark costs a resend a takeover that finds the message
-// in the log, nothing more; a Paxos round here cost every send four round
-// trips. (A takeover may race the mark and win: it checks the log before
-// it appends.)
+// MarkSendAppended records that the reserved message, id, is in the log:
+// a blind write of a mark beside the reservation (send_marks), which
+// counts only beside the reservation of that message id. A read of the
+// reservation and an update of it were two of a send's round trips; the
+// mark only spares a resend the wait for the first attempt's lease, and a
+// lost one costs a resend a takeover that finds the message in the log,
+// nothing more. (A takeover may race the mark and win: it checks the log
+// before it appends.)
 func (s *Store) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) error {
-	var (
-		appended bool
-		reserved int64
-	)
-	err := s.query(ctx, s.q.reservationMark, string(sender), clientMsgID).Scan(&appended, &reserved)
-	if err == nil && domain.MessageID(reserved) != id {
-		err = gocql.ErrNotFound
-	}
-	if errors.Is(err, gocql.ErrNotFound) {
-		return domain.Errorf(domain.CodeNotFound, "no reservation for sender %s, client message %q", sender, clientMsgID)
-	}
-	if err != nil {
+	if err := s.query(ctx, s.q.insertSendMark, string(sender), clientMsgID, int64(id)).Exec(); err != nil {
 		return fail("mark send appended", err)
 	}
-	if appended {
+	return nil
+}
+
+// marked sets r.Appended if r's mark names r's message (MarkSendAppended),
+// for a reservation not marked in its own row (as before send_marks).
+func (s *Store) marked(ctx context.Context, r *store.SendReservation) error {
+	if r.Appended {
 		return nil
 	}
-	if err := s.query(ctx, s.q.markAppended, string(sender), clientMsgID).Exec(); err != nil {
-		return fail("mark send appended", err)
+	var id int64
+	err := s.query(ctx, s.q.selectSendMark, string(r.SenderID), r.ClientMsgID).Scan(&id)
+	if errors.Is(err, gocql.ErrNotFound) {
+		return nil
 	}
+	if err != nil {
+		return fail("send mark", err)
+	}
+	r.Appended = domain.MessageID(id) == r.MessageID
 	return nil
 }
 
