@@ -2,6 +2,7 @@ package eventlog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -67,15 +68,19 @@ func rec(topic string, p int32, key, value string) *kgo.Record {
 // txn writes recs in one transaction and commits or aborts it.
 func txn(t *testing.T, ctx context.Context, cl *kgo.Client, commit bool, recs ...*kgo.Record) {
 	t.Helper()
-	if err := cl.BeginTransaction(); err != nil {
+	if err := writeTxn(ctx, cl, commit, recs...); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func writeTxn(ctx context.Context, cl *kgo.Client, commit bool, recs ...*kgo.Record) error {
+	if err := cl.BeginTransaction(); err != nil {
+		return err
 	}
 	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
-		t.Fatal(err)
-	}
+	return cl.EndTransaction(ctx, kgo.TransactionEndTry(commit))
 }
 
 // collect reads with ReadToEnd and returns the values per partition as
@@ -143,15 +148,33 @@ func TestReadToEndRanges(t *testing.T) {
 // TestReadToEndTransactions: a partition written in transactions ends in
 // a marker, after aborted records: the last record read sits several
 // offsets below the end, and the read still ends.
+//
+// Writing the partition is tried again on a fresh cluster when the
+// embedded broker (kfake) refuses the produce after an abort with
+// OUT_OF_ORDER_SEQUENCE_NUMBER: CI saw it once, under the whole suite's
+// load, and it did not come back in 700 runs alone or under CPU load. The
+// read, which this test is about, is held to the same offsets either way.
 func TestReadToEndTransactions(t *testing.T) {
 	const topic = "tx"
-	_, cfg := newCluster(t, topic, 1, false)
 	ctx := testCtx(t)
-	cl := producer(t, cfg, "tx-writer")
-	txn(t, ctx, cl, true, rec(topic, 0, "a", "1"), rec(topic, 0, "b", "1"))  // 0, 1, marker 2
-	txn(t, ctx, cl, false, rec(topic, 0, "a", "x"), rec(topic, 0, "b", "x")) // 3, 4 aborted, marker 5
-	txn(t, ctx, cl, true, rec(topic, 0, "c", "1"))                           // 6, marker 7
-	txn(t, ctx, cl, false, rec(topic, 0, "c", "x"), rec(topic, 0, "d", "x")) // 8, 9 aborted, marker 10
+	var cfg Config
+	for attempt := 1; ; attempt++ {
+		_, cfg = newCluster(t, topic, 1, false)
+		cl := producer(t, cfg, "tx-writer")
+		err := errors.Join(
+			writeTxn(ctx, cl, true, rec(topic, 0, "a", "1"), rec(topic, 0, "b", "1")),  // 0, 1, marker 2
+			writeTxn(ctx, cl, false, rec(topic, 0, "a", "x"), rec(topic, 0, "b", "x")), // 3, 4 aborted, marker 5
+			writeTxn(ctx, cl, true, rec(topic, 0, "c", "1")),                           // 6, marker 7
+			writeTxn(ctx, cl, false, rec(topic, 0, "c", "x"), rec(topic, 0, "d", "x")), // 8, 9 aborted, marker 10
+		)
+		if err == nil {
+			break
+		}
+		if attempt == 3 || !errors.Is(err, kerr.OutOfOrderSequenceNumber) {
+			t.Fatalf("writing the transactions, attempt %d: %v", attempt, err)
+		}
+		t.Logf("writing the transactions, attempt %d: %v; again on a fresh cluster", attempt, err)
+	}
 	got, reached := collect(t, ctx, cfg, topic, ReadRange{})
 	if want := []string{"0=1", "1=1", "6=1"}; !slices.Equal(got[0], want) {
 		t.Errorf("read %v; want %v", got[0], want)
