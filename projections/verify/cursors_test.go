@@ -26,15 +26,7 @@ import (
 func TestVerifyCursors(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	emb, err := eventlog.StartEmbedded("", 0, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Close)
-	cfg := eventlog.Config{Brokers: emb.Addrs(), Prefix: "c", Partitions: 2}
-	if err := eventlog.EnsureTopics(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfg := ensureTopics(t, ctx, eventlog.Config{Brokers: embeddedBrokers(t), Prefix: "c", Partitions: 2})
 	topic := cfg.Topics().Sessions
 	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	var recs []*kgo.Record

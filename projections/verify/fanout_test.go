@@ -25,11 +25,7 @@ import (
 func TestVerifyFanout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	emb, err := eventlog.StartEmbedded("", 0, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Close)
+	brokers := embeddedBrokers(t)
 	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	events := []domain.Event{
 		domain.ChannelCreated{ChannelID: group, Kind: domain.KindGroup, CreatorID: ann, Members: []domain.UserID{ann, bob}},
@@ -43,10 +39,7 @@ func TestVerifyFanout(t *testing.T) {
 	// build writes the events into a deployment of its own (prefix) and
 	// runs the fan-out over them until it has committed them all.
 	build := func(t *testing.T, prefix string, limits domain.Limits, run bool) (eventlog.Config, *kgo.Client) {
-		cfg := eventlog.Config{Brokers: emb.Addrs(), Prefix: prefix, Partitions: 2}
-		if err := eventlog.EnsureTopics(ctx, cfg); err != nil {
-			t.Fatal(err)
-		}
+		cfg := ensureTopics(t, ctx, eventlog.Config{Brokers: brokers, Prefix: prefix, Partitions: 2})
 		cl, err := kgo.NewClient(cfg.ClientOpts()...)
 		if err != nil {
 			t.Fatal(err)

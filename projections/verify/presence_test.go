@@ -22,15 +22,7 @@ import (
 func TestVerifyPresence(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	emb, err := eventlog.StartEmbedded("", 0, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(emb.Close)
-	cfg := eventlog.Config{Brokers: emb.Addrs(), Prefix: "p", Partitions: 2}
-	if err := eventlog.EnsureTopics(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfg := ensureTopics(t, ctx, eventlog.Config{Brokers: embeddedBrokers(t), Prefix: "p", Partitions: 2})
 	topic := cfg.Topics().Sessions
 	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	var recs []*kgo.Record
@@ -151,10 +143,7 @@ func TestVerifyPresence(t *testing.T) {
 	t.Run("nothing committed", func(t *testing.T) {
 		// A deployment whose presence projection has not run: its log
 		// holds a login, its group no offsets.
-		other := eventlog.Config{Brokers: emb.Addrs(), Prefix: "q", Partitions: 2}
-		if err := eventlog.EnsureTopics(ctx, other); err != nil {
-			t.Fatal(err)
-		}
+		other := ensureTopics(t, ctx, eventlog.Config{Brokers: cfg.Brokers, Prefix: "q", Partitions: 2})
 		r, err := eventlog.Record(other.Topics().Sessions, "ann", domain.DeviceLoggedIn{UserID: ann, DeviceID: "phone"}, domain.Meta{EventID: "q", Time: t0})
 		if err != nil {
 			t.Fatal(err)

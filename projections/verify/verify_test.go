@@ -35,18 +35,31 @@ const (
 // (ann and cat, partition 1) with their messages, one a resend of the same
 // message id, and the inbox entries of epoch 2 that the fan-out would
 // write: ann's and bob's in partition 0, cat's in partition 1, and a
-// second copy of one of bob's entries.
-func newFixture(t *testing.T, ctx context.Context) fixture {
+// embeddedBrokers starts an embedded broker for the test's length and
+// returns its addresses.
+func embeddedBrokers(t *testing.T) []string {
 	t.Helper()
 	emb, err := eventlog.StartEmbedded("", 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(emb.Close)
-	cfg := eventlog.Config{Brokers: emb.Addrs(), Prefix: "v", Partitions: 2, InboxEpoch: 2}
+	return emb.Addrs()
+}
+
+// ensureTopics makes cfg's topics and returns cfg.
+func ensureTopics(t *testing.T, ctx context.Context, cfg eventlog.Config) eventlog.Config {
+	t.Helper()
 	if err := eventlog.EnsureTopics(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+// second copy of one of bob's entries.
+func newFixture(t *testing.T, ctx context.Context) fixture {
+	t.Helper()
+	cfg := ensureTopics(t, ctx, eventlog.Config{Brokers: embeddedBrokers(t), Prefix: "v", Partitions: 2, InboxEpoch: 2})
 	topics := cfg.Topics()
 	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	var recs []*kgo.Record
@@ -331,15 +344,7 @@ func TestVerify(t *testing.T) {
 func TestVerifyEmptyLog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	emb, err := eventlog.StartEmbedded("", 0, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer emb.Close()
-	cfg := eventlog.Config{Brokers: emb.Addrs(), Prefix: "empty", Partitions: 2}
-	if err := eventlog.EnsureTopics(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfg := ensureTopics(t, ctx, eventlog.Config{Brokers: embeddedBrokers(t), Prefix: "empty", Partitions: 2})
 	st, err := pebblestore.Open(t.TempDir(), pebblestore.Options{CacheSize: 1 << 20})
 	if err != nil {
 		t.Fatal(err)

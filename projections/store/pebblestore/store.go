@@ -287,6 +287,23 @@ func (s *Store) get(k []byte, v any) (found bool, err error) {
 	return true, nil
 }
 
+// getU64 reads the 8-byte big-endian value at k (an offset in an index, a
+// message id in a send mark); found is false when k is absent.
+func (s *Store) getU64(k []byte) (v uint64, found bool, err error) {
+	b, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	defer closer.Close()
+	if len(b) != 8 {
+		return 0, false, fmt.Errorf("malformed value of %q: %d bytes, want 8", k, len(b))
+	}
+	return binary.BigEndian.Uint64(b), true, nil
+}
+
 // has reports whether key is present.
 func (s *Store) has(k []byte) (bool, error) {
 	_, closer, err := s.db.Get(k)
@@ -549,16 +566,9 @@ func (s *Store) reservation(sender domain.UserID, clientMsgID string) (r reserva
 	if found, err = s.get(reservationKey(sender, clientMsgID), &r); err != nil || !found || r.Appended {
 		return r, found, err
 	}
-	v, closer, err := s.db.Get(sendMarkKey(sender, clientMsgID))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return r, true, nil
-	}
-	if err != nil {
-		return r, true, err
-	}
-	defer closer.Close()
-	r.Appended = len(v) == 8 && domain.MessageID(binary.BigEndian.Uint64(v)) == r.MessageID
-	return r, true, nil
+	id, marked, err := s.getU64(sendMarkKey(sender, clientMsgID))
+	r.Appended = marked && domain.MessageID(id) == r.MessageID
+	return r, true, err
 }
 
 // Apply writes the batch's state and its positions in one atomic, fsynced
@@ -715,18 +725,8 @@ func (s *Store) inboxIndex(k []byte) (offset int64, found bool, err error) {
 	if err != nil || above {
 		return 0, false, err
 	}
-	v, closer, err := s.db.Get(k)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, err
-	}
-	defer closer.Close()
-	if len(v) != 8 {
-		return 0, false, fmt.Errorf("malformed inbox message index entry %q", k)
-	}
-	return int64(binary.BigEndian.Uint64(v)), true, nil
+	off, found, err := s.getU64(k)
+	return int64(off), found, err
 }
 
 // inboxTops keeps, per (user, epoch), a message id at or above every id
@@ -972,21 +972,15 @@ func (s *Store) MessageByID(ctx context.Context, ch domain.ChannelID, id domain.
 	if err := s.check(ctx); err != nil {
 		return store.Message{}, err
 	}
-	v, closer, err := s.db.Get(messageIDKey(ch, id))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return store.Message{}, domain.Errorf(domain.CodeNotFound, "message %s not found in channel %s", id, ch)
-	}
+	offset, found, err := s.getU64(messageIDKey(ch, id))
 	if err != nil {
 		return store.Message{}, fmt.Errorf("pebblestore: message by id: %w", err)
 	}
-	if len(v) != 8 {
-		closer.Close()
-		return store.Message{}, fmt.Errorf("pebblestore: message by id: malformed index entry for %s", id)
+	if !found {
+		return store.Message{}, domain.Errorf(domain.CodeNotFound, "message %s not found in channel %s", id, ch)
 	}
-	offset := int64(binary.BigEndian.Uint64(v))
-	closer.Close()
 	var r messageRecord
-	found, err := s.get(messageKey(ch, offset), &r)
+	found, err = s.get(messageKey(ch, int64(offset)), &r)
 	if err != nil {
 		return store.Message{}, fmt.Errorf("pebblestore: message by id: %w", err)
 	}
