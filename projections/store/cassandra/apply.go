@@ -12,25 +12,15 @@ import (
 	"github.com/evchat/evchat/projections/store"
 )
 
-// Limits of one single-partition unlogged batch. Cassandra applies such a
-// batch atomically on each replica, and does not hold it to the
-// multi-partition batch size limits, but a mutation must stay well below
-// half a commit log segment (16 MiB by default).
-const (
-	maxBatchRows  = 64
-	maxBatchBytes = 1 << 20
-)
-
 // Apply writes the batch's state, then its positions. Each write is an
 // idempotent upsert, so applying a batch again leaves the same state. Within
 // the batch, later entries win over earlier ones with the same key.
 //
 // The messages of each channel, and the inbox entries of each user and
 // epoch, are written in offset order, one bucket after another (see the
-// package documentation); channels, memberships, the message id index, the
-// inbox message index, device cursors and read marks are written
-// concurrently with them. The positions are written only after all of that
-// succeeded, as one single-partition batch.
+// package documentation); channels, memberships, device cursors and read
+// marks are written alongside them, in any order. The positions are written
+// only after all of that succeeded, as one single-partition batch.
 func (s *Store) Apply(ctx context.Context, b store.Batch) error {
 	if b.Projection == "" && len(b.Positions) > 0 {
 		return domain.Errorf(domain.CodeBadRequest, "cassandra: positions without a projection name")
@@ -52,16 +42,30 @@ func (s *Store) Apply(ctx context.Context, b store.Batch) error {
 }
 
 // applyState writes everything of b but its positions.
+//
+// The writes are chains of units (see chain): a channel's messages and a
+// user's inbox entries are one chain each, every other row a chain of its
+// own. The units are executed round by round, each chain's next unit in
+// the next round, and the units of a round are packed into as few requests
+// as the batch limits allow (see pack): a request costs a Cassandra node
+// more than the rows it writes (perf.sh rate real, session 8 in
+// deploy/README.md).
 func (s *Store) applyState(ctx context.Context, b store.Batch) error {
-	g := newGroup(ctx, s.cfg.WriteConcurrency)
+	var chains []chain
+	one := func(q string, size int, args ...any) {
+		var c chain
+		c.add(stmt{q: q, args: args, size: size, own: true})
+		chains = append(chains, c)
+	}
 
 	for _, c := range lastByKey(b.Channels, func(c domain.Channel) domain.ChannelID { return c.ID }) {
 		members := make([]string, len(c.Members))
+		size := indexRowSize + len(c.Name)
 		for i, m := range c.Members {
 			members[i] = string(m)
+			size += len(m) + 8
 		}
-		g.exec(s.query(g.ctx, s.q.insertChannel,
-			string(c.ID), string(c.Kind), c.Name, string(c.CreatorID), members, c.CreatedAt, c.Version))
+		one(s.q.insertChannel, size, string(c.ID), string(c.Kind), c.Name, string(c.CreatorID), members, c.CreatedAt, c.Version)
 	}
 
 	type memberKey struct {
@@ -69,11 +73,11 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 		u  domain.UserID
 	}
 	for _, m := range lastByKey(b.Memberships, func(m store.Membership) memberKey { return memberKey{m.ChannelID, m.UserID} }) {
-		stmt := s.q.deleteMembership
+		q := s.q.deleteMembership
 		if m.Member {
-			stmt = s.q.insertMembership
+			q = s.q.insertMembership
 		}
-		g.exec(s.query(g.ctx, stmt, string(m.UserID), string(m.ChannelID)))
+		one(q, indexRowSize, string(m.UserID), string(m.ChannelID))
 	}
 
 	type msgKey struct {
@@ -85,10 +89,7 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 		return cmp.Or(cmp.Compare(a.ChannelID, b.ChannelID), cmp.Compare(a.Offset, b.Offset))
 	})
 	for run := range runs(msgs, func(a, b store.Message) bool { return a.ChannelID == b.ChannelID }) {
-		g.do(func(ctx context.Context) error { return s.writeMessages(ctx, run) })
-	}
-	for _, m := range msgs {
-		g.exec(s.query(g.ctx, s.q.insertMessageID, string(m.ChannelID), int64(m.MessageID), m.Offset))
+		chains = append(chains, s.messageChain(run))
 	}
 
 	type inboxKey struct {
@@ -101,21 +102,7 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 		return cmp.Or(cmp.Compare(a.UserID, b.UserID), cmp.Compare(a.Epoch, b.Epoch), cmp.Compare(a.Offset, b.Offset))
 	})
 	for run := range runs(entries, func(a, b store.InboxEntry) bool { return a.UserID == b.UserID && a.Epoch == b.Epoch }) {
-		g.do(func(ctx context.Context) error { return s.writeInbox(ctx, run) })
-	}
-	// The inbox message index: one row per entry, clustered by offset under
-	// (user, epoch, message id), so the lowest offset of a message is the
-	// first row of its partition. That is chosen over the alternatives that
-	// keep one offset per message. INSERT ... IF NOT EXISTS keeps the first
-	// offset written, not the lowest (a batch applied again after a crash
-	// may come after a later copy's), and costs a Paxos round per entry. A
-	// read, a compare and a write cost a read per entry and are right only
-	// because a single projection instance writes a given user's inbox.
-	// Clustering rows are blind, idempotent upserts that commute, so
-	// retries, batches applied again and concurrent writers all leave the
-	// lowest offset first; a second row appears only for a second copy.
-	for _, e := range entries {
-		g.exec(s.query(g.ctx, s.q.insertInboxByMessage, string(e.UserID), e.Epoch, int64(e.Message.MessageID), e.Offset))
+		chains = append(chains, s.inboxChain(run))
 	}
 
 	// Device cursors and read marks: one upsert per key, the batch's last.
@@ -124,128 +111,213 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 		device domain.DeviceID
 	}
 	for _, c := range lastByKey(b.Cursors, func(c store.DeviceCursor) cursorKey { return cursorKey{c.UserID, c.DeviceID} }) {
-		g.exec(s.query(g.ctx, s.q.insertCursor, string(c.UserID), string(c.DeviceID), c.Epoch, c.Position, c.UpdatedAt))
+		one(s.q.insertCursor, indexRowSize, string(c.UserID), string(c.DeviceID), c.Epoch, c.Position, c.UpdatedAt)
 	}
 	type readKey struct {
 		ch domain.ChannelID
 		u  domain.UserID
 	}
 	for _, r := range lastByKey(b.Reads, func(r store.ReadMark) readKey { return readKey{r.ChannelID, r.UserID} }) {
-		g.exec(s.query(g.ctx, s.q.insertRead, string(r.ChannelID), string(r.UserID), r.Seq, int64(r.MessageID), r.UpdatedAt))
+		one(s.q.insertRead, indexRowSize, string(r.ChannelID), string(r.UserID), r.Seq, int64(r.MessageID), r.UpdatedAt)
 	}
 
-	return g.wait()
+	for _, units := range rounds(chains) {
+		g := newGroup(ctx, s.cfg.WriteConcurrency)
+		for _, u := range units {
+			g.do(func(ctx context.Context) error { return s.execUnit(ctx, u) })
+		}
+		if err := g.wait(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// writeMessages writes the messages of one channel, sorted by offset,
-// bucket by bucket: the bucket's index row alongside its rows in batches.
-func (s *Store) writeMessages(ctx context.Context, msgs []store.Message) error {
+// rounds returns the requests of chains, round by round: each chain's
+// first unit in the first round, its second in the second, and so on,
+// packed together (see pack).
+func rounds(chains []chain) [][]unit {
+	var out [][]unit
+	for round := 0; ; round++ {
+		var units []unit
+		for _, c := range chains {
+			if round < len(c.units) {
+				units = append(units, c.units[round])
+			}
+		}
+		if len(units) == 0 {
+			return out
+		}
+		out = append(out, pack(units))
+	}
+}
+
+// messageChain is the chain of the messages of one channel, sorted by
+// offset: bucket by bucket, each bucket's index row, its rows and their
+// message id index rows (one per message, naming its offset).
+func (s *Store) messageChain(msgs []store.Message) chain {
+	var c chain
 	ch := string(msgs[0].ChannelID)
 	for run := range runs(msgs, func(a, b store.Message) bool { return bucketOf(a.Offset) == bucketOf(b.Offset) }) {
 		bucket := bucketOf(run[0].Offset)
-		err := s.withIndexRow(s.query(ctx, s.q.insertChannelBucket, ch, bucket), func() error {
-			w := s.partitionWriter(ctx)
-			for _, m := range run {
-				err := w.add(len(m.Text)+len(m.ClientMsgID)+64, s.q.insertMessage,
-					ch, bucket, m.Offset, int64(m.MessageID), string(m.SenderID), string(m.DeviceID), m.ClientMsgID, m.Text, m.SentAt)
-				if err != nil {
-					return err
-				}
-			}
-			return w.flush()
-		})
-		if err != nil {
-			return err
+		c.next()
+		c.add(stmt{q: s.q.insertChannelBucket, args: []any{ch, bucket}, size: indexRowSize, own: true})
+		for _, m := range run {
+			c.add(stmt{q: s.q.insertMessage, size: len(m.Text) + len(m.ClientMsgID) + 64, args: []any{
+				ch, bucket, m.Offset, int64(m.MessageID), string(m.SenderID), string(m.DeviceID), m.ClientMsgID, m.Text, m.SentAt}})
+			c.add(stmt{q: s.q.insertMessageID, args: []any{ch, int64(m.MessageID), m.Offset}, size: indexRowSize, own: true})
 		}
 	}
-	return nil
+	return c
 }
 
-// withIndexRow executes index, the bucket index row of a bucket, while
-// rows writes the bucket's rows, and returns when both are done. Until the
-// index row is written readers skip the bucket, so they see a prefix
-// whichever lands first; the next bucket is written only after both.
-func (s *Store) withIndexRow(index *gocql.Query, rows func() error) error {
-	done := make(chan error, 1)
-	go func() { done <- index.Exec() }()
-	err := rows()
-	if ierr := <-done; err == nil {
-		err = ierr
-	}
-	return err
-}
-
-// writeInbox writes the inbox entries of one user and epoch, sorted by
-// offset, bucket by bucket: the bucket's index row alongside its rows in
-// batches.
-func (s *Store) writeInbox(ctx context.Context, entries []store.InboxEntry) error {
+// inboxChain is the chain of the inbox entries of one user and epoch,
+// sorted by offset: bucket by bucket, each bucket's index row, its entries
+// and their inbox message index rows.
+//
+// The inbox message index has one row per entry, clustered by offset under
+// (user, epoch, message id), so the lowest offset of a message is the first
+// row of its partition. That is chosen over the alternatives that keep one
+// offset per message. INSERT ... IF NOT EXISTS keeps the first offset
+// written, not the lowest (a batch applied again after a crash may come
+// after a later copy's), and costs a Paxos round per entry. A read, a
+// compare and a write cost a read per entry and are right only because a
+// single projection instance writes a given user's inbox. Clustering rows
+// are blind, idempotent upserts that commute, so retries, batches applied
+// again and concurrent writers all leave the lowest offset first; a second
+// row appears only for a second copy.
+func (s *Store) inboxChain(entries []store.InboxEntry) chain {
+	var c chain
 	u, epoch := string(entries[0].UserID), entries[0].Epoch
 	for run := range runs(entries, func(a, b store.InboxEntry) bool { return bucketOf(a.Offset) == bucketOf(b.Offset) }) {
 		bucket := bucketOf(run[0].Offset)
-		err := s.withIndexRow(s.query(ctx, s.q.insertInboxBucket, u, epoch, bucket), func() error {
-			w := s.partitionWriter(ctx)
-			for _, e := range run {
-				m := e.Message
-				err := w.add(len(m.Text)+128, s.q.insertInbox,
-					u, epoch, bucket, e.Offset, e.Partition, string(m.UserID), string(m.ChannelID), int64(m.MessageID),
-					string(m.SenderID), m.Text, m.SentAt, m.ChannelPartition, m.ChannelOffset)
-				if err != nil {
-					return err
-				}
-			}
-			return w.flush()
-		})
-		if err != nil {
-			return err
+		c.next()
+		c.add(stmt{q: s.q.insertInboxBucket, args: []any{u, epoch, bucket}, size: indexRowSize, own: true})
+		for _, e := range run {
+			m := e.Message
+			c.add(stmt{q: s.q.insertInbox, size: len(m.Text) + 128, args: []any{
+				u, epoch, bucket, e.Offset, e.Partition, string(m.UserID), string(m.ChannelID), int64(m.MessageID),
+				string(m.SenderID), m.Text, m.SentAt, m.ChannelPartition, m.ChannelOffset}})
+			c.add(stmt{q: s.q.insertInboxByMessage, args: []any{u, epoch, int64(m.MessageID), e.Offset}, size: indexRowSize, own: true})
 		}
 	}
-	return nil
+	return c
 }
 
-// partitionWriter collects writes to one partition into unlogged batches
-// of at most maxBatchRows rows and about maxBatchBytes bytes, and executes
-// them in order.
-type partitionWriter struct {
-	s     *Store
-	ctx   context.Context
-	batch *gocql.Batch
+// execUnit executes u's statements: alone as a query if there is one, as
+// an unlogged batch otherwise.
+func (s *Store) execUnit(ctx context.Context, u unit) error {
+	if len(u.stmts) == 1 {
+		return s.query(ctx, u.stmts[0].q, u.stmts[0].args...).Exec()
+	}
+	b := s.session.NewBatch(gocql.UnloggedBatch).WithContext(ctx)
+	for _, st := range u.stmts {
+		b.Query(st.q, st.args...)
+	}
+	return s.session.ExecuteBatch(b)
+}
+
+// Limits of one request (see within). A mutation must stay well below
+// half a commit log segment (16 MiB by default). Cassandra holds a batch
+// over more than one partition to batch_size_fail_threshold (50 KiB by
+// default) and logs a warning above batch_size_warn_threshold (5 KiB) and
+// above unlogged_batch_across_partitions_warn_threshold (10 partitions);
+// a batch over one partition is held to none of them.
+const (
+	maxBatchRows       = 64
+	maxBatchBytes      = 1 << 20
+	maxPackedBytes     = 4 << 10
+	maxBatchPartitions = 10
+)
+
+// indexRowSize is what a small row counts for in a request's size.
+const indexRowSize = 64
+
+// stmt is one statement of an Apply.
+type stmt struct {
+	q    string
+	args []any
+	size int  // about how many bytes it writes
+	own  bool // a row of a partition that no other statement of its chain writes
+}
+
+// unit is statements executed as one request, a batch or a query.
+// Cassandra applies the rows of each partition in a batch as one mutation,
+// atomic on a replica, but rows of different partitions in any order, as if
+// they had been written concurrently.
+type unit struct {
+	stmts []stmt
 	bytes int
+	parts int  // partitions written to
+	rows  bool // whether it writes to its chain's bucket partition
 }
 
-func (s *Store) partitionWriter(ctx context.Context) *partitionWriter {
-	return &partitionWriter{s: s, ctx: ctx}
+// within reports whether a request of that many statements, bytes and
+// partitions stays within the limits.
+func within(stmts, bytes, parts int) bool {
+	switch {
+	case stmts > maxBatchRows:
+		return false
+	case parts <= 1:
+		return bytes <= maxBatchBytes
+	default:
+		return parts <= maxBatchPartitions && bytes <= maxPackedBytes
+	}
 }
 
-// add queues one statement of about size bytes, executing the queued ones
-// first if it would overflow the batch.
-func (w *partitionWriter) add(size int, stmt string, args ...any) error {
-	if w.batch != nil && (w.batch.Size() >= maxBatchRows || w.bytes+size > maxBatchBytes) {
-		if err := w.flush(); err != nil {
-			return err
+// chain is the units of one channel's messages, one user's inbox, or one
+// other row, executed one after another: a bucket's units after the
+// previous bucket's, so that a reader never sees a bucket's rows without
+// the previous bucket's. Units of one bucket are executed one after
+// another too, so that a bucket's rows land in order.
+type chain struct {
+	units []unit
+	fresh bool // the next statement starts a unit: a new bucket
+}
+
+// next makes the next statement start a new unit (a new bucket).
+func (c *chain) next() { c.fresh = true }
+
+// add appends st to the chain's last unit if it fits, to a new unit if not.
+// The statements of a chain that are not own all write to one partition,
+// its bucket's.
+func (c *chain) add(st stmt) {
+	if n := len(c.units); n > 0 && !c.fresh {
+		last := &c.units[n-1]
+		parts := last.parts
+		if st.own || !last.rows {
+			parts++
+		}
+		if within(len(last.stmts)+1, last.bytes+st.size, parts) {
+			last.stmts = append(last.stmts, st)
+			last.bytes += st.size
+			last.parts = parts
+			last.rows = last.rows || !st.own
+			return
 		}
 	}
-	if w.batch == nil {
-		w.batch = w.s.session.NewBatch(gocql.UnloggedBatch).WithContext(w.ctx)
-		w.bytes = 0
-	}
-	w.batch.Query(stmt, args...)
-	w.bytes += size
-	return nil
+	c.fresh = false
+	c.units = append(c.units, unit{stmts: []stmt{st}, bytes: st.size, parts: 1, rows: !st.own})
 }
 
-// flush executes the queued statements: alone as a query if there is one.
-func (w *partitionWriter) flush() error {
-	b := w.batch
-	w.batch = nil
-	switch {
-	case b == nil || b.Size() == 0:
-		return nil
-	case b.Size() == 1:
-		e := b.Entries[0]
-		return w.s.query(w.ctx, e.Stmt, e.Args...).Exec()
-	default:
-		return w.s.session.ExecuteBatch(b)
+// pack merges units of distinct chains, which write to distinct
+// partitions, into as few units as fit, first fit in order.
+func pack(units []unit) []unit {
+	var out []unit
+next:
+	for _, u := range units {
+		for i := range out {
+			o := &out[i]
+			if within(len(o.stmts)+len(u.stmts), o.bytes+u.bytes, o.parts+u.parts) {
+				o.stmts = append(o.stmts, u.stmts...)
+				o.bytes += u.bytes
+				o.parts += u.parts
+				continue next
+			}
+		}
+		out = append(out, unit{stmts: slices.Clone(u.stmts), bytes: u.bytes, parts: u.parts})
 	}
+	return out
 }
 
 // lastByKey returns xs without the entries that a later entry with the same
@@ -316,11 +388,6 @@ func (g *group) do(fn func(ctx context.Context) error) {
 			g.fail(err)
 		}
 	}()
-}
-
-// exec runs q, which must be bound to g.ctx.
-func (g *group) exec(q *gocql.Query) {
-	g.do(func(context.Context) error { return q.Exec() })
 }
 
 func (g *group) fail(err error) {

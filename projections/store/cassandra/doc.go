@@ -37,15 +37,19 @@
 // Apply writes a batch's state first and its positions last, so a crash in
 // between makes the projection apply the batch again. Within the batch, the
 // messages of one channel (and the inbox entries of one user and epoch) are
-// written in offset order, one bucket after another: a bucket's rows as
-// single-partition unlogged batches, which a replica applies atomically,
-// one after another, alongside the bucket's index row; the next bucket
-// starts when both are written. A reader skips a bucket whose index row it
-// does not see yet. With quorum reads and writes a reader therefore sees a
-// prefix of a channel's (or inbox's) rows, never a later row without an
-// earlier one, and a page that ends at offset n can be followed from n
-// without skipping. Different channels and inboxes are written concurrently,
-// bounded by Config.WriteConcurrency.
+// written in offset order, one bucket after another: a bucket's index row,
+// its rows and their index rows by message id go out in unlogged batches,
+// one after another, and the next bucket starts when they are written. A
+// replica applies the rows of one partition in a batch atomically, and a
+// reader skips a bucket whose index row it does not see yet. With quorum
+// reads and writes a reader therefore sees a prefix of a channel's (or
+// inbox's) rows, never a later row without an earlier one, and a page that
+// ends at offset n can be followed from n without skipping. The batches of
+// different channels and inboxes, and every other row, are packed together
+// into requests of up to 10 partitions and 4 KiB (a batch of one partition
+// up to 64 rows and 1 MiB): a request costs a node more than its rows, so
+// an Apply sends as few as these limits allow, at most
+// Config.WriteConcurrency at a time.
 //
 // # Reset
 //
@@ -59,7 +63,6 @@
 //
 // # Goroutines
 //
-// Apply runs its writes on at most Config.WriteConcurrency goroutines, each
-// with at most one more for a bucket index row, and waits for all of them
-// before it returns. gocql owns its connection goroutines until Close.
+// Apply runs its requests on at most Config.WriteConcurrency goroutines and
+// waits for all of them before it returns. gocql owns its connection goroutines until Close.
 package cassandra

@@ -1,0 +1,132 @@
+package cassandra
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/store"
+)
+
+// partitionOf names the partition a statement of an Apply writes to, from
+// its table and partition key, independently of how chains count them.
+func partitionOf(t *testing.T, q queries, st stmt) string {
+	t.Helper()
+	key := func(table string, n int) string { return fmt.Sprint(table, st.args[:n]) }
+	switch st.q {
+	case q.insertChannelBucket:
+		return key("channel_buckets", 1)
+	case q.insertMessage:
+		return key("messages", 2)
+	case q.insertMessageID:
+		return key("messages_by_id", 2)
+	case q.insertInboxBucket:
+		return key("inbox_buckets", 2)
+	case q.insertInbox:
+		return key("inbox", 3)
+	case q.insertInboxByMessage:
+		return key("inbox_by_message", 3)
+	}
+	t.Fatalf("statement of no known table: %s", st.q)
+	return ""
+}
+
+// TestRounds checks the requests an Apply sends: each within Cassandra's
+// batch limits, every statement once, a chain's buckets one after another
+// and its rows in offset order, and far fewer requests than chains.
+func TestRounds(t *testing.T) {
+	s := &Store{q: newQueries("ks")}
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	var chains []chain
+	// 400 users with one inbox entry each, as a busy projection's batch has.
+	for i := range 400 {
+		chains = append(chains, s.inboxChain([]store.InboxEntry{{
+			UserID: domain.UserID(fmt.Sprint("u", i)), Offset: 10,
+			Message: domain.InboxMessage{ChannelID: "c", MessageID: domain.MessageID(i + 1), SentAt: at},
+		}}))
+	}
+	// 40 channels with a 1 KB message each.
+	for i := range 40 {
+		chains = append(chains, s.messageChain([]store.Message{{
+			ChannelID: domain.ChannelID(fmt.Sprint("c", i)), Offset: 7, MessageID: domain.MessageID(1000 + i),
+			Text: strings.Repeat("x", 1000), SentAt: at,
+		}}))
+	}
+	// An inbox whose entries cross a bucket, and a channel with a 100 KB
+	// message among 100 small ones.
+	var cross []store.InboxEntry
+	for off := int64(1<<20 - 30); off < 1<<20+30; off++ {
+		cross = append(cross, store.InboxEntry{UserID: "cross", Offset: off,
+			Message: domain.InboxMessage{ChannelID: "c", MessageID: domain.MessageID(off), SentAt: at}})
+	}
+	chains = append(chains, s.inboxChain(cross))
+	var big []store.Message
+	for off := range int64(101) {
+		text := "small"
+		if off == 50 {
+			text = strings.Repeat("y", 100_000)
+		}
+		big = append(big, store.Message{ChannelID: "big", Offset: off, MessageID: domain.MessageID(5000 + off), Text: text, SentAt: at})
+	}
+	chains = append(chains, s.messageChain(big))
+
+	want := 0
+	for _, c := range chains {
+		for _, u := range c.units {
+			want += len(u.stmts)
+		}
+	}
+	got, requests := 0, 0
+	type place struct{ round, bucket int64 }
+	last := map[string]place{} // by the partition of a bucket's rows' chain
+	lastOffset := map[string]int64{}
+	for r, units := range rounds(chains) {
+		requests += len(units)
+		for _, u := range units {
+			parts, bytes := map[string]bool{}, 0
+			for _, st := range u.stmts {
+				parts[partitionOf(t, s.q, st)] = true
+				bytes += st.size
+			}
+			got += len(u.stmts)
+			switch {
+			case len(u.stmts) > maxBatchRows:
+				t.Errorf("round %d: a request of %d statements, over %d", r, len(u.stmts), maxBatchRows)
+			case len(parts) == 1 && bytes > maxBatchBytes:
+				t.Errorf("round %d: a one-partition request of %d bytes", r, bytes)
+			case len(parts) > 1 && (len(parts) > maxBatchPartitions || bytes > maxPackedBytes):
+				t.Errorf("round %d: a request over %d partitions of %d bytes, over Cassandra's limits", r, len(parts), bytes)
+			}
+			for _, st := range u.stmts {
+				var chainKey string
+				var off, bucket int64
+				switch st.q {
+				case s.q.insertInbox:
+					chainKey, bucket, off = fmt.Sprint("inbox", st.args[0]), st.args[2].(int64), st.args[3].(int64)
+				case s.q.insertMessage:
+					chainKey, bucket, off = fmt.Sprint("messages", st.args[0]), st.args[1].(int64), st.args[2].(int64)
+				default:
+					continue
+				}
+				if p, ok := last[chainKey]; ok {
+					if bucket != p.bucket && int64(r) <= p.round {
+						t.Errorf("%s: bucket %d in round %d, with bucket %d's rows", chainKey, bucket, r, p.bucket)
+					}
+					if off <= lastOffset[chainKey] {
+						t.Errorf("%s: offset %d after %d", chainKey, off, lastOffset[chainKey])
+					}
+				}
+				last[chainKey], lastOffset[chainKey] = place{int64(r), bucket}, off
+			}
+		}
+	}
+	if got != want {
+		t.Errorf("%d statements sent, want %d", got, want)
+	}
+	if requests > len(chains)/2 {
+		t.Errorf("%d requests for %d chains: chains are not packed together", requests, len(chains))
+	}
+	t.Logf("%d statements of %d chains in %d requests", got, len(chains), requests)
+}
