@@ -27,29 +27,22 @@ func (s *Server) admitSend(c *conn, f ClientFrame) error {
 }
 
 // send carries out a send frame, read at the time given, and answers it
-// with an ack or an error frame. It runs off the read loop (see sends), and
-// returns what is left to do after the ack, off the channel's chain:
-// recording that the message is in the log, which only spares a resend a
-// takeover, so a later send to the channel need not wait for it (on
-// Cassandra, a write that waits its turn behind the projections' own).
-func (s *Server) send(ctx context.Context, c *conn, f ClientFrame, read time.Time, log *slog.Logger) (then func()) {
+// with an ack or an error frame. It runs off the read loop (see sends).
+func (s *Server) send(ctx context.Context, c *conn, f ClientFrame, read time.Time, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.CommandTimeout)
+	defer cancel()
 	id, err := s.svc.Send(ctx, c.user, c.device, f.ChannelID, f.ClientMsgID, f.Text)
 	if err != nil {
-		cancel()
 		s.cfg.Metrics.failed(err)
 		if domain.CodeOf(err) == domain.CodeInternal {
 			log.Error("send", "err", err)
 		}
 		c.send(errorFrame(err, f.ClientMsgID))
-		return nil
+		return
 	}
 	s.cfg.Metrics.acked(time.Since(read).Seconds()) // as the client sees it: waiting for its turn included
 	c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
-	return func() {
-		defer cancel()
-		s.svc.Sent(ctx, c.user, f.ClientMsgID, id)
-	}
+	s.svc.Sent(ctx, c.user, f.ClientMsgID, id)
 }
 
 // handle carries out a frame other than a send, on the read loop. A

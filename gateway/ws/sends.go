@@ -33,17 +33,14 @@ func newSends(inFlight int) *sends {
 }
 
 // start runs fn in a goroutine of its own once every send to ch started
-// before it has ended, and then what fn returns (if not nil) once the next
-// send to ch may start: a send's ordered part is fn, up to its ack, and
-// what follows the ack (recording that the message is in the log) holds up
-// no later send. It first waits for a free slot, held until both are done,
-// and returns false, starting nothing, if done closes meanwhile (the
-// connection is closing; the client resends what was not acknowledged).
+// before it has ended. It first waits for a free slot, and returns false,
+// starting nothing, if done closes meanwhile (the connection is closing;
+// the client resends what was not acknowledged).
 //
 // A send that has started is carried out even when the connection closes
 // before its turn: the client may have sent it and gone at once, as it may
 // with any frame, and expects it to count (a resend then finds it).
-func (s *sends) start(done <-chan struct{}, ch domain.ChannelID, fn func() (then func())) bool {
+func (s *sends) start(done <-chan struct{}, ch domain.ChannelID, fn func()) bool {
 	select {
 	case s.slots <- struct{}{}:
 	case <-done:
@@ -55,28 +52,21 @@ func (s *sends) start(done <-chan struct{}, ch domain.ChannelID, fn func() (then
 	s.tails[ch] = mine
 	s.mu.Unlock()
 	s.wg.Go(func() {
-		defer func() { <-s.slots }()
-		if then := s.ordered(ch, prev, mine, fn); then != nil {
-			then()
+		defer func() {
+			s.mu.Lock()
+			if s.tails[ch] == mine {
+				delete(s.tails, ch)
+			}
+			s.mu.Unlock()
+			close(mine)
+			<-s.slots
+		}()
+		if prev != nil {
+			<-prev
 		}
+		fn()
 	})
 	return true
-}
-
-// ordered runs fn after prev closes, and closes mine when fn returns.
-func (s *sends) ordered(ch domain.ChannelID, prev, mine chan struct{}, fn func() func()) func() {
-	defer func() {
-		s.mu.Lock()
-		if s.tails[ch] == mine {
-			delete(s.tails, ch)
-		}
-		s.mu.Unlock()
-		close(mine)
-	}()
-	if prev != nil {
-		<-prev
-	}
-	return fn()
 }
 
 // wait waits for every send started to end.

@@ -27,59 +27,6 @@ func (r *record) get() []string {
 	return slices.Clone(r.log)
 }
 
-// only is a send with nothing to do after its ack.
-func only(fn func()) func() func() {
-	return func() func() { fn(); return nil }
-}
-
-// TestSendsThenOffTheChain: what a send does after its ack holds up no
-// later send to its channel, but keeps its slot until it ends, and wait
-// waits for it.
-func TestSendsThenOffTheChain(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		s := newSends(2)
-		done := make(chan struct{})
-		var r record
-		gate := make(chan struct{})
-		s.start(done, "g1", func() func() {
-			r.add("a1")
-			return func() { <-gate; r.add("a1 then") }
-		})
-		s.start(done, "g1", only(func() { r.add("a2") }))
-		synctest.Wait()
-		if got, want := r.get(), []string{"a1", "a2"}; !slices.Equal(got, want) {
-			t.Errorf("while a1's then blocks: %v, want %v", got, want)
-		}
-		// b1 takes the other slot and blocks: with a1's then still holding
-		// its slot, c1 waits for a free one.
-		gate2 := make(chan struct{})
-		s.start(done, "g2", only(func() { <-gate2; r.add("b1") }))
-		started := make(chan bool, 1)
-		go func() { started <- s.start(done, "g3", only(func() { r.add("c1") })) }()
-		synctest.Wait()
-		if got := r.get(); slices.Contains(got, "c1") {
-			t.Errorf("c1 ran while a1's then and b1 held both slots: %v", got)
-		}
-		waited := make(chan struct{})
-		go func() { s.wait(); close(waited) }()
-		close(gate)
-		if !<-started {
-			t.Fatal("c1 not started")
-		}
-		synctest.Wait()
-		select {
-		case <-waited:
-			t.Error("wait returned while b1 still ran")
-		default:
-		}
-		close(gate2)
-		<-waited
-		if got, want := r.get(), []string{"a1", "a2", "a1 then", "c1", "b1"}; !slices.Equal(got, want) {
-			t.Errorf("ran %v, want %v", got, want)
-		}
-	})
-}
-
 // TestSendsChainPerChannel: a send that blocks holds up the later sends to
 // its channel, which then run in the order they were started, and nothing
 // else.
@@ -89,14 +36,14 @@ func TestSendsChainPerChannel(t *testing.T) {
 		done := make(chan struct{})
 		var r record
 		gate := make(chan struct{})
-		run := func(name string, wait <-chan struct{}) func() func() {
-			return only(func() {
+		run := func(name string, wait <-chan struct{}) func() {
+			return func() {
 				r.add(name + " start")
 				if wait != nil {
 					<-wait
 				}
 				r.add(name + " end")
-			})
+			}
 		}
 		s.start(done, "g1", run("a1", gate))
 		s.start(done, "g1", run("a2", nil))
@@ -129,10 +76,10 @@ func TestSendsBackPressure(t *testing.T) {
 		done := make(chan struct{})
 		gate := make(chan struct{})
 		var r record
-		s.start(done, "g1", only(func() { <-gate; r.add("a1") }))
-		s.start(done, "g1", only(func() { r.add("a2") }))
+		s.start(done, "g1", func() { <-gate; r.add("a1") })
+		s.start(done, "g1", func() { r.add("a2") })
 		started := make(chan bool)
-		go func() { started <- s.start(done, "g2", only(func() { r.add("b1") })) }()
+		go func() { started <- s.start(done, "g2", func() { r.add("b1") }) }()
 		synctest.Wait()
 		select {
 		case <-started:
@@ -150,10 +97,10 @@ func TestSendsBackPressure(t *testing.T) {
 
 		// Full again, and the connection closes while the read loop waits.
 		gate = make(chan struct{})
-		s.start(done, "g1", only(func() { <-gate }))
-		s.start(done, "g1", only(func() {}))
+		s.start(done, "g1", func() { <-gate })
+		s.start(done, "g1", func() {})
 		go func() {
-			started <- s.start(done, "g2", only(func() { t.Error("a send started after the connection closed") }))
+			started <- s.start(done, "g2", func() { t.Error("a send started after the connection closed") })
 		}()
 		synctest.Wait()
 		close(done)
@@ -174,8 +121,8 @@ func TestSendsRunAfterClose(t *testing.T) {
 		done := make(chan struct{})
 		gate := make(chan struct{})
 		var r record
-		s.start(done, domain.ChannelID("g1"), only(func() { <-gate; r.add("a1") }))
-		s.start(done, domain.ChannelID("g1"), only(func() { r.add("a2") }))
+		s.start(done, domain.ChannelID("g1"), func() { <-gate; r.add("a1") })
+		s.start(done, domain.ChannelID("g1"), func() { r.add("a2") })
 		close(done)
 		close(gate)
 		s.wait()

@@ -229,7 +229,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) e
 				continue
 			}
 			read := time.Now()
-			if !sends.start(c.done, f.ChannelID, func() func() { return s.send(r.Context(), c, f, read, log) }) {
+			if !sends.start(c.done, f.ChannelID, func() { s.send(r.Context(), c, f, read, log) }) {
 				return nil // closing: the client resends what was not acknowledged
 			}
 			continue
