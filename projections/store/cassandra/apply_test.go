@@ -1,10 +1,18 @@
 package cassandra
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gocql/gocql"
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/store"
@@ -129,4 +137,100 @@ func TestRounds(t *testing.T) {
 		t.Errorf("%d requests for %d chains: chains are not packed together", requests, len(chains))
 	}
 	t.Logf("%d statements of %d chains in %d requests", got, len(chains), requests)
+}
+
+// BenchmarkRequestCost measures what a Cassandra node spends on the kinds
+// of request the store sends: one row per request, rows packed into batches
+// over 3 and 10 partitions (as Apply sends them), a lightweight transaction
+// (as ReserveSend) and a point read of a row that is not there (as
+// ReserveSend on Pebble, or Channel on a cold cache). With EVCHAT_CASSANDRA_PID
+// set to the node's process id (bash deploy/cassandra.sh writes it to
+// $EVCHAT_RUN/cassandra/cassandra.pid) it reports the node's CPU per row,
+// from /proc; 32 requests are in flight, as Apply has by default.
+//
+//	EVCHAT_CASSANDRA=127.0.0.1:9042 EVCHAT_CASSANDRA_PID=$(cat /tmp/evchat-servers/cassandra/cassandra.pid) \
+//	  go test -run x -bench RequestCost -benchtime 20000x ./projections/store/cassandra/
+func BenchmarkRequestCost(b *testing.B) {
+	s := testStore(b)
+	ctx := context.Background()
+	if err := s.query(ctx, "CREATE TABLE "+s.cfg.Keyspace+".bench (u text, id bigint, off bigint, PRIMARY KEY ((u, id), off))").Exec(); err != nil {
+		b.Fatal(err)
+	}
+	insert := "INSERT INTO " + s.cfg.Keyspace + ".bench (u, id, off) VALUES (?, ?, ?)"
+	var run atomic.Int64 // keeps the rows of each sub-benchmark apart
+	for _, c := range []struct {
+		name string
+		rows int // per request
+		q    string
+		cas  bool
+	}{
+		{"one-row", 1, insert, false},
+		{"batch-3", 3, insert, false},
+		{"batch-10", 10, insert, false},
+		{"lwt", 1, insert + " IF NOT EXISTS", true},
+		{"read", 1, "SELECT off FROM " + s.cfg.Keyspace + ".bench WHERE u = ? AND id = ? AND off = ?", false},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			base := run.Add(1) << 40
+			cpu0 := serverCPU(b)
+			b.ResetTimer()
+			var next atomic.Int64
+			g := newGroup(ctx, 32)
+			for range b.N {
+				g.do(func(ctx context.Context) error {
+					n := base + next.Add(1)*int64(c.rows)
+					if c.rows == 1 {
+						q := s.query(ctx, c.q, fmt.Sprint("u", n%500), n, n)
+						if c.cas {
+							_, err := q.SerialConsistency(s.serial).MapScanCAS(map[string]any{})
+							return err
+						}
+						if strings.HasPrefix(c.q, "SELECT") {
+							err := q.Scan(new(int64))
+							if errors.Is(err, gocql.ErrNotFound) {
+								err = nil
+							}
+							return err
+						}
+						return q.Exec()
+					}
+					batch := s.session.NewBatch(gocql.UnloggedBatch).WithContext(ctx)
+					for i := range int64(c.rows) {
+						batch.Query(c.q, fmt.Sprint("u", (n+i)%500), n+i, n+i)
+					}
+					return s.session.ExecuteBatch(batch)
+				})
+			}
+			if err := g.wait(); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			rows := float64(b.N * c.rows)
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/rows, "ns/row")
+			if cpu0 >= 0 {
+				b.ReportMetric((serverCPU(b)-cpu0)*1e6/rows, "server-µs/row")
+			}
+		})
+	}
+}
+
+// serverCPU returns the CPU seconds the process EVCHAT_CASSANDRA_PID names
+// has used, or -1 if it is unset.
+func serverCPU(b *testing.B) float64 {
+	pid := os.Getenv("EVCHAT_CASSANDRA_PID")
+	if pid == "" {
+		return -1
+	}
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		b.Fatalf("EVCHAT_CASSANDRA_PID: %v", err)
+	}
+	// The command name may hold spaces: the fields after it start past ')'.
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		b.Fatalf("%s's /proc stat: %v", pid, err)
+	}
+	return (utime + stime) / 100 // clock ticks, 100 a second on Linux
 }
