@@ -6,7 +6,10 @@
 // the log, so events the gateway decided on stale state (a sender removed
 // meanwhile) are dropped here exactly as the fan-out drops them. A message
 // id seen before (a resend re-appended after a crash) is dropped too: every
-// message appears in history once.
+// message appears in history once. Whether a message is stored already is
+// answered from the projection's memory of the messages it stored
+// (package firstcopy), and from the store only where that memory cannot
+// know: a point read per message before.
 package history
 
 import (
@@ -14,10 +17,12 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/firstcopy"
 	"github.com/evchat/evchat/projections/store"
 )
 
@@ -35,7 +40,16 @@ type Projection struct {
 	st     Store
 	limits domain.Limits
 	log    *slog.Logger
+	now    func() time.Time
 	cache  map[domain.ChannelID]domain.Channel
+
+	stored    map[int32]*firstcopy.Memory[chanMsg] // by partition
+	maxStored int
+}
+
+type chanMsg struct {
+	ch domain.ChannelID
+	id domain.MessageID
 }
 
 // New returns the projection.
@@ -43,14 +57,19 @@ func New(st Store, limits domain.Limits, log *slog.Logger) *Projection {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Projection{st: st, limits: limits, log: log, cache: map[domain.ChannelID]domain.Channel{}}
+	return &Projection{st: st, limits: limits, log: log, now: time.Now, cache: map[domain.ChannelID]domain.Channel{},
+		stored: map[int32]*firstcopy.Memory[chanMsg]{}, maxStored: firstcopy.Max}
 }
 
-// Reset drops the cached channel states.
-func (p *Projection) Reset() { clear(p.cache) }
+// Reset drops the cached channel states and what the projection remembers
+// of the messages it stored.
+func (p *Projection) Reset() {
+	clear(p.cache)
+	clear(p.stored)
+}
 
 // Handle applies records of one partition of the channel topic.
-func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b *store.Batch) error {
+func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Record, b *store.Batch) error {
 	seen := map[domain.MessageID]bool{}
 	changed := map[domain.ChannelID]bool{}
 	type decoded struct {
@@ -67,15 +86,29 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b 
 		}
 		evs = append(evs, decoded{rec, meta, ev})
 	}
-	var msgs []domain.MessageSent
+	mem := p.stored[partition]
+	if mem == nil {
+		mem = firstcopy.New[chanMsg](p.now(), p.maxStored)
+		p.stored[partition] = mem
+	}
+	first := map[chanMsg]int64{} // the offset of a message's stored copy, or -1
+	var ask []domain.MessageSent // the messages the store must answer
 	for _, d := range evs {
 		if m, ok := d.ev.(domain.MessageSent); ok {
-			msgs = append(msgs, m)
+			k := chanMsg{m.ChannelID, m.MessageID}
+			if off, known := mem.Lookup(k, d.meta.Time); known {
+				first[k] = off
+			} else {
+				ask = append(ask, m)
+			}
 		}
 	}
-	stored, err := storedMessages(ctx, p.st, msgs)
+	stored, err := storedMessages(ctx, p.st, ask)
 	if err != nil {
 		return err
+	}
+	for _, m := range ask {
+		first[chanMsg{m.ChannelID, m.MessageID}] = stored[m.MessageID]
 	}
 	for _, d := range evs {
 		rec, meta, ev := d.rec, d.meta, d.ev
@@ -101,10 +134,13 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, b 
 			if seen[m.MessageID] {
 				continue
 			}
-			if stored[m.MessageID] {
-				continue // a resend that reached the log twice, or a batch applied again
+			k := chanMsg{m.ChannelID, m.MessageID}
+			if off := first[k]; off >= 0 && off != rec.Offset {
+				mem.Add(k, off, meta.Time)
+				continue // a resend that reached the log twice
 			}
 			seen[m.MessageID] = true
+			mem.Add(k, rec.Offset, meta.Time)
 			b.Messages = append(b.Messages, store.Message{
 				ChannelID: id, Offset: rec.Offset, MessageID: m.MessageID, SenderID: m.SenderID,
 				DeviceID: m.DeviceID, ClientMsgID: m.ClientMsgID, Text: m.Text, SentAt: meta.Time,
@@ -155,24 +191,23 @@ func (p *Projection) channel(ctx context.Context, id domain.ChannelID) (domain.C
 	return c, nil
 }
 
-// storedMessages looks up which of the batch's messages the store holds
-// already, store.Lookups at a time (the lookups do not depend on the
-// channel states the batch builds).
-func storedMessages(ctx context.Context, st Store, msgs []domain.MessageSent) (map[domain.MessageID]bool, error) {
-	found := make([]bool, len(msgs))
+// storedMessages returns, for each of msgs, the offset at which the store
+// holds it, or -1, looking them up store.Lookups at a time (the lookups do
+// not depend on the channel states the batch builds).
+func storedMessages(ctx context.Context, st Store, msgs []domain.MessageSent) (map[domain.MessageID]int64, error) {
+	at := make([]int64, len(msgs))
 	err := store.EachParallel(len(msgs), func(i int) error {
-		_, err := st.MessageByID(ctx, msgs[i].ChannelID, msgs[i].MessageID)
+		m, err := st.MessageByID(ctx, msgs[i].ChannelID, msgs[i].MessageID)
+		at[i] = m.Offset
 		if errors.Is(err, domain.ErrNotFound) {
+			at[i] = -1
 			return nil
 		}
-		found[i] = err == nil
 		return err
 	})
-	stored := map[domain.MessageID]bool{}
+	stored := make(map[domain.MessageID]int64, len(msgs))
 	for i, m := range msgs {
-		if found[i] {
-			stored[m.MessageID] = true
-		}
+		stored[m.MessageID] = at[i]
 	}
 	return stored, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/firstcopy"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
 	"github.com/evchat/evchat/projections/store/storetest"
@@ -18,13 +20,19 @@ import (
 
 var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 
-// log builds the records of a channel-topic partition: event i at offset i.
+// records builds the records of a channel-topic partition: event i at
+// offset i, at t0 + i s; a message at t0 + its id s, as every copy of a
+// message carries the time its first attempt was reserved.
 func records(t *testing.T, evs ...domain.Event) []*kgo.Record {
 	t.Helper()
 	recs := make([]*kgo.Record, len(evs))
 	for i, ev := range evs {
+		at := t0.Add(time.Duration(i) * time.Second)
+		if m, ok := ev.(domain.MessageSent); ok {
+			at = t0.Add(time.Duration(m.MessageID) * time.Second)
+		}
 		r, err := eventlog.Record("chat.channels", string(domain.ChannelOf(ev)), ev,
-			domain.Meta{EventID: fmt.Sprint(i), Time: t0.Add(time.Duration(i) * time.Second)})
+			domain.Meta{EventID: fmt.Sprint(i), Time: at})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,32 +180,119 @@ func TestHandle(t *testing.T) {
 		msgs:    map[domain.ChannelID][]string{},
 	}}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			st := storetest.OpenPebble(t)
-			recs := records(t, tt.evs...)
-			apply(t, st, New(st, domain.DefaultLimits(), nil), split(recs, tt.batch)...)
-			got := read(t, st, []domain.ChannelID{g, d}, []domain.UserID{"a", "b", "c"})
-			if !reflect.DeepEqual(got.Of, tt.members) {
-				t.Errorf("channels of users: %v, want %v", got.Of, tt.members)
-			}
-			if !reflect.DeepEqual(got.Messages, tt.msgs) {
-				t.Errorf("messages: %v, want %v", got.Messages, tt.msgs)
-			}
-			for id, c := range got.Channels {
-				if want := recs[len(recs)-1].Offset + 1; c.Version > want || c.Version == 0 {
-					t.Errorf("channel %s version %d, want in (0, %d]", id, c.Version, want)
+		for _, mode := range []string{"store", "memory"} {
+			t.Run(tt.name+"/"+mode, func(t *testing.T) {
+				st := storetest.OpenPebble(t)
+				cs := &counting{Store: st}
+				recs := records(t, tt.evs...)
+				p := New(cs, domain.DefaultLimits(), nil)
+				if mode == "memory" {
+					// Begun more than SkewMargin before the messages were
+					// sent: the projection's memory answers them all.
+					p.now = func() time.Time { return t0.Add(-firstcopy.SkewMargin) }
 				}
-			}
+				apply(t, st, p, split(recs, tt.batch)...)
+				switch n := cs.lookups.Load(); {
+				case mode == "memory" && n != 0:
+					t.Fatalf("the store was asked %d times", n)
+				case mode == "store" && n == 0 && len(tt.msgs) > 0:
+					t.Fatal("the store was never asked")
+				}
+				check(t, st, tt.members, tt.msgs, recs, tt.batch)
+			})
+		}
+	}
+}
 
-			// Applying the whole log again, as after a crash between the
-			// state and the positions (a fresh cache: the store is the
-			// truth), changes nothing.
-			before := got
-			apply(t, st, New(st, domain.DefaultLimits(), nil), split(recs, tt.batch)...)
-			if again := read(t, st, []domain.ChannelID{g, d}, []domain.UserID{"a", "b", "c"}); !reflect.DeepEqual(again, before) {
-				t.Errorf("applied twice:\n%+v\nonce:\n%+v", again, before)
-			}
-		})
+// check fails unless st holds members and msgs, with channel versions
+// within the log; and unless applying the whole log again in batches of
+// batch, as after a crash between the state and the positions (a fresh
+// projection: the store is the truth), changes nothing.
+func check(t *testing.T, st *pebblestore.Store, members map[domain.UserID][]domain.ChannelID, msgs map[domain.ChannelID][]string, recs []*kgo.Record, batch int) {
+	t.Helper()
+	chans, users := []domain.ChannelID{"g", "d"}, []domain.UserID{"a", "b", "c"}
+	got := read(t, st, chans, users)
+	if !reflect.DeepEqual(got.Of, members) {
+		t.Errorf("channels of users: %v, want %v", got.Of, members)
+	}
+	if !reflect.DeepEqual(got.Messages, msgs) {
+		t.Errorf("messages: %v, want %v", got.Messages, msgs)
+	}
+	for id, c := range got.Channels {
+		if want := recs[len(recs)-1].Offset + 1; c.Version > want || c.Version == 0 {
+			t.Errorf("channel %s version %d, want in (0, %d]", id, c.Version, want)
+		}
+	}
+	apply(t, st, New(st, domain.DefaultLimits(), nil), split(recs, batch)...)
+	if again := read(t, st, chans, users); !reflect.DeepEqual(again, got) {
+		t.Errorf("applied twice:\n%+v\nonce:\n%+v", again, got)
+	}
+}
+
+// counting is the store, counting the message lookups the projection makes.
+type counting struct {
+	*pebblestore.Store
+	lookups atomic.Int64
+}
+
+func (c *counting) MessageByID(ctx context.Context, ch domain.ChannelID, id domain.MessageID) (store.Message, error) {
+	c.lookups.Add(1)
+	return c.Store.MessageByID(ctx, ch, id)
+}
+
+// TestHandleAgainAfterFailedApply: a batch handled but not stored (its
+// Apply failed) is handed to the projection again; the messages it
+// remembers storing are at their own offsets, so it keeps them.
+func TestHandleAgainAfterFailedApply(t *testing.T) {
+	const g = domain.ChannelID("g")
+	st := storetest.OpenPebble(t)
+	recs := records(t, created(g, domain.KindGroup, "a"), msg(g, 7, "a"), msg(g, 8, "a"))
+	p := New(st, domain.DefaultLimits(), nil)
+	p.now = func() time.Time { return t0.Add(-firstcopy.SkewMargin) }
+	lost := store.Batch{Projection: Name}
+	if err := p.Handle(context.Background(), 0, recs, &lost); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, st, p, recs)
+	got := read(t, st, []domain.ChannelID{g}, nil)
+	if want := []string{"1:7", "2:8"}; !reflect.DeepEqual(got.Messages[g], want) {
+		t.Fatalf("messages %v, want %v", got.Messages[g], want)
+	}
+}
+
+// TestHandleMemoryBounds: a message sent within SkewMargin of the run's
+// start may have a copy from before the run, and one sent no later than a
+// message the memory forgot may have a forgotten copy: the store answers
+// both, and their second copies are dropped.
+func TestHandleMemoryBounds(t *testing.T) {
+	const g = domain.ChannelID("g")
+	st := storetest.OpenPebble(t)
+	cs := &counting{Store: st}
+	// Message i is sent at t0 + i s; 1 and 2 stored by an earlier run.
+	recs := records(t, created(g, domain.KindGroup, "a"), msg(g, 1, "a"), msg(g, 2, "a"),
+		msg(g, 1, "a"), msg(g, 4, "a"), msg(g, 5, "a"), msg(g, 6, "a"), msg(g, 4, "a"), msg(g, 6, "a"), msg(g, 9, "a"))
+	apply(t, st, New(cs, domain.DefaultLimits(), nil), recs[:3])
+	// This run began at t0 - 8 s: 1 (sent at t0 + 1 s) is within the
+	// margin, 4 (t0 + 4 s) is not; it remembers two messages.
+	p := New(cs, domain.DefaultLimits(), nil)
+	p.now = func() time.Time { return t0.Add(-8 * time.Second) }
+	p.maxStored = 2
+	step := func(want int64, recs ...*kgo.Record) {
+		t.Helper()
+		before := cs.lookups.Load()
+		apply(t, st, p, recs)
+		if n := cs.lookups.Load() - before; n != want {
+			t.Fatalf("offsets %d to %d: the store was asked %d times, want %d", recs[0].Offset, recs[len(recs)-1].Offset, n, want)
+		}
+	}
+	step(1, recs[3])          // 1 again, within the margin
+	step(0, recs[4], recs[5]) // 4 and 5, after it: remembered
+	step(0, recs[6])          // 6: 4 is forgotten
+	step(1, recs[7])          // 4 again, as old as one forgotten
+	step(0, recs[8], recs[9]) // 6 again, remembered; 9 is new
+	got := read(t, st, []domain.ChannelID{g}, nil)
+	if want := []string{"1:1", "2:2", "4:4", "5:5", "6:6", "9:9"}; !reflect.DeepEqual(got.Messages[g], want) {
+		t.Fatalf("messages %v, want %v", got.Messages[g], want)
 	}
 }
 

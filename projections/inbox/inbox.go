@@ -10,9 +10,9 @@
 // later offset is dropped here, and so by every reader of the store.
 //
 // Whether an entry is a second copy is answered from the projection's
-// memory of the entries it handled (recent), and from the store only where
-// that memory cannot know: on Cassandra, a read per member per message
-// was most of what the inbox cost the store.
+// memory of the entries it stored (package firstcopy), and from the store
+// only where that memory cannot know: on Cassandra, a read per member per
+// message was most of what the inbox cost the store.
 package inbox
 
 import (
@@ -25,6 +25,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/firstcopy"
 	"github.com/evchat/evchat/projections/store"
 )
 
@@ -46,7 +47,7 @@ type Projection struct {
 	now   func() time.Time
 
 	mu        sync.Mutex
-	recent    map[int32]*recent // by partition; dropped by Reset
+	recent    map[int32]*firstcopy.Memory[userMsg] // by partition; dropped by Reset
 	maxRecent int
 }
 
@@ -57,90 +58,14 @@ func New(st Store, epoch int32, dec *Decoded, log *slog.Logger) *Projection {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Projection{st: st, epoch: epoch, dec: dec, log: log, now: time.Now, recent: map[int32]*recent{}, maxRecent: MaxRecent}
+	return &Projection{st: st, epoch: epoch, dec: dec, log: log, now: time.Now, recent: map[int32]*firstcopy.Memory[userMsg]{}, maxRecent: firstcopy.Max}
 }
 
 // Reset drops what the projection remembers of the entries it handled.
 func (p *Projection) Reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.recent = map[int32]*recent{}
-}
-
-// SkewMargin bounds how far the clocks of the gateways (which stamp a
-// message's time sent) and of this projection's process may disagree:
-// an entry sent this much later than the partition's run began has no
-// copy the run did not handle (see recent).
-const SkewMargin = 10 * time.Second
-
-// MaxRecent bounds the entries remembered per partition (some 100 bytes
-// each).
-const MaxRecent = 1 << 16
-
-// recent remembers the entries one partition's run (since the projection
-// last began it, at start) has handled, so that the question every entry
-// asks, "is there an earlier copy of this message in this inbox?", is
-// answered without a store read. The store is read only when the answer
-// may lie outside the memory:
-//   - an entry below the run's first offset was written before start, so
-//     a message sent (by its gateway's clock) at least SkewMargin after
-//     start has no copy there;
-//   - an entry forgotten to keep the memory bounded was of a message sent
-//     at or before horizon, so a message sent after it was never
-//     forgotten.
-//
-// Otherwise (the first SkewMargin of a run, a message sent long ago) the
-// store answers, as it did for every entry before: on Cassandra, that
-// was one read per member per message.
-type recent struct {
-	start   time.Time
-	horizon time.Time         // the latest time sent among those forgotten
-	first   map[userMsg]int64 // the lowest offset handled
-	order   []remembered      // ring, oldest at next once full
-	next    int
-	max     int
-}
-
-type remembered struct {
-	k    userMsg
-	sent time.Time
-}
-
-func newRecent(start time.Time, max int) *recent {
-	return &recent{start: start, first: map[userMsg]int64{}, max: max}
-}
-
-// lookup returns the lowest offset of k's entries that the memory knows
-// (-1: none), or known false when the store must say.
-func (r *recent) lookup(k userMsg, sent time.Time) (offset int64, known bool) {
-	if off, ok := r.first[k]; ok {
-		return off, true
-	}
-	if sent.After(r.horizon) && !sent.Before(r.start.Add(SkewMargin)) {
-		return -1, true
-	}
-	return 0, false
-}
-
-// add remembers that k has an entry at offset, forgetting the oldest
-// remembered message when full.
-func (r *recent) add(k userMsg, offset int64, sent time.Time) {
-	if old, ok := r.first[k]; ok {
-		r.first[k] = min(old, offset)
-		return
-	}
-	if len(r.order) < r.max {
-		r.order = append(r.order, remembered{k, sent})
-	} else {
-		gone := r.order[r.next]
-		delete(r.first, gone.k)
-		if gone.sent.After(r.horizon) {
-			r.horizon = gone.sent
-		}
-		r.order[r.next] = remembered{k, sent}
-		r.next = (r.next + 1) % r.max
-	}
-	r.first[k] = offset
+	p.recent = map[int32]*firstcopy.Memory[userMsg]{}
 }
 
 type userMsg struct {
@@ -150,7 +75,7 @@ type userMsg struct {
 
 // Handle stores the inbox entries of one partition. It drops an entry of
 // a message that has an entry at a lower offset already: it knows from
-// memory (recent), or looks up the store, store.Lookups at a time.
+// memory (firstcopy), or looks up the store, store.Lookups at a time.
 func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Record, b *store.Batch) error {
 	type candidate struct {
 		offset int64
@@ -175,13 +100,13 @@ func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Re
 	p.mu.Lock()
 	r := p.recent[partition]
 	if r == nil {
-		r = newRecent(p.now(), p.maxRecent)
+		r = firstcopy.New[userMsg](p.now(), p.maxRecent)
 		p.recent[partition] = r
 	}
 	first := make([]int64, len(cs)) // the offset of the first entry, or -1
 	var ask []int                   // the candidates the store must answer
 	for i, c := range cs {
-		off, known := r.lookup(userMsg{c.m.UserID, c.m.MessageID}, c.m.SentAt)
+		off, known := r.Lookup(userMsg{c.m.UserID, c.m.MessageID}, c.m.SentAt)
 		if known {
 			first[i] = off
 		} else {
@@ -208,10 +133,10 @@ func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Re
 		k := userMsg{c.m.UserID, c.m.MessageID}
 		if first[i] >= 0 && first[i] != c.offset {
 			p.log.Warn("dropping a second inbox copy", "user", c.m.UserID, "message", c.m.MessageID, "offset", c.offset, "first", first[i])
-			r.add(k, first[i], c.m.SentAt)
+			r.Add(k, first[i], c.m.SentAt)
 			continue
 		}
-		r.add(k, c.offset, c.m.SentAt)
+		r.Add(k, c.offset, c.m.SentAt)
 		b.Inbox = append(b.Inbox, store.InboxEntry{
 			UserID: c.m.UserID, Epoch: p.epoch, Partition: partition, Offset: c.offset, Message: c.m,
 		})

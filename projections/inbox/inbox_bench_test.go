@@ -10,6 +10,7 @@ import (
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/firstcopy"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
 )
@@ -50,7 +51,7 @@ func benchmarkHandle(b *testing.B, steady bool) {
 	}
 	p := New(st, epoch, NewDecoded(), nil)
 	if steady {
-		p.withClock(func() time.Time { return t0.Add(-2 * SkewMargin) }, MaxRecent)
+		p.withClock(func() time.Time { return t0.Add(-2 * firstcopy.SkewMargin) }, firstcopy.Max)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/firstcopy"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
 	"github.com/evchat/evchat/projections/store/storetest"
@@ -134,7 +135,7 @@ func TestHandle(t *testing.T) {
 				} else {
 					// One projection, begun more than SkewMargin before the
 					// messages were sent: its memory answers them all.
-					p := New(cs, epoch, nil, nil).withClock(func() time.Time { return t0.Add(-SkewMargin) }, MaxRecent)
+					p := New(cs, epoch, nil, nil).withClock(func() time.Time { return t0.Add(-firstcopy.SkewMargin) }, firstcopy.Max)
 					apply(t, st, cs, tt.batches, p)
 					if n := cs.lookups.Load(); n != 0 {
 						t.Fatalf("the store was asked %d times", n)
@@ -222,7 +223,7 @@ func TestHandleMemoryBounds(t *testing.T) {
 	}
 	// Messages sent well after the start; with room for two, 11 is
 	// forgotten when 13 comes.
-	late := t0.Add(2 * SkewMargin)
+	late := t0.Add(2 * firstcopy.SkewMargin)
 	handle(p, sent(entry{2, "a", 11}, late), sent(entry{3, "a", 12}, late.Add(time.Second)), sent(entry{4, "a", 13}, late.Add(2*time.Second)))
 	before = cs.lookups.Load()
 	handle(p, sent(entry{5, "a", 11}, late)) // a copy of the forgotten 11
