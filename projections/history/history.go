@@ -41,6 +41,7 @@ type Projection struct {
 	limits domain.Limits
 	log    *slog.Logger
 	now    func() time.Time
+	began  time.Time // this run's start: New, or the last Reset
 	cache  map[domain.ChannelID]domain.Channel
 
 	stored    map[int32]*firstcopy.Memory[chanMsg] // by partition
@@ -57,15 +58,19 @@ func New(st Store, limits domain.Limits, log *slog.Logger) *Projection {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Projection{st: st, limits: limits, log: log, now: time.Now, cache: map[domain.ChannelID]domain.Channel{},
+	return &Projection{st: st, limits: limits, log: log, now: time.Now, began: time.Now(), cache: map[domain.ChannelID]domain.Channel{},
 		stored: map[int32]*firstcopy.Memory[chanMsg]{}, maxStored: firstcopy.Max}
 }
 
 // Reset drops the cached channel states and what the projection remembers
-// of the messages it stored.
+// of the messages it stored: the projector calls it when it resumes from
+// the store's positions (at a rebalance, after a failed apply). The run
+// begins again then: whatever lies below the offsets it resumes from was
+// in the log before.
 func (p *Projection) Reset() {
 	clear(p.cache)
 	clear(p.stored)
+	p.began = p.now()
 }
 
 // Handle applies records of one partition of the channel topic.
@@ -88,7 +93,7 @@ func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Re
 	}
 	mem := p.stored[partition]
 	if mem == nil {
-		mem = firstcopy.New[chanMsg](p.now(), p.maxStored)
+		mem = firstcopy.New[chanMsg](p.began, p.maxStored)
 		p.stored[partition] = mem
 	}
 	first := map[chanMsg]int64{} // the offset of a message's stored copy, or -1

@@ -189,7 +189,7 @@ func TestHandle(t *testing.T) {
 				if mode == "memory" {
 					// Begun more than SkewMargin before the messages were
 					// sent: the projection's memory answers them all.
-					p.now = func() time.Time { return t0.Add(-firstcopy.SkewMargin) }
+					p.withClock(func() time.Time { return t0.Add(-firstcopy.SkewMargin) })
 				}
 				apply(t, st, p, split(recs, tt.batch)...)
 				switch n := cs.lookups.Load(); {
@@ -229,6 +229,11 @@ func check(t *testing.T, st *pebblestore.Store, members map[domain.UserID][]doma
 	}
 }
 
+// withClock sets the projection's clock, and begins its run now by it.
+func (p *Projection) withClock(now func() time.Time) {
+	p.now, p.began = now, now()
+}
+
 // counting is the store, counting the message lookups the projection makes.
 type counting struct {
 	*pebblestore.Store
@@ -248,7 +253,7 @@ func TestHandleAgainAfterFailedApply(t *testing.T) {
 	st := storetest.OpenPebble(t)
 	recs := records(t, created(g, domain.KindGroup, "a"), msg(g, 7, "a"), msg(g, 8, "a"))
 	p := New(st, domain.DefaultLimits(), nil)
-	p.now = func() time.Time { return t0.Add(-firstcopy.SkewMargin) }
+	p.withClock(func() time.Time { return t0.Add(-firstcopy.SkewMargin) })
 	lost := store.Batch{Projection: Name}
 	if err := p.Handle(context.Background(), 0, recs, &lost); err != nil {
 		t.Fatal(err)
@@ -275,7 +280,7 @@ func TestHandleMemoryBounds(t *testing.T) {
 	// This run began at t0 - 8 s: 1 (sent at t0 + 1 s) is within the
 	// margin, 4 (t0 + 4 s) is not; it remembers two messages.
 	p := New(cs, domain.DefaultLimits(), nil)
-	p.now = func() time.Time { return t0.Add(-8 * time.Second) }
+	p.withClock(func() time.Time { return t0.Add(-8 * time.Second) })
 	p.maxStored = 2
 	step := func(want int64, recs ...*kgo.Record) {
 		t.Helper()
@@ -382,5 +387,30 @@ func TestHandleStoreError(t *testing.T) {
 				t.Fatalf("no error; batch %+v", b)
 			}
 		})
+	}
+}
+
+// TestHandleRunBegins: the projection's run begins when it is made or
+// reset, not when a partition's first batch comes: a partition first
+// handled long after the run began is answered from memory, and after a
+// Reset a message sent within SkewMargin of it is asked of the store.
+func TestHandleRunBegins(t *testing.T) {
+	const g = domain.ChannelID("g")
+	st := storetest.OpenPebble(t)
+	cs := &counting{Store: st}
+	clock := t0.Add(-2 * firstcopy.SkewMargin)
+	p := New(cs, domain.DefaultLimits(), nil)
+	p.withClock(func() time.Time { return clock })
+	clock = t0.Add(time.Hour) // the first batch comes an hour later
+	recs := records(t, created(g, domain.KindGroup, "a"), msg(g, 1, "a"), msg(g, 2, "a"))
+	apply(t, st, p, recs)
+	if n := cs.lookups.Load(); n != 0 {
+		t.Fatalf("the store was asked %d times for messages sent after the run began", n)
+	}
+	p.Reset() // at t0 + 1 h: message 3600 + 5 is sent within the margin
+	more := records(t, created(g, domain.KindGroup, "a"), msg(g, 1, "a"), msg(g, 2, "a"), msg(g, 3605, "a"))[3:]
+	apply(t, st, p, more)
+	if n := cs.lookups.Load(); n != 1 {
+		t.Fatalf("the store was asked %d times after the reset, want 1", n)
 	}
 }

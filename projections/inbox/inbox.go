@@ -47,6 +47,7 @@ type Projection struct {
 	now   func() time.Time
 
 	mu        sync.Mutex
+	began     time.Time                            // this run's start: New, or the last Reset
 	recent    map[int32]*firstcopy.Memory[userMsg] // by partition; dropped by Reset
 	maxRecent int
 }
@@ -58,14 +59,19 @@ func New(st Store, epoch int32, dec *Decoded, log *slog.Logger) *Projection {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Projection{st: st, epoch: epoch, dec: dec, log: log, now: time.Now, recent: map[int32]*firstcopy.Memory[userMsg]{}, maxRecent: firstcopy.Max}
+	return &Projection{st: st, epoch: epoch, dec: dec, log: log, now: time.Now, began: time.Now(),
+		recent: map[int32]*firstcopy.Memory[userMsg]{}, maxRecent: firstcopy.Max}
 }
 
-// Reset drops what the projection remembers of the entries it handled.
+// Reset drops what the projection remembers of the entries it handled: the
+// projector calls it when it resumes from the store's positions (at a
+// rebalance, after a failed apply). The run begins again then: whatever
+// lies below the offsets it resumes from was in the log before.
 func (p *Projection) Reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.recent = map[int32]*firstcopy.Memory[userMsg]{}
+	p.began = p.now()
 }
 
 type userMsg struct {
@@ -100,7 +106,7 @@ func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Re
 	p.mu.Lock()
 	r := p.recent[partition]
 	if r == nil {
-		r = firstcopy.New[userMsg](p.now(), p.maxRecent)
+		r = firstcopy.New[userMsg](p.began, p.maxRecent)
 		p.recent[partition] = r
 	}
 	first := make([]int64, len(cs)) // the offset of the first entry, or -1

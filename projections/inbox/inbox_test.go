@@ -179,7 +179,7 @@ func (c *counting) InboxByMessage(ctx context.Context, u domain.UserID, epoch in
 // withClock sets the projection's clock and how many entries it remembers
 // per partition.
 func (p *Projection) withClock(now func() time.Time, maxRecent int) *Projection {
-	p.now, p.maxRecent = now, maxRecent
+	p.now, p.began, p.maxRecent = now, now(), maxRecent
 	return p
 }
 
@@ -270,4 +270,28 @@ func TestHandleStoreError(t *testing.T) {
 	if err == nil {
 		t.Fatalf("no error; batch %+v", b)
 	}
+}
+
+// TestHandleRunBegins: the run begins when the projection is made or
+// reset, not when a partition's first batch comes: a partition first
+// handled long after the run began is answered from memory, and after a
+// Reset an entry of a message sent within SkewMargin of it is asked of
+// the store.
+func TestHandleRunBegins(t *testing.T) {
+	st := storetest.OpenPebble(t)
+	cs := &counting{Store: st}
+	clock := t0.Add(-2 * firstcopy.SkewMargin)
+	p := New(cs, epoch, nil, nil).withClock(func() time.Time { return clock }, firstcopy.Max)
+	clock = t0.Add(time.Hour) // the first batch comes an hour later
+	apply(t, st, cs, [][]entry{{{0, "a", 10}, {1, "b", 10}}}, p)
+	if n := cs.lookups.Load(); n != 0 {
+		t.Fatalf("the store was asked %d times for messages sent after the run began", n)
+	}
+	clock = t0
+	p.Reset() // at t0, when every message here was sent
+	apply(t, st, cs, [][]entry{{{2, "a", 11}}}, p)
+	if n := cs.lookups.Load(); n != 1 {
+		t.Fatalf("the store was asked %d times after the reset, want 1", n)
+	}
+	check(t, st, map[domain.UserID][]string{"a": {"0:10", "2:11"}, "b": {"1:10"}})
 }
