@@ -22,23 +22,22 @@ import (
 // its table and partition key, independently of how chains count them.
 func partitionOf(t *testing.T, q queries, st stmt) string {
 	t.Helper()
-	key := func(table string, n int) string { return fmt.Sprint(table, st.args[:n]) }
-	switch st.q {
-	case q.insertChannelBucket:
-		return key("channel_buckets", 1)
-	case q.insertMessage:
-		return key("messages", 2)
-	case q.insertMessageID:
-		return key("messages_by_id", 2)
-	case q.insertInboxBucket:
-		return key("inbox_buckets", 2)
-	case q.insertInbox:
-		return key("inbox", 3)
-	case q.insertInboxByMessage:
-		return key("inbox_by_message", 3)
+	keys := map[string]struct {
+		table string
+		n     int // the partition key's columns, the statement's first
+	}{
+		q.insertChannelBucket:  {"channel_buckets", 1},
+		q.insertMessage:        {"messages", 2},
+		q.insertMessageID:      {"messages_by_id", 2},
+		q.insertInboxBucket:    {"inbox_buckets", 2},
+		q.insertInbox:          {"inbox", 3},
+		q.insertInboxByMessage: {"inbox_by_message", 3},
 	}
-	t.Fatalf("statement of no known table: %s", st.q)
-	return ""
+	k, ok := keys[st.q]
+	if !ok {
+		t.Fatalf("statement of no known table: %s", st.q)
+	}
+	return fmt.Sprint(k.table, st.args[:k.n])
 }
 
 // TestRounds checks the requests an Apply sends: each within Cassandra's
