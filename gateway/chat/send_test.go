@@ -450,6 +450,29 @@ func TestLeaseTakeover(t *testing.T) {
 	}
 }
 
+// TestSendPastItsDeadline: a send whose context has ended, whichever step
+// it reached, fails with "unavailable" (the client resends), not with an
+// internal error, and appends nothing.
+func TestSendPastItsDeadline(t *testing.T) {
+	e := newEnv(t)
+	a := e.node(t, 1, "a")
+	expired, cancel := context.WithDeadline(context.Background(), time.Unix(0, 0))
+	defer cancel()
+	canceled, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	for name, ctx := range map[string]context.Context{"past its deadline": expired, "canceled": canceled} {
+		if _, err := a.Send(ctx, ann, "phone", ch1, "c1", "hi"); domain.CodeOf(err) != domain.CodeUnavailable {
+			t.Errorf("a send %s: %v, want code %s", name, err, domain.CodeUnavailable)
+		}
+	}
+	if n := len(e.log.recs); n != 0 {
+		t.Fatalf("%d messages in the log, want none", n)
+	}
+	if id := mustSend(t, a, ch1, "c1", "hi"); e.log.copies(id) != 1 {
+		t.Fatalf("the resend: %d copies of message %d in the log, want 1", e.log.copies(id), id)
+	}
+}
+
 // TestSlowAttemptLosesItsLease: an attempt that reaches its append too late
 // in its lease renews it first; when another resend has taken over
 // meanwhile, it appends nothing and answers with that resend's outcome.
