@@ -2,6 +2,7 @@ package domain_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -613,6 +614,11 @@ func TestErrors(t *testing.T) {
 		{name: "sentinel", err: domain.ErrGroupFull, code: domain.CodeGroupFull, msg: "group_full", text: "group_full: ", is: []error{domain.ErrGroupFull}},
 		{name: "plain", err: plain, code: domain.CodeInternal, msg: "internal error", text: "boom", not: []error{domain.ErrBadRequest}},
 		{name: "nil", err: nil, code: domain.CodeInternal, msg: "internal error"},
+		{
+			name: "a context's end", err: fmt.Errorf("pebblestore: reserve send: %w", context.DeadlineExceeded), code: domain.CodeUnavailable,
+			msg: "the request did not finish in time; try again (a send with the same client_msg_id)", text: "pebblestore: reserve send: context deadline exceeded",
+			is: []error{context.DeadlineExceeded}, not: []error{domain.ErrUnavailable},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -93,13 +94,22 @@ func RetryAfterOf(err error) time.Duration {
 }
 
 // CodeOf returns the code of err: the code of the first *Error in its chain,
-// or CodeInternal.
+// CodeUnavailable for a context that ended (a command that ran out of its
+// time, wherever it was: the client tries again), or CodeInternal.
 func CodeOf(err error) Code {
 	var e *Error
-	if errors.As(err, &e) {
+	switch {
+	case errors.As(err, &e):
 		return e.Code
+	case timedOut(err):
+		return CodeUnavailable
 	}
 	return CodeInternal
+}
+
+// timedOut reports whether err is a context's end and no *Error.
+func timedOut(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 // MessageOf returns the message for people of err's first *Error, or a
@@ -111,6 +121,9 @@ func MessageOf(err error) string {
 			return string(e.Code)
 		}
 		return e.Msg
+	}
+	if timedOut(err) {
+		return "the request did not finish in time; try again (a send with the same client_msg_id)"
 	}
 	return "internal error"
 }

@@ -474,15 +474,9 @@ func (s *Service) appendAndWait(ctx context.Context, id domain.ChannelID, evs []
 // attempt that holds the reservation appends only after it made sure that
 // no earlier attempt can still land and none did (inLog).
 //
-// A send whose context ends first fails with domain.ErrUnavailable,
-// wherever it was: the client resends with the same client message id.
-func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, id domain.ChannelID, clientMsgID, text string) (_ domain.MessageID, err error) {
-	defer func() {
-		if err != nil && ctx.Err() != nil && domain.CodeOf(err) == domain.CodeInternal &&
-			(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
-			err = &domain.Error{Code: domain.CodeUnavailable, Msg: "the send did not finish in time; resend it with the same client_msg_id", Err: err}
-		}
-	}()
+// A send whose context ends first fails with that context's error, whose
+// code is unavailable (domain.CodeOf): the client resends.
+func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, id domain.ChannelID, clientMsgID, text string) (domain.MessageID, error) {
 	c, err := s.st.Channel(ctx, id)
 	if err != nil {
 		return 0, err

@@ -112,8 +112,8 @@ func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Re
 	if err != nil {
 		return err
 	}
-	for _, m := range ask {
-		first[chanMsg{m.ChannelID, m.MessageID}] = stored[m.MessageID]
+	for i, m := range ask {
+		first[chanMsg{m.ChannelID, m.MessageID}] = stored[i]
 	}
 	for _, d := range evs {
 		rec, meta, ev := d.rec, d.meta, d.ev
@@ -199,7 +199,7 @@ func (p *Projection) channel(ctx context.Context, id domain.ChannelID) (domain.C
 // storedMessages returns, for each of msgs, the offset at which the store
 // holds it, or -1, looking them up store.Lookups at a time (the lookups do
 // not depend on the channel states the batch builds).
-func storedMessages(ctx context.Context, st Store, msgs []domain.MessageSent) (map[domain.MessageID]int64, error) {
+func storedMessages(ctx context.Context, st Store, msgs []domain.MessageSent) ([]int64, error) {
 	at := make([]int64, len(msgs))
 	err := store.EachParallel(len(msgs), func(i int) error {
 		m, err := st.MessageByID(ctx, msgs[i].ChannelID, msgs[i].MessageID)
@@ -210,9 +210,5 @@ func storedMessages(ctx context.Context, st Store, msgs []domain.MessageSent) (m
 		}
 		return err
 	})
-	stored := make(map[domain.MessageID]int64, len(msgs))
-	for i, m := range msgs {
-		stored[m.MessageID] = at[i]
-	}
-	return stored, err
+	return at, err
 }
