@@ -31,10 +31,6 @@ const (
 	group, direct = domain.ChannelID("g"), domain.ChannelID("d")
 )
 
-// newFixture writes channel g (ann and bob, partition 0) and channel d
-// (ann and cat, partition 1) with their messages, one a resend of the same
-// message id, and the inbox entries of epoch 2 that the fan-out would
-// write: ann's and bob's in partition 0, cat's in partition 1, and a
 // embeddedBrokers starts an embedded broker for the test's length and
 // returns its addresses.
 func embeddedBrokers(t *testing.T) []string {
@@ -56,6 +52,10 @@ func ensureTopics(t *testing.T, ctx context.Context, cfg eventlog.Config) eventl
 	return cfg
 }
 
+// newFixture writes channel g (ann and bob, partition 0) and channel d
+// (ann and cat, partition 1) with their messages, one a resend of the same
+// message id, and the inbox entries of epoch 2 that the fan-out would
+// write: ann's and bob's in partition 0, cat's in partition 1, and a
 // second copy of one of bob's entries.
 func newFixture(t *testing.T, ctx context.Context) fixture {
 	t.Helper()
