@@ -32,6 +32,8 @@ const (
 	TypeClockTicked    = "clock.ticked"
 	TypePresence       = "presence.changed"
 	TypeEpochStarted   = "epoch.started"
+	TypeSendRequested  = "send.requested"
+	TypeSendDecided    = "send.decided"
 )
 
 // ChannelKind tells a direct (1-on-1) channel from a group.
@@ -81,6 +83,50 @@ type MessageSent struct {
 	// before it existed). Admit takes a message whose sender has left
 	// since: the send was acknowledged, so it must stand.
 	DecidedAt int64 `json:"decided_at,omitempty"`
+}
+
+// SendRequested asks the sends processor (projections/sends) to post a
+// message: the gateway appends it to the sends topic, keyed by sender, once
+// it has checked the send against the channel. The processor decides each
+// (sender, client message id) once, in the log's order: the first request
+// of a key becomes its message.sent, with this request's MessageID (a
+// candidate the gateway drew) and its envelope's time; a later request of
+// the key is answered with that first decision. The envelope's event id
+// is the request's id, which the reply names.
+type SendRequested struct {
+	ChannelID   ChannelID `json:"channel_id"`
+	MessageID   MessageID `json:"message_id"`
+	SenderID    UserID    `json:"sender_id"`
+	DeviceID    DeviceID  `json:"device_id"`
+	ClientMsgID string    `json:"client_msg_id"`
+	Text        string    `json:"text"`
+	// DecidedAt is MessageSent.DecidedAt, which the request carries to
+	// the message.
+	DecidedAt int64 `json:"decided_at,omitempty"`
+	// ReplyTo names the gateway process that waits for the answer: the
+	// key of its send.decided on the replies topic.
+	ReplyTo string `json:"reply_to"`
+}
+
+// Sent returns the message that the request becomes when it is the first of
+// its key.
+func (r SendRequested) Sent() MessageSent {
+	return MessageSent{
+		ChannelID: r.ChannelID, MessageID: r.MessageID, SenderID: r.SenderID, DeviceID: r.DeviceID,
+		ClientMsgID: r.ClientMsgID, Text: r.Text, DecidedAt: r.DecidedAt,
+	}
+}
+
+// SendDecided answers a SendRequested on the replies topic, keyed by the
+// request's ReplyTo: the id of the key's message (in the log, committed in
+// the same transaction as this answer or before it), or the error that
+// refused the request (conflict: the client message id was used for
+// another channel or text).
+type SendDecided struct {
+	RequestID string    `json:"request_id"`
+	MessageID MessageID `json:"message_id,omitempty"`
+	Code      Code      `json:"code,omitempty"`
+	Message   string    `json:"message,omitempty"`
 }
 
 // UserRegistered records a sign-up. Session topic, keyed by user id. The
@@ -202,6 +248,8 @@ func (ChannelRead) EventType() string     { return TypeChannelRead }
 func (ClockTicked) EventType() string     { return TypeClockTicked }
 func (PresenceChanged) EventType() string { return TypePresence }
 func (EpochStarted) EventType() string    { return TypeEpochStarted }
+func (SendRequested) EventType() string   { return TypeSendRequested }
+func (SendDecided) EventType() string     { return TypeSendDecided }
 
 // Envelope is the one shape of every record value on every topic.
 type Envelope struct {
@@ -331,12 +379,18 @@ func Decode(b []byte) (Meta, Event, error) {
 		ev, err = decodeAs[PresenceChanged](env.Payload)
 	case TypeEpochStarted:
 		ev, err = decodeAs[EpochStarted](env.Payload)
+	case TypeSendRequested:
+		ev, err = decodeAs[SendRequested](env.Payload)
+	case TypeSendDecided:
+		ev, err = decodeAs[SendDecided](env.Payload)
 	default:
 		return m, nil, Errorf(CodeUnknownType, "unknown event type %q", env.Type)
 	}
 	if err == nil {
 		switch e := ev.(type) {
 		case MessageSent:
+			err = requireID(e.MessageID)
+		case SendRequested:
 			err = requireID(e.MessageID)
 		case InboxMessage:
 			err = requireID(e.MessageID)

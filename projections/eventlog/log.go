@@ -169,6 +169,9 @@ func Gather(wait time.Duration) []kgo.Opt {
 // the logouts tail) let their fetches gather records.
 const GatherWait = 100 * time.Millisecond
 
+// replyRetention is how long the replies topic keeps an answer: an hour.
+var replyRetention = "3600000"
+
 // EnsureTopics creates every topic that does not exist yet.
 func EnsureTopics(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
@@ -187,6 +190,11 @@ func EnsureTopics(ctx context.Context, cfg Config) error {
 		var configs map[string]*string
 		if slices.Contains(topics.Compacted(), name) {
 			configs = map[string]*string{"cleanup.policy": &compact}
+		}
+		if name == topics.SendReplies {
+			// An answer is read within seconds or never: the gateway
+			// that waits reads its partition from its end at start.
+			configs = map[string]*string{"retention.ms": &replyRetention}
 		}
 		resp, err := adm.CreateTopic(ctx, cfg.Partitions, cfg.ReplicationFactor, configs, name)
 		if err == nil {

@@ -25,6 +25,13 @@ type Topics struct {
 	// PresenceState is the presence projection's changelog, partitioned
 	// like Sessions.
 	PresenceState string
+	// Sends carries send.requested, keyed by sender: the sends processor
+	// (projections/sends) decides each (sender, client message id) once,
+	// in this topic's order.
+	Sends string
+	// SendReplies carries send.decided, the processor's answers, keyed by
+	// the gateway process that waits for them (SendRequested.ReplyTo).
+	SendReplies string
 	// Epochs carries epoch.started, keyed by output: which epoch of the
 	// inbox and of presence every node reads (compacted).
 	Epochs string
@@ -44,12 +51,14 @@ func NewTopics(prefix string, inboxEpoch, presenceEpoch int32) Topics {
 		Presence:      Epoched(prefix+".presence", presenceEpoch),
 		PresenceState: Epoched(prefix+".presence-state", presenceEpoch),
 		Epochs:        prefix + ".epochs",
+		Sends:         prefix + ".sends",
+		SendReplies:   prefix + ".send-replies",
 	}
 }
 
 // All lists every topic.
 func (t Topics) All() []string {
-	return []string{t.Channels, t.Sessions, t.Inbox, t.FanoutState, t.Presence, t.PresenceState, t.Epochs}
+	return []string{t.Channels, t.Sessions, t.Inbox, t.FanoutState, t.Presence, t.PresenceState, t.Epochs, t.Sends, t.SendReplies}
 }
 
 // Compacted lists the topics that keep only each key's latest record.

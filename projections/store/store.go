@@ -37,24 +37,16 @@ type Store interface {
 	// SessionRevoked reports whether RevokeSession recorded (u, sid).
 	SessionRevoked(ctx context.Context, u domain.UserID, sid string) (bool, error)
 
-	// ReserveSend records that (r.SenderID, r.ClientMsgID) is being sent
-	// as r.MessageID, unless a reservation for that pair exists: then it
-	// returns the existing one and created=false. It is atomic: of two
-	// concurrent calls for one pair, exactly one creates.
-	ReserveSend(ctx context.Context, r SendReservation) (got SendReservation, created bool, err error)
-	// SendReservation returns the reservation of (sender, clientMsgID), or
-	// domain.ErrNotFound. It may lag a moment behind the last write.
-	SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (SendReservation, error)
-	// TakeOverSend makes next the reservation's attempt if the reservation
-	// is not marked appended and its attempt number is still from: a
-	// compare-and-set, so of concurrent takeovers from one attempt at most
-	// one is taken. The other fields are kept. An unknown reservation is
-	// not taken. next.Number must be above from.
-	TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next SendAttempt) (taken bool, err error)
-	// MarkSendAppended records that the reserved message, id, is in the
-	// log. A mark that names no reservation of that message id changes
-	// nothing (a store may report domain.ErrNotFound).
-	MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) error
+	// SendDecisions returns the decisions recorded for those of keys that
+	// have one (SaveSendDecisions); a key without one is absent from the
+	// map.
+	SendDecisions(ctx context.Context, keys []SendKey) (map[SendKey]SendDecision, error)
+	// SaveSendDecisions records decisions, durably by the time it returns.
+	// Only the sends processor writes them, and it decides each key from
+	// the log alone, so a key written again (a batch retried, a fenced
+	// processor still running) is written with the same values: a blind
+	// write, no condition.
+	SaveSendDecisions(ctx context.Context, ds []SendDecision) error
 
 	// Apply writes a projection's state changes and its new positions.
 	// The embedded store writes all of it atomically; Cassandra writes the
@@ -142,41 +134,28 @@ type User struct {
 	CreatedAt    time.Time
 }
 
-// SendReservation ties a client's message id to the message id the gateway
-// issued for it, so a resend finds the first id, and says which attempt may
-// append the message to the log now.
-type SendReservation struct {
+// SendKey names a send: its sender and the client's message id.
+type SendKey struct {
 	SenderID    domain.UserID
 	ClientMsgID string
-	ChannelID   domain.ChannelID
-	MessageID   domain.MessageID
-	ReservedAt  time.Time // the message's time in the log, whichever attempt appends it
-	// TextHash is a digest of the text: a resend with another text under
-	// the same client message id is a conflict. Empty in reservations
-	// made before it was kept.
-	TextHash string
-	Appended bool // the log accepted the message
-	// Attempt is the attempt that may append the message now. Only
-	// TakeOverSend changes it.
-	Attempt SendAttempt
 }
 
-// SendAttempt is who may append a reserved message to the log, and since
-// when. Its zero value is the attempt of a reservation made before attempts
-// were kept (its lease runs from ReservedAt).
-type SendAttempt struct {
-	// Number counts the attempts: 1 for the send that made the
-	// reservation, one more for each takeover.
-	Number int64
-	// Node is the machine id of the node that makes the attempt, Boot the
-	// process of that node (new at every start): a node that finds an
-	// attempt of its own machine id under another boot knows that the
-	// process that made it is gone. An empty Boot with a Number above 0
-	// is a released attempt: nobody holds the reservation.
-	Node uint16
-	Boot string
-	// LeaseAt is when the attempt's lease started, by its node's clock.
-	LeaseAt time.Time
+// SendDecision is what the sends processor (projections/sends) decided for
+// a SendKey: the message its first request became. A resend of the key is
+// answered with MessageID; one with another channel or text is a conflict.
+type SendDecision struct {
+	SendKey
+	ChannelID domain.ChannelID
+	MessageID domain.MessageID
+	// TextHash is a digest of the text (sends.TextHash).
+	TextHash string
+	// Partition and Offset are the first request's place in the sends
+	// topic: the processor that meets the decision again while it reads
+	// that very request (a batch retried after an abort) appends the
+	// message again, since the transaction that first did may not have
+	// committed.
+	Partition int32
+	Offset    int64
 }
 
 // Batch is what a projection writes for a run of events.
