@@ -8,9 +8,6 @@ package chat
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,10 +30,6 @@ type Store interface {
 	UserByName(ctx context.Context, name string) (store.User, error)
 	User(ctx context.Context, id domain.UserID) (store.User, error)
 	RevokeSession(ctx context.Context, u domain.UserID, sid string, expires time.Time) error
-	ReserveSend(ctx context.Context, r store.SendReservation) (store.SendReservation, bool, error)
-	SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (store.SendReservation, error)
-	TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next store.SendAttempt) (bool, error)
-	MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) error
 	Channel(ctx context.Context, id domain.ChannelID) (domain.Channel, error)
 	MessageByID(ctx context.Context, ch domain.ChannelID, id domain.MessageID) (store.Message, error)
 	Positions(ctx context.Context, projection string) (map[int32]int64, error)
@@ -47,9 +40,6 @@ type Appender interface {
 	// Append writes an event and returns its position once the log holds
 	// it. It gives up after Config.DeliveryTimeout.
 	Append(ctx context.Context, topic, key string, ev domain.Event, m domain.Meta) (eventlog.Position, error)
-	// End returns the partition that holds key's records and the offset
-	// just past its last acknowledged record.
-	End(ctx context.Context, topic, key string) (eventlog.Position, error)
 }
 
 // IDs issues unique, time-sortable ids (sonyflake).
@@ -63,22 +53,6 @@ type Config struct {
 	Limits domain.Limits
 	// Topics are the log's topic names. Required.
 	Topics eventlog.Topics
-	// ResendLease is how long an attempt to append a message holds its
-	// reservation: a resend from another node waits that long after the
-	// attempt started before it takes over (a resend on the attempt's own
-	// node after a restart takes over at once). Default 10s; see Validate.
-	ResendLease time.Duration
-	// DeliveryTimeout is how long the Appender tries to append one event
-	// before it gives up (eventlog.Config.DeliveryTimeout). Default
-	// eventlog.DefaultDeliveryTimeout.
-	DeliveryTimeout time.Duration
-	// Node is this node's machine id, the one its sonyflake ids carry:
-	// unique among the nodes of a deployment that run at one time.
-	// Default 0.
-	Node uint16
-	// Boot names this process among the incarnations of Node. Default: a
-	// random id, new for every Service.
-	Boot string
 	// ApplyWait bounds how long a REST command waits for the history
 	// projection to apply its event. Default 10s.
 	ApplyWait time.Duration
@@ -89,10 +63,23 @@ type Config struct {
 	// Passwords hashes and checks passwords on a bounded pool. Default:
 	// auth.NewPasswords with its defaults.
 	Passwords *auth.Passwords
+	// Replies is where the sends processor's answers arrive
+	// (gateway/replies). Required.
+	Replies Replies
 	// Texts, if set, is told every message's text just before it is
 	// appended, so the members' inbox entries (which point at the message)
 	// find it there rather than waiting for history to store it.
 	Texts TextCache
+}
+
+// Replies hands the sends processor's answers to the sends that wait for
+// them (gateway/replies).
+type Replies interface {
+	// To is the address a request names for its answer.
+	To() string
+	// Expect registers a wait for the answer to a request id; done
+	// unregisters it.
+	Expect(requestID string) (answer <-chan domain.SendDecided, done func())
 }
 
 // TextCache remembers recent messages' texts (projections/bodies).
@@ -110,28 +97,9 @@ type Service struct {
 	logger *slog.Logger
 }
 
-// LeaseSlack is the part of a resend lease that no attempt uses: it covers
-// the clock skew between nodes (a lease started by one node's clock is
-// checked by another's) and a produce request still on its way to the log
-// when the appender gives up on it.
-const LeaseSlack = time.Second
-
 func (c Config) withDefaults() (Config, error) {
 	if c.Limits == (domain.Limits{}) {
 		c.Limits = domain.DefaultLimits()
-	}
-	if c.ResendLease == 0 {
-		c.ResendLease = 10 * time.Second
-	}
-	if c.DeliveryTimeout == 0 {
-		c.DeliveryTimeout = eventlog.DefaultDeliveryTimeout
-	}
-	if c.Boot == "" {
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return c, fmt.Errorf("chat: boot id: %w", err)
-		}
-		c.Boot = hex.EncodeToString(b[:])
 	}
 	if c.ApplyWait == 0 {
 		c.ApplyWait = 10 * time.Second
@@ -153,15 +121,6 @@ func (c Config) withDefaults() (Config, error) {
 }
 
 // Validate reports a config that cannot work.
-//
-// ResendLease must exceed DeliveryTimeout + LeaseSlack: that is what makes a
-// takeover safe. An attempt starts its append no later than ResendLease -
-// DeliveryTimeout - LeaseSlack after its lease started (later, it first
-// renews its lease with a compare-and-set, which fails if another resend
-// took over); the appender gives up on the append DeliveryTimeout after it
-// started; LeaseSlack covers clock skew and a request on its way. So when
-// the lease has passed, the attempt's message is in the log or never will
-// be, and the resend that takes over can look for it there.
 func (c Config) Validate() error {
 	if err := c.Limits.Validate(); err != nil {
 		return err
@@ -169,8 +128,8 @@ func (c Config) Validate() error {
 	if c.Topics.Channels == "" {
 		return errors.New("chat: topics are required")
 	}
-	if c.ResendLease <= c.DeliveryTimeout+LeaseSlack {
-		return fmt.Errorf("chat: resend lease %s must exceed the delivery timeout %s + %s", c.ResendLease, c.DeliveryTimeout, LeaseSlack)
+	if c.Replies == nil {
+		return errors.New("chat: a replies reader is required")
 	}
 	if c.ApplyWait < 0 {
 		return fmt.Errorf("chat: apply wait %s < 0", c.ApplyWait)
@@ -467,231 +426,55 @@ func (s *Service) appendAndWait(ctx context.Context, id domain.ChannelID, evs []
 // with the same client message id returns the first id and creates nothing;
 // one with another text or channel is a conflict.
 //
-// Each (sender, client message id) has a reservation in the store that
-// names the message id and the attempt that may append it: the first send
-// makes it, and a resend takes it over (a compare-and-set, so one resend at
-// a time) when the attempt's lease has passed or its process is gone. The
-// attempt that holds the reservation appends only after it made sure that
-// no earlier attempt can still land and none did (inLog).
-//
-// A send whose context ends first fails with that context's error, whose
-// code is unavailable (domain.CodeOf): the client resends.
+// The gateway checks the send against the channel, then appends a
+// send.requested, keyed by sender, for the sends processor
+// (projections/sends), which decides each (sender, client message id) once
+// and answers on the replies topic in the same transaction as the message
+// it appends. The answer is the acknowledgement. A send whose context ends
+// first fails with code unavailable: the client resends, and the resend is
+// answered with the first request's id.
 func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, id domain.ChannelID, clientMsgID, text string) (domain.MessageID, error) {
 	c, err := s.st.Channel(ctx, id)
 	if err != nil {
 		return 0, err
 	}
-	cmd := domain.SendMessage{ChannelID: id, SenderID: sender, DeviceID: device, ClientMsgID: clientMsgID, Text: text, MessageID: 1}
-	if _, err := domain.Decide(c, cmd, s.cfg.Limits); err != nil {
-		return 0, err // bad input never reaches the reservation table or the log
-	}
-	n, err := s.newID()
+	candidate, err := s.newID()
 	if err != nil {
 		return 0, err
 	}
-	now := s.cfg.Now().UTC()
-	mine := store.SendReservation{
-		SenderID: sender, ClientMsgID: clientMsgID, ChannelID: id, MessageID: domain.MessageID(n), ReservedAt: now,
-		TextHash: textHash(text), Attempt: s.attempt(1, now),
-	}
-	r, created, err := s.st.ReserveSend(ctx, mine)
-	if err != nil {
-		return 0, err
-	}
-	// A reservation holding our own new id is ours: the store created it
-	// but its answer was lost (a timed-out lightweight transaction).
-	if created || r.MessageID == mine.MessageID {
-		r = mine
-	} else {
-		if err := sameMessage(r, mine); err != nil {
-			return 0, err
-		}
-		done, err := s.resend(ctx, &r)
-		if err != nil || done {
-			return r.MessageID, err
-		}
-	}
-	// This call holds the reservation's attempt.
-	cmd.MessageID = r.MessageID
+	cmd := domain.SendMessage{ChannelID: id, SenderID: sender, DeviceID: device, ClientMsgID: clientMsgID, Text: text, MessageID: domain.MessageID(candidate)}
 	evs, err := domain.Decide(c, cmd, s.cfg.Limits)
 	if err != nil {
-		s.release(ctx, r)
-		return 0, err
+		return 0, err // bad input never reaches the log
 	}
-	for !s.mayStart(r.Attempt) {
-		// Too late in the lease to start an append that could still land
-		// after it: renew the lease, unless another resend took over.
-		next := s.attempt(r.Attempt.Number+1, s.cfg.Now().UTC())
-		taken, err := s.st.TakeOverSend(ctx, sender, clientMsgID, r.Attempt.Number, next)
-		if err != nil {
-			return 0, err
-		}
-		if taken {
-			r.Attempt = next
-			break
-		}
-		if r, err = s.st.SendReservation(ctx, sender, clientMsgID); err != nil {
-			return 0, err
-		}
-		done, err := s.resend(ctx, &r)
-		if err != nil || done {
-			return r.MessageID, err
-		}
-	}
-	m := domain.Meta{EventID: r.MessageID.String(), Time: r.ReservedAt}
-	if s.cfg.Texts != nil {
-		s.cfg.Texts.Put(r.MessageID, text) // one id has one text (sameMessage)
-	}
-	if _, err := s.log.Append(ctx, s.cfg.Topics.Channels, string(id), evs[0], m); err != nil {
-		// Not released: the event may still be on its way to the log.
-		return 0, err
-	}
-	return r.MessageID, nil
-}
-
-// textHash is the digest of a message's text that its reservation keeps.
-func textHash(text string) string {
-	sum := sha256.Sum256([]byte(text))
-	return hex.EncodeToString(sum[:16])
-}
-
-// sameMessage reports a conflict when a resend differs from the reserved
-// message.
-func sameMessage(r, resend store.SendReservation) error {
-	if r.ChannelID != resend.ChannelID {
-		return domain.Errorf(domain.CodeConflict, "client_msg_id %q was used for another channel", resend.ClientMsgID)
-	}
-	if r.TextHash != "" && r.TextHash != resend.TextHash {
-		return domain.Errorf(domain.CodeConflict, "client_msg_id %q was used for another text", resend.ClientMsgID)
-	}
-	return nil
-}
-
-// attempt returns an attempt of this process, number n, leased from now.
-func (s *Service) attempt(n int64, now time.Time) store.SendAttempt {
-	return store.SendAttempt{Number: n, Node: s.cfg.Node, Boot: s.cfg.Boot, LeaseAt: now}
-}
-
-// leaseStart returns when a's lease started: reservations made before
-// attempts were kept lease from the reservation.
-func leaseStart(r store.SendReservation) time.Time {
-	if r.Attempt.LeaseAt.IsZero() {
-		return r.ReservedAt
-	}
-	return r.Attempt.LeaseAt
-}
-
-// mayStart reports whether an attempt of this process may still start an
-// append: one started later could land after its lease (see Validate).
-func (s *Service) mayStart(a store.SendAttempt) bool {
-	return s.cfg.Now().Before(a.LeaseAt.Add(s.cfg.ResendLease - s.cfg.DeliveryTimeout - LeaseSlack))
-}
-
-// mayTakeOver reports whether a resend may take over r's attempt: its
-// process is gone (another boot of this node), it was released, or its
-// lease has passed.
-func (s *Service) mayTakeOver(r store.SendReservation) bool {
-	a := r.Attempt
-	switch {
-	case a.Number > 0 && a.Boot == "":
-		return true // released
-	case a.Node == s.cfg.Node && a.Boot != "" && a.Boot != s.cfg.Boot:
-		return true // this node restarted since: the attempt died with it
-	}
-	return s.cfg.Now().Sub(leaseStart(r)) >= s.cfg.ResendLease
-}
-
-// resendPoll is how often a waiting resend reads the reservation again.
-const resendPoll = 25 * time.Millisecond
-
-// resend handles a send whose reservation exists. It reports done when the
-// message is in the log (r's message id is the answer). Otherwise it
-// returns with *r taken over by this call, its message not in the log and
-// no earlier attempt able to land there: the caller appends it. While
-// another attempt holds the reservation, it waits for that attempt's
-// outcome, and takes over when the attempt may do so no more.
-func (s *Service) resend(ctx context.Context, r *store.SendReservation) (done bool, err error) {
-	for {
-		if r.Appended {
-			return true, nil
-		}
-		if s.mayTakeOver(*r) {
-			next := s.attempt(r.Attempt.Number+1, s.cfg.Now().UTC())
-			taken, err := s.st.TakeOverSend(ctx, r.SenderID, r.ClientMsgID, r.Attempt.Number, next)
-			if err != nil {
-				return false, err
-			}
-			if taken {
-				r.Attempt = next
-				in, err := s.inLog(ctx, *r)
-				if err != nil {
-					s.release(ctx, *r)
-					return false, err
-				}
-				if in {
-					if err := s.st.MarkSendAppended(ctx, r.SenderID, r.ClientMsgID, r.MessageID); err != nil {
-						s.logger.Warn("message in the log but not marked", "sender", r.SenderID, "client_msg_id", r.ClientMsgID, "err", err)
-					}
-					return true, nil
-				}
-				return false, nil
-			}
-			// Another resend took over first: wait for its outcome.
-		}
-		select {
-		case <-ctx.Done():
-			return false, &domain.Error{Code: domain.CodeUnavailable, Msg: "an earlier attempt of this message is still under way; resend later", Err: ctx.Err()}
-		case <-time.After(resendPoll):
-		}
-		got, err := s.st.SendReservation(ctx, r.SenderID, r.ClientMsgID)
-		if err != nil {
-			return false, err
-		}
-		*r = got
-	}
-}
-
-// inLog reports whether r's message is in its channel's partition of the
-// log. Earlier attempts can no longer land (their lease has passed or their
-// process is gone), so the partition's end bounds where the message can
-// be; history may lag behind the log, so it first waits until history has
-// applied the partition up to that end, then looks the message up there.
-func (s *Service) inLog(ctx context.Context, r store.SendReservation) (bool, error) {
-	end, err := s.log.End(ctx, s.cfg.Topics.Channels, string(r.ChannelID))
+	sent := evs[0].(domain.MessageSent)
+	m, err := s.meta()
 	if err != nil {
-		return false, err
+		return 0, err
 	}
-	if end.Offset > 0 {
-		wctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyWait)
-		err := projector.WaitApplied(wctx, s.st, history.Name, end.Partition, end.Offset-1)
-		cancel()
-		if err != nil {
-			return false, err
+	if s.cfg.Texts != nil {
+		s.cfg.Texts.Put(sent.MessageID, text)
+	}
+	answer, done := s.cfg.Replies.Expect(m.EventID)
+	defer done()
+	req := domain.SendRequested{
+		ChannelID: id, MessageID: sent.MessageID, SenderID: sender, DeviceID: device, ClientMsgID: clientMsgID,
+		Text: text, DecidedAt: sent.DecidedAt, ReplyTo: s.cfg.Replies.To(),
+	}
+	if _, err := s.log.Append(ctx, s.cfg.Topics.Sends, string(sender), req, m); err != nil {
+		return 0, err
+	}
+	select {
+	case a := <-answer:
+		if a.Code != "" {
+			return 0, domain.Errorf(a.Code, "%s", a.Message)
 		}
-	}
-	_, err = s.st.MessageByID(ctx, r.ChannelID, r.MessageID)
-	if errors.Is(err, domain.ErrNotFound) {
-		return false, nil
-	}
-	return err == nil, err
-}
-
-// release gives up the attempt this call holds, before it appended
-// anything, so that the next resend takes over at once.
-func (s *Service) release(ctx context.Context, r store.SendReservation) {
-	released := store.SendAttempt{Number: r.Attempt.Number + 1, LeaseAt: s.cfg.Now().UTC()}
-	if _, err := s.st.TakeOverSend(context.WithoutCancel(ctx), r.SenderID, r.ClientMsgID, r.Attempt.Number, released); err != nil {
-		s.logger.Warn("send attempt not released", "sender", r.SenderID, "client_msg_id", r.ClientMsgID, "err", err)
-	}
-}
-
-// Sent records that a send's message is in the log, so that a resend is
-// answered at once. The gateway calls it after the acknowledgement: it is
-// off the send's critical path, and losing it costs a resend a takeover
-// that finds the message in the log.
-func (s *Service) Sent(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) {
-	if err := s.st.MarkSendAppended(ctx, sender, clientMsgID, id); err != nil {
-		s.logger.Warn("message appended but not marked", "sender", sender, "client_msg_id", clientMsgID, "err", err)
+		if a.MessageID != sent.MessageID && s.cfg.Texts != nil {
+			s.cfg.Texts.Put(a.MessageID, text) // a resend: one id has one text
+		}
+		return a.MessageID, nil
+	case <-ctx.Done():
+		return 0, &domain.Error{Code: domain.CodeUnavailable, Msg: "the send was not answered in time; resend it with the same client_msg_id", Err: ctx.Err()}
 	}
 }
 

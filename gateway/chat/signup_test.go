@@ -15,6 +15,7 @@ import (
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/gateway/auth"
+	"github.com/evchat/evchat/gateway/replies"
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
@@ -149,7 +150,8 @@ func newLoggedService(t *testing.T, ctx context.Context, lcfg eventlog.Config) (
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Topics: lcfg.Topics(), DeliveryTimeout: lcfg.DeliveryTimeout}, ps, app, &counter{}, tokens)
+	// No sends here: a reader that never runs.
+	s, err := New(Config{Topics: lcfg.Topics(), Replies: &replies.Reader{}}, ps, app, &counter{}, tokens)
 	if err != nil {
 		t.Fatal(err)
 	}

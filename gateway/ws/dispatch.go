@@ -42,7 +42,6 @@ func (s *Server) send(ctx context.Context, c *conn, f ClientFrame, read time.Tim
 	}
 	s.cfg.Metrics.acked(time.Since(read).Seconds()) // as the client sees it: waiting for its turn included
 	c.send(ServerFrame{Type: TypeAck, ClientMsgID: f.ClientMsgID, ChannelID: f.ChannelID, MessageID: id})
-	s.svc.Sent(ctx, c.user, f.ClientMsgID, id)
 }
 
 // handle carries out a frame other than a send, on the read loop. A

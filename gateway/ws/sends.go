@@ -7,8 +7,8 @@ import (
 )
 
 // sends carries out one connection's send frames off its read loop, so
-// that a send that waits (a resend waits up to a lease for its first
-// attempt, see gateway/chat) holds up only the later sends to its channel,
+// that a send that waits (for the sends processor's answer, see
+// gateway/chat) holds up only the later sends to its channel,
 // never the connection's other frames or its sends to other channels.
 //
 // Sends to one channel are chained: each starts once the one before it has

@@ -22,7 +22,6 @@ import (
 // Commands carries out what devices ask over WebSocket.
 type Commands interface {
 	Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, ch domain.ChannelID, clientMsgID, text string) (domain.MessageID, error)
-	Sent(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID)
 	Acked(ctx context.Context, c auth.Claims, epoch int32, position int64) error
 	Read(ctx context.Context, c auth.Claims, ch domain.ChannelID, id domain.MessageID) error
 }

@@ -36,8 +36,7 @@ type Config struct {
 	// record (kgo.RecordDeliveryTimeout, Kafka's delivery.timeout.ms): after
 	// it the record fails and is not sent again, so an append started more
 	// than DeliveryTimeout ago (and a request on its way then) can no longer
-	// land. The resend lease of gateway/chat relies on it (see
-	// chat.Config.Validate). Default DefaultDeliveryTimeout.
+	// land. Default DefaultDeliveryTimeout.
 	DeliveryTimeout time.Duration
 	// Logger receives the client's logs at warn and above. Default: discard.
 	Logger *slog.Logger

@@ -4,8 +4,9 @@
 // projection's memory of what one partition's run has stored, so that the
 // store is read only where that memory cannot know.
 //
-// A message may reach the log more than once: a resend re-appended after
-// its first attempt's lease passed, or the records of a fan-out
+// A message may reach the log more than once: appended again by the sends
+// processor after a transaction it could not tell committed from aborted
+// (a fenced processor's last one, see projections/sends), or the records of a fan-out
 // transaction that a broker's crash exposed and that the fan-out wrote
 // again. The first copy, by offset, is the one kept.
 package firstcopy

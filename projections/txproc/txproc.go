@@ -48,6 +48,24 @@ type Handler interface {
 	Drop()
 }
 
+// Preparer is a Handler that reads ahead: Run hands it every record of a
+// batch, after the batch's partitions are restored and before the first
+// Process, so that it can look up what the batch needs at once. An error
+// aborts the batch.
+type Preparer interface {
+	Prepare(ctx context.Context, recs []*kgo.Record) error
+}
+
+// Flusher is a Handler that keeps state outside the log: Run calls Flush
+// after the batch's last Process and its outputs, before it commits the
+// transaction. An error aborts the batch, and its records come again. What
+// Flush wrote stays written though the transaction may still fail to
+// commit: the Handler must meet its own writes again, on the same records,
+// and act as if they were not there.
+type Flusher interface {
+	Flush(ctx context.Context) error
+}
+
 // Out collects what Process emits.
 type Out struct {
 	changelog string
@@ -78,7 +96,8 @@ type Config struct {
 	// Input is the topic consumed. Required.
 	Input string
 	// Changelog is the state topic, with as many partitions as Input.
-	// Required.
+	// Empty for a Handler that keeps no state in the log (Restore is
+	// never called).
 	Changelog string
 	// Log is the log's config. Required.
 	Log eventlog.Config
@@ -123,8 +142,8 @@ const (
 // by another with the same transactional id stops with an error instead:
 // two processes with one id can only fence each other in turn.
 func Run(ctx context.Context, cfg Config, h Handler) error {
-	if cfg.Name == "" || cfg.Input == "" || cfg.Changelog == "" {
-		return errors.New("txproc: name, input and changelog are required")
+	if cfg.Name == "" || cfg.Input == "" {
+		return errors.New("txproc: name and input are required")
 	}
 	if err := cfg.Log.Validate(); err != nil {
 		return err
@@ -341,24 +360,30 @@ func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetc
 	}}
 	var err error
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
-		if err != nil {
+		if err != nil || r.restored[fp.Partition] {
 			return
 		}
-		if !r.restored[fp.Partition] {
-			if err = r.restore(ctx, fp.Partition); err != nil {
-				return
-			}
+		if err = r.restore(ctx, fp.Partition); err == nil {
 			r.restored[fp.Partition] = true
 		}
+	})
+	if p, ok := r.h.(Preparer); ok && err == nil {
+		err = p.Prepare(ctx, fetches.Records())
+	}
+	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 		for _, rec := range fp.Records {
-			if err = r.h.Process(ctx, fp.Partition, rec, out); err != nil {
+			if err != nil {
 				return
 			}
+			err = r.h.Process(ctx, fp.Partition, rec, out)
 		}
 	})
 	wg.Wait()
 	if err == nil {
 		err = produceErr
+	}
+	if f, ok := r.h.(Flusher); ok && err == nil {
+		err = f.Flush(ctx)
 	}
 	if err != nil {
 		_, endErr := sess.End(ctx, kgo.TryAbort)
@@ -372,6 +397,9 @@ func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetc
 // in part would look like channels that do not exist. The caller then
 // aborts the batch, commits nothing and drops every state.
 func (r *runner) restore(ctx context.Context, part int32) error {
+	if r.cfg.Changelog == "" {
+		return nil
+	}
 	n := 0
 	reached, err := eventlog.ReadToEnd(ctx, r.cfg.Log, r.cfg.Changelog, eventlog.ReadRange{Partitions: []int32{part}}, func(rec *kgo.Record) {
 		r.h.Restore(part, rec.Key, rec.Value)

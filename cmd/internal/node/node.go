@@ -29,6 +29,7 @@ import (
 	"github.com/evchat/evchat/gateway/api"
 	"github.com/evchat/evchat/gateway/auth"
 	"github.com/evchat/evchat/gateway/chat"
+	"github.com/evchat/evchat/gateway/replies"
 	"github.com/evchat/evchat/gateway/throttle"
 	"github.com/evchat/evchat/gateway/ws"
 	"github.com/evchat/evchat/projections/bodies"
@@ -51,6 +52,7 @@ const (
 	taskPresenceTail = "presence-tail"
 	taskHeartbeats   = "heartbeats"
 	taskLogouts      = "logouts"
+	taskReplies      = "replies"
 )
 
 // Node is one chatd process: the roles of its Config, over the log and the
@@ -83,7 +85,8 @@ type Node struct {
 	hub          *ws.Hub
 	gw           *ws.Server
 	presenceTail *ws.Presence
-	logouts      *ws.Logouts // closes the devices that log out on any node
+	logouts      *ws.Logouts     // closes the devices that log out on any node
+	replies      *replies.Reader // the sends processor's answers to this node's sends
 	sender       push.Sender
 	texts        *bodies.Resolver // resolves inbox entries' texts for the tailers and push
 	decoded      *inbox.Decoded   // inbox records decoded once for the tailers, inbox and push
@@ -346,9 +349,6 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	// The service's attempts carry the machine id and a boot id of this
-	// process: after a restart, resends of what the dead process was
-	// sending take over at once.
 	passwords, err := auth.NewPasswords(auth.PasswordsConfig{Workers: cfg.PasswordWorkers, Queue: cfg.PasswordQueue, MaxWait: cmp.Or(cfg.PasswordWait, cfg.HTTPWriteTimeout/3)})
 	if err != nil {
 		app.Close()
@@ -361,9 +361,13 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 		app.Close()
 		return nil, nil, nil, err
 	}
+	// The answers to this node's sends come to its machine id's address.
+	if n.replies, err = replies.New(ctx, logCfg, uint16(cfg.MachineID), n.log); err != nil {
+		app.Close()
+		return nil, nil, nil, err
+	}
 	svc, err := chat.New(chat.Config{
-		Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: n.log,
-		Node: uint16(cfg.MachineID), DeliveryTimeout: logCfg.DeliveryTimeout, Passwords: passwords, Texts: n.texts,
+		Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: n.log, Passwords: passwords, Texts: n.texts, Replies: n.replies,
 	}, revokingStore{n.st, revocations}, app, ids, tokens)
 	if err != nil {
 		app.Close()
@@ -503,6 +507,7 @@ func (n *Node) startRoles(tailer *ws.Tailer, olderInboxes []int32) {
 		n.tasks.start(eventlog.Epoched(taskTailer, lc.Epoch()), tailer.Run)
 		n.tasks.start(taskHeartbeats, n.gw.RunHeartbeats)
 		n.tasks.start(taskLogouts, n.logouts.Run)
+		n.tasks.start(taskReplies, n.replies.Run)
 	}
 	n.tasks.start(taskEpochs, func(ctx context.Context) error { return eventlog.WatchEpochs(ctx, lc, n.onEpoch) })
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/evchat/evchat/projections/presence"
 	"github.com/evchat/evchat/projections/projector"
 	"github.com/evchat/evchat/projections/push"
+	"github.com/evchat/evchat/projections/sends"
 	"github.com/evchat/evchat/projections/verify"
 )
 
@@ -96,6 +97,20 @@ var Table = []*Role{
 		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
 			// Nobody waits on the cursors: fetches gather acks.
 			return n.projectorGathering(cursors.Name, lc.Topics().Sessions, lc, eventlog.GatherWait, func() projector.Handler { return cursors.New(n.st, n.log) })
+		},
+	},
+	{
+		Name: sends.Name, Doc: "decides each send once: its message.sent and the gateway's answer, exactly once",
+		Input:  func(t eventlog.Topics) string { return t.Sends },
+		Replay: NotReplayed,
+		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
+			return func(ctx context.Context) error {
+				p, err := sends.New(sends.Config{Log: lc, InstanceID: n.instance, Logger: n.log}, n.st)
+				if err != nil {
+					return err
+				}
+				return p.Run(ctx)
+			}
 		},
 	},
 	{

@@ -1,0 +1,212 @@
+// Package sends is the processor that decides sends: it reads the
+// send.requested records gateways append to the sends topic (keyed by
+// sender) and makes the first request of each (sender, client message id)
+// the key's message.sent, once, in the log's order. Every request, first or
+// not, is answered on the replies topic with the key's message id, or with
+// a conflict when the key was used for another channel or text. A resend
+// from any gateway, at any time, gets the first request's id; two attempts
+// of one send racing on two gateways are two records of one partition,
+// decided one after the other.
+//
+// It runs on txproc: the message.sent, the answers and the input offsets
+// commit in one Kafka transaction, or none of them do, so an answer that
+// names a message is never read before its message is in the log (the
+// gateway acknowledges the send only on the answer).
+//
+// Its decisions live in the store (store.SendDecision), written with one
+// durable blind write per batch before the transaction commits (Flush);
+// its memory holds one batch. A key is decided from the log alone (the
+// first request's candidate id and time), so a batch processed again, by
+// this process after an abort or by a fenced one still running, writes the
+// same decisions again. The one case the store's decision does not answer
+// by itself is the first request read again: the transaction that first
+// appended its message may not have committed, so the message is appended
+// again, in this transaction. Records below the committed offsets came
+// from committed transactions, so a decision whose first request is among
+// them has its message in the log; and the projections keep the first
+// copy of a message id, should a copy committed by a fenced processor's
+// last transaction meet this one.
+package sends
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/store"
+	"github.com/evchat/evchat/projections/txproc"
+)
+
+// Name is the processor's name: its consumer group and transactional id.
+const Name = "sends"
+
+// Store is what the processor needs of the store.
+type Store interface {
+	SendDecisions(ctx context.Context, keys []store.SendKey) (map[store.SendKey]store.SendDecision, error)
+	SaveSendDecisions(ctx context.Context, ds []store.SendDecision) error
+}
+
+// Config configures the processor.
+type Config struct {
+	// Log is the log's config. Required.
+	Log eventlog.Config
+	// InstanceID makes the transactional id unique per process. Default
+	// "0".
+	InstanceID string
+	// Logger; default discard.
+	Logger *slog.Logger
+}
+
+// Processor is the deciding logic: a txproc.Handler, Preparer and Flusher.
+type Processor struct {
+	cfg    Config
+	st     Store
+	topics eventlog.Topics
+	log    *slog.Logger
+	// known holds the decisions of the batch's keys: read from the store
+	// by Prepare, made by Process.
+	known map[store.SendKey]store.SendDecision
+	// made are the decisions Process made in this batch, for Flush.
+	made []store.SendDecision
+}
+
+// New returns the processor.
+func New(cfg Config, st Store) (*Processor, error) {
+	if err := cfg.Log.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Processor{
+		cfg: cfg, st: st, topics: cfg.Log.Topics(), log: cfg.Logger.With("projection", Name),
+		known: map[store.SendKey]store.SendDecision{},
+	}, nil
+}
+
+// Run decides until ctx is cancelled and returns nil then.
+func (p *Processor) Run(ctx context.Context) error {
+	return txproc.Run(ctx, txproc.Config{
+		Name: Name, Input: p.topics.Sends, Log: p.cfg.Log, Instance: p.cfg.InstanceID, Logger: p.cfg.Logger,
+	}, p)
+}
+
+// TextHash is the digest of a message's text that a decision keeps.
+func TextHash(text string) string {
+	sum := sha256.Sum256([]byte(text))
+	return hex.EncodeToString(sum[:16])
+}
+
+// Restore is never called: the processor keeps no changelog.
+func (p *Processor) Restore(int32, []byte, []byte) {}
+
+// Drop forgets the batch.
+func (p *Processor) Drop() {
+	clear(p.known)
+	p.made = p.made[:0]
+}
+
+// Prepare reads the decisions of the batch's keys from the store.
+func (p *Processor) Prepare(ctx context.Context, recs []*kgo.Record) error {
+	p.Drop()
+	keys := make([]store.SendKey, 0, len(recs))
+	seen := make(map[store.SendKey]bool, len(recs))
+	for _, rec := range recs {
+		req, _, ok := p.request(rec)
+		if !ok {
+			continue
+		}
+		k := store.SendKey{SenderID: req.SenderID, ClientMsgID: req.ClientMsgID}
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	got, err := p.st.SendDecisions(ctx, keys)
+	if err != nil {
+		return fmt.Errorf("sends: reading decisions: %w", err)
+	}
+	for k, d := range got {
+		p.known[k] = d
+	}
+	return nil
+}
+
+// request decodes a send.requested; anything else is skipped, logged.
+func (p *Processor) request(rec *kgo.Record) (domain.SendRequested, domain.Meta, bool) {
+	m, ev, err := domain.Decode(rec.Value)
+	if err != nil {
+		p.log.Warn("skipping a record that is not a send request", "partition", rec.Partition, "offset", rec.Offset, "err", err)
+		return domain.SendRequested{}, m, false
+	}
+	req, ok := ev.(domain.SendRequested)
+	if !ok {
+		p.log.Warn("skipping an event that is not a send request", "type", ev.EventType(), "partition", rec.Partition, "offset", rec.Offset)
+	}
+	return req, m, ok
+}
+
+// Process decides one request and answers it.
+func (p *Processor) Process(_ context.Context, part int32, rec *kgo.Record, out *txproc.Out) error {
+	req, m, ok := p.request(rec)
+	if !ok {
+		return nil
+	}
+	k := store.SendKey{SenderID: req.SenderID, ClientMsgID: req.ClientMsgID}
+	d, decided := p.known[k]
+	first := decided && d.Partition == part && d.Offset == rec.Offset
+	if !decided {
+		d = store.SendDecision{
+			SendKey: k, ChannelID: req.ChannelID, MessageID: req.MessageID, TextHash: TextHash(req.Text),
+			Partition: part, Offset: rec.Offset,
+		}
+		p.known[k] = d
+		p.made = append(p.made, d)
+		first = true
+	}
+	reply := domain.SendDecided{RequestID: m.EventID, MessageID: d.MessageID}
+	switch {
+	case first:
+		v, err := domain.Encode(req.Sent(), domain.Meta{EventID: req.MessageID.String(), Time: m.Time})
+		if err != nil {
+			return err
+		}
+		out.Emit(&kgo.Record{Topic: p.topics.Channels, Key: []byte(req.ChannelID), Value: v})
+	case d.ChannelID != req.ChannelID:
+		reply = refused(m.EventID, fmt.Sprintf("client_msg_id %q was used for another channel", req.ClientMsgID))
+	case d.TextHash != TextHash(req.Text):
+		reply = refused(m.EventID, fmt.Sprintf("client_msg_id %q was used for another text", req.ClientMsgID))
+	}
+	v, err := domain.Encode(reply, domain.Meta{EventID: m.EventID, Time: m.Time})
+	if err != nil {
+		return err
+	}
+	out.Emit(&kgo.Record{Topic: p.topics.SendReplies, Key: []byte(req.ReplyTo), Value: v})
+	return nil
+}
+
+func refused(request, msg string) domain.SendDecided {
+	return domain.SendDecided{RequestID: request, Code: domain.CodeConflict, Message: msg}
+}
+
+// Flush writes the batch's new decisions to the store, durably, before the
+// transaction commits: a committed answer's decision is in the store.
+func (p *Processor) Flush(ctx context.Context) error {
+	if len(p.made) == 0 {
+		return nil
+	}
+	if err := p.st.SaveSendDecisions(ctx, p.made); err != nil {
+		return fmt.Errorf("sends: saving %d decisions: %w", len(p.made), err)
+	}
+	p.made = p.made[:0]
+	return nil
+}

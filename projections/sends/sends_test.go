@@ -1,0 +1,151 @@
+package sends
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/store"
+	"github.com/evchat/evchat/projections/txproc"
+)
+
+// memStore keeps decisions in a map.
+type memStore map[store.SendKey]store.SendDecision
+
+func (m memStore) SendDecisions(_ context.Context, keys []store.SendKey) (map[store.SendKey]store.SendDecision, error) {
+	out := map[store.SendKey]store.SendDecision{}
+	for _, k := range keys {
+		if d, ok := m[k]; ok {
+			out[k] = d
+		}
+	}
+	return out, nil
+}
+
+func (m memStore) SaveSendDecisions(_ context.Context, ds []store.SendDecision) error {
+	for _, d := range ds {
+		m[d.SendKey] = d
+	}
+	return nil
+}
+
+var t0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+
+// request is the send.requested record at offset of partition 0.
+func request(t *testing.T, offset int64, id domain.MessageID, client string, ch domain.ChannelID, text string) *kgo.Record {
+	t.Helper()
+	req := domain.SendRequested{ChannelID: ch, MessageID: id, SenderID: "u1", DeviceID: "d", ClientMsgID: client, Text: text, ReplyTo: "node-1", DecidedAt: 3}
+	v, err := domain.Encode(req, domain.Meta{EventID: fmt.Sprint("r", offset), Time: t0.Add(time.Duration(offset) * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kgo.Record{Topic: "chat.sends", Key: []byte("u1"), Value: v, Offset: offset}
+}
+
+// batch runs one batch through p as txproc does and returns what it
+// emitted: the message.sent records and the answers.
+func batch(t *testing.T, p *Processor, recs ...*kgo.Record) (sent []domain.MessageSent, answers []domain.SendDecided) {
+	t.Helper()
+	ctx := context.Background()
+	var out []*kgo.Record
+	o := txproc.NewOut("", func(r *kgo.Record) { out = append(out, r) })
+	if err := p.Prepare(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if err := p.Process(ctx, 0, r, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range out {
+		m, ev, err := domain.Decode(r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch ev := ev.(type) {
+		case domain.MessageSent:
+			if r.Topic != "chat.channels" || string(r.Key) != string(ev.ChannelID) || m.EventID != ev.MessageID.String() {
+				t.Fatalf("message.sent to %s, key %s, event id %s: %+v", r.Topic, r.Key, m.EventID, ev)
+			}
+			sent = append(sent, ev)
+		case domain.SendDecided:
+			if r.Topic != "chat.send-replies" || string(r.Key) != "node-1" {
+				t.Fatalf("answer to %s, key %s", r.Topic, r.Key)
+			}
+			answers = append(answers, ev)
+		}
+	}
+	return sent, answers
+}
+
+func newProcessor(t *testing.T, st Store) *Processor {
+	t.Helper()
+	p, err := New(Config{Log: eventlog.Config{Brokers: []string{"127.0.0.1:1"}}}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDecide(t *testing.T) {
+	st := memStore{}
+	p := newProcessor(t, st)
+	// The first request of c1 becomes the message; its resend in the same
+	// batch and in a later one gets its id; c2 is another message.
+	sent, answers := batch(t, p,
+		request(t, 0, 11, "c1", "g1", "hi"),
+		request(t, 1, 12, "c1", "g1", "hi"),
+		request(t, 2, 13, "c2", "g1", "yo"),
+	)
+	if len(sent) != 2 || sent[0].MessageID != 11 || sent[1].MessageID != 13 || sent[0].Text != "hi" || sent[0].DecidedAt != 3 {
+		t.Fatalf("sent %+v, want messages 11 and 13", sent)
+	}
+	want := []domain.SendDecided{{RequestID: "r0", MessageID: 11}, {RequestID: "r1", MessageID: 11}, {RequestID: "r2", MessageID: 13}}
+	if fmt.Sprint(answers) != fmt.Sprint(want) {
+		t.Fatalf("answers %+v, want %+v", answers, want)
+	}
+	if d := st[store.SendKey{SenderID: "u1", ClientMsgID: "c1"}]; d.MessageID != 11 || d.Offset != 0 || d.ChannelID != "g1" || d.TextHash != TextHash("hi") {
+		t.Fatalf("decision of c1: %+v", d)
+	}
+	sent, answers = batch(t, p,
+		request(t, 3, 14, "c1", "g1", "hi"),
+		request(t, 4, 15, "c1", "g1", "other"),
+		request(t, 5, 16, "c1", "g2", "hi"),
+	)
+	if len(sent) != 0 {
+		t.Fatalf("resends appended %+v", sent)
+	}
+	if answers[0].MessageID != 11 || answers[1].Code != domain.CodeConflict || answers[2].Code != domain.CodeConflict {
+		t.Fatalf("answers %+v, want 11 then two conflicts", answers)
+	}
+}
+
+// TestDecideAgain: a batch processed again after its transaction aborted,
+// with its decisions already stored, appends its first requests' messages
+// again (the aborted transaction's are gone), and a later request of the
+// key still only gets the id.
+func TestDecideAgain(t *testing.T) {
+	st := memStore{}
+	p := newProcessor(t, st)
+	recs := []*kgo.Record{request(t, 7, 21, "c1", "g1", "hi"), request(t, 8, 22, "c1", "g1", "hi")}
+	batch(t, p, recs...)
+	p.Drop() // the transaction aborted
+	sent, answers := batch(t, p, recs...)
+	if len(sent) != 1 || sent[0].MessageID != 21 {
+		t.Fatalf("sent %+v again, want message 21 once", sent)
+	}
+	if answers[0].MessageID != 21 || answers[1].MessageID != 21 {
+		t.Fatalf("answers %+v, want 21 twice", answers)
+	}
+	if sent, _ := batch(t, p, recs[1]); len(sent) != 0 {
+		t.Fatalf("a later request alone appended %+v", sent)
+	}
+}
