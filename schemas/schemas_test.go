@@ -45,6 +45,8 @@ var domainEventTypes = []string{
 	domain.TypeClockTicked,
 	domain.TypePresence,
 	domain.TypeEpochStarted,
+	domain.TypeSendRequested,
+	domain.TypeSendDecided,
 }
 
 // sampleEvents has at least one event of every type.
@@ -75,6 +77,10 @@ func sampleEvents() []domain.Event {
 		domain.PresenceChanged{UserID: bob, Online: false, LastActiveAt: time.Date(2025, 1, 2, 3, 4, 5, 1, time.UTC), At: time.Date(2025, 1, 2, 3, 4, 35, 0, time.UTC)},
 		// A change built as domain.ApplyPresence builds it.
 		presenceOf(domain.DeviceLoggedIn{UserID: carol, DeviceID: "phone-1"}),
+		domain.SendRequested{ChannelID: group, MessageID: msgID, SenderID: alice, DeviceID: "phone-1", ClientMsgID: "c-1", Text: "hello", DecidedAt: 42, ReplyTo: "node-7"},
+		domain.SendRequested{ChannelID: direct, MessageID: domain.MessageID(^uint64(0)), SenderID: bob, DeviceID: "web.tab_2", ClientMsgID: strings.Repeat("x", 64), Text: strings.Repeat("é", 100_000), ReplyTo: "node-65535"},
+		domain.SendDecided{RequestID: "468192741203755013", MessageID: msgID},
+		domain.SendDecided{RequestID: "r", Code: domain.CodeConflict, Message: `client_msg_id "c-1" was used for another text`},
 	}
 }
 
@@ -149,6 +155,9 @@ func TestValidateEventRefuses(t *testing.T) {
 	read := domain.ChannelRead{UserID: bob, DeviceID: "phone-1", ChannelID: group, MessageID: msgID, Seq: 7}
 	tick := domain.ClockTicked{Partition: 3}
 	pres := domain.PresenceChanged{UserID: alice, Online: true, LastActiveAt: time.Now(), At: time.Now()}
+	req := domain.SendRequested{ChannelID: group, MessageID: msgID, SenderID: alice, DeviceID: "phone-1", ClientMsgID: "c-1", Text: "hello", ReplyTo: "node-1"}
+	decided := domain.SendDecided{RequestID: "468192741203755013", MessageID: msgID}
+	refused := domain.SendDecided{RequestID: "468192741203755013", Code: domain.CodeConflict, Message: "used for another text"}
 	set := func(k string, v any) func(env, payload map[string]any) {
 		return func(_, p map[string]any) { p[k] = v }
 	}
@@ -215,6 +224,23 @@ func TestValidateEventRefuses(t *testing.T) {
 		{"presence online a string", mutate(t, encode(t, pres), set("online", "true")), domain.CodeBadRequest},
 		{"presence last_active_at null", mutate(t, encode(t, pres), set("last_active_at", nil)), domain.CodeBadRequest},
 		{"presence at not RFC 3339", mutate(t, encode(t, pres), set("at", "2025-01-02")), domain.CodeBadRequest},
+
+		{"request without message_id", mutate(t, encode(t, req), func(_, p map[string]any) { delete(p, "message_id") }), domain.CodeBadRequest},
+		{"request message_id zero", encode(t, domain.SendRequested{ChannelID: group, SenderID: alice, DeviceID: "d", ClientMsgID: "c", Text: "hi", ReplyTo: "node-1"}), domain.CodeBadRequest},
+		{"request without reply_to", mutate(t, encode(t, req), func(_, p map[string]any) { delete(p, "reply_to") }), domain.CodeBadRequest},
+		{"request empty reply_to", mutate(t, encode(t, req), set("reply_to", "")), domain.CodeBadRequest},
+		{"request without client_msg_id", mutate(t, encode(t, req), func(_, p map[string]any) { delete(p, "client_msg_id") }), domain.CodeBadRequest},
+		{"request without sender_id", mutate(t, encode(t, req), func(_, p map[string]any) { delete(p, "sender_id") }), domain.CodeBadRequest},
+		{"request empty text", mutate(t, encode(t, req), set("text", "")), domain.CodeBadRequest},
+		{"request negative decided_at", mutate(t, encode(t, req), set("decided_at", -1)), domain.CodeBadRequest},
+		{"request channel_id malformed", mutate(t, encode(t, req), set("channel_id", "general")), domain.CodeBadRequest},
+		{"decided without request_id", mutate(t, encode(t, decided), func(_, p map[string]any) { delete(p, "request_id") }), domain.CodeBadRequest},
+		{"decided empty request_id", mutate(t, encode(t, decided), set("request_id", "")), domain.CodeBadRequest},
+		{"decided neither message_id nor code", encode(t, domain.SendDecided{RequestID: "r"}), domain.CodeBadRequest},
+		{"decided both message_id and code", mutate(t, encode(t, refused), set("message_id", "9")), domain.CodeBadRequest},
+		{"decided code without message", mutate(t, encode(t, refused), func(_, p map[string]any) { delete(p, "message") }), domain.CodeBadRequest},
+		{"decided unknown code", mutate(t, encode(t, refused), set("code", "oops")), domain.CodeBadRequest},
+		{"decided message_id a number", mutate(t, encode(t, decided), set("message_id", 468192741203755009)), domain.CodeBadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -242,6 +268,9 @@ func TestValidateEventIDs(t *testing.T) {
 		{domain.DeviceHeartbeat{UserID: alice, DeviceID: "phone-1"}, "hb." + string(alice) + "." + strings.Repeat("d", 64) + ".1735787045000000006"},
 		{domain.PresenceChanged{UserID: alice, Online: true, LastActiveAt: at, At: at}, string(alice) + "@" + at.Format(time.RFC3339Nano)},
 		{domain.DeviceAcked{UserID: alice, DeviceID: "d", Epoch: 1, Position: 1}, "468192741203755013"},
+		// A reply carries its request's event id, which is the gateway's
+		// id of the request.
+		{domain.SendDecided{RequestID: "468192741203755013", MessageID: msgID}, "468192741203755013"},
 	} {
 		b, err := domain.Encode(tt.ev, domain.Meta{EventID: tt.id, Time: at})
 		if err != nil {
@@ -696,7 +725,7 @@ func TestAsyncAPI(t *testing.T) {
 		names = append(names, name)
 	}
 	slices.Sort(names)
-	if want := []string{"/v1/ws", "chat.channels", "chat.epochs", "chat.inbox.e1", "chat.presence.e1", "chat.sessions"}; !slices.Equal(names, want) {
+	if want := []string{"/v1/ws", "chat.channels", "chat.epochs", "chat.inbox.e1", "chat.presence.e1", "chat.send-replies", "chat.sends", "chat.sessions"}; !slices.Equal(names, want) {
 		t.Errorf("channels %v, want %v", names, want)
 	}
 	msgs, _ := doc["components"].(map[string]any)["messages"].(map[string]any)

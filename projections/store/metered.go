@@ -43,22 +43,16 @@ func (m *Metered) Channel(ctx context.Context, id domain.ChannelID) (domain.Chan
 	return m.Store.Channel(ctx, id)
 }
 
-// ReserveSend is Store.ReserveSend, timed.
-func (m *Metered) ReserveSend(ctx context.Context, r SendReservation) (SendReservation, bool, error) {
-	defer m.observe("reserve_send", time.Now())
-	return m.Store.ReserveSend(ctx, r)
+// SendDecisions is Store.SendDecisions, timed.
+func (m *Metered) SendDecisions(ctx context.Context, keys []SendKey) (map[SendKey]SendDecision, error) {
+	defer m.observe("send_decisions", time.Now())
+	return m.Store.SendDecisions(ctx, keys)
 }
 
-// TakeOverSend is Store.TakeOverSend, timed.
-func (m *Metered) TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next SendAttempt) (bool, error) {
-	defer m.observe("take_over_send", time.Now())
-	return m.Store.TakeOverSend(ctx, sender, clientMsgID, from, next)
-}
-
-// MarkSendAppended is Store.MarkSendAppended, timed.
-func (m *Metered) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) error {
-	defer m.observe("mark_send_appended", time.Now())
-	return m.Store.MarkSendAppended(ctx, sender, clientMsgID, id)
+// SaveSendDecisions is Store.SaveSendDecisions, timed.
+func (m *Metered) SaveSendDecisions(ctx context.Context, ds []SendDecision) error {
+	defer m.observe("save_send_decisions", time.Now())
+	return m.Store.SaveSendDecisions(ctx, ds)
 }
 
 // MessagesBefore is Store.MessagesBefore, timed.

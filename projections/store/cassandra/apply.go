@@ -121,6 +121,13 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 		one(s.q.insertRead, indexRowSize, string(r.ChannelID), string(r.UserID), r.Seq, int64(r.MessageID), r.UpdatedAt)
 	}
 
+	return s.execChains(ctx, chains)
+}
+
+// execChains executes the units of chains round by round (see rounds),
+// the requests of a round at most Config.WriteConcurrency at a time, and
+// a round only once the previous one is written.
+func (s *Store) execChains(ctx context.Context, chains []chain) error {
 	for _, units := range rounds(chains) {
 		g := newGroup(ctx, s.cfg.WriteConcurrency)
 		for _, u := range units {

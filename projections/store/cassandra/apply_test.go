@@ -141,7 +141,7 @@ func TestRounds(t *testing.T) {
 // BenchmarkRequestCost measures what a Cassandra node spends on the kinds
 // of request the store sends: one row per request, rows packed into batches
 // over 3 and 10 partitions (as Apply sends them), a lightweight transaction
-// (as ReserveSend) and a point read (of a row that is not there). With
+// (as ReservePush) and a point read (of a row that is not there). With
 // EVCHAT_CASSANDRA_PID set to the node's process id (bash deploy/cassandra.sh writes it to
 // $EVCHAT_RUN/cassandra/cassandra.pid) it reports the node's CPU per row,
 // from /proc; 32 requests are in flight, as Apply has by default.

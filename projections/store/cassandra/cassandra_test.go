@@ -344,7 +344,7 @@ func TestOwnedTables(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kept := []string{"users", "users_by_name", "send_reservations", "send_marks", "push_reservations", "revoked_sessions", "positions", "channels", "user_channels"}
+	kept := []string{"users", "users_by_name", "send_reservations", "send_marks", "send_decisions", "push_reservations", "revoked_sessions", "positions", "channels", "user_channels"}
 	owner := map[string]string{}
 	for projection, tables := range ownedTables {
 		for _, table := range tables {

@@ -22,17 +22,21 @@
 // device_cursors (by user, clustered by device) and channel_reads (by
 // channel, clustered by user) hold the cursors projection's state;
 // push_reservations has one row per (user, message) whose push
-// notification was reserved.
+// notification was reserved; send_decisions one per (sender, client
+// message id) that the sends processor decided. send_reservations and
+// send_marks, which send_decisions replaced, are still in the schema but
+// no longer read or written.
 //
 // # Writes
 //
-// Names, send reservations and push reservations are unique through
-// lightweight transactions (INSERT ... IF NOT EXISTS at the serial
-// consistency), and rows created that way are changed only by lightweight
-// transactions (a send reservation's attempt: UPDATE ... IF attempt = ?).
-// A send's appended mark is a blind insert into a table of its own
-// (send_marks, see MarkSendAppended). Everything else is an idempotent
-// upsert, so applying a Batch twice leaves the same state.
+// Names and push reservations are unique through lightweight transactions
+// (INSERT ... IF NOT EXISTS at the serial consistency), and rows created
+// that way are changed only by lightweight transactions. Everything else
+// is an idempotent upsert, so applying a Batch twice leaves the same
+// state. Send decisions are blind upserts too: only the sends processor
+// writes them, a key always with the same values; SaveSendDecisions packs
+// them into requests as Apply packs rows, and SendDecisions reads them
+// store.Lookups at a time.
 //
 // Apply writes a batch's state first and its positions last, so a crash in
 // between makes the projection apply the batch again. Within the batch, the
@@ -58,11 +62,13 @@
 // TRUNCATEs the tables it owns (ownedTables): channels, user_channels,
 // messages, channel_buckets and messages_by_id for "history"; inbox,
 // inbox_buckets and inbox_by_message for "inbox"; device_cursors and
-// channel_reads for "cursors". Accounts and send and push reservations are
-// never deleted. TRUNCATE needs every node up.
+// channel_reads for "cursors". Accounts, send decisions and push
+// reservations are never deleted. TRUNCATE needs every node up.
 //
 // # Goroutines
 //
-// Apply runs its requests on at most Config.WriteConcurrency goroutines and
-// waits for all of them before it returns. gocql owns its connection goroutines until Close.
+// Apply and SaveSendDecisions run their requests on at most
+// Config.WriteConcurrency goroutines, and SendDecisions its reads on at most
+// store.Lookups; each waits for all of them before it returns. gocql owns
+// its connection goroutines until Close.
 package cassandra

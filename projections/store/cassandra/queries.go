@@ -10,8 +10,7 @@ type queries struct {
 
 	deleteUser string
 
-	insertReservation, selectReservation, takeOverReservation string
-	insertSendMark, selectSendMark                            string
+	insertSendDecision, selectSendDecision string
 
 	insertPosition, selectPositions, deletePositions string
 
@@ -32,7 +31,7 @@ func newQueries(ks string) queries {
 	r := strings.NewReplacer("${keyspace}", ks)
 	q := func(s string) string { return r.Replace(s) }
 	const msgCols = "log_offset, message_id, sender_id, device_id, client_msg_id, text, sent_at"
-	const resCols = "channel_id, message_id, reserved_at, text_hash, appended, attempt, node, boot, lease_at"
+	const decisionCols = "channel_id, message_id, text_hash, request_partition, request_offset"
 	return queries{
 		insertUserByName: q(`INSERT INTO ${keyspace}.users_by_name (name, user_id, password_hash, created_at) VALUES (?, ?, ?, ?) IF NOT EXISTS`),
 		insertUser:       q(`INSERT INTO ${keyspace}.users (user_id, name, password_hash, created_at) VALUES (?, ?, ?, ?) IF NOT EXISTS`),
@@ -43,11 +42,8 @@ func newQueries(ks string) queries {
 		insertRevoked:    q(`INSERT INTO ${keyspace}.revoked_sessions (user_id, session_id, expires_at) VALUES (?, ?, ?) USING TTL ?`),
 		selectRevoked:    q(`SELECT expires_at FROM ${keyspace}.revoked_sessions WHERE user_id = ? AND session_id = ?`),
 
-		insertReservation:   q(`INSERT INTO ${keyspace}.send_reservations (sender_id, client_msg_id, ` + resCols + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS`),
-		insertSendMark:      q(`INSERT INTO ${keyspace}.send_marks (sender_id, client_msg_id, message_id) VALUES (?, ?, ?)`),
-		selectSendMark:      q(`SELECT message_id FROM ${keyspace}.send_marks WHERE sender_id = ? AND client_msg_id = ?`),
-		selectReservation:   q(`SELECT ` + resCols + ` FROM ${keyspace}.send_reservations WHERE sender_id = ? AND client_msg_id = ?`),
-		takeOverReservation: q(`UPDATE ${keyspace}.send_reservations SET attempt = ?, node = ?, boot = ?, lease_at = ? WHERE sender_id = ? AND client_msg_id = ? IF attempt = ? AND appended = false`),
+		insertSendDecision: q(`INSERT INTO ${keyspace}.send_decisions (sender_id, client_msg_id, ` + decisionCols + `) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+		selectSendDecision: q(`SELECT ` + decisionCols + ` FROM ${keyspace}.send_decisions WHERE sender_id = ? AND client_msg_id = ?`),
 
 		insertPosition:  q(`INSERT INTO ${keyspace}.positions (projection, partition, next_offset) VALUES (?, ?, ?)`),
 		selectPositions: q(`SELECT partition, next_offset FROM ${keyspace}.positions WHERE projection = ?`),

@@ -5,11 +5,12 @@ import "context"
 // ownedTables are the tables each projection alone writes: ResetProjection
 // truncates them. Every table is in at most one list. positions, which all
 // projections write, is not: a reset deletes only the projection's
-// partition of it. users, users_by_name, send_reservations, send_marks,
+// partition of it. users, users_by_name, send_decisions,
 // push_reservations and revoked_sessions are no projection's and are
-// never deleted.
+// never deleted (nor are send_reservations and send_marks, which nothing
+// uses any more).
 var ownedTables = map[string][]string{
-	"history": {"channel_buckets", "messages", "messages_by_id"}, // channels and user_channels are kept
+	"history": {"channel_buckets", "messages", "messages_by_id", "send_decisions"}, // channels and user_channels are kept
 	"inbox":   {"inbox_buckets", "inbox", "inbox_by_message"},
 	"cursors": {"device_cursors", "channel_reads"},
 }

@@ -235,163 +235,66 @@ func (s *Store) SessionRevoked(ctx context.Context, u domain.UserID, sid string)
 	return true, nil
 }
 
-// ReserveSend records r unless a reservation for (r.SenderID,
-// r.ClientMsgID) exists, in which case it returns that one and
-// created=false. A lightweight transaction decides between concurrent
-// calls.
-func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store.SendReservation, bool, error) {
-	existing := map[string]any{}
-	applied, err := s.lwt(ctx, s.q.insertReservation,
-		string(r.SenderID), r.ClientMsgID, string(r.ChannelID), int64(r.MessageID), r.ReservedAt, r.TextHash, r.Appended,
-		attemptNumber(r.Attempt.Number), int(r.Attempt.Node), r.Attempt.Boot, leaseAt(r.Attempt.LeaseAt),
-	).MapScanCAS(existing)
-	if err != nil {
-		return store.SendReservation{}, false, fail("reserve send", err)
-	}
-	if applied {
-		return r, true, nil
-	}
-	got := store.SendReservation{SenderID: r.SenderID, ClientMsgID: r.ClientMsgID}
-	if v, ok := existing["channel_id"].(string); ok {
-		got.ChannelID = domain.ChannelID(v)
-	}
-	if v, ok := existing["message_id"].(int64); ok {
-		got.MessageID = domain.MessageID(v)
-	}
-	if v, ok := existing["reserved_at"].(time.Time); ok {
-		got.ReservedAt = v
-	}
-	if v, ok := existing["text_hash"].(string); ok {
-		got.TextHash = v
-	}
-	if v, ok := existing["appended"].(bool); ok {
-		got.Appended = v
-	}
-	if v, ok := existing["attempt"].(int64); ok {
-		got.Attempt.Number = v
-	}
-	if v, ok := existing["node"].(int); ok {
-		got.Attempt.Node = uint16(v)
-	}
-	if v, ok := existing["boot"].(string); ok {
-		got.Attempt.Boot = v
-	}
-	if v, ok := existing["lease_at"].(time.Time); ok && !v.IsZero() && v.UnixMilli() != 0 {
-		got.Attempt.LeaseAt = v
-	}
-	if err := s.marked(ctx, &got); err != nil {
-		return store.SendReservation{}, false, err
-	}
-	return got, false, nil
-}
-
-// attemptNumber is the attempt column's value: rows made before attempts
-// were kept have none, and attempt 0 stands for them, so 0 is written, and
-// compared, as null.
-func attemptNumber(n int64) *int64 {
-	if n == 0 {
+// SendDecisions returns the decisions recorded for those of keys that have
+// one: a read of its send_decisions row per key (a key asked twice is read
+// once), store.Lookups at a time.
+func (s *Store) SendDecisions(ctx context.Context, keys []store.SendKey) (map[store.SendKey]store.SendDecision, error) {
+	keys = lastByKey(keys, func(k store.SendKey) store.SendKey { return k })
+	ds := make([]store.SendDecision, len(keys))
+	found := make([]bool, len(keys))
+	err := store.EachParallel(len(keys), func(i int) error {
+		k := keys[i]
+		d := store.SendDecision{SendKey: k}
+		var (
+			ch string
+			id int64
+		)
+		err := s.query(ctx, s.q.selectSendDecision, string(k.SenderID), k.ClientMsgID).
+			Scan(&ch, &id, &d.TextHash, &d.Partition, &d.Offset)
+		if errors.Is(err, gocql.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		d.ChannelID, d.MessageID = domain.ChannelID(ch), domain.MessageID(id)
+		ds[i], found[i] = d, true
 		return nil
-	}
-	return &n
-}
-
-// leaseAt is the lease_at column's value: null for no lease.
-func leaseAt(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	return &t
-}
-
-// SendReservation returns the reservation of (sender, clientMsgID), or
-// domain.ErrNotFound. It reads at the store's consistency, not the serial
-// one: it may miss the latest takeover for a moment, which costs its
-// caller a takeover that fails, never a second owner.
-func (s *Store) SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (store.SendReservation, error) {
-	r := store.SendReservation{SenderID: sender, ClientMsgID: clientMsgID}
-	var (
-		ch, boot, hash string
-		id, attempt    int64
-		node           int
-		lease          time.Time
-	)
-	err := s.query(ctx, s.q.selectReservation, string(sender), clientMsgID).Scan(
-		&ch, &id, &r.ReservedAt, &hash, &r.Appended, &attempt, &node, &boot, &lease)
-	if errors.Is(err, gocql.ErrNotFound) {
-		return store.SendReservation{}, domain.Errorf(domain.CodeNotFound, "no reservation for sender %s, client message %q", sender, clientMsgID)
-	}
+	})
 	if err != nil {
-		return store.SendReservation{}, fail("send reservation", err)
+		return nil, fail("send decisions", err)
 	}
-	r.ChannelID, r.MessageID, r.TextHash = domain.ChannelID(ch), domain.MessageID(id), hash
-	r.Attempt = store.SendAttempt{Number: attempt, Node: uint16(node), Boot: boot}
-	if !lease.IsZero() && lease.UnixMilli() != 0 {
-		r.Attempt.LeaseAt = lease
+	out := make(map[store.SendKey]store.SendDecision, len(keys))
+	for i, d := range ds {
+		if found[i] {
+			out[d.SendKey] = d
+		}
 	}
-	if err := s.marked(ctx, &r); err != nil {
-		return store.SendReservation{}, err
-	}
-	return r, nil
+	return out, nil
 }
 
-// TakeOverSend makes next the reservation's attempt if it is not marked
-// appended and its attempt is still from: a lightweight transaction
-// (UPDATE ... IF attempt = ? AND appended = false; a missing row has no
-// appended = false, so it is never created here). A timeout leaves the
-// outcome unknown and is an error: the caller does not append.
-func (s *Store) TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next store.SendAttempt) (bool, error) {
-	// A message marked in send_marks is not taken over either; the
-	// transaction's condition sees only the row's own mark.
-	r, err := s.SendReservation(ctx, sender, clientMsgID)
-	if domain.CodeOf(err) == domain.CodeNotFound {
-		return false, nil
+// SaveSendDecisions writes ds as plain INSERTs into send_decisions, blind
+// (see store.Store), a key's last decision in ds if it has several. Each
+// row is a partition of its own, and the rows are packed into unlogged
+// batches like an Apply's rows (see pack), at most Config.WriteConcurrency
+// at a time. It returns once every batch is written at the store's
+// consistency; after an error some rows may be written, and a call again
+// writes them again with the same values.
+func (s *Store) SaveSendDecisions(ctx context.Context, ds []store.SendDecision) error {
+	ds = lastByKey(ds, func(d store.SendDecision) store.SendKey { return d.SendKey })
+	chains := make([]chain, len(ds))
+	for i, d := range ds {
+		chains[i].add(stmt{
+			q: s.q.insertSendDecision,
+			args: []any{string(d.SenderID), d.ClientMsgID, string(d.ChannelID), int64(d.MessageID),
+				d.TextHash, d.Partition, d.Offset},
+			size: indexRowSize + len(d.SenderID) + len(d.ClientMsgID) + len(d.ChannelID) + len(d.TextHash),
+			own:  true,
+		})
 	}
-	if err != nil {
-		return false, err
+	if err := s.execChains(ctx, chains); err != nil {
+		return fail("save send decisions", err)
 	}
-	if r.Appended {
-		return false, nil
-	}
-	applied, err := s.lwt(ctx, s.q.takeOverReservation,
-		attemptNumber(next.Number), int(next.Node), next.Boot, leaseAt(next.LeaseAt),
-		string(sender), clientMsgID, attemptNumber(from),
-	).MapScanCAS(map[string]any{})
-	if err != nil {
-		return false, fail("take over send", err)
-	}
-	return applied, nil
-}
-
-// MarkSendAppended records that the reserved message, id, is in the log:
-// a blind write of a mark beside the reservation (send_marks), which
-// counts only beside the reservation of that message id. A read of the
-// reservation and an update of it were two of a send's round trips; the
-// mark only spares a resend the wait for the first attempt's lease, and a
-// lost one costs a resend a takeover that finds the message in the log,
-// nothing more. (A takeover may race the mark and win: it checks the log
-// before it appends.)
-func (s *Store) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) error {
-	if err := s.query(ctx, s.q.insertSendMark, string(sender), clientMsgID, int64(id)).Exec(); err != nil {
-		return fail("mark send appended", err)
-	}
-	return nil
-}
-
-// marked sets r.Appended if r's mark names r's message (MarkSendAppended),
-// for a reservation not marked in its own row (as before send_marks).
-func (s *Store) marked(ctx context.Context, r *store.SendReservation) error {
-	if r.Appended {
-		return nil
-	}
-	var id int64
-	err := s.query(ctx, s.q.selectSendMark, string(r.SenderID), r.ClientMsgID).Scan(&id)
-	if errors.Is(err, gocql.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fail("send mark", err)
-	}
-	r.Appended = domain.MessageID(id) == r.MessageID
 	return nil
 }
 
@@ -682,8 +585,8 @@ func (s *Store) ChannelReads(ctx context.Context, ch domain.ChannelID) ([]store.
 
 // ReservePush records that the push notification of message id for u is
 // being sent, unless it was already: then created is false. A lightweight
-// transaction decides between concurrent calls; like ReserveSend's it is
-// not retried by the driver, and an error (such as a timeout, after which
+// transaction decides between concurrent calls; like every lightweight
+// transaction of the store it is not retried by the driver, and an error (such as a timeout, after which
 // the row may or may not exist) leaves the decision to the caller.
 func (s *Store) ReservePush(ctx context.Context, u domain.UserID, id domain.MessageID, at time.Time) (bool, error) {
 	existing := map[string]any{}

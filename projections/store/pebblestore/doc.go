@@ -13,9 +13,7 @@
 //
 //	u id                           → user
 //	n name                         → user id (the name index)
-//	r sender client_msg_id         → send reservation
-//	a sender client_msg_id         → (empty): the reserved message is in
-//	                                 the log (MarkSendAppended)
+//	e sender client_msg_id         → send decision
 //	p projection partition         → next offset
 //	c channel                      → channel
 //	g user channel                 → (empty): the user → channels index
@@ -28,6 +26,11 @@
 //	d user device                  → device cursor
 //	s channel user                 → read mark
 //	o user message_id              → push reservation
+//	v user session_id              → revoked session (its expiry)
+//
+// The prefixes r and a held send reservations and their marks, which the
+// send decisions replaced; a directory written before may still hold them,
+// unread. They are never reused.
 //
 // Values are JSON, but inbox entries (x), which are one per member per
 // message, in a compact binary form (inboxcodec.go, ~60 bytes where the
@@ -36,13 +39,15 @@
 // # Atomicity
 //
 // Apply writes a batch's state and positions in one Pebble batch, committed
-// with fsync, so a crash never separates state from position. CreateUser,
-// ReserveSend, TakeOverSend and ReservePush read and then write; a mutex
-// serializes them per key, which is enough because a single process owns
-// the directory (Pebble locks it). Their writes are also fsynced. Apply reads the inbox message
-// index to keep its lowest offset, so Applys that carry inbox entries hold
-// another mutex from that read to their commit. Reads see the last committed
-// writes and take no lock.
+// with fsync, so a crash never separates state from position. CreateUser
+// and ReservePush read and then write; a mutex serializes them per key,
+// which is enough because a single process owns the directory (Pebble
+// locks it). Their writes are also fsynced. SaveSendDecisions writes blind,
+// without a lock, all of its decisions in one fsynced batch: only the sends
+// processor writes them, a key always with the same values. Apply reads the
+// inbox message index to keep its lowest offset, so Applys that carry inbox
+// entries hold another mutex from that read to their commit. Reads see the
+// last committed writes and take no lock.
 //
 // Nearly every lookup in the inbox message index is of a key that is not
 // there (a new message). The store keeps, per (user, epoch), a message id at

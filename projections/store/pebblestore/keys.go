@@ -4,25 +4,28 @@ import (
 	"encoding/binary"
 
 	"github.com/evchat/evchat/domain"
+	"github.com/evchat/evchat/projections/store"
 )
 
 // Table prefixes. They are part of the on-disk format: add, never reuse.
+// Retired, and so never to be used again: 'r' (send reservations) and 'a'
+// (their appended marks), which a directory written before the sends
+// processor may still hold and nothing reads.
 const (
-	tUser        byte = 'u'
-	tUserName    byte = 'n'
-	tReservation byte = 'r'
-	tPosition    byte = 'p'
-	tChannel     byte = 'c'
-	tMembership  byte = 'g'
-	tMessage     byte = 'm'
-	tMessageID   byte = 'i'
-	tInbox       byte = 'x'
-	tInboxMsg    byte = 'b'
-	tCursor      byte = 'd'
-	tRead        byte = 's'
-	tPush        byte = 'o'
-	tRevoked     byte = 'v'
-	tSendMark    byte = 'a'
+	tUser         byte = 'u'
+	tUserName     byte = 'n'
+	tPosition     byte = 'p'
+	tChannel      byte = 'c'
+	tMembership   byte = 'g'
+	tMessage      byte = 'm'
+	tMessageID    byte = 'i'
+	tInbox        byte = 'x'
+	tInboxMsg     byte = 'b'
+	tCursor       byte = 'd'
+	tRead         byte = 's'
+	tPush         byte = 'o'
+	tRevoked      byte = 'v'
+	tSendDecision byte = 'e'
 )
 
 // key builds keys column by column.
@@ -73,8 +76,8 @@ func revokedKey(u domain.UserID, sid string) key {
 	return newKey(tRevoked, len(u)+len(sid)+2).str(string(u)).last(sid)
 }
 
-func reservationKey(sender domain.UserID, clientMsgID string) key {
-	return newKey(tReservation, len(sender)+len(clientMsgID)+2).str(string(sender)).last(clientMsgID)
+func sendDecisionKey(k store.SendKey) key {
+	return newKey(tSendDecision, len(k.SenderID)+len(k.ClientMsgID)+2).str(string(k.SenderID)).last(k.ClientMsgID)
 }
 
 func positionPrefix(projection string) key {
@@ -120,12 +123,6 @@ func inboxMsgKey(u domain.UserID, epoch int32, id domain.MessageID) key {
 func splitInboxMsgKey(k []byte) (prefix []byte, id uint64) {
 	n := len(k) - 8
 	return k[:n], binary.BigEndian.Uint64(k[n:])
-}
-
-// sendMarkKey is the key of the mark that (sender, clientMsgID)'s reserved
-// message is in the log.
-func sendMarkKey(sender domain.UserID, clientMsgID string) key {
-	return newKey(tSendMark, len(sender)+len(clientMsgID)+2).str(string(sender)).last(clientMsgID)
 }
 
 func cursorPrefix(u domain.UserID) key { return newKey(tCursor, len(u)+2+24).str(string(u)) }

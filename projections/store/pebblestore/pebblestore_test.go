@@ -41,8 +41,8 @@ func TestReopen(t *testing.T) {
 	if err := s.CreateUser(ctx, u); err != nil {
 		t.Fatal(err)
 	}
-	r := store.SendReservation{SenderID: "1", ClientMsgID: "c", ChannelID: "gx", MessageID: 7, ReservedAt: time.UnixMilli(2).UTC()}
-	if _, _, err := s.ReserveSend(ctx, r); err != nil {
+	d := store.SendDecision{SendKey: store.SendKey{SenderID: "1", ClientMsgID: "c"}, ChannelID: "gx", MessageID: 7, TextHash: "h", Partition: 1, Offset: 2}
+	if err := s.SaveSendDecisions(ctx, []store.SendDecision{d}); err != nil {
 		t.Fatal(err)
 	}
 	msg := store.Message{ChannelID: "gx", Offset: 3, MessageID: 7, SenderID: "1", Text: "hi", SentAt: time.UnixMilli(3).UTC()}
@@ -70,8 +70,8 @@ func TestReopen(t *testing.T) {
 	if got, err := s.UserByName(ctx, "alice"); err != nil || got.ID != "1" {
 		t.Fatalf("UserByName after reopen: %+v, %v", got, err)
 	}
-	if got, created, err := s.ReserveSend(ctx, store.SendReservation{SenderID: "1", ClientMsgID: "c", MessageID: 8}); err != nil || created || got.MessageID != 7 {
-		t.Fatalf("ReserveSend after reopen: %+v, created=%v, %v", got, created, err)
+	if got, err := s.SendDecisions(ctx, []store.SendKey{d.SendKey}); err != nil || len(got) != 1 || got[d.SendKey] != d {
+		t.Fatalf("SendDecisions after reopen: %+v, %v", got, err)
 	}
 	if pos, err := s.Positions(ctx, "history"); err != nil || len(pos) != 1 || pos[0] != 4 {
 		t.Fatalf("Positions after reopen: %v, %v", pos, err)

@@ -43,7 +43,7 @@ func (o Options) Validate() error {
 
 const defaultCacheSize = 256 << 20
 
-// reservationStripes is how many locks guard send and push reservations:
+// reservationStripes is how many locks guard push reservations:
 // reservations of different keys rarely wait for each other.
 const reservationStripes = 64
 
@@ -56,9 +56,8 @@ type Store struct {
 
 	// userMu serializes CreateUser's check of the name and id with its write.
 	userMu sync.Mutex
-	// resMu serializes ReserveSend, TakeOverSend and ReservePush per
-	// reservation key; seed picks the stripe. Lock order: userMu and resMu are never
-	// held together.
+	// resMu serializes ReservePush per reservation key; seed picks the
+	// stripe. Lock order: userMu and resMu are never held together.
 	resMu [reservationStripes]sync.Mutex
 	seed  maphash.Seed
 	// inboxMu serializes Applys that carry inbox entries, from their read
@@ -198,36 +197,14 @@ type userRecord struct {
 	CreatedAt    time.Time     `json:"created_at"`
 }
 
-type reservationRecord struct {
-	SenderID    domain.UserID    `json:"sender_id"`
-	ClientMsgID string           `json:"client_msg_id"`
-	ChannelID   domain.ChannelID `json:"channel_id"`
-	MessageID   domain.MessageID `json:"message_id"`
-	ReservedAt  time.Time        `json:"reserved_at"`
-	TextHash    string           `json:"text_hash,omitempty"`
-	Appended    bool             `json:"appended"`
-	Attempt     attemptRecord    `json:"attempt"`
-}
-
-type attemptRecord struct {
-	Number  int64     `json:"number,omitempty"`
-	Node    uint16    `json:"node,omitempty"`
-	Boot    string    `json:"boot,omitempty"`
-	LeaseAt time.Time `json:"lease_at"`
-}
-
-func toReservationRecord(r store.SendReservation) reservationRecord {
-	return reservationRecord{
-		SenderID: r.SenderID, ClientMsgID: r.ClientMsgID, ChannelID: r.ChannelID, MessageID: r.MessageID,
-		ReservedAt: r.ReservedAt, TextHash: r.TextHash, Appended: r.Appended, Attempt: attemptRecord(r.Attempt),
-	}
-}
-
-func (r reservationRecord) reservation() store.SendReservation {
-	return store.SendReservation{
-		SenderID: r.SenderID, ClientMsgID: r.ClientMsgID, ChannelID: r.ChannelID, MessageID: r.MessageID,
-		ReservedAt: r.ReservedAt, TextHash: r.TextHash, Appended: r.Appended, Attempt: store.SendAttempt(r.Attempt),
-	}
+// decisionRecord is a send decision as stored; its key holds the
+// SendKey.
+type decisionRecord struct {
+	ChannelID domain.ChannelID `json:"channel_id"`
+	MessageID domain.MessageID `json:"message_id"`
+	TextHash  string           `json:"text_hash"`
+	Partition int32            `json:"partition"`
+	Offset    int64            `json:"offset"`
 }
 
 type messageRecord struct {
@@ -287,8 +264,8 @@ func (s *Store) get(k []byte, v any) (found bool, err error) {
 	return true, nil
 }
 
-// getU64 reads the 8-byte big-endian value at k (an offset in an index, a
-// message id in a send mark); found is false when k is absent.
+// getU64 reads the 8-byte big-endian value at k (an offset in an index);
+// found is false when k is absent.
 func (s *Store) getU64(k []byte) (v uint64, found bool, err error) {
 	b, closer, err := s.db.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
@@ -451,124 +428,57 @@ func (s *Store) resLock(k []byte) *sync.Mutex {
 	return &s.resMu[maphash.Bytes(s.seed, k)%reservationStripes]
 }
 
-// ReserveSend records r unless a reservation for (r.SenderID,
-// r.ClientMsgID) exists, in which case it returns that one and
-// created=false.
-func (s *Store) ReserveSend(ctx context.Context, r store.SendReservation) (store.SendReservation, bool, error) {
+// SendDecisions returns the decisions recorded for those of keys that have
+// one, a point read each.
+func (s *Store) SendDecisions(ctx context.Context, keys []store.SendKey) (map[store.SendKey]store.SendDecision, error) {
 	if err := s.check(ctx); err != nil {
-		return store.SendReservation{}, false, err
+		return nil, err
 	}
-	k := reservationKey(r.SenderID, r.ClientMsgID)
-	var old reservationRecord
-	found := false
-	err := s.writeDurable(k, func() ([]byte, error) {
-		var err error
-		if old, found, err = s.reservation(r.SenderID, r.ClientMsgID); err != nil || found {
-			return nil, err
+	out := make(map[store.SendKey]store.SendDecision, len(keys))
+	for _, k := range keys {
+		var r decisionRecord
+		found, err := s.get(sendDecisionKey(k), &r)
+		if err != nil {
+			return nil, fmt.Errorf("pebblestore: send decisions: %w", err)
 		}
-		return json.Marshal(toReservationRecord(r))
-	})
-	switch {
-	case err != nil:
-		return store.SendReservation{}, false, fmt.Errorf("pebblestore: reserve send: %w", err)
-	case found:
-		return old.reservation(), false, nil
-	}
-	return r, true, nil
-}
-
-// writeDurable runs decide under k's reservation lock and writes the value
-// it returns (none when nil), and returns once that write is fsynced. The
-// fsync is waited for outside the lock, so the reservations of one stripe
-// share an fsync instead of taking turns at one each (at 2,000 sends/s,
-// hundreds of sends queued on the stripes). A reader that takes the lock
-// meanwhile may see the write before it is durable; it lives in this
-// process, and what it appends to the log it appends after its own
-// write's fsync, which covers this one (the WAL is synced in order).
-func (s *Store) writeDurable(k []byte, decide func() ([]byte, error)) error {
-	mu := s.resLock(k)
-	mu.Lock()
-	v, err := decide()
-	if err == nil && v != nil {
-		err = s.db.Set(k, v, pebble.NoSync)
-	}
-	mu.Unlock()
-	if err != nil || v == nil {
-		return err
-	}
-	return s.db.LogData(nil, pebble.Sync)
-}
-
-// SendReservation returns the reservation of (sender, clientMsgID), or
-// domain.ErrNotFound.
-func (s *Store) SendReservation(ctx context.Context, sender domain.UserID, clientMsgID string) (store.SendReservation, error) {
-	if err := s.check(ctx); err != nil {
-		return store.SendReservation{}, err
-	}
-	r, found, err := s.reservation(sender, clientMsgID)
-	if err != nil {
-		return store.SendReservation{}, fmt.Errorf("pebblestore: send reservation: %w", err)
-	}
-	if !found {
-		return store.SendReservation{}, domain.Errorf(domain.CodeNotFound, "no reservation for sender %s, client message %q", sender, clientMsgID)
-	}
-	return r.reservation(), nil
-}
-
-// TakeOverSend makes next the reservation's attempt if it is not marked
-// appended and its attempt is still from. The check and the write happen
-// under the key's reservation lock, and it returns once the write is
-// fsynced, so a takeover is durable before its attempt appends anything.
-func (s *Store) TakeOverSend(ctx context.Context, sender domain.UserID, clientMsgID string, from int64, next store.SendAttempt) (bool, error) {
-	if err := s.check(ctx); err != nil {
-		return false, err
-	}
-	k := reservationKey(sender, clientMsgID)
-	taken := false
-	err := s.writeDurable(k, func() ([]byte, error) {
-		r, found, err := s.reservation(sender, clientMsgID)
-		if err != nil || !found || r.Appended || r.Attempt.Number != from {
-			return nil, err
+		if found {
+			out[k] = store.SendDecision{
+				SendKey: k, ChannelID: r.ChannelID, MessageID: r.MessageID,
+				TextHash: r.TextHash, Partition: r.Partition, Offset: r.Offset,
+			}
 		}
-		r.Attempt = attemptRecord(next)
-		taken = true
-		return json.Marshal(r)
-	})
-	if err != nil {
-		return false, fmt.Errorf("pebblestore: take over send: %w", err)
 	}
-	return taken, nil
+	return out, nil
 }
 
-// MarkSendAppended records that the reserved message is in the log: a
-// blind write of a mark beside the reservation, neither read nor synced.
-// A read of the reservation, a JSON round trip and a rewrite were 5% of
-// chatd's CPU at 2,000 msg/s. The mark only spares a resend the wait for
-// the first attempt's lease; losing it in a crash costs that wait, nothing
-// more, and the reservation itself (ReserveSend) is synced before any
-// append. The mark holds the message id, and counts only beside the
-// reservation of that id.
-func (s *Store) MarkSendAppended(ctx context.Context, sender domain.UserID, clientMsgID string, id domain.MessageID) error {
+// SaveSendDecisions writes ds blind, in one batch committed with fsync.
+// No lock: a key written twice is written with the same values (see
+// store.Store).
+func (s *Store) SaveSendDecisions(ctx context.Context, ds []store.SendDecision) error {
 	if err := s.check(ctx); err != nil {
 		return err
 	}
-	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], uint64(id))
-	if err := s.db.Set(sendMarkKey(sender, clientMsgID), v[:], pebble.NoSync); err != nil {
-		return fmt.Errorf("pebblestore: mark send appended: %w", err)
+	if len(ds) == 0 {
+		return nil
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, d := range ds {
+		v, err := json.Marshal(decisionRecord{
+			ChannelID: d.ChannelID, MessageID: d.MessageID,
+			TextHash: d.TextHash, Partition: d.Partition, Offset: d.Offset,
+		})
+		if err != nil {
+			return fmt.Errorf("pebblestore: save send decisions: %w", err)
+		}
+		if err := b.Set(sendDecisionKey(d.SendKey), v, nil); err != nil {
+			return fmt.Errorf("pebblestore: save send decisions: %w", err)
+		}
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("pebblestore: save send decisions: %w", err)
 	}
 	return nil
-}
-
-// reservation reads (sender, clientMsgID)'s reservation and, if there is
-// one not marked in itself, its mark (MarkSendAppended).
-func (s *Store) reservation(sender domain.UserID, clientMsgID string) (r reservationRecord, found bool, err error) {
-	if found, err = s.get(reservationKey(sender, clientMsgID), &r); err != nil || !found || r.Appended {
-		return r, found, err
-	}
-	id, marked, err := s.getU64(sendMarkKey(sender, clientMsgID))
-	r.Appended = marked && domain.MessageID(id) == r.MessageID
-	return r, true, err
 }
 
 // Apply writes the batch's state and its positions in one atomic, fsynced
@@ -1178,7 +1088,7 @@ var ownedTables = map[string][]byte{
 
 // ResetProjection deletes the projection's positions and the tables it
 // alone writes (see store.Store), with range deletions in one atomic,
-// fsynced batch. Accounts and send and push reservations are never
+// fsynced batch. Accounts, send decisions and push reservations are never
 // deleted.
 func (s *Store) ResetProjection(ctx context.Context, projection string) error {
 	if err := s.check(ctx); err != nil {

@@ -28,12 +28,9 @@ func testResetProjection(t *testing.T, s store.Store) {
 
 	account := store.User{ID: u, Name: g.name("u"), PasswordHash: "h", CreatedAt: at(1)}
 	must(t, s.CreateUser(ctx, account))
-	reservation := store.SendReservation{SenderID: u, ClientMsgID: "c-1", ChannelID: ch, MessageID: id, ReservedAt: at(2)}
-	if _, created, err := s.ReserveSend(ctx, reservation); err != nil || !created {
-		t.Fatalf("ReserveSend: created=%v, %v", created, err)
-	}
-	must(t, s.MarkSendAppended(ctx, u, reservation.ClientMsgID, id))
-	reservation.Appended = true
+	decision := store.SendDecision{SendKey: store.SendKey{SenderID: u, ClientMsgID: "c-1"}, ChannelID: ch, MessageID: id,
+		TextHash: "h", Partition: 1, Offset: 2}
+	must(t, s.SaveSendDecisions(ctx, []store.SendDecision{decision}))
 	if created, err := s.ReservePush(ctx, v, id, at(3)); err != nil || !created {
 		t.Fatalf("ReservePush: created=%v, %v", created, err)
 	}
@@ -168,12 +165,7 @@ func testResetProjection(t *testing.T, s store.Store) {
 		got, err = s.UserByName(ctx, account.Name)
 		must(t, err)
 		check(t, "UserByName", normUser(got), account)
-		res, created, err := s.ReserveSend(ctx, store.SendReservation{SenderID: u, ClientMsgID: "c-1", ChannelID: ch, MessageID: id + 1, ReservedAt: at(9)})
-		must(t, err)
-		if created {
-			t.Fatal("ReserveSend after a reset: created a second reservation")
-		}
-		check(t, "ReserveSend after a reset", normRes(res), reservation)
+		check(t, "SendDecisions after a reset", sendDecisions(t, s, []store.SendKey{decision.SendKey}), byKey(decision))
 		if created, err := s.ReservePush(ctx, v, id, at(9)); err != nil || created {
 			t.Fatalf("ReservePush after a reset: created=%v, %v; want the old reservation", created, err)
 		}
