@@ -100,7 +100,7 @@ type Store interface {
 	// only its positions. Channels and memberships are kept: the gateway
 	// checks membership against them while history is rebuilt, and the
 	// rebuild overwrites them (see domain.Channel.Version). Accounts and send and push
-	// reservations are never deleted. It must not run while the projection
+	// decisions and push reservations are never deleted. It must not run while the projection
 	// applies batches.
 	ResetProjection(ctx context.Context, projection string) error
 

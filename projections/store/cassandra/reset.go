@@ -10,7 +10,7 @@ import "context"
 // never deleted (nor are send_reservations and send_marks, which nothing
 // uses any more).
 var ownedTables = map[string][]string{
-	"history": {"channel_buckets", "messages", "messages_by_id", "send_decisions"}, // channels and user_channels are kept
+	"history": {"channel_buckets", "messages", "messages_by_id"}, // channels and user_channels are kept
 	"inbox":   {"inbox_buckets", "inbox", "inbox_by_message"},
 	"cursors": {"device_cursors", "channel_reads"},
 }
