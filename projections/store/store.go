@@ -99,9 +99,9 @@ type Store interface {
 	// "cursors" owns device cursors and read marks; any other name owns
 	// only its positions. Channels and memberships are kept: the gateway
 	// checks membership against them while history is rebuilt, and the
-	// rebuild overwrites them (see domain.Channel.Version). Accounts and send and push
-	// decisions and push reservations are never deleted. It must not run while the projection
-	// applies batches.
+	// rebuild overwrites them (see domain.Channel.Version). Accounts, send
+	// decisions and push reservations are never deleted. It must not run
+	// while the projection applies batches.
 	ResetProjection(ctx context.Context, projection string) error
 
 	// Close releases the store.
