@@ -134,7 +134,6 @@ func (f *fakeCommands) Send(ctx context.Context, _ domain.UserID, _ domain.Devic
 	return domain.MessageID(len(cmid)), err
 }
 
-
 func (f *fakeCommands) Acked(_ context.Context, _ auth.Claims, _ int32, position int64) error {
 	f.acked <- position
 	return nil
