@@ -251,7 +251,6 @@ func Record(topic, key string, ev domain.Event, m domain.Meta) (*kgo.Record, err
 // Appender appends events and waits for the log to accept them.
 type Appender struct {
 	cl  *kgo.Client
-	adm *kadm.Client // on cl
 }
 
 // NewAppender returns an appender on a client of its own, which gives up on
@@ -266,31 +265,7 @@ func NewAppender(cfg Config, extra ...kgo.Opt) (*Appender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("eventlog: client: %w", err)
 	}
-	return &Appender{cl: cl, adm: kadm.NewClient(cl)}, nil
-}
-
-// End returns the partition of topic that records keyed by key go to (the
-// producer's default partitioning: murmur2 of the key, as Kafka's) and
-// the offset just past its last record, the high watermark: every record
-// the log has acknowledged lies below it.
-func (a *Appender) End(ctx context.Context, topic, key string) (Position, error) {
-	ends, err := a.adm.ListEndOffsets(ctx, topic)
-	if err == nil {
-		err = ends.Error()
-	}
-	if err != nil {
-		return Position{}, &domain.Error{Code: domain.CodeUnavailable, Msg: "the log's end is unknown", Err: err}
-	}
-	n := len(ends[topic])
-	if n == 0 {
-		return Position{}, &domain.Error{Code: domain.CodeUnavailable, Msg: "topic " + topic + " has no partitions"}
-	}
-	p := int32(kgo.StickyKeyPartitioner(nil).ForTopic(topic).Partition(&kgo.Record{Key: []byte(key)}, n))
-	o, ok := ends.Lookup(topic, p)
-	if !ok {
-		return Position{}, &domain.Error{Code: domain.CodeUnavailable, Msg: fmt.Sprintf("no end offset of %s/%d", topic, p)}
-	}
-	return Position{Partition: p, Offset: o.Offset}, nil
+	return &Appender{cl: cl}, nil
 }
 
 // Position is where the log put a record.
