@@ -250,7 +250,7 @@ func Record(topic, key string, ev domain.Event, m domain.Meta) (*kgo.Record, err
 
 // Appender appends events and waits for the log to accept them.
 type Appender struct {
-	cl  *kgo.Client
+	cl *kgo.Client
 }
 
 // NewAppender returns an appender on a client of its own, which gives up on
