@@ -29,6 +29,9 @@ type Topics struct {
 	// (projections/sends) decides each (sender, client message id) once,
 	// in this topic's order.
 	Sends string
+	// SendsState is the sends processor's changelog: per partition of
+	// Sends, the offset it has processed up to, in its transactions.
+	SendsState string
 	// SendReplies carries send.decided, the processor's answers, keyed by
 	// the gateway process that waits for them (SendRequested.ReplyTo).
 	SendReplies string
@@ -52,16 +55,17 @@ func NewTopics(prefix string, inboxEpoch, presenceEpoch int32) Topics {
 		PresenceState: Epoched(prefix+".presence-state", presenceEpoch),
 		Epochs:        prefix + ".epochs",
 		Sends:         prefix + ".sends",
+		SendsState:    prefix + ".sends-state",
 		SendReplies:   prefix + ".send-replies",
 	}
 }
 
 // All lists every topic.
 func (t Topics) All() []string {
-	return []string{t.Channels, t.Sessions, t.Inbox, t.FanoutState, t.Presence, t.PresenceState, t.Epochs, t.Sends, t.SendReplies}
+	return []string{t.Channels, t.Sessions, t.Inbox, t.FanoutState, t.Presence, t.PresenceState, t.Epochs, t.Sends, t.SendsState, t.SendReplies}
 }
 
 // Compacted lists the topics that keep only each key's latest record.
 func (t Topics) Compacted() []string {
-	return []string{t.FanoutState, t.Presence, t.PresenceState, t.Epochs}
+	return []string{t.FanoutState, t.Presence, t.PresenceState, t.Epochs, t.SendsState}
 }

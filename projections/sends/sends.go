@@ -15,17 +15,22 @@
 //
 // Its decisions live in the store (store.SendDecision), written with one
 // durable blind write per batch before the transaction commits (Flush);
-// its memory holds one batch. A key is decided from the log alone (the
-// first request's candidate id and time), so a batch processed again, by
-// this process after an abort or by a fenced one still running, writes the
-// same decisions again. The one case the store's decision does not answer
-// by itself is the first request read again: the transaction that first
-// appended its message may not have committed, so the message is appended
-// again, in this transaction. Records below the committed offsets came
-// from committed transactions, so a decision whose first request is among
-// them has its message in the log; and the projections keep the first
-// copy of a message id, should a copy committed by a fenced processor's
-// last transaction meet this one.
+// its memory holds one batch. Its own progress, per partition of the sends
+// topic, is in a changelog (the offset it has processed up to), committed
+// in the same transaction: a record below it was processed by a committed
+// transaction and is passed over. That holds where the group's committed
+// offsets do not: the embedded broker does not make a commit's offsets
+// durable when a kill lands in the middle of it (eventlog's endOpenTxns),
+// and a broker forgets the offsets of a group stopped for longer than its
+// offsets.retention.minutes.
+//
+// A key is decided from the log alone (the first request's candidate id
+// and time), so a batch processed again, by this process after an abort or
+// by a fenced one still running, writes the same decisions again. The one
+// case the store's decision does not answer by itself is the first request
+// read again, past the progress: the transaction that first appended its
+// message did not commit, so the message is appended again, in this
+// transaction.
 package sends
 
 import (
@@ -34,6 +39,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"strconv"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -74,7 +80,16 @@ type Processor struct {
 	known map[store.SendKey]store.SendDecision
 	// made are the decisions Process made in this batch, for Flush.
 	made []store.SendDecision
+	// done is, per partition, the offset the committed transactions have
+	// processed up to (the changelog's progress record).
+	done map[int32]int64
+	// next is, per partition, the offset this batch has processed up to.
+	next map[int32]int64
 }
+
+// progressKey is the changelog key of a partition's progress: the
+// changelog holds nothing else.
+var progressKey = []byte("progress")
 
 // New returns the processor.
 func New(cfg Config, st Store) (*Processor, error) {
@@ -86,14 +101,14 @@ func New(cfg Config, st Store) (*Processor, error) {
 	}
 	return &Processor{
 		cfg: cfg, st: st, topics: cfg.Log.Topics(), log: cfg.Logger.With("projection", Name),
-		known: map[store.SendKey]store.SendDecision{},
+		known: map[store.SendKey]store.SendDecision{}, done: map[int32]int64{}, next: map[int32]int64{},
 	}, nil
 }
 
 // Run decides until ctx is cancelled and returns nil then.
 func (p *Processor) Run(ctx context.Context) error {
 	return txproc.Run(ctx, txproc.Config{
-		Name: Name, Input: p.topics.Sends, Log: p.cfg.Log, Instance: p.cfg.InstanceID, Logger: p.cfg.Logger,
+		Name: Name, Input: p.topics.Sends, Changelog: p.topics.SendsState, Log: p.cfg.Log, Instance: p.cfg.InstanceID, Logger: p.cfg.Logger,
 	}, p)
 }
 
@@ -103,21 +118,41 @@ func TextHash(text string) string {
 	return hex.EncodeToString(sum[:16])
 }
 
-// Restore is never called: the processor keeps no changelog.
-func (p *Processor) Restore(int32, []byte, []byte) {}
+// Restore loads a partition's progress.
+func (p *Processor) Restore(part int32, key, value []byte) {
+	if string(key) != string(progressKey) {
+		return
+	}
+	if n, err := strconv.ParseInt(string(value), 10, 64); err == nil {
+		p.done[part] = n
+	}
+}
 
-// Drop forgets the batch.
+// Drop forgets the batch and the progress (restored again before the next
+// batch).
 func (p *Processor) Drop() {
+	p.forgetBatch()
+	clear(p.done)
+}
+
+func (p *Processor) forgetBatch() {
 	clear(p.known)
+	clear(p.next)
 	p.made = p.made[:0]
 }
 
+// processed reports whether a committed transaction processed rec.
+func (p *Processor) processed(rec *kgo.Record) bool { return rec.Offset < p.done[rec.Partition] }
+
 // Prepare reads the decisions of the batch's keys from the store.
 func (p *Processor) Prepare(ctx context.Context, recs []*kgo.Record) error {
-	p.Drop()
+	p.forgetBatch()
 	keys := make([]store.SendKey, 0, len(recs))
 	seen := make(map[store.SendKey]bool, len(recs))
 	for _, rec := range recs {
+		if p.processed(rec) {
+			continue
+		}
 		req, _, ok := p.request(rec)
 		if !ok {
 			continue
@@ -157,6 +192,10 @@ func (p *Processor) request(rec *kgo.Record) (domain.SendRequested, domain.Meta,
 
 // Process decides one request and answers it.
 func (p *Processor) Process(_ context.Context, part int32, rec *kgo.Record, out *txproc.Out) error {
+	if p.processed(rec) {
+		return nil // answered, and its message appended, in a committed transaction
+	}
+	p.next[part] = rec.Offset + 1
 	req, m, ok := p.request(rec)
 	if !ok {
 		return nil
@@ -198,15 +237,24 @@ func refused(request, msg string) domain.SendDecided {
 	return domain.SendDecided{RequestID: request, Code: domain.CodeConflict, Message: msg}
 }
 
-// Flush writes the batch's new decisions to the store, durably, before the
-// transaction commits: a committed answer's decision is in the store.
-func (p *Processor) Flush(ctx context.Context) error {
-	if len(p.made) == 0 {
-		return nil
+// Flush writes the batch's new decisions to the store, durably, and the
+// batch's progress to the changelog, before the transaction commits: a
+// committed answer's decision is in the store.
+func (p *Processor) Flush(ctx context.Context, out *txproc.Out) error {
+	if len(p.made) > 0 {
+		if err := p.st.SaveSendDecisions(ctx, p.made); err != nil {
+			return fmt.Errorf("sends: saving %d decisions: %w", len(p.made), err)
+		}
 	}
-	if err := p.st.SaveSendDecisions(ctx, p.made); err != nil {
-		return fmt.Errorf("sends: saving %d decisions: %w", len(p.made), err)
+	for part, next := range p.next {
+		out.SaveState(part, progressKey, strconv.AppendInt(nil, next, 10))
 	}
-	p.made = p.made[:0]
+	// p.done moves when the transaction commits: a new batch restores it
+	// after an abort (Drop), and until then the batch's records are not
+	// read again.
+	for part, next := range p.next {
+		p.done[part] = next
+	}
+	p.forgetBatch()
 	return nil
 }

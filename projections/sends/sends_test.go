@@ -50,10 +50,17 @@ func request(t *testing.T, offset int64, id domain.MessageID, client string, ch 
 // batch runs one batch through p as txproc does and returns what it
 // emitted: the message.sent records and the answers.
 func batch(t *testing.T, p *Processor, recs ...*kgo.Record) (sent []domain.MessageSent, answers []domain.SendDecided) {
+	sent, answers, _ = batchProgress(t, p, recs...)
+	return sent, answers
+}
+
+// batchProgress is batch, and it returns the progress the batch saved to
+// the changelog too.
+func batchProgress(t *testing.T, p *Processor, recs ...*kgo.Record) (sent []domain.MessageSent, answers []domain.SendDecided, progress []string) {
 	t.Helper()
 	ctx := context.Background()
 	var out []*kgo.Record
-	o := txproc.NewOut("", func(r *kgo.Record) { out = append(out, r) })
+	o := txproc.NewOut("chat.sends-state", func(r *kgo.Record) { out = append(out, r) })
 	if err := p.Prepare(ctx, recs); err != nil {
 		t.Fatal(err)
 	}
@@ -62,10 +69,14 @@ func batch(t *testing.T, p *Processor, recs ...*kgo.Record) (sent []domain.Messa
 			t.Fatal(err)
 		}
 	}
-	if err := p.Flush(ctx); err != nil {
+	if err := p.Flush(ctx, o); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range out {
+		if r.Topic == "chat.sends-state" {
+			progress = append(progress, fmt.Sprintf("%d:%s=%s", r.Partition, r.Key, r.Value))
+			continue
+		}
 		m, ev, err := domain.Decode(r.Value)
 		if err != nil {
 			t.Fatal(err)
@@ -83,7 +94,7 @@ func batch(t *testing.T, p *Processor, recs ...*kgo.Record) (sent []domain.Messa
 			answers = append(answers, ev)
 		}
 	}
-	return sent, answers
+	return sent, answers, progress
 }
 
 func newProcessor(t *testing.T, st Store) *Processor {
@@ -147,5 +158,31 @@ func TestDecideAgain(t *testing.T) {
 	}
 	if sent, _ := batch(t, p, recs[1]); len(sent) != 0 {
 		t.Fatalf("a later request alone appended %+v", sent)
+	}
+}
+
+// TestProgress: each batch saves how far it got in its partition; a
+// processor that restored that progress passes over the records below it
+// (a committed transaction answered them and appended their messages),
+// though the group's offsets were lost and they come again.
+func TestProgress(t *testing.T) {
+	st := memStore{}
+	p := newProcessor(t, st)
+	recs := []*kgo.Record{request(t, 7, 21, "c1", "g1", "hi"), request(t, 8, 22, "c2", "g1", "yo")}
+	_, _, progress := batchProgress(t, p, recs...)
+	if fmt.Sprint(progress) != "[0:progress=9]" {
+		t.Fatalf("progress %v, want [0:progress=9]", progress)
+	}
+	// The records come again in this run (the commit's offsets were not
+	// kept), and in a new one that restored the changelog.
+	for _, restart := range []bool{false, true} {
+		if restart {
+			p = newProcessor(t, st)
+			p.Restore(0, []byte("progress"), []byte("9"))
+		}
+		sent, answers := batch(t, p, append(recs, request(t, 9, 23, "c1", "g1", "hi"))...)
+		if len(sent) != 0 || len(answers) != 1 || answers[0].MessageID != 21 {
+			t.Fatalf("restart %v: sent %+v, answers %+v; want only the resend at 9 answered, with 21", restart, sent, answers)
+		}
 	}
 }

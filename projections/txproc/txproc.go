@@ -56,14 +56,15 @@ type Preparer interface {
 	Prepare(ctx context.Context, recs []*kgo.Record) error
 }
 
-// Flusher is a Handler that keeps state outside the log: Run calls Flush
-// after the batch's last Process and its outputs, before it commits the
-// transaction. An error aborts the batch, and its records come again. What
-// Flush wrote stays written though the transaction may still fail to
-// commit: the Handler must meet its own writes again, on the same records,
-// and act as if they were not there.
+// Flusher is a Handler that ends each batch itself: Run calls Flush after
+// the batch's last Process, with the batch's Out, and commits the
+// transaction after what Flush emitted and wrote. An error aborts the
+// batch, and its records come again. What Flush writes outside the log
+// stays written though the transaction may still fail to commit: the
+// Handler must meet its own writes again, on the same records, and act as
+// if they were not there.
 type Flusher interface {
-	Flush(ctx context.Context) error
+	Flush(ctx context.Context, out *Out) error
 }
 
 // Out collects what Process emits.
@@ -378,12 +379,12 @@ func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetc
 			err = r.h.Process(ctx, fp.Partition, rec, out)
 		}
 	})
+	if f, ok := r.h.(Flusher); ok && err == nil {
+		err = f.Flush(ctx, out)
+	}
 	wg.Wait()
 	if err == nil {
 		err = produceErr
-	}
-	if f, ok := r.h.(Flusher); ok && err == nil {
-		err = f.Flush(ctx)
 	}
 	if err != nil {
 		_, endErr := sess.End(ctx, kgo.TryAbort)
