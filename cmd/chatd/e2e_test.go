@@ -99,7 +99,7 @@ func TestChat(t *testing.T) {
 			t.Fatalf("history order differs from delivery order:\n%v\n%v", hist, orders[0])
 		}
 		danWS.quiet(300 * time.Millisecond)
-		n.validateTopics("channels", "sessions", "inbox.e1")
+		n.validateTopics("channels", "sessions", "inbox.e1", "sends", "send-replies")
 	})
 }
 
