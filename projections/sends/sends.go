@@ -78,6 +78,8 @@ type Processor struct {
 	// known holds the decisions of the batch's keys: read from the store
 	// by Prepare, made by Process.
 	known map[store.SendKey]store.SendDecision
+	// decoded holds the batch's requests, decoded once by Prepare.
+	decoded map[*kgo.Record]decodedRequest
 	// made are the decisions Process made in this batch, for Flush.
 	made []store.SendDecision
 	// done is, per partition, the offset the committed transactions have
@@ -85,6 +87,11 @@ type Processor struct {
 	done map[int32]int64
 	// next is, per partition, the offset this batch has processed up to.
 	next map[int32]int64
+}
+
+type decodedRequest struct {
+	req domain.SendRequested
+	m   domain.Meta
 }
 
 // progressKey is the changelog key of a partition's progress: the
@@ -102,6 +109,7 @@ func New(cfg Config, st Store) (*Processor, error) {
 	return &Processor{
 		cfg: cfg, st: st, topics: cfg.Log.Topics(), log: cfg.Logger.With("projection", Name),
 		known: map[store.SendKey]store.SendDecision{}, done: map[int32]int64{}, next: map[int32]int64{},
+		decoded: map[*kgo.Record]decodedRequest{},
 	}, nil
 }
 
@@ -138,6 +146,7 @@ func (p *Processor) Drop() {
 func (p *Processor) forgetBatch() {
 	clear(p.known)
 	clear(p.next)
+	clear(p.decoded)
 	p.made = p.made[:0]
 }
 
@@ -153,10 +162,11 @@ func (p *Processor) Prepare(ctx context.Context, recs []*kgo.Record) error {
 		if p.processed(rec) {
 			continue
 		}
-		req, _, ok := p.request(rec)
+		req, m, ok := p.request(rec)
 		if !ok {
 			continue
 		}
+		p.decoded[rec] = decodedRequest{req, m}
 		k := store.SendKey{SenderID: req.SenderID, ClientMsgID: req.ClientMsgID}
 		if !seen[k] {
 			seen[k] = true
@@ -196,10 +206,11 @@ func (p *Processor) Process(_ context.Context, part int32, rec *kgo.Record, out 
 		return nil // answered, and its message appended, in a committed transaction
 	}
 	p.next[part] = rec.Offset + 1
-	req, m, ok := p.request(rec)
+	dr, ok := p.decoded[rec]
 	if !ok {
-		return nil
+		return nil // not a request (Prepare logged it)
 	}
+	req, m := dr.req, dr.m
 	k := store.SendKey{SenderID: req.SenderID, ClientMsgID: req.ClientMsgID}
 	d, decided := p.known[k]
 	first := decided && d.Partition == part && d.Offset == rec.Offset
