@@ -433,7 +433,12 @@ func (s *Service) appendAndWait(ctx context.Context, id domain.ChannelID, evs []
 // it appends. The answer is the acknowledgement. A send whose context ends
 // first fails with code unavailable: the client resends, and the resend is
 // answered with the first request's id.
-func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, id domain.ChannelID, clientMsgID, text string) (domain.MessageID, error) {
+//
+// appended, if not nil, is called once the request is in the log: a later
+// send of the same sender may start then, since the processor decides a
+// sender's requests in the log's order, so its message cannot overtake
+// this one. It is not called when no request was appended.
+func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, id domain.ChannelID, clientMsgID, text string, appended func()) (domain.MessageID, error) {
 	c, err := s.st.Channel(ctx, id)
 	if err != nil {
 		return 0, err
@@ -463,6 +468,9 @@ func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.
 	}
 	if _, err := s.log.Append(ctx, s.cfg.Topics.Sends, string(sender), req, m); err != nil {
 		return 0, err
+	}
+	if appended != nil {
+		appended()
 	}
 	select {
 	case a := <-answer:

@@ -151,7 +151,7 @@ func mustSend(t *testing.T, s *Service, ch domain.ChannelID, clientMsgID, text s
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	id, err := s.Send(ctx, ann, "phone", ch, clientMsgID, text)
+	id, err := s.Send(ctx, ann, "phone", ch, clientMsgID, text, nil)
 	if err != nil {
 		t.Fatalf("send %s: %v", clientMsgID, err)
 	}
@@ -168,7 +168,7 @@ func goSend(s *Service, ch domain.ChannelID, clientMsgID, text string) <-chan re
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		id, err := s.Send(ctx, ann, "phone", ch, clientMsgID, text)
+		id, err := s.Send(ctx, ann, "phone", ch, clientMsgID, text, nil)
 		out <- result{id, err}
 	}()
 	return out
@@ -250,7 +250,7 @@ func TestResendOfAnUnansweredSend(t *testing.T) {
 	e := newEnv(t)
 	a, b := e.node(t, 1), e.node(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	_, err := a.Send(ctx, ann, "phone", ch1, "c1", "hi")
+	_, err := a.Send(ctx, ann, "phone", ch1, "c1", "hi", nil)
 	cancel()
 	if domain.CodeOf(err) != domain.CodeUnavailable {
 		t.Fatalf("a send nobody answers: %v, want code %s", err, domain.CodeUnavailable)
@@ -335,7 +335,7 @@ func TestSendPastItsDeadline(t *testing.T) {
 	canceled, cancel2 := context.WithCancel(context.Background())
 	cancel2()
 	for name, ctx := range map[string]context.Context{"past its deadline": expired, "canceled": canceled} {
-		if _, err := a.Send(ctx, ann, "phone", ch1, "c1", "hi"); domain.CodeOf(err) != domain.CodeUnavailable {
+		if _, err := a.Send(ctx, ann, "phone", ch1, "c1", "hi", nil); domain.CodeOf(err) != domain.CodeUnavailable {
 			t.Errorf("a send %s: %v, want code %s", name, err, domain.CodeUnavailable)
 		}
 	}
@@ -361,7 +361,7 @@ func TestResendConflicts(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, s := range []*Service{a, e.node(t, 2)} {
-				_, err := s.Send(testCtx(t), ann, "phone", tc.ch, "c1", tc.text)
+				_, err := s.Send(testCtx(t), ann, "phone", tc.ch, "c1", tc.text, nil)
 				if domain.CodeOf(err) != domain.CodeConflict {
 					t.Fatalf("got %v, want code %s", err, domain.CodeConflict)
 				}

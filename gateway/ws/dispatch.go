@@ -27,11 +27,12 @@ func (s *Server) admitSend(c *conn, f ClientFrame) error {
 }
 
 // send carries out a send frame, read at the time given, and answers it
-// with an ack or an error frame. It runs off the read loop (see sends).
-func (s *Server) send(ctx context.Context, c *conn, f ClientFrame, read time.Time, log *slog.Logger) {
+// with an ack or an error frame. It runs off the read loop (see sends);
+// next lets the connection's next send to the channel start.
+func (s *Server) send(ctx context.Context, c *conn, f ClientFrame, read time.Time, next func(), log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.CommandTimeout)
 	defer cancel()
-	id, err := s.svc.Send(ctx, c.user, c.device, f.ChannelID, f.ClientMsgID, f.Text)
+	id, err := s.svc.Send(ctx, c.user, c.device, f.ChannelID, f.ClientMsgID, f.Text, next)
 	if err != nil {
 		s.cfg.Metrics.failed(err)
 		if domain.CodeOf(err) == domain.CodeInternal {

@@ -11,8 +11,10 @@ import (
 // gateway/chat) holds up only the later sends to its channel,
 // never the connection's other frames or its sends to other channels.
 //
-// Sends to one channel are chained: each starts once the one before it has
-// ended, so they reach the log in the order the client sent them. At most
+// Sends to one channel are chained: each starts once the one before it is
+// in the log (or has ended), so they reach the log, and so the channel, in
+// the order the client sent them, while the sends processor's answers to
+// them are still on their way. At most
 // cap(slots) sends are in flight, counting those waiting for their turn in
 // a chain; when that many are, start waits (the read loop stops reading:
 // back-pressure) rather than dropping a frame.
@@ -33,14 +35,16 @@ func newSends(inFlight int) *sends {
 }
 
 // start runs fn in a goroutine of its own once every send to ch started
-// before it has ended. It first waits for a free slot, and returns false,
+// before it has let the next one go: called the next func it was given
+// (its request is in the log, whose order the sends processor keeps), or
+// ended. It first waits for a free slot, and returns false,
 // starting nothing, if done closes meanwhile (the connection is closing;
 // the client resends what was not acknowledged).
 //
 // A send that has started is carried out even when the connection closes
 // before its turn: the client may have sent it and gone at once, as it may
 // with any frame, and expects it to count (a resend then finds it).
-func (s *sends) start(done <-chan struct{}, ch domain.ChannelID, fn func()) bool {
+func (s *sends) start(done <-chan struct{}, ch domain.ChannelID, fn func(next func())) bool {
 	select {
 	case s.slots <- struct{}{}:
 	case <-done:
@@ -51,20 +55,26 @@ func (s *sends) start(done <-chan struct{}, ch domain.ChannelID, fn func()) bool
 	prev := s.tails[ch]
 	s.tails[ch] = mine
 	s.mu.Unlock()
-	s.wg.Go(func() {
-		defer func() {
+	var once sync.Once
+	next := func() {
+		once.Do(func() {
 			s.mu.Lock()
 			if s.tails[ch] == mine {
 				delete(s.tails, ch)
 			}
 			s.mu.Unlock()
 			close(mine)
+		})
+	}
+	s.wg.Go(func() {
+		defer func() {
+			next()
 			<-s.slots
 		}()
 		if prev != nil {
 			<-prev
 		}
-		fn()
+		fn(next)
 	})
 	return true
 }

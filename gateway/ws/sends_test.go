@@ -36,8 +36,8 @@ func TestSendsChainPerChannel(t *testing.T) {
 		done := make(chan struct{})
 		var r record
 		gate := make(chan struct{})
-		run := func(name string, wait <-chan struct{}) func() {
-			return func() {
+		run := func(name string, wait <-chan struct{}) func(func()) {
+			return func(func()) {
 				r.add(name + " start")
 				if wait != nil {
 					<-wait
@@ -67,6 +67,36 @@ func TestSendsChainPerChannel(t *testing.T) {
 	})
 }
 
+// TestSendsNextStartsEarly: a send that lets the next one go (its request
+// is in the log) before it ends lets the next send to its channel start,
+// in order, while it still waits for its answer.
+func TestSendsNextStartsEarly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newSends(8)
+		done := make(chan struct{})
+		var r record
+		answer := make(chan struct{})
+		s.start(done, "g1", func(next func()) {
+			r.add("a1 appended")
+			next()
+			next() // twice is once
+			<-answer
+			r.add("a1 answered")
+		})
+		s.start(done, "g1", func(next func()) { r.add("a2 appended"); next() })
+		s.start(done, "g1", func(func()) { r.add("a3 ended") })
+		synctest.Wait()
+		if got, want := r.get(), []string{"a1 appended", "a2 appended", "a3 ended"}; !slices.Equal(got, want) {
+			t.Fatalf("while a1 waits for its answer: %v, want %v", got, want)
+		}
+		close(answer)
+		s.wait()
+		if len(s.tails) != 0 {
+			t.Errorf("%d chains left after every send ended", len(s.tails))
+		}
+	})
+}
+
 // TestSendsBackPressure: with every slot taken (a send that blocks and one
 // waiting behind it), start waits for a slot instead of dropping the send;
 // a closing connection stops the wait.
@@ -76,10 +106,10 @@ func TestSendsBackPressure(t *testing.T) {
 		done := make(chan struct{})
 		gate := make(chan struct{})
 		var r record
-		s.start(done, "g1", func() { <-gate; r.add("a1") })
-		s.start(done, "g1", func() { r.add("a2") })
+		s.start(done, "g1", func(func()) { <-gate; r.add("a1") })
+		s.start(done, "g1", func(func()) { r.add("a2") })
 		started := make(chan bool)
-		go func() { started <- s.start(done, "g2", func() { r.add("b1") }) }()
+		go func() { started <- s.start(done, "g2", func(func()) { r.add("b1") }) }()
 		synctest.Wait()
 		select {
 		case <-started:
@@ -97,10 +127,10 @@ func TestSendsBackPressure(t *testing.T) {
 
 		// Full again, and the connection closes while the read loop waits.
 		gate = make(chan struct{})
-		s.start(done, "g1", func() { <-gate })
-		s.start(done, "g1", func() {})
+		s.start(done, "g1", func(func()) { <-gate })
+		s.start(done, "g1", func(func()) {})
 		go func() {
-			started <- s.start(done, "g2", func() { t.Error("a send started after the connection closed") })
+			started <- s.start(done, "g2", func(func()) { t.Error("a send started after the connection closed") })
 		}()
 		synctest.Wait()
 		close(done)
@@ -121,8 +151,8 @@ func TestSendsRunAfterClose(t *testing.T) {
 		done := make(chan struct{})
 		gate := make(chan struct{})
 		var r record
-		s.start(done, domain.ChannelID("g1"), func() { <-gate; r.add("a1") })
-		s.start(done, domain.ChannelID("g1"), func() { r.add("a2") })
+		s.start(done, domain.ChannelID("g1"), func(func()) { <-gate; r.add("a1") })
+		s.start(done, domain.ChannelID("g1"), func(func()) { r.add("a2") })
 		close(done)
 		close(gate)
 		s.wait()

@@ -21,7 +21,10 @@ import (
 
 // Commands carries out what devices ask over WebSocket.
 type Commands interface {
-	Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, ch domain.ChannelID, clientMsgID, text string) (domain.MessageID, error)
+	// Send posts a message; appended, if not nil, is called once the send
+	// is in the log, when a later send to the channel may start (see
+	// sends).
+	Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, ch domain.ChannelID, clientMsgID, text string, appended func()) (domain.MessageID, error)
 	Acked(ctx context.Context, c auth.Claims, epoch int32, position int64) error
 	Read(ctx context.Context, c auth.Claims, ch domain.ChannelID, id domain.MessageID) error
 }
@@ -228,7 +231,7 @@ func (s *Server) Serve(w http.ResponseWriter, r *http.Request, cl auth.Claims) e
 				continue
 			}
 			read := time.Now()
-			if !sends.start(c.done, f.ChannelID, func() { s.send(r.Context(), c, f, read, log) }) {
+			if !sends.start(c.done, f.ChannelID, func(next func()) { s.send(r.Context(), c, f, read, next, log) }) {
 				return nil // closing: the client resends what was not acknowledged
 			}
 			continue

@@ -110,7 +110,7 @@ func (f *fakeCommands) gate(cmid string) chan struct{} {
 	return g
 }
 
-func (f *fakeCommands) Send(ctx context.Context, _ domain.UserID, _ domain.DeviceID, ch domain.ChannelID, cmid, _ string) (domain.MessageID, error) {
+func (f *fakeCommands) Send(ctx context.Context, _ domain.UserID, _ domain.DeviceID, ch domain.ChannelID, cmid, _ string, _ func()) (domain.MessageID, error) {
 	f.mu.Lock()
 	f.log = append(f.log, cmid+" start")
 	if f.running[ch]++; f.running[ch] > 1 {

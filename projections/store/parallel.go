@@ -12,7 +12,10 @@ const Lookups = 16
 
 // EachParallel calls fn(i) for every i in [0, n), at most Lookups at a
 // time, waits for all, and returns the error of the lowest i that failed.
-func EachParallel(n int, fn func(i int) error) error {
+func EachParallel(n int, fn func(i int) error) error { return EachParallelN(n, Lookups, fn) }
+
+// EachParallelN is EachParallel with at most width calls at a time.
+func EachParallelN(n, width int, fn func(i int) error) error {
 	if n == 1 {
 		return fn(0)
 	}
@@ -22,7 +25,7 @@ func EachParallel(n int, fn func(i int) error) error {
 	errs := make([]error, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(n, Lookups) {
+	for range min(n, max(width, 1)) {
 		wg.Go(func() {
 			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
 				errs[i] = fn(i)
