@@ -3,6 +3,9 @@ package chat
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,10 +22,10 @@ import (
 	"github.com/evchat/evchat/projections/store/pebblestore"
 )
 
-// The send path on its real parts: the embedded broker (kfake), the sends
-// processor, each node's replies reader and appender, and a Pebble store
-// that holds two channels. The proofs on real Kafka and Cassandra are
-// cmd/chatd's, which run the same path on both backends.
+// The send path on its real parts: a log (kfake, and real Kafka when
+// EVCHAT_KAFKA names it: deploy/servers.sh start), the sends processor,
+// each node's replies reader and appender, and a Pebble store that holds
+// two channels. cmd/chatd's tests run the whole node on both backends.
 
 type counter struct{ n atomic.Uint64 }
 
@@ -43,14 +46,32 @@ type env struct {
 	ids *counter
 }
 
-func newEnv(t *testing.T) *env {
-	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.BrokerConfigs(map[string]string{"transaction.max.timeout.ms": "900000"}))
-	if err != nil {
-		t.Fatal(err)
+// eachLog runs fn on kfake, and on the real Kafka EVCHAT_KAFKA names (CI
+// must name it).
+func eachLog(t *testing.T, fn func(t *testing.T, e *env)) {
+	t.Run("kfake", func(t *testing.T) {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.BrokerConfigs(map[string]string{"transaction.max.timeout.ms": "900000"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		fn(t, newEnv(t, eventlog.Config{Brokers: c.ListenAddrs(), Partitions: 2}))
+	})
+	k := os.Getenv("EVCHAT_KAFKA")
+	if k == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must run the send tests on real Kafka: EVCHAT_KAFKA is unset")
+		}
+		return
 	}
-	t.Cleanup(c.Close)
-	cfg := eventlog.Config{Brokers: c.ListenAddrs(), Partitions: 2}
+	t.Run("kafka", func(t *testing.T) {
+		prefix := fmt.Sprintf("chattest%d", time.Now().UnixNano())
+		fn(t, newEnv(t, eventlog.Config{Brokers: strings.Split(k, ","), Prefix: prefix, Partitions: 2}))
+	})
+}
+
+func newEnv(t *testing.T, cfg eventlog.Config) *env {
+	t.Helper()
 	if err := eventlog.EnsureTopics(testCtx(t), cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -178,48 +199,50 @@ func goSend(s *Service, ch domain.ChannelID, clientMsgID, text string) <-chan re
 // first id, and the message is in the log once; another client message id
 // is another message.
 func TestResend(t *testing.T) {
-	e := newEnv(t)
-	e.decide(t, e.st)
-	a := e.node(t, 1)
-	id := mustSend(t, a, ch1, "c1", "hi")
-	for _, s := range []*Service{a, e.node(t, 2)} {
-		if got := mustSend(t, s, ch1, "c1", "hi"); got != id {
-			t.Fatalf("resend: id %d, want the first %d", got, id)
+	eachLog(t, func(t *testing.T, e *env) {
+		e.decide(t, e.st)
+		a := e.node(t, 1)
+		id := mustSend(t, a, ch1, "c1", "hi")
+		for _, s := range []*Service{a, e.node(t, 2)} {
+			if got := mustSend(t, s, ch1, "c1", "hi"); got != id {
+				t.Fatalf("resend: id %d, want the first %d", got, id)
+			}
 		}
-	}
-	if n := e.copies(t, id); n != 1 {
-		t.Fatalf("%d copies of message %d in the log, want 1", n, id)
-	}
-	if other := mustSend(t, a, ch1, "c2", "hi"); other == id || e.copies(t, other) != 1 {
-		t.Fatalf("another client message id: id %d (first %d), %d copies", other, id, e.copies(t, other))
-	}
+		if n := e.copies(t, id); n != 1 {
+			t.Fatalf("%d copies of message %d in the log, want 1", n, id)
+		}
+		if other := mustSend(t, a, ch1, "c2", "hi"); other == id || e.copies(t, other) != 1 {
+			t.Fatalf("another client message id: id %d (first %d), %d copies", other, id, e.copies(t, other))
+		}
+	})
 }
 
 // TestConcurrentSends: two gateways given the same send many times at
 // once get one message, and every attempt is acknowledged with its id.
 func TestConcurrentSends(t *testing.T) {
-	e := newEnv(t)
-	nodes := []*Service{e.node(t, 1), e.node(t, 2)}
-	// The processor starts after every attempt is in the log: they are
-	// decided together, in one batch, the first in the log winning.
-	var outs []<-chan result
-	const n = 8
-	for i := range n {
-		outs = append(outs, goSend(nodes[i%2], ch1, "c1", "hi"))
-	}
-	waitRequests(t, e, n)
-	e.decide(t, e.st)
-	var id domain.MessageID
-	for i, out := range outs {
-		r := <-out
-		if r.err != nil || (id != 0 && r.id != id) {
-			t.Fatalf("attempt %d: id %d, %v; want one id for all (%d)", i, r.id, r.err, id)
+	eachLog(t, func(t *testing.T, e *env) {
+		nodes := []*Service{e.node(t, 1), e.node(t, 2)}
+		// The processor starts after every attempt is in the log: they are
+		// decided together, in one batch, the first in the log winning.
+		var outs []<-chan result
+		const n = 8
+		for i := range n {
+			outs = append(outs, goSend(nodes[i%2], ch1, "c1", "hi"))
 		}
-		id = r.id
-	}
-	if n := e.copies(t, id); n != 1 {
-		t.Fatalf("%d copies of message %d in the log, want 1", n, id)
-	}
+		waitRequests(t, e, n)
+		e.decide(t, e.st)
+		var id domain.MessageID
+		for i, out := range outs {
+			r := <-out
+			if r.err != nil || (id != 0 && r.id != id) {
+				t.Fatalf("attempt %d: id %d, %v; want one id for all (%d)", i, r.id, r.err, id)
+			}
+			id = r.id
+		}
+		if n := e.copies(t, id); n != 1 {
+			t.Fatalf("%d copies of message %d in the log, want 1", n, id)
+		}
+	})
 }
 
 // waitRequests waits until the sends topic holds n requests.
@@ -247,47 +270,49 @@ func waitRequests(t *testing.T, e *env, n int) {
 // log. A resend on another node is answered with the first request's
 // id, and the message is in the log once: the log's first request decides.
 func TestResendOfAnUnansweredSend(t *testing.T) {
-	e := newEnv(t)
-	a, b := e.node(t, 1), e.node(t, 2)
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	_, err := a.Send(ctx, ann, "phone", ch1, "c1", "hi", nil)
-	cancel()
-	if domain.CodeOf(err) != domain.CodeUnavailable {
-		t.Fatalf("a send nobody answers: %v, want code %s", err, domain.CodeUnavailable)
-	}
-	var first domain.SendRequested
-	_, err = eventlog.ReadToEnd(testCtx(t), e.cfg, e.cfg.Topics().Sends, eventlog.ReadRange{}, func(rec *kgo.Record) {
-		if _, ev, err := domain.Decode(rec.Value); err == nil {
-			first = ev.(domain.SendRequested)
+	eachLog(t, func(t *testing.T, e *env) {
+		a, b := e.node(t, 1), e.node(t, 2)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		_, err := a.Send(ctx, ann, "phone", ch1, "c1", "hi", nil)
+		cancel()
+		if domain.CodeOf(err) != domain.CodeUnavailable {
+			t.Fatalf("a send nobody answers: %v, want code %s", err, domain.CodeUnavailable)
+		}
+		var first domain.SendRequested
+		_, err = eventlog.ReadToEnd(testCtx(t), e.cfg, e.cfg.Topics().Sends, eventlog.ReadRange{}, func(rec *kgo.Record) {
+			if _, ev, err := domain.Decode(rec.Value); err == nil {
+				first = ev.(domain.SendRequested)
+			}
+		})
+		if err != nil || first.MessageID == 0 {
+			t.Fatalf("the first request: %+v, %v", first, err)
+		}
+		e.decide(t, e.st)
+		if got := mustSend(t, b, ch1, "c1", "hi"); got != first.MessageID {
+			t.Fatalf("resend: id %d, want the first request's %d", got, first.MessageID)
+		}
+		if n := e.copies(t, first.MessageID); n != 1 {
+			t.Fatalf("%d copies of message %d in the log, want 1", n, first.MessageID)
 		}
 	})
-	if err != nil || first.MessageID == 0 {
-		t.Fatalf("the first request: %+v, %v", first, err)
-	}
-	e.decide(t, e.st)
-	if got := mustSend(t, b, ch1, "c1", "hi"); got != first.MessageID {
-		t.Fatalf("resend: id %d, want the first request's %d", got, first.MessageID)
-	}
-	if n := e.copies(t, first.MessageID); n != 1 {
-		t.Fatalf("%d copies of message %d in the log, want 1", n, first.MessageID)
-	}
 }
 
 // TestProcessorRestarts: decisions outlive the processor: a resend after
 // it restarts is answered with the first id, and nothing is appended.
 func TestProcessorRestarts(t *testing.T) {
-	e := newEnv(t)
-	stop := e.decide(t, e.st)
-	a := e.node(t, 1)
-	id := mustSend(t, a, ch1, "c1", "hi")
-	stop()
-	e.decide(t, e.st)
-	if got := mustSend(t, a, ch1, "c1", "hi"); got != id {
-		t.Fatalf("resend after a restart: id %d, want %d", got, id)
-	}
-	if n := e.copies(t, id); n != 1 {
-		t.Fatalf("%d copies of message %d in the log, want 1", n, id)
-	}
+	eachLog(t, func(t *testing.T, e *env) {
+		stop := e.decide(t, e.st)
+		a := e.node(t, 1)
+		id := mustSend(t, a, ch1, "c1", "hi")
+		stop()
+		e.decide(t, e.st)
+		if got := mustSend(t, a, ch1, "c1", "hi"); got != id {
+			t.Fatalf("resend after a restart: id %d, want %d", got, id)
+		}
+		if n := e.copies(t, id); n != 1 {
+			t.Fatalf("%d copies of message %d in the log, want 1", n, id)
+		}
+	})
 }
 
 // failingFlush is the store, whose first save of decisions is written and
@@ -311,69 +336,72 @@ func (f *failingFlush) SaveSendDecisions(ctx context.Context, ds []store.SendDec
 // store but whose transaction did not commit is processed again, and the
 // message is appended then: the acknowledged id is in the log, once.
 func TestAbortAfterTheDecisionIsStored(t *testing.T) {
-	e := newEnv(t)
-	st := &failingFlush{Store: e.st}
-	e.decide(t, st)
-	id := mustSend(t, e.node(t, 1), ch1, "c1", "hi")
-	if !st.failed.Load() {
-		t.Fatal("no batch was aborted")
-	}
-	if n := e.copies(t, id); n != 1 {
-		t.Fatalf("%d copies of the acknowledged message %d in the log, want 1", n, id)
-	}
+	eachLog(t, func(t *testing.T, e *env) {
+		st := &failingFlush{Store: e.st}
+		e.decide(t, st)
+		id := mustSend(t, e.node(t, 1), ch1, "c1", "hi")
+		if !st.failed.Load() {
+			t.Fatal("no batch was aborted")
+		}
+		if n := e.copies(t, id); n != 1 {
+			t.Fatalf("%d copies of the acknowledged message %d in the log, want 1", n, id)
+		}
+	})
 }
 
 // TestSendPastItsDeadline: a send whose context has ended, whichever step
 // it reached, fails with "unavailable" (the client resends), not with an
 // internal error.
 func TestSendPastItsDeadline(t *testing.T) {
-	e := newEnv(t)
-	e.decide(t, e.st)
-	a := e.node(t, 1)
-	expired, cancel := context.WithDeadline(context.Background(), time.Unix(0, 0))
-	defer cancel()
-	canceled, cancel2 := context.WithCancel(context.Background())
-	cancel2()
-	for name, ctx := range map[string]context.Context{"past its deadline": expired, "canceled": canceled} {
-		if _, err := a.Send(ctx, ann, "phone", ch1, "c1", "hi", nil); domain.CodeOf(err) != domain.CodeUnavailable {
-			t.Errorf("a send %s: %v, want code %s", name, err, domain.CodeUnavailable)
+	eachLog(t, func(t *testing.T, e *env) {
+		e.decide(t, e.st)
+		a := e.node(t, 1)
+		expired, cancel := context.WithDeadline(context.Background(), time.Unix(0, 0))
+		defer cancel()
+		canceled, cancel2 := context.WithCancel(context.Background())
+		cancel2()
+		for name, ctx := range map[string]context.Context{"past its deadline": expired, "canceled": canceled} {
+			if _, err := a.Send(ctx, ann, "phone", ch1, "c1", "hi", nil); domain.CodeOf(err) != domain.CodeUnavailable {
+				t.Errorf("a send %s: %v, want code %s", name, err, domain.CodeUnavailable)
+			}
 		}
-	}
-	if id := mustSend(t, a, ch1, "c1", "hi"); e.copies(t, id) != 1 {
-		t.Fatalf("the resend: %d copies of message %d in the log, want 1", e.copies(t, id), id)
-	}
+		if id := mustSend(t, a, ch1, "c1", "hi"); e.copies(t, id) != 1 {
+			t.Fatalf("the resend: %d copies of message %d in the log, want 1", e.copies(t, id), id)
+		}
+	})
 }
 
 // TestResendConflicts: the same client message id with another text or
 // channel is refused, on any node, and the first message stands.
 func TestResendConflicts(t *testing.T) {
-	e := newEnv(t)
-	e.decide(t, e.st)
-	a := e.node(t, 1)
-	first := mustSend(t, a, ch1, "c1", "hi")
-	for _, tc := range []struct {
-		name string
-		ch   domain.ChannelID
-		text string
-	}{
-		{"another text", ch1, "hi!"},
-		{"another channel", ch2, "hi"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			for _, s := range []*Service{a, e.node(t, 2)} {
-				_, err := s.Send(testCtx(t), ann, "phone", tc.ch, "c1", tc.text, nil)
-				if domain.CodeOf(err) != domain.CodeConflict {
-					t.Fatalf("got %v, want code %s", err, domain.CodeConflict)
+	eachLog(t, func(t *testing.T, e *env) {
+		e.decide(t, e.st)
+		a := e.node(t, 1)
+		first := mustSend(t, a, ch1, "c1", "hi")
+		for _, tc := range []struct {
+			name string
+			ch   domain.ChannelID
+			text string
+		}{
+			{"another text", ch1, "hi!"},
+			{"another channel", ch2, "hi"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				for _, s := range []*Service{a, e.node(t, 2)} {
+					_, err := s.Send(testCtx(t), ann, "phone", tc.ch, "c1", tc.text, nil)
+					if domain.CodeOf(err) != domain.CodeConflict {
+						t.Fatalf("got %v, want code %s", err, domain.CodeConflict)
+					}
 				}
-			}
-		})
-	}
-	if got := mustSend(t, a, ch1, "c1", "hi"); got != first {
-		t.Fatalf("resend with the same text: id %d, want %d", got, first)
-	}
-	if n := e.copies(t, first); n != 1 {
-		t.Fatalf("%d copies of message %d in the log, want 1", n, first)
-	}
+			})
+		}
+		if got := mustSend(t, a, ch1, "c1", "hi"); got != first {
+			t.Fatalf("resend with the same text: id %d, want %d", got, first)
+		}
+		if n := e.copies(t, first); n != 1 {
+			t.Fatalf("%d copies of message %d in the log, want 1", n, first)
+		}
+	})
 }
 
 func TestConfigValidate(t *testing.T) {
