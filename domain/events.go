@@ -94,27 +94,12 @@ type MessageSent struct {
 // the key is answered with that first decision. The envelope's event id
 // is the request's id, which the reply names.
 type SendRequested struct {
-	ChannelID   ChannelID `json:"channel_id"`
-	MessageID   MessageID `json:"message_id"`
-	SenderID    UserID    `json:"sender_id"`
-	DeviceID    DeviceID  `json:"device_id"`
-	ClientMsgID string    `json:"client_msg_id"`
-	Text        string    `json:"text"`
-	// DecidedAt is MessageSent.DecidedAt, which the request carries to
-	// the message.
-	DecidedAt int64 `json:"decided_at,omitempty"`
+	// MessageSent is the message this request becomes if it is the first
+	// of its key; its fields are the request's, in its JSON too.
+	MessageSent
 	// ReplyTo names the gateway process that waits for the answer: the
 	// key of its send.decided on the replies topic.
 	ReplyTo string `json:"reply_to"`
-}
-
-// Sent returns the message that the request becomes when it is the first of
-// its key.
-func (r SendRequested) Sent() MessageSent {
-	return MessageSent{
-		ChannelID: r.ChannelID, MessageID: r.MessageID, SenderID: r.SenderID, DeviceID: r.DeviceID,
-		ClientMsgID: r.ClientMsgID, Text: r.Text, DecidedAt: r.DecidedAt,
-	}
 }
 
 // SendDecided answers a SendRequested on the replies topic, keyed by the

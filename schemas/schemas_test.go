@@ -77,8 +77,8 @@ func sampleEvents() []domain.Event {
 		domain.PresenceChanged{UserID: bob, Online: false, LastActiveAt: time.Date(2025, 1, 2, 3, 4, 5, 1, time.UTC), At: time.Date(2025, 1, 2, 3, 4, 35, 0, time.UTC)},
 		// A change built as domain.ApplyPresence builds it.
 		presenceOf(domain.DeviceLoggedIn{UserID: carol, DeviceID: "phone-1"}),
-		domain.SendRequested{ChannelID: group, MessageID: msgID, SenderID: alice, DeviceID: "phone-1", ClientMsgID: "c-1", Text: "hello", DecidedAt: 42, ReplyTo: "node-7"},
-		domain.SendRequested{ChannelID: direct, MessageID: domain.MessageID(^uint64(0)), SenderID: bob, DeviceID: "web.tab_2", ClientMsgID: strings.Repeat("x", 64), Text: strings.Repeat("é", 100_000), ReplyTo: "node-65535"},
+		domain.SendRequested{MessageSent: domain.MessageSent{ChannelID: group, MessageID: msgID, SenderID: alice, DeviceID: "phone-1", ClientMsgID: "c-1", Text: "hello", DecidedAt: 42}, ReplyTo: "node-7"},
+		domain.SendRequested{MessageSent: domain.MessageSent{ChannelID: direct, MessageID: domain.MessageID(^uint64(0)), SenderID: bob, DeviceID: "web.tab_2", ClientMsgID: strings.Repeat("x", 64), Text: strings.Repeat("é", 100_000)}, ReplyTo: "node-65535"},
 		domain.SendDecided{RequestID: "468192741203755013", MessageID: msgID},
 		domain.SendDecided{RequestID: "r", Code: domain.CodeConflict, Message: `client_msg_id "c-1" was used for another text`},
 	}
@@ -155,7 +155,7 @@ func TestValidateEventRefuses(t *testing.T) {
 	read := domain.ChannelRead{UserID: bob, DeviceID: "phone-1", ChannelID: group, MessageID: msgID, Seq: 7}
 	tick := domain.ClockTicked{Partition: 3}
 	pres := domain.PresenceChanged{UserID: alice, Online: true, LastActiveAt: time.Now(), At: time.Now()}
-	req := domain.SendRequested{ChannelID: group, MessageID: msgID, SenderID: alice, DeviceID: "phone-1", ClientMsgID: "c-1", Text: "hello", ReplyTo: "node-1"}
+	req := domain.SendRequested{MessageSent: domain.MessageSent{ChannelID: group, MessageID: msgID, SenderID: alice, DeviceID: "phone-1", ClientMsgID: "c-1", Text: "hello"}, ReplyTo: "node-1"}
 	decided := domain.SendDecided{RequestID: "468192741203755013", MessageID: msgID}
 	refused := domain.SendDecided{RequestID: "468192741203755013", Code: domain.CodeConflict, Message: "used for another text"}
 	set := func(k string, v any) func(env, payload map[string]any) {
@@ -226,7 +226,7 @@ func TestValidateEventRefuses(t *testing.T) {
 		{"presence at not RFC 3339", mutate(t, encode(t, pres), set("at", "2025-01-02")), domain.CodeBadRequest},
 
 		{"request without message_id", mutate(t, encode(t, req), func(_, p map[string]any) { delete(p, "message_id") }), domain.CodeBadRequest},
-		{"request message_id zero", encode(t, domain.SendRequested{ChannelID: group, SenderID: alice, DeviceID: "d", ClientMsgID: "c", Text: "hi", ReplyTo: "node-1"}), domain.CodeBadRequest},
+		{"request message_id zero", encode(t, domain.SendRequested{MessageSent: domain.MessageSent{ChannelID: group, SenderID: alice, DeviceID: "d", ClientMsgID: "c", Text: "hi"}, ReplyTo: "node-1"}), domain.CodeBadRequest},
 		{"request without reply_to", mutate(t, encode(t, req), func(_, p map[string]any) { delete(p, "reply_to") }), domain.CodeBadRequest},
 		{"request empty reply_to", mutate(t, encode(t, req), set("reply_to", "")), domain.CodeBadRequest},
 		{"request without client_msg_id", mutate(t, encode(t, req), func(_, p map[string]any) { delete(p, "client_msg_id") }), domain.CodeBadRequest},

@@ -462,10 +462,7 @@ func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.
 	}
 	answer, done := s.cfg.Replies.Expect(m.EventID)
 	defer done()
-	req := domain.SendRequested{
-		ChannelID: id, MessageID: sent.MessageID, SenderID: sender, DeviceID: device, ClientMsgID: clientMsgID,
-		Text: text, DecidedAt: sent.DecidedAt, ReplyTo: s.cfg.Replies.To(),
-	}
+	req := domain.SendRequested{MessageSent: sent, ReplyTo: s.cfg.Replies.To()}
 	if _, err := s.log.Append(ctx, s.cfg.Topics.Sends, string(sender), req, m); err != nil {
 		return 0, err
 	}

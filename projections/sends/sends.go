@@ -226,7 +226,7 @@ func (p *Processor) Process(_ context.Context, part int32, rec *kgo.Record, out 
 	reply := domain.SendDecided{RequestID: m.EventID, MessageID: d.MessageID}
 	switch {
 	case first:
-		v, err := domain.Encode(req.Sent(), domain.Meta{EventID: req.MessageID.String(), Time: m.Time})
+		v, err := domain.Encode(req.MessageSent, domain.Meta{EventID: req.MessageID.String(), Time: m.Time})
 		if err != nil {
 			return err
 		}

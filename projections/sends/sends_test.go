@@ -39,7 +39,7 @@ var t0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 // request is the send.requested record at offset of partition 0.
 func request(t *testing.T, offset int64, id domain.MessageID, client string, ch domain.ChannelID, text string) *kgo.Record {
 	t.Helper()
-	req := domain.SendRequested{ChannelID: ch, MessageID: id, SenderID: "u1", DeviceID: "d", ClientMsgID: client, Text: text, ReplyTo: "node-1", DecidedAt: 3}
+	req := domain.SendRequested{MessageSent: domain.MessageSent{ChannelID: ch, MessageID: id, SenderID: "u1", DeviceID: "d", ClientMsgID: client, Text: text, DecidedAt: 3}, ReplyTo: "node-1"}
 	v, err := domain.Encode(req, domain.Meta{EventID: fmt.Sprint("r", offset), Time: t0.Add(time.Duration(offset) * time.Second)})
 	if err != nil {
 		t.Fatal(err)
