@@ -381,9 +381,10 @@ func (r *chaosRun) check(what string) {
 	if len(sent) < len(ackedIDs) {
 		t.Errorf("the channel topic holds %d message ids, fewer than the %d acknowledged", len(sent), len(ackedIDs))
 	}
-	// The operator's check says the same: the fan-out's output, history
-	// and the inbox agree with the log after every kill.
-	for _, p := range []string{"fanout", "history", "inbox"} {
+	// The operator's check says the same: the fan-out's output, history,
+	// the inbox and the sends processor's decisions agree with the log
+	// after every kill.
+	for _, p := range []string{"fanout", "history", "inbox", "sends"} {
 		var out string
 		if !waitUntil(2*time.Minute, func() bool {
 			var ok bool

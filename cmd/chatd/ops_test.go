@@ -42,8 +42,15 @@ func TestVerifyAndReplay(t *testing.T) {
 			}
 		}
 		waitFor(t, func() bool { return len(n.history(tok, g.ChannelID, "limit=100").Messages) == 20 })
-		for _, p := range []string{"history", "fanout", "inbox"} {
-			waitFor(t, func() bool { _, ok := n.ops("verify", "--projection", p); return ok })
+		for _, p := range []string{"history", "fanout", "inbox", "sends"} {
+			var out string
+			if !waitUntil(time.Minute, func() bool {
+				var ok bool
+				out, ok = n.ops("verify", "--projection", p)
+				return ok
+			}) {
+				t.Fatalf("verify %s:\n%s", p, out)
+			}
 		}
 
 		// Corrupt one message's text in the store.

@@ -128,12 +128,35 @@ func TextHash(text string) string {
 
 // Restore loads a partition's progress.
 func (p *Processor) Restore(part int32, key, value []byte) {
-	if string(key) != string(progressKey) {
-		return
-	}
-	if n, err := strconv.ParseInt(string(value), 10, 64); err == nil {
+	if n, ok := progressOf(key, value); ok {
 		p.done[part] = n
 	}
+}
+
+// progressOf reads a changelog record: a partition's progress, or nothing.
+func progressOf(key, value []byte) (int64, bool) {
+	if string(key) != string(progressKey) {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(value), 10, 64)
+	return n, err == nil
+}
+
+// Progress returns, per partition of the sends topic, the offset the
+// processor's committed transactions have processed up to (its changelog):
+// every request below it is decided, its decision stored and its message
+// in the channel topic. verify compares up to it.
+func Progress(ctx context.Context, cfg eventlog.Config) (map[int32]int64, error) {
+	pos := map[int32]int64{}
+	_, err := eventlog.ReadToEnd(ctx, cfg, cfg.Topics().SendsState, eventlog.ReadRange{}, func(r *kgo.Record) {
+		if n, ok := progressOf(r.Key, r.Value); ok {
+			pos[r.Partition] = n
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sends: progress: %w", err)
+	}
+	return pos, nil
 }
 
 // Drop forgets the batch and the progress (restored again before the next

@@ -16,7 +16,11 @@
 // user's latest change; positions are the presence projection's committed
 // offsets, see verifyPresence), and the fan-out (chat.channels → the inbox
 // topic of the current epoch: one entry per member and admitted message,
-// none twice; positions are its committed offsets, see verifyFanout).
+// none twice; positions are its committed offsets, see verifyFanout), and
+// the sends processor (chat.sends → each (sender, client message id)'s
+// decision in the store is its first request's, and chat.channels holds
+// its message once; positions are the processor's progress, see
+// verifySends).
 //
 // A verification that compared nothing proves nothing: when the topic holds
 // records but no entity or no event was compared (the projection has not
@@ -52,6 +56,7 @@ import (
 	"github.com/evchat/evchat/projections/history"
 	"github.com/evchat/evchat/projections/inbox"
 	"github.com/evchat/evchat/projections/presence"
+	"github.com/evchat/evchat/projections/sends"
 	"github.com/evchat/evchat/projections/store"
 )
 
@@ -63,6 +68,7 @@ type Store interface {
 	Inbox(ctx context.Context, u domain.UserID, epoch int32, after int64, limit int) ([]store.InboxEntry, error)
 	DeviceCursors(ctx context.Context, u domain.UserID) ([]store.DeviceCursor, error)
 	ChannelReads(ctx context.Context, ch domain.ChannelID) ([]store.ReadMark, error)
+	SendDecisions(ctx context.Context, keys []store.SendKey) (map[store.SendKey]store.SendDecision, error)
 }
 
 // Errors of Report.Err.
@@ -148,7 +154,7 @@ func (r Report) Summary() string {
 func short(d string) string { return d[:min(12, len(d))] }
 
 // Projections lists what Run can verify.
-var Projections = []string{history.Name, fanout.Name, inbox.Name, cursors.Name, presence.Name}
+var Projections = []string{history.Name, fanout.Name, inbox.Name, cursors.Name, presence.Name, sends.Name}
 
 // Rules are the rules the projections were built with, which verify
 // rebuilds them by.
@@ -179,6 +185,8 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 	case presence.Name:
 		rep.Epoch = eventlog.EpochOf(cfg, domain.OutputPresence)
 		rep.Positions, rep.Topic, rep.Kind = cfg.Group(eventlog.Epoched(presence.Name, rep.Epoch)), cfg.Topics().Sessions, "users"
+	case sends.Name:
+		rep.Positions, rep.Topic, rep.Kind = cfg.Topics().SendsState, cfg.Topics().Sends, "sends (sender, client message id)"
 	default:
 		return Report{}, domain.Errorf(domain.CodeBadRequest, "cannot verify %q: verify knows %v", projection, Projections)
 	}
@@ -187,9 +195,9 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 		return Report{}, err
 	}
 	var pos map[int32]int64
-	if projection == presence.Name || projection == fanout.Name {
-		// Their consumer offsets, read by verifyPresence and verifyFanout
-		// before and after they read the output.
+	if projection == presence.Name || projection == fanout.Name || projection == sends.Name {
+		// Their consumer offsets (the sends processor's progress), read
+		// by verifyPresence, verifyFanout and verifySends.
 	} else if pos, err = st.Positions(ctx, rep.Positions); err != nil {
 		return Report{}, err
 	}
@@ -202,6 +210,8 @@ func Run(ctx context.Context, cfg eventlog.Config, st Store, projection string, 
 		err = verifyCursors(ctx, cfg, st, pos, &rep)
 	case fanout.Name:
 		pos, err = verifyFanout(ctx, cfg, rules.Limits, &rep)
+	case sends.Name:
+		pos, err = verifySends(ctx, cfg, st, &rep)
 	default:
 		pos, err = verifyPresence(ctx, cfg, cmp.Or(rules.PresenceWindow, domain.DefaultPresenceWindow), &rep)
 	}

@@ -102,7 +102,7 @@ var Table = []*Role{
 	{
 		Name: sends.Name, Doc: "decides each send once: its message.sent and the gateway's answer, exactly once",
 		Input:  func(t eventlog.Topics) string { return t.Sends },
-		Replay: NotReplayed,
+		Replay: NotReplayed, Verify: verifyWith(sends.Name),
 		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
 			return func(ctx context.Context) error {
 				p, err := sends.New(sends.Config{Log: lc, InstanceID: n.instance, Logger: n.log}, n.st)
