@@ -97,8 +97,7 @@ type Config struct {
 	// Input is the topic consumed. Required.
 	Input string
 	// Changelog is the state topic, with as many partitions as Input.
-	// Empty for a Handler that keeps no state in the log (Restore is
-	// never called).
+	// Required.
 	Changelog string
 	// Log is the log's config. Required.
 	Log eventlog.Config
@@ -143,8 +142,8 @@ const (
 // by another with the same transactional id stops with an error instead:
 // two processes with one id can only fence each other in turn.
 func Run(ctx context.Context, cfg Config, h Handler) error {
-	if cfg.Name == "" || cfg.Input == "" {
-		return errors.New("txproc: name and input are required")
+	if cfg.Name == "" || cfg.Input == "" || cfg.Changelog == "" {
+		return errors.New("txproc: name, input and changelog are required")
 	}
 	if err := cfg.Log.Validate(); err != nil {
 		return err
@@ -398,9 +397,6 @@ func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetc
 // in part would look like channels that do not exist. The caller then
 // aborts the batch, commits nothing and drops every state.
 func (r *runner) restore(ctx context.Context, part int32) error {
-	if r.cfg.Changelog == "" {
-		return nil
-	}
 	n := 0
 	reached, err := eventlog.ReadToEnd(ctx, r.cfg.Log, r.cfg.Changelog, eventlog.ReadRange{Partitions: []int32{part}}, func(rec *kgo.Record) {
 		r.h.Restore(part, rec.Key, rec.Value)
