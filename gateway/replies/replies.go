@@ -52,24 +52,12 @@ func New(ctx context.Context, cfg eventlog.Config, node uint16, log *slog.Logger
 		return nil, fmt.Errorf("replies: client: %w", err)
 	}
 	defer admCl.Close()
-	ends, err := kadm.NewClient(admCl).ListEndOffsets(ctx, topic)
-	if err == nil {
-		err = ends.Error()
-	}
+	end, err := eventlog.KeyEnd(ctx, kadm.NewClient(admCl), topic, to)
 	if err != nil {
 		return nil, fmt.Errorf("replies: the end of %s: %w", topic, err)
 	}
-	n := len(ends[topic])
-	if n == 0 {
-		return nil, fmt.Errorf("replies: topic %s has no partitions", topic)
-	}
-	p := int32(kgo.StickyKeyPartitioner(nil).ForTopic(topic).Partition(&kgo.Record{Key: []byte(to)}, n))
-	end, ok := ends.Lookup(topic, p)
-	if !ok {
-		return nil, fmt.Errorf("replies: no end offset of %s/%d", topic, p)
-	}
 	cl, err := kgo.NewClient(cfg.ClientOpts(
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {p: kgo.NewOffset().At(end.Offset)}}),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {end.Partition: kgo.NewOffset().At(end.Offset)}}),
 		kgo.ClientID("evchat-replies"),
 	)...)
 	if err != nil {

@@ -268,6 +268,30 @@ func NewAppender(cfg Config, extra ...kgo.Opt) (*Appender, error) {
 	return &Appender{cl: cl}, nil
 }
 
+// KeyEnd returns the partition of topic that records keyed by key go to
+// (the producer's default partitioning: murmur2 of the key, as Kafka's) and
+// the offset just past its last record, the high watermark: every record
+// the log has acknowledged lies below it.
+func KeyEnd(ctx context.Context, adm *kadm.Client, topic, key string) (Position, error) {
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return Position{}, &domain.Error{Code: domain.CodeUnavailable, Msg: "the log's end is unknown", Err: err}
+	}
+	n := len(ends[topic])
+	if n == 0 {
+		return Position{}, &domain.Error{Code: domain.CodeUnavailable, Msg: "topic " + topic + " has no partitions"}
+	}
+	p := int32(kgo.StickyKeyPartitioner(nil).ForTopic(topic).Partition(&kgo.Record{Key: []byte(key)}, n))
+	o, ok := ends.Lookup(topic, p)
+	if !ok {
+		return Position{}, &domain.Error{Code: domain.CodeUnavailable, Msg: fmt.Sprintf("no end offset of %s/%d", topic, p)}
+	}
+	return Position{Partition: p, Offset: o.Offset}, nil
+}
+
 // Position is where the log put a record.
 type Position struct {
 	Partition int32
