@@ -964,6 +964,27 @@ func (n *node) ops(args ...string) (string, bool) {
 	return string(out), err == nil
 }
 
+// metrics returns the lines of the node's /metrics that start with any
+// of prefixes, or why it could not read them.
+func (n *node) metrics(prefixes ...string) string {
+	resp, err := http.Get("http://" + n.http + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var b strings.Builder
+	for line := range strings.Lines(string(body)) {
+		for _, p := range prefixes {
+			if strings.HasPrefix(line, p) {
+				b.WriteString(line)
+				break
+			}
+		}
+	}
+	return b.String()
+}
+
 // maxLag reads the node's largest projection lag from /metrics; -1 when
 // it cannot.
 func (n *node) maxLag() float64 {

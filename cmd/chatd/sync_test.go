@@ -175,7 +175,7 @@ func TestPush(t *testing.T) {
 		for _, id := range ids {
 			want[bob.ID+":"+id] = 1
 		}
-		waitPushes(t, ps, want)
+		waitPushes(t, n, ps, want)
 		time.Sleep(500 * time.Millisecond) // the push projection stores its position
 		n.kill()
 		n.start()
@@ -211,7 +211,7 @@ func TestPush(t *testing.T) {
 		m := catWS.messages(1)[0]
 		catWS.write(map[string]any{"type": "received", "epoch": 1, "position": *m.Position})
 		want[bob.ID+":"+id] = 1
-		waitPushes(t, ps, want)
+		waitPushes(t, n, ps, want)
 		time.Sleep(2 * time.Second)
 		if got := ps.counts(); !mapsEqual(got, want) {
 			t.Fatalf("push requests %v, want %v", got, want)
@@ -220,8 +220,10 @@ func TestPush(t *testing.T) {
 }
 
 // waitPushes waits until every push in want has come, and fails, naming
-// what came, if that takes more than two minutes or anything else came.
-func waitPushes(t *testing.T, ps *pushServer, want map[string]int) {
+// what came and what the node's push projection decided (its outcome
+// counts and lags), if that takes more than two minutes or anything else
+// came.
+func waitPushes(t *testing.T, n *node, ps *pushServer, want map[string]int) {
 	t.Helper()
 	var got map[string]int
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
@@ -235,7 +237,8 @@ func waitPushes(t *testing.T, ps *pushServer, want map[string]int) {
 		}
 	}
 	if !mapsEqual(got, want) {
-		t.Fatalf("push requests (user:message) %v, want %v", got, want)
+		t.Fatalf("push requests (user:message) %v, want %v; the node's metrics:\n%s", got, want,
+			n.metrics("evchat_push_entries_total", "evchat_projection_lag", "evchat_message_text_lookups_total"))
 	}
 }
 

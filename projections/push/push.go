@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
@@ -78,8 +79,32 @@ type Config struct {
 	Decoded *inbox.Decoded
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Outcomes, if set, counts each entry for another user by what became
+	// of it (label "outcome", see the Outcome constants): why a person got
+	// no notification is a question operators are asked.
+	Outcomes *prometheus.CounterVec
 	// Logger; default discard.
 	Logger *slog.Logger
+}
+
+// Outcomes of an entry for another user than its sender.
+const (
+	OutcomeTooOld       = "too_old"      // older than MaxAge when it came up
+	OutcomeOnline       = "online"       // the recipient was online after Delay
+	OutcomeAcknowledged = "acknowledged" // a device of theirs had it already
+	OutcomeReserved     = "reserved"     // sent before (a restart or a replay)
+	OutcomeSent         = "sent"         // handed to the Sender
+	OutcomeFailed       = "failed"       // the Sender failed three times: lost
+)
+
+// NewOutcomes returns the counter of Config.Outcomes, registered with reg.
+func NewOutcomes(reg prometheus.Registerer) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "evchat_push_entries_total",
+		Help: "Inbox entries for another user than the sender that the push projection decided on, by outcome: too_old, online, acknowledged, reserved (sent before), sent, failed.",
+	}, []string{"outcome"})
+	reg.MustRegister(c)
+	return c
 }
 
 // Projection implements projector.Handler.
@@ -132,6 +157,7 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, _ 
 			continue
 		}
 		if p.cfg.Now().Sub(m.SentAt) > p.cfg.MaxAge {
+			p.count(OutcomeTooOld)
 			continue
 		}
 		if wait := m.SentAt.Add(p.cfg.Delay).Sub(p.cfg.Now()); wait > 0 {
@@ -142,6 +168,7 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, _ 
 			}
 		}
 		if pr, ok := p.presence.Of(m.UserID); ok && pr.Online {
+			p.count(OutcomeOnline)
 			continue
 		}
 		acked, err := p.acked(ctx, m.UserID, rec.Offset)
@@ -149,6 +176,7 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, _ 
 			return err
 		}
 		if acked {
+			p.count(OutcomeAcknowledged)
 			continue
 		}
 		// The text before the reservation: an entry whose text history
@@ -167,15 +195,25 @@ func (p *Projection) Handle(ctx context.Context, _ int32, recs []*kgo.Record, _ 
 			return err
 		}
 		if !created {
+			p.count(OutcomeReserved)
 			continue
 		}
 		n := Notification{UserID: m.UserID, ChannelID: m.ChannelID, MessageID: m.MessageID,
 			SenderID: m.SenderID, Text: m.Text, SentAt: m.SentAt}
 		if err := p.deliver(ctx, n); err != nil {
+			p.count(OutcomeFailed)
 			p.cfg.Logger.Error("push notification lost", "user", m.UserID, "message", m.MessageID, "err", err)
+			continue
 		}
+		p.count(OutcomeSent)
 	}
 	return nil
+}
+
+func (p *Projection) count(outcome string) {
+	if p.cfg.Outcomes != nil {
+		p.cfg.Outcomes.WithLabelValues(outcome).Inc()
+	}
 }
 
 // resolveFrom resolves the texts of ms[i] and of every later entry that

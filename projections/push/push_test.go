@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
@@ -125,34 +127,41 @@ func TestHandle(t *testing.T) {
 		online  map[domain.UserID]bool
 		acks    func(*pebblestore.Store) error
 		want    []string
+		counts  map[string]float64 // outcomes over the first run and the replay
 	}{{
 		name:    "recipients without presence get one each",
 		entries: []entry{{0, "a", 1, "s", t0}, {1, "b", 1, "s", t0}, {2, "a", 2, "s", t0}},
 		want:    []string{"a:1", "b:1", "a:2"},
+		counts:  map[string]float64{OutcomeSent: 3, OutcomeReserved: 3},
 	}, {
 		name:    "online recipient gets nothing",
 		entries: []entry{{0, "a", 1, "s", t0}, {1, "b", 1, "s", t0}},
 		online:  map[domain.UserID]bool{"a": true, "b": false},
 		want:    []string{"b:1"},
+		counts:  map[string]float64{OutcomeOnline: 2, OutcomeSent: 1, OutcomeReserved: 1},
 	}, {
 		name:    "the sender's own copy sends nothing",
 		entries: []entry{{0, "s", 1, "s", t0}, {1, "a", 1, "s", t0}},
 		want:    []string{"a:1"},
+		counts:  map[string]float64{OutcomeSent: 1, OutcomeReserved: 1},
 	}, {
 		name:    "older than the max age",
 		entries: []entry{{0, "a", 1, "s", now.Add(-time.Minute - time.Millisecond)}, {1, "a", 2, "s", now.Add(-time.Minute + time.Second)}},
 		want:    []string{"a:2"},
+		counts:  map[string]float64{OutcomeTooOld: 2, OutcomeSent: 1, OutcomeReserved: 1},
 	}, {
 		name:    "a device acknowledged the entry",
 		entries: []entry{{4, "a", 1, "s", t0}, {5, "a", 2, "s", t0}, {5, "b", 3, "s", t0}},
 		acks: func(st *pebblestore.Store) error {
 			return errors.Join(ackAt(st, "a", 1, 4), ackAt(st, "b", 2, 100)) // b acked in another epoch
 		},
-		want: []string{"a:2", "b:3"},
+		want:   []string{"a:2", "b:3"},
+		counts: map[string]float64{OutcomeAcknowledged: 2, OutcomeSent: 2, OutcomeReserved: 2},
 	}, {
 		name:    "a second copy of an entry at a later offset",
 		entries: []entry{{0, "a", 1, "s", t0}, {1, "a", 1, "s", t0}},
 		want:    []string{"a:1"},
+		counts:  map[string]float64{OutcomeSent: 1, OutcomeReserved: 3},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -163,7 +172,8 @@ func TestHandle(t *testing.T) {
 				}
 			}
 			s := &sender{}
-			cfg := Config{Delay: 3 * time.Second, MaxAge: time.Minute, Now: func() time.Time { return now }}
+			outcomes := NewOutcomes(prometheus.NewRegistry())
+			cfg := Config{Delay: 3 * time.Second, MaxAge: time.Minute, Now: func() time.Time { return now }, Outcomes: outcomes}
 			recs := records(t, tt.entries...)
 			for range 2 { // the first run, then a replay
 				if err := New(cfg, st, texts{}, presence{online: tt.online}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
@@ -173,7 +183,19 @@ func TestHandle(t *testing.T) {
 					t.Fatalf("sent %v, want %v", got, tt.want)
 				}
 			}
+			checkOutcomes(t, outcomes, tt.counts)
 		})
+	}
+}
+
+// checkOutcomes fails unless the counter holds want (outcomes missing
+// from want at zero).
+func checkOutcomes(t *testing.T, c *prometheus.CounterVec, want map[string]float64) {
+	t.Helper()
+	for _, o := range []string{OutcomeTooOld, OutcomeOnline, OutcomeAcknowledged, OutcomeReserved, OutcomeSent, OutcomeFailed} {
+		if got := testutil.ToFloat64(c.WithLabelValues(o)); got != want[o] {
+			t.Errorf("outcome %s counted %v times, want %v", o, got, want[o])
+		}
 	}
 }
 
@@ -229,20 +251,21 @@ func TestHandleCancelWhileWaiting(t *testing.T) {
 // most once: it was reserved).
 func TestHandleSenderFails(t *testing.T) {
 	now := t0.Add(10 * time.Second)
-	cfg := Config{Now: func() time.Time { return now }}
 	tests := []struct {
 		name      string
 		fails     int
 		wantCalls int
 		want      []string
+		counts    map[string]float64
 	}{
-		{"succeeds on the third try", 2, 3, []string{"a:1"}},
-		{"lost after three tries", 3, 3, nil},
+		{"succeeds on the third try", 2, 3, []string{"a:1"}, map[string]float64{OutcomeSent: 1, OutcomeReserved: 1}},
+		{"lost after three tries", 3, 3, nil, map[string]float64{OutcomeFailed: 1, OutcomeReserved: 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			st := storetest.OpenPebble(t)
 			s := &sender{fails: tt.fails}
+			cfg := Config{Now: func() time.Time { return now }, Outcomes: NewOutcomes(prometheus.NewRegistry())}
 			recs := records(t, entry{0, "a", 1, "s", t0})
 			for range 2 {
 				if err := New(cfg, st, texts{}, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
@@ -252,6 +275,7 @@ func TestHandleSenderFails(t *testing.T) {
 			if s.calls != tt.wantCalls || !reflect.DeepEqual(s.got(), tt.want) {
 				t.Fatalf("%d calls, sent %v; want %d, %v", s.calls, s.got(), tt.wantCalls, tt.want)
 			}
+			checkOutcomes(t, cfg.Outcomes, tt.counts)
 		})
 	}
 }

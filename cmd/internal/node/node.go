@@ -88,6 +88,7 @@ type Node struct {
 	logouts      *ws.Logouts     // closes the devices that log out on any node
 	replies      *replies.Reader // the sends processor's answers to this node's sends
 	sender       push.Sender
+	pushOutcomes *prometheus.CounterVec
 	texts        *bodies.Resolver // resolves inbox entries' texts for the tailers and push
 	decoded      *inbox.Decoded   // inbox records decoded once for the tailers, inbox and push
 	tasks        *tasks
@@ -224,6 +225,7 @@ func (n *Node) Run(ctx context.Context) error {
 	reg.MustRegister(statCounter("evchat_message_text_lookups_total", "Texts of inbox entries found in the cache of recent messages (cache), and reads of history's messages in the store, a range or one (store).",
 		"from", "cache", "store", n.texts.Stats))
 	n.sender = push.LogSender{Logger: log}
+	n.pushOutcomes = push.NewOutcomes(reg)
 	if cfg.PushWebhook != "" {
 		n.sender = push.WebhookSender{URL: cfg.PushWebhook}
 	}

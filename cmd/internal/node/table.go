@@ -145,7 +145,7 @@ var Table = []*Role{
 			// fetches are not told to (with eventlog.Gather, TestPush
 			// saw no notification on either backend: not understood).
 			return n.projector(eventlog.Epoched(push.Name, lc.Epoch()), lc.Topics().Inbox, lc, func() projector.Handler {
-				return push.New(push.Config{Epoch: lc.Epoch(), Delay: n.cfg.PushDelay, MaxAge: n.cfg.PushMaxAge, Decoded: n.decoded, Logger: n.log},
+				return push.New(push.Config{Epoch: lc.Epoch(), Delay: n.cfg.PushDelay, MaxAge: n.cfg.PushMaxAge, Decoded: n.decoded, Outcomes: n.pushOutcomes, Logger: n.log},
 					n.st, n.texts, n.presenceTail, n.sender)
 			})
 		},
