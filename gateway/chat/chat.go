@@ -95,6 +95,9 @@ type Service struct {
 	ids    IDs
 	tokens *auth.Tokens
 	logger *slog.Logger
+	// channels reads channels from st, a read shared by the calls of a
+	// moment (freshReads): every membership check and decision.
+	channels *freshReads[domain.ChannelID, domain.Channel]
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -146,7 +149,8 @@ func New(cfg Config, st Store, app Appender, ids IDs, tokens *auth.Tokens) (*Ser
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, st: st, log: app, ids: ids, tokens: tokens, logger: cfg.Logger}, nil
+	return &Service{cfg: cfg, st: st, log: app, ids: ids, tokens: tokens, logger: cfg.Logger,
+		channels: newFreshReads(st.Channel)}, nil
 }
 
 // Limits returns the chat's limits.
@@ -280,7 +284,7 @@ func (s *Service) Logout(ctx context.Context, c auth.Claims) error {
 
 // Channel returns a channel the caller is a member of.
 func (s *Service) Channel(ctx context.Context, caller domain.UserID, id domain.ChannelID) (domain.Channel, error) {
-	c, err := s.st.Channel(ctx, id)
+	c, err := s.channels.get(ctx, id)
 	if err != nil {
 		return domain.Channel{}, err
 	}
@@ -353,7 +357,7 @@ func (s *Service) RemoveMember(ctx context.Context, caller domain.UserID, id dom
 }
 
 func (s *Service) decideAndAppend(ctx context.Context, id domain.ChannelID, cmd domain.Command) (domain.Channel, error) {
-	cur, err := s.st.Channel(ctx, id)
+	cur, err := s.channels.get(ctx, id)
 	if err != nil {
 		return domain.Channel{}, err
 	}
@@ -391,7 +395,7 @@ func (s *Service) outcome(c domain.Channel, cmd domain.Command) (domain.Channel,
 
 // current returns the channel's state, or an empty state with its id.
 func (s *Service) current(ctx context.Context, id domain.ChannelID) (domain.Channel, error) {
-	c, err := s.st.Channel(ctx, id)
+	c, err := s.channels.get(ctx, id)
 	if errors.Is(err, domain.ErrNotFound) {
 		return domain.Channel{ID: id}, nil
 	}
@@ -418,7 +422,7 @@ func (s *Service) appendAndWait(ctx context.Context, id domain.ChannelID, evs []
 	if err := projector.WaitApplied(wctx, s.st, history.Name, last.Partition, last.Offset); err != nil {
 		return domain.Channel{}, last, err
 	}
-	c, err := s.st.Channel(ctx, id)
+	c, err := s.channels.get(ctx, id)
 	return c, last, err
 }
 
@@ -439,7 +443,7 @@ func (s *Service) appendAndWait(ctx context.Context, id domain.ChannelID, evs []
 // sender's requests in the log's order, so its message cannot overtake
 // this one. It is not called when no request was appended.
 func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, id domain.ChannelID, clientMsgID, text string, appended func()) (domain.MessageID, error) {
-	c, err := s.st.Channel(ctx, id)
+	c, err := s.channels.get(ctx, id)
 	if err != nil {
 		return 0, err
 	}
