@@ -78,6 +78,12 @@ type Config struct {
 	// PushMaxAge (--push-max-age): entries older than this when they come
 	// up for a push decision are dropped. Default 2 min.
 	PushMaxAge time.Duration
+	// SendsWorkers (--sends-workers): how many sends processors the
+	// sends role runs in this process, each a member of the sends group
+	// with its own transaction, so that one's store reads and commit
+	// overlap another's. At most Partitions (a worker without a
+	// partition idles). Default 4.
+	SendsWorkers int
 	// PushWebhook (--push-webhook): URL that receives notifications as
 	// FCM-shaped JSON; empty logs them. Default empty.
 	PushWebhook string
@@ -235,6 +241,7 @@ func DefaultConfig() Config {
 		Heartbeat:            5 * time.Second,
 		PushDelay:            3 * time.Second,
 		PushMaxAge:           2 * time.Minute,
+		SendsWorkers:         4,
 		StoreCache:           256 << 20,
 		BodyCache:            bodies.DefaultCacheBytes,
 		BodyWait:             bodies.DefaultWait,
@@ -327,6 +334,9 @@ func (c Config) Validate() error {
 	}
 	if c.PushMaxAge <= c.PushDelay {
 		return bad("push max age %s: want more than the push delay %s (else every notification is dropped)", c.PushMaxAge, c.PushDelay)
+	}
+	if c.SendsWorkers < 1 || c.SendsWorkers > int(c.Partitions) {
+		return bad("sends workers %d: want 1 to the partition count %d", c.SendsWorkers, c.Partitions)
 	}
 	if c.StoreCache < 8<<20 {
 		return bad("store cache of %d bytes: want at least 8 MiB", c.StoreCache)

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/evchat/evchat/domain"
@@ -105,11 +106,13 @@ var Table = []*Role{
 		Replay: NotReplayed, Verify: verifyWith(sends.Name),
 		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
 			return func(ctx context.Context) error {
-				p, err := sends.New(sends.Config{Log: lc, InstanceID: n.instance, Logger: n.log}, n.st)
-				if err != nil {
-					return err
-				}
-				return p.Run(ctx)
+				return runWorkers(ctx, n.cfg.SendsWorkers, func(ctx context.Context, i int) error {
+					p, err := sends.New(sends.Config{Log: lc, InstanceID: workerInstance(n.instance, i), Logger: n.log}, n.st)
+					if err != nil {
+						return err
+					}
+					return p.Run(ctx)
+				})
 			}
 		},
 	},
@@ -231,4 +234,34 @@ func (n *Node) projectorGathering(name, topic string, lc eventlog.Config, gather
 	return func(ctx context.Context) error {
 		return projector.Run(ctx, projector.Config{Name: name, Topic: topic, Log: lc, Instance: n.instance, Gather: gather, Logger: n.log}, n.st, handler())
 	}
+}
+
+// runWorkers runs n copies of run, each with its number (0 to n-1), and
+// returns when all have returned: the first error, after it cancelled the
+// others.
+func runWorkers(ctx context.Context, n int, run func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- run(ctx, i) }()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
+}
+
+// workerInstance names worker i of a process for its group membership and
+// transactional id: worker 0 keeps the process's instance, so a process
+// that ran one worker before fences its own old transactions.
+func workerInstance(instance string, i int) string {
+	if i == 0 {
+		return instance
+	}
+	return instance + "-w" + strconv.Itoa(i)
 }

@@ -1,6 +1,10 @@
 package node
 
 import (
+	"context"
+	"errors"
+	"reflect"
+	"sync"
 	"testing"
 
 	"github.com/evchat/evchat/domain"
@@ -56,5 +60,34 @@ func TestTable(t *testing.T) {
 	}
 	if RoleNamed(GatewayRole) == nil {
 		t.Errorf("no gateway role")
+	}
+}
+
+// TestRunWorkers: every worker runs with its own number and its own
+// instance name; the first error cancels the others and is returned once
+// all have returned.
+func TestRunWorkers(t *testing.T) {
+	var mu sync.Mutex
+	names := map[string]bool{}
+	boom := errors.New("boom")
+	err := runWorkers(context.Background(), 4, func(ctx context.Context, i int) error {
+		mu.Lock()
+		names[workerInstance("node-1", i)] = true
+		mu.Unlock()
+		if i == 2 {
+			return boom
+		}
+		<-ctx.Done() // returns only when cancelled
+		return nil
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("runWorkers returned %v, want the failing worker's error", err)
+	}
+	want := map[string]bool{"node-1": true, "node-1-w1": true, "node-1-w2": true, "node-1-w3": true}
+	if !reflect.DeepEqual(names, want) {
+		t.Fatalf("workers ran as %v, want %v", names, want)
+	}
+	if err := runWorkers(context.Background(), 3, func(context.Context, int) error { return nil }); err != nil {
+		t.Fatalf("workers that all end cleanly: %v", err)
 	}
 }
