@@ -78,7 +78,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string) (c
 	fs.DurationVar(&cfg.PresenceWindow, "presence-window", cfg.PresenceWindow, "a device is online this long after its last heartbeat")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "how often the gateway records each connected device's heartbeat")
 	fs.DurationVar(&cfg.PushDelay, "push-delay", cfg.PushDelay, "how long a push notification waits for a device to acknowledge the message")
-	fs.IntVar(&cfg.SendsWorkers, "sends-workers", cfg.SendsWorkers, "sends processors the sends role runs in this process (1 to --partitions), whose store reads and commits overlap")
+	fs.IntVar(&cfg.SendsWorkers, "sends-workers", cfg.SendsWorkers, "sends processors the sends role runs in this process (at most --partitions are used), whose store reads and commits overlap: more than 1 helps on Cassandra")
 	fs.DurationVar(&cfg.PushMaxAge, "push-max-age", cfg.PushMaxAge, "entries older than this when they come up for a push decision are dropped")
 	fs.Int64Var(&cfg.StoreCache, "store-cache", cfg.StoreCache, "bytes of the embedded store's block cache (Pebble)")
 	fs.Int64Var(&cfg.BodyCache, "body-cache", cfg.BodyCache, "bytes of recent messages' texts kept to resolve inbox entries (which point at their message)")

@@ -81,8 +81,12 @@ type Config struct {
 	// SendsWorkers (--sends-workers): how many sends processors the
 	// sends role runs in this process, each a member of the sends group
 	// with its own transaction, so that one's store reads and commit
-	// overlap another's. At most Partitions (a worker without a
-	// partition idles). Default 4.
+	// overlap another's (on Cassandra, where a batch's reads and writes
+	// take tens of milliseconds). More than the partitions of the sends
+	// topic run as many as it has. Default 1: a node stopped while its
+	// workers' group is still balancing (just after it started) waited
+	// for the group's rebalance timeout (60 s) on the embedded broker,
+	// since static members do not leave the group when they close.
 	SendsWorkers int
 	// PushWebhook (--push-webhook): URL that receives notifications as
 	// FCM-shaped JSON; empty logs them. Default empty.
@@ -241,7 +245,7 @@ func DefaultConfig() Config {
 		Heartbeat:            5 * time.Second,
 		PushDelay:            3 * time.Second,
 		PushMaxAge:           2 * time.Minute,
-		SendsWorkers:         4,
+		SendsWorkers:         1,
 		StoreCache:           256 << 20,
 		BodyCache:            bodies.DefaultCacheBytes,
 		BodyWait:             bodies.DefaultWait,
@@ -335,8 +339,8 @@ func (c Config) Validate() error {
 	if c.PushMaxAge <= c.PushDelay {
 		return bad("push max age %s: want more than the push delay %s (else every notification is dropped)", c.PushMaxAge, c.PushDelay)
 	}
-	if c.SendsWorkers < 1 || c.SendsWorkers > int(c.Partitions) {
-		return bad("sends workers %d: want 1 to the partition count %d", c.SendsWorkers, c.Partitions)
+	if c.SendsWorkers < 1 {
+		return bad("sends workers %d: want at least 1", c.SendsWorkers)
 	}
 	if c.StoreCache < 8<<20 {
 		return bad("store cache of %d bytes: want at least 8 MiB", c.StoreCache)
