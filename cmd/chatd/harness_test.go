@@ -493,6 +493,13 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
+// tail returns the last n lines logged: what a failure message can carry
+// whole where the full log would be cut short.
+func (l *logBuffer) tail(n int) string {
+	lines := strings.SplitAfter(strings.TrimRight(l.String(), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "")
+}
+
 // topicCount returns the number of records in a topic of this node.
 func (n *node) topicCount(topic string) int64 {
 	n.t.Helper()

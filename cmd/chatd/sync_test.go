@@ -237,8 +237,8 @@ func waitPushes(t *testing.T, n *node, ps *pushServer, want map[string]int) {
 		}
 	}
 	if !mapsEqual(got, want) {
-		t.Fatalf("push requests (user:message) %v, want %v; the node's metrics:\n%s", got, want,
-			n.metrics("evchat_push_entries_total", "evchat_projection_lag", "evchat_message_text_lookups_total"))
+		t.Fatalf("push requests (user:message) %v, want %v; the node's metrics:\n%s\nthe last lines of its log:\n%s", got, want,
+			n.metrics("evchat_push_entries_total", "evchat_projection_lag", "evchat_message_text_lookups_total"), n.logs.tail(30))
 	}
 }
 
