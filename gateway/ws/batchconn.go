@@ -25,6 +25,12 @@ import (
 // are gathered in order with the drain's frames (gorilla writes one frame
 // at a time); close flushes first, so a close frame written during a drain
 // still reaches the client.
+//
+// gorilla sets the write deadline before every frame it writes; during a
+// drain the deadline is kept and set on the network connection before the
+// write that carries the frames (the one in effect when they are written,
+// as before), not once per frame: each set is a timer change in the
+// runtime's poller, 0.8% of chatd's CPU at 2,000 msg/s into groups of 10.
 type batchConn struct {
 	net.Conn
 
@@ -33,7 +39,10 @@ type batchConn struct {
 	buf     []byte // gathered since hold
 	spare   []byte // buf's memory, back from its write
 	err     error  // a failed write of gathered bytes, returned by flush
-	writes  int    // writes to the network connection, for tests
+	// deadline is the write deadline set during a drain, for the next
+	// write of gathered bytes; zero when none was set since the last.
+	deadline time.Time
+	writes   int // writes to the network connection, for tests
 }
 
 // batchFlushBytes bounds what a drain gathers before writing it.
@@ -55,10 +64,10 @@ func (b *batchConn) hold() {
 func (b *batchConn) flush() error {
 	b.mu.Lock()
 	b.holding = false
-	out, err := b.takeLocked()
+	out, dl, err := b.takeLocked()
 	b.err = nil
 	b.mu.Unlock()
-	if werr := b.writeOut(out); err == nil {
+	if werr := b.writeOut(out, dl); err == nil {
 		err = werr
 	}
 	return err
@@ -67,19 +76,26 @@ func (b *batchConn) flush() error {
 // takeLocked takes the gathered bytes (and the error of an earlier write
 // of them) for writeOut, which writes them without b.mu held: a Close
 // beside a write that waits for a client that reads nothing must not wait
-// for it, but interrupt it, as closing a net.Conn does.
-func (b *batchConn) takeLocked() ([]byte, error) {
-	out := b.buf
-	b.buf = nil
+// for it, but interrupt it, as closing a net.Conn does. It returns the
+// deadline set since the last write of gathered bytes, if any, for
+// writeOut to set first.
+func (b *batchConn) takeLocked() ([]byte, time.Time, error) {
+	out, dl := b.buf, b.deadline
+	b.buf, b.deadline = nil, time.Time{}
 	if len(out) > 0 {
 		b.writes++
 	}
-	return out, b.err
+	return out, dl, b.err
 }
 
-func (b *batchConn) writeOut(out []byte) error {
+func (b *batchConn) writeOut(out []byte, deadline time.Time) error {
 	if len(out) == 0 {
 		return nil
+	}
+	if !deadline.IsZero() {
+		if err := b.Conn.SetWriteDeadline(deadline); err != nil {
+			return err
+		}
 	}
 	_, err := b.Conn.Write(out)
 	if cap(out) <= batchFlushBytes { // a large drain's memory is not kept for an idle connection
@@ -111,9 +127,9 @@ func (b *batchConn) Write(p []byte) (int, error) {
 		b.mu.Unlock()
 		return len(p), nil
 	}
-	out, _ := b.takeLocked()
+	out, dl, _ := b.takeLocked()
 	b.mu.Unlock()
-	if err := b.writeOut(out); err != nil {
+	if err := b.writeOut(out, dl); err != nil {
 		b.mu.Lock()
 		b.err = err
 		b.mu.Unlock()
@@ -122,16 +138,28 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// SetWriteDeadline keeps the deadline for the next write of gathered
+// bytes during a drain, and sets it on the connection otherwise.
+func (b *batchConn) SetWriteDeadline(t time.Time) error {
+	b.mu.Lock()
+	if b.holding {
+		b.deadline = t
+		b.mu.Unlock()
+		return nil
+	}
+	b.mu.Unlock()
+	return b.Conn.SetWriteDeadline(t)
+}
+
 // Close writes what a drain had gathered (a close frame written in its
 // middle, say), within closeFlushWait, then closes the connection.
 func (b *batchConn) Close() error {
 	b.mu.Lock()
 	b.holding = false
-	out, err := b.takeLocked()
+	out, _, err := b.takeLocked()
 	b.mu.Unlock()
 	if len(out) > 0 && err == nil {
-		_ = b.Conn.SetWriteDeadline(time.Now().Add(closeFlushWait))
-		_ = b.writeOut(out)
+		_ = b.writeOut(out, time.Now().Add(closeFlushWait))
 	}
 	return b.Conn.Close()
 }

@@ -1,6 +1,7 @@
 package ws
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -145,5 +146,39 @@ func BenchmarkDrain(b *testing.B) {
 			}
 			b.ReportMetric(float64(out.writeCount()-before)/float64(b.N), "writes/op")
 		})
+	}
+}
+
+// TestDrainDeadlineHolds: the write deadline a drain keeps for its
+// gathered bytes is set before they are written: a client that reads
+// nothing makes a drain fail with a timeout once the socket buffers are
+// full, rather than hold the writer for ever.
+func TestDrainDeadlineHolds(t *testing.T) {
+	c, _ := batchPair(t) // the client never reads
+	big := outFrame{head: []byte(`"` + strings.Repeat("z", 100_000) + `"`)}
+	failed := make(chan error, 1)
+	go func() {
+		// Up to 2 GB: far past any socket buffer.
+		for range 2_000 {
+			pushAll(c.q, 10, big)
+			<-c.q.wake // pushAll's wake-up; nobody else drains
+			if err := c.drain(200 * time.Millisecond); err != nil {
+				failed <- err
+				return
+			}
+		}
+		failed <- nil
+	}()
+	select {
+	case err := <-failed:
+		if err == nil {
+			t.Fatal("2 GB written to a client that reads nothing, no error")
+		}
+		var ne interface{ Timeout() bool }
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("drain failed with %v, want a timeout", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("a drain to a client that reads nothing still blocks after 2 minutes: its deadline was not set")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -162,14 +163,18 @@ func (n *Node) Run(ctx context.Context) error {
 	brokers := cfg.Kafka
 	brokerOK := func() error { return nil }
 	if len(brokers) == 0 {
-		emb, err := eventlog.StartEmbedded(filepath.Join(cfg.DataDir, "log"), cfg.EmbeddedKafkaPort, cfg.EmbeddedFsync)
+		var emb *eventlog.Embedded
+		// Its goroutines carry the label task=embedded-broker in profiles.
+		pprof.Do(ctx, pprof.Labels("task", "embedded-broker"), func(context.Context) {
+			emb, err = eventlog.StartEmbedded(filepath.Join(cfg.DataDir, "log"), cfg.EmbeddedKafkaPort, cfg.EmbeddedFsync)
+			if err == nil && !cfg.EmbeddedFsync {
+				emb.SyncEvery(cfg.EmbeddedSyncInterval)
+			}
+		})
 		if err != nil {
 			return err
 		}
 		defer emb.Close()
-		if !cfg.EmbeddedFsync {
-			emb.SyncEvery(cfg.EmbeddedSyncInterval)
-		}
 		brokerOK = emb.Healthy
 		brokers = emb.Addrs()
 		log.Info("embedded broker", "addr", strings.Join(brokers, ","), "aborted_open_txns", emb.AbortedAtStart(), "committed_open_txns", emb.CommittedAtStart(), "repaired_segment_indexes", emb.RepairedAtStart())

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime/pprof"
 	"sync"
 )
 
 // tasks starts the node's goroutines, one per running role (or part of
 // the gateway), and owns them: every goroutine of the node's long-running
-// parts is started here, labelled with its task name. The first to fail
+// parts is started here, labelled with its task name (the pprof label
+// "task", which the goroutines a task starts inherit: a CPU profile's
+// -tagfocus/-tags splits chatd's time by role). The first to fail
 // cancels the node; a task can be stopped and started again (a replay)
 // while the others run.
 type tasks struct {
@@ -55,7 +58,9 @@ func (r *tasks) startLocked(name string, fn func(context.Context) error) {
 	r.running[name] = t
 	r.wg.Go(func() {
 		defer close(t.done)
-		if err := fn(ctx); err != nil {
+		var err error
+		pprof.Do(ctx, pprof.Labels("task", name), func(ctx context.Context) { err = fn(ctx) })
+		if err != nil {
 			r.log.Error("stopped", "task", name, "err", err)
 			r.fail(fmt.Errorf("%s: %w", name, err))
 		}
