@@ -649,6 +649,11 @@ func TestMetrics(t *testing.T) {
 			// The tailer, inbox and push read the same records: at
 			// least one was decoded once for two of them.
 			`evchat_inbox_decodes_total{result="shared"}`: 1,
+			// Each stage's batches, sized and timed: the fan-out
+			// committed at least one.
+			`evchat_projection_batch_records_count{projection="fanout.e1"}`: 1,
+			`evchat_projection_delay_seconds_count{projection="fanout.e1"}`: 1,
+			`evchat_projection_delay_seconds_count{projection="sends"}`:     1,
 		} {
 			if got := metric(text, name); got < least {
 				t.Errorf("%s = %v, want at least %v", name, got, least)

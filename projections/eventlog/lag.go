@@ -2,6 +2,7 @@ package eventlog
 
 import (
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -9,11 +10,18 @@ import (
 
 // Lag tracks how far each projection is behind the end of its topic, from
 // the high watermarks its fetches report, and exports the sum per
-// projection as evchat_projection_lag. A nil *Lag tracks nothing.
+// projection as evchat_projection_lag. With each batch it also observes
+// the batch's records (evchat_projection_batch_records) and its delay
+// (evchat_projection_delay_seconds): from the append of its oldest record
+// (the record's timestamp, set by its producer) to the batch's commit,
+// what the stage adds to a message's way when it is the oldest. A nil
+// *Lag tracks nothing.
 type Lag struct {
-	gauge *prometheus.GaugeVec
-	mu    sync.Mutex
-	parts map[string]map[int32]int64
+	gauge   *prometheus.GaugeVec
+	records *prometheus.HistogramVec
+	delay   *prometheus.HistogramVec
+	mu      sync.Mutex
+	parts   map[string]map[int32]int64
 }
 
 // NewLag registers the lag gauge with reg.
@@ -23,17 +31,39 @@ func NewLag(reg prometheus.Registerer) *Lag {
 			Name: "evchat_projection_lag",
 			Help: "Records between a projection's position and the end of its topic, summed over partitions.",
 		}, []string{"projection"}),
+		records: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "evchat_projection_batch_records",
+			Help:    "Records per committed batch of a projection.",
+			Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000},
+		}, []string{"projection"}),
+		delay: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "evchat_projection_delay_seconds",
+			Help:    "Per committed batch of a projection: from the append of its oldest record (its timestamp) to the commit.",
+			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30},
+		}, []string{"projection"}),
 		parts: map[string]map[int32]int64{},
 	}
-	reg.MustRegister(l.gauge)
+	reg.MustRegister(l.gauge, l.records, l.delay)
 	return l
 }
 
 // Observe records the lag of the partitions in fetches after the
-// projection has processed them.
+// projection has processed them, the batch's size and its delay.
 func (l *Lag) Observe(projection string, fetches kgo.Fetches) {
 	if l == nil {
 		return
+	}
+	var oldest time.Time
+	n := 0
+	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+		n += len(p.Records)
+		if len(p.Records) > 0 && (oldest.IsZero() || p.Records[0].Timestamp.Before(oldest)) {
+			oldest = p.Records[0].Timestamp
+		}
+	})
+	if n > 0 {
+		l.records.WithLabelValues(projection).Observe(float64(n))
+		l.delay.WithLabelValues(projection).Observe(max(time.Since(oldest), 0).Seconds())
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
