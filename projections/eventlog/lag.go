@@ -24,7 +24,7 @@ type Lag struct {
 	parts   map[string]map[int32]int64
 }
 
-// NewLag registers the lag gauge with reg.
+// NewLag registers the lag gauge and the batch histograms with reg.
 func NewLag(reg prometheus.Registerer) *Lag {
 	l := &Lag{
 		gauge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -55,16 +55,6 @@ func (l *Lag) Observe(projection string, fetches kgo.Fetches) {
 	}
 	var oldest time.Time
 	n := 0
-	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
-		n += len(p.Records)
-		if len(p.Records) > 0 && (oldest.IsZero() || p.Records[0].Timestamp.Before(oldest)) {
-			oldest = p.Records[0].Timestamp
-		}
-	})
-	if n > 0 {
-		l.records.WithLabelValues(projection).Observe(float64(n))
-		l.delay.WithLabelValues(projection).Observe(max(time.Since(oldest), 0).Seconds())
-	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ps := l.parts[projection]
@@ -76,6 +66,10 @@ func (l *Lag) Observe(projection string, fetches kgo.Fetches) {
 		if len(p.Records) == 0 {
 			return
 		}
+		n += len(p.Records)
+		if first := p.Records[0].Timestamp; oldest.IsZero() || first.Before(oldest) {
+			oldest = first
+		}
 		// The last stable offset, not the high watermark: a read-committed
 		// reader cannot pass an open transaction, and a committed one ends
 		// in a marker that is never returned.
@@ -85,6 +79,10 @@ func (l *Lag) Observe(projection string, fetches kgo.Fetches) {
 		}
 		ps[p.Partition] = max(end-(p.Records[len(p.Records)-1].Offset+1)-1, 0)
 	})
+	if n > 0 {
+		l.records.WithLabelValues(projection).Observe(float64(n))
+		l.delay.WithLabelValues(projection).Observe(max(time.Since(oldest), 0).Seconds())
+	}
 	var sum int64
 	for _, v := range ps {
 		sum += v
