@@ -30,7 +30,9 @@ import (
 // drain the deadline is kept and set on the network connection before the
 // write that carries the frames (the one in effect when they are written,
 // as before), not once per frame: each set is a timer change in the
-// runtime's poller, 0.8% of chatd's CPU at 2,000 msg/s into groups of 10.
+// runtime's poller. At 2,000 msg/s into groups of 10 that took
+// SetWriteDeadline from 0.87% to 0.52% of chatd's CPU (a drain rarely
+// holds more than one frame there).
 type batchConn struct {
 	net.Conn
 
