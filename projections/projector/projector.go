@@ -245,9 +245,7 @@ func applyChecked(ctx context.Context, name string, st Store, h Handler, fetches
 // apply hands the records of every partition of fetches but those in skip
 // to h and writes the batch; it returns the positions written.
 func apply(ctx context.Context, name string, st Store, h Handler, fetches kgo.Fetches, skip map[int32]bool) (map[int32]int64, error) {
-	// Lazy: the batch carries the positions it reaches, so a kill -9 that
-	// takes it takes them too, and its records are read again.
-	b := store.Batch{Projection: name, Positions: map[int32]int64{}, Lazy: true}
+	b := store.Batch{Projection: name, Positions: map[int32]int64{}}
 	var err error
 	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 		if err != nil || len(p.Records) == 0 || skip[p.Partition] {

@@ -177,16 +177,6 @@ type Batch struct {
 	Cursors []DeviceCursor
 	// Reads to upsert (keyed by channel and user).
 	Reads []ReadMark
-	// Lazy lets the store acknowledge the batch before it is durable: a
-	// kill -9 may then lose it, with every lazy batch after it and never
-	// one before (the embedded store's write-ahead log is written in
-	// order). A projection's batch carries its position, so what is lost
-	// is read again from the log at the next start, as if the projection
-	// had lagged. A batch that changes channels or memberships is made
-	// durable whatever Lazy says: the gateway decides sends on them, and
-	// a removal it was told of must not come undone. Cassandra's commit
-	// log syncs on its own period either way.
-	Lazy bool
 }
 
 // Membership says that UserID is (or is no longer) a member of ChannelID.

@@ -17,7 +17,6 @@ import (
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/bloom"
-	"github.com/cockroachdb/pebble/vfs"
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/store"
@@ -32,10 +31,6 @@ type Options struct {
 	// 256 MiB: with 64 MiB the inbox projection's lookups missed it, and
 	// reading blocks again took a fifth of the CPU at 2,000 msg/s.
 	CacheSize int64
-
-	// fs replaces the operating system's file system (tests: a file
-	// system that forgets what was not synced, as a crash does).
-	fs vfs.FS
 }
 
 // Validate reports options that make no sense.
@@ -163,9 +158,6 @@ func Open(dir string, opts Options) (*Store, error) {
 	for i := range po.Levels {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 		po.Levels[i].FilterType = pebble.TableFilter
-	}
-	if opts.fs != nil {
-		po.FS = opts.fs
 	}
 	po.EnsureDefaults()
 	db, err := pebble.Open(dir, po)
@@ -585,23 +577,13 @@ func (s *Store) apply(in store.Batch) error {
 	if b.Empty() {
 		return nil
 	}
-	// A lazy batch is in the write-ahead log's buffer, in order, when
-	// Commit returns; Pebble writes it to the file at once, in the
-	// background, and the next synced commit (anyone's) makes it
-	// durable. The projections' batches, a few hundred a second at
-	// 2,000 msg/s, no longer each wait for an fsync that the sends'
-	// decisions then queue behind. TestLazyBatchesAfterACrash.
-	sync := pebble.Sync
-	if in.Lazy && len(in.Channels) == 0 && len(in.Memberships) == 0 {
-		sync = pebble.NoSync
-	}
 	if len(in.Positions) == 0 {
-		return b.Commit(sync)
+		return b.Commit(pebble.Sync)
 	}
 	pc := s.positionCache(in.Projection)
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	if err := b.Commit(sync); err != nil {
+	if err := b.Commit(pebble.Sync); err != nil {
 		pc.loaded = false // not known whether it was written
 		return err
 	}
