@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // progressLoop writes the current phase's line every second until ctx
@@ -44,10 +46,12 @@ func (r *runner) idlePhase(ctx context.Context, opened int) func() string {
 }
 
 // loadPhase is the line while sending: rates over the last second, and
-// the p99 so far. The progress goroutine alone calls it, so its state
-// needs no lock.
+// the p99 so far and over the last second (a stall shows in the latter
+// long before the former moves). The progress goroutine alone calls it,
+// so its state needs no lock.
 func (r *runner) loadPhase(start, winStart time.Time) func() string {
 	var last counts
+	lastAck, lastDel := newHistogram(), newHistogram()
 	lastAt := start
 	return func() string {
 		now := time.Now()
@@ -58,15 +62,27 @@ func (r *runner) loadPhase(start, winStart time.Time) func() string {
 		if now.Before(winStart) {
 			stage = "warm-up"
 		}
-		line := fmt.Sprintf("%s: sent %.0f/s, acked %d (%d waiting), delivered %.0f/s, p99 ack %s deliver %s, pending %d, dup %d",
+		line := fmt.Sprintf("%s: sent %.0f/s, acked %d (%d waiting), delivered %.0f/s, p99 ack %s (last second %s) deliver %s (%s), pending %d, dup %d",
 			stage, float64(c.Sent-last.Sent)/dt, c.Acked, c.Unacked, float64(c.Deliveries-last.Deliveries)/dt,
-			ms(ack.ValueAtQuantile(99)), ms(del.ValueAtQuantile(99)), c.Pending, c.Duplicates)
+			ms(ack.ValueAtQuantile(99)), ms(since(ack, lastAck).ValueAtQuantile(99)),
+			ms(del.ValueAtQuantile(99)), ms(since(del, lastDel).ValueAtQuantile(99)), c.Pending, c.Duplicates)
+		lastAck, lastDel = ack, del
 		if d := r.dropped.Load(); d > 0 {
 			line += fmt.Sprintf(", %d connections dropped", d)
 		}
 		last, lastAt = c, now
 		return line
 	}
+}
+
+// since returns what was recorded into now after the copy then was taken:
+// both are copies of one growing histogram.
+func since(now, then *hdrhistogram.Histogram) *hdrhistogram.Histogram {
+	n, t := now.Export(), then.Export()
+	for i := range min(len(n.Counts), len(t.Counts)) {
+		n.Counts[i] -= t.Counts[i]
+	}
+	return hdrhistogram.Import(n)
 }
 
 // mib formats bytes in MiB.
