@@ -163,8 +163,14 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 			h.Reset()
 		}
 		for attempt := 0; ; attempt++ {
+			if hold != nil {
+				attempt = hold.failures // a holder's failed fetch is dropped, not retried
+			}
 			err := applyChecked(ctx, cfg.Name, st, h, fetches, exp, cl, log, hold)
 			if err == nil {
+				if hold != nil {
+					hold.failures = 0
+				}
 				break
 			}
 			if ctx.Err() != nil {
@@ -174,6 +180,7 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 			log.Warn("apply failed; retrying", "attempt", attempt, "err", err)
 			if hold != nil {
 				hold.rewind(cl, exp) // the fetches are dropped: what follows comes again
+				hold.failures++
 			} else {
 				h.Reset()
 			}
@@ -210,6 +217,9 @@ type holding struct {
 	topic  string
 	handed map[int32]int64 // the offset after the last record handed, per partition
 	ticked time.Time
+	// failures counts the failed calls since the last good one: the
+	// backoff's attempt.
+	failures int
 }
 
 // holdTick is the least time between two calls of a holder's Handle
