@@ -237,6 +237,16 @@ func (p *Processor) Process(_ context.Context, part int32, rec *kgo.Record, out 
 	k := store.SendKey{SenderID: req.SenderID, ClientMsgID: req.ClientMsgID}
 	d, decided := p.known[k]
 	first := decided && d.Partition == part && d.Offset == rec.Offset
+	if first {
+		// Its first request read again (its transaction aborted after
+		// the decision was written): the decision is written again,
+		// with the batch that now commits its message. Otherwise its
+		// only write is as old as the failed attempt (a whole Kafka
+		// outage, in TestChaosServers), and a store that loses its
+		// latest acknowledged writes (a one-node Cassandra on kill -9)
+		// can lose it after its message committed.
+		p.made = append(p.made, d)
+	}
 	if !decided {
 		d = store.SendDecision{
 			SendKey: k, ChannelID: req.ChannelID, MessageID: req.MessageID, TextHash: TextHash(req.Text),

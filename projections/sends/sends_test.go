@@ -139,17 +139,33 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+// counting is a memStore that counts the writes of each key.
+type counting struct {
+	memStore
+	saves map[store.SendKey]int
+}
+
+func (c counting) SaveSendDecisions(ctx context.Context, ds []store.SendDecision) error {
+	for _, d := range ds {
+		c.saves[d.SendKey]++
+	}
+	return c.memStore.SaveSendDecisions(ctx, ds)
+}
+
 // TestDecideAgain: a batch processed again after its transaction aborted,
 // with its decisions already stored, appends its first requests' messages
-// again (the aborted transaction's are gone), and a later request of the
-// key still only gets the id.
+// again (the aborted transaction's are gone) and writes their decisions
+// again with them, and a later request of the key still only gets the id.
 func TestDecideAgain(t *testing.T) {
-	st := memStore{}
+	st := counting{memStore: memStore{}, saves: map[store.SendKey]int{}}
 	p := newProcessor(t, st)
 	recs := []*kgo.Record{request(t, 7, 21, "c1", "g1", "hi"), request(t, 8, 22, "c1", "g1", "hi")}
 	batch(t, p, recs...)
 	p.Drop() // the transaction aborted
 	sent, answers := batch(t, p, recs...)
+	if n := st.saves[store.SendKey{SenderID: "u1", ClientMsgID: "c1"}]; n != 2 {
+		t.Fatalf("the decision of c1 written %d times, want twice: with the aborted batch and with the one that commits its message", n)
+	}
 	if len(sent) != 1 || sent[0].MessageID != 21 {
 		t.Fatalf("sent %+v again, want message 21 once", sent)
 	}
