@@ -18,6 +18,7 @@ import (
 	"github.com/evchat/evchat/gateway/replies"
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/sends"
+	"github.com/evchat/evchat/projections/sends/sendstest"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/pebblestore"
 )
@@ -322,11 +323,11 @@ type failingFlush struct {
 	failed atomic.Bool
 }
 
-func (f *failingFlush) SaveSendDecisions(ctx context.Context, ds []store.SendDecision) error {
-	if err := f.Store.SaveSendDecisions(ctx, ds); err != nil {
+func (f *failingFlush) Apply(ctx context.Context, b store.Batch) error {
+	if err := f.Store.Apply(ctx, b); err != nil {
 		return err
 	}
-	if f.failed.CompareAndSwap(false, true) {
+	if len(b.Decisions) > 0 && f.failed.CompareAndSwap(false, true) {
 		return errors.New("written, but the transaction will not commit")
 	}
 	return nil
@@ -345,6 +346,41 @@ func TestAbortAfterTheDecisionIsStored(t *testing.T) {
 		}
 		if n := e.copies(t, id); n != 1 {
 			t.Fatalf("%d copies of the acknowledged message %d in the log, want 1", n, id)
+		}
+	})
+}
+
+// TestStoreLosesDecisions: a store that loses the decisions of committed
+// batches (a one-node Cassandra killed -9) gets them back from the log:
+// with no input, by the running processor on its own, and a resend of a
+// lost key is answered with the first id, the message in the log once.
+func TestStoreLosesDecisions(t *testing.T) {
+	eachLog(t, func(t *testing.T, e *env) {
+		st := sendstest.New()
+		e.decide(t, st)
+		a := e.node(t, 1)
+		mustSend(t, a, ch1, "c1", "hi")
+		before := st.Snapshot()
+		id := mustSend(t, a, ch1, "c2", "yo")
+		k := store.SendKey{SenderID: ann, ClientMsgID: "c2"}
+		decided := st.Decision(k)
+		if decided.MessageID != id {
+			t.Fatalf("the decision of c2: %+v, want message %d", decided, id)
+		}
+		st.Lose(before)
+		deadline := time.Now().Add(time.Minute)
+		for st.Decision(k) != decided {
+			if time.Now().After(deadline) {
+				t.Fatalf("the lost decision of c2 is not back after a minute: %+v", st.Decision(k))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		st.Lose(before)
+		if got := mustSend(t, e.node(t, 2), ch1, "c2", "yo"); got != id {
+			t.Fatalf("a resend of a key the store lost: id %d, want the first %d", got, id)
+		}
+		if n := e.copies(t, id); n != 1 {
+			t.Fatalf("%d copies of message %d in the log, want 1", n, id)
 		}
 	})
 }

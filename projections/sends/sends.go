@@ -24,6 +24,18 @@
 // and a broker forgets the offsets of a group stopped for longer than its
 // offsets.retention.minutes.
 //
+// The same progress is written to the store with the decisions, as the
+// store's positions of the projection Name, after them. A store that loses
+// writes it acknowledged (a one-node Cassandra with the periodic commit log,
+// on kill -9, loses the last ones) loses the decisions of batches that
+// committed, and the processor would never read their requests again: a
+// resend would be decided anew. So before each batch, and when no input
+// has come for a while (txproc.Idler), the processor compares the store's
+// progress with the changelog's and, where the store's is behind, decides
+// the requests in between again from the log (mend): a key without a
+// decision gets its first request there, whose message the committed
+// transaction appended. Nothing is appended or answered again.
+//
 // A key is decided from the log alone (the first request's candidate id
 // and time), so a batch processed again, by this process after an abort or
 // by a fenced one still running, writes the same decisions again. The one
@@ -39,7 +51,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -52,10 +66,12 @@ import (
 // Name is the processor's name: its consumer group and transactional id.
 const Name = "sends"
 
-// Store is what the processor needs of the store.
+// Store is what the processor needs of the store: decisions are written
+// by Apply, with the processor's progress as the positions of Name.
 type Store interface {
 	SendDecisions(ctx context.Context, keys []store.SendKey) (map[store.SendKey]store.SendDecision, error)
-	SaveSendDecisions(ctx context.Context, ds []store.SendDecision) error
+	Apply(ctx context.Context, b store.Batch) error
+	Positions(ctx context.Context, projection string) (map[int32]int64, error)
 }
 
 // Config configures the processor.
@@ -69,7 +85,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Processor is the deciding logic: a txproc.Handler, Preparer and Flusher.
+// Processor is the deciding logic: a txproc.Handler, Preparer, Flusher
+// and Idler.
 type Processor struct {
 	cfg    Config
 	st     Store
@@ -176,12 +193,28 @@ func (p *Processor) forgetBatch() {
 // processed reports whether a committed transaction processed rec.
 func (p *Processor) processed(rec *kgo.Record) bool { return rec.Offset < p.done[rec.Partition] }
 
-// Prepare reads the decisions of the batch's keys from the store.
+// Prepare reads the decisions of the batch's keys from the store, after
+// deciding again what the store lost of the batch's partitions (mend).
 func (p *Processor) Prepare(ctx context.Context, recs []*kgo.Record) error {
 	p.forgetBatch()
+	// The store's progress is read beside the decisions; in the rare batch
+	// that must mend first, the decisions are read again after it.
+	type positions struct {
+		pos map[int32]int64
+		err error
+	}
+	stored := make(chan positions, 1)
+	go func() {
+		pos, err := p.st.Positions(ctx, Name)
+		stored <- positions{pos, err}
+	}()
 	keys := make([]store.SendKey, 0, len(recs))
 	seen := make(map[store.SendKey]bool, len(recs))
+	var parts []int32
 	for _, rec := range recs {
+		if len(parts) == 0 || parts[len(parts)-1] != rec.Partition {
+			parts = append(parts, rec.Partition)
+		}
 		if p.processed(rec) {
 			continue
 		}
@@ -196,17 +229,141 @@ func (p *Processor) Prepare(ctx context.Context, recs []*kgo.Record) error {
 			keys = append(keys, k)
 		}
 	}
-	if len(keys) == 0 {
-		return nil
+	var (
+		got map[store.SendKey]store.SendDecision
+		err error
+	)
+	if len(keys) > 0 {
+		got, err = p.st.SendDecisions(ctx, keys)
 	}
-	got, err := p.st.SendDecisions(ctx, keys)
+	pos := <-stored
 	if err != nil {
 		return fmt.Errorf("sends: reading decisions: %w", err)
+	}
+	if pos.err != nil {
+		return fmt.Errorf("sends: reading the store's progress: %w", pos.err)
+	}
+	mended, err := p.mendBehind(ctx, slices.Compact(slices.Sorted(slices.Values(parts))), pos.pos, time.Now().Add(mendBudget))
+	if err != nil {
+		return err
+	}
+	if mended && len(keys) > 0 {
+		if got, err = p.st.SendDecisions(ctx, keys); err != nil {
+			return fmt.Errorf("sends: reading decisions: %w", err)
+		}
 	}
 	for k, d := range got {
 		p.known[k] = d
 	}
 	return nil
+}
+
+// Idle decides again what the store lost of the partitions (see mend):
+// a partition that gets no input is checked too.
+func (p *Processor) Idle(ctx context.Context, parts []int32) error {
+	pos, err := p.st.Positions(ctx, Name)
+	if err != nil {
+		return fmt.Errorf("sends: reading the store's progress: %w", err)
+	}
+	_, err = p.mendBehind(ctx, parts, pos, time.Time{})
+	return err
+}
+
+// mendBudget bounds the time Prepare spends mending, inside the batch's
+// transaction: a mend that goes on longer (a store that lost much, or the
+// first start on a store written before the store held the progress) ends
+// the batch with an error, and the next batch goes on from where it got.
+const mendBudget = 10 * time.Second
+
+// mendStep bounds the offsets of one read of a mend: its memory, and the
+// work a failure repeats.
+const mendStep = 5000
+
+// mendBehind mends each of parts whose progress in the store (stored; a
+// partition absent there from the log's start) is behind the changelog's,
+// until deadline if it is not zero. It reports whether it mended any.
+func (p *Processor) mendBehind(ctx context.Context, parts []int32, stored map[int32]int64, deadline time.Time) (bool, error) {
+	mended := false
+	for _, part := range parts {
+		from, done := stored[part], p.done[part]
+		if from >= done {
+			continue
+		}
+		mended = true
+		if err := p.mend(ctx, part, from, done, deadline); err != nil {
+			return mended, err
+		}
+	}
+	return mended, nil
+}
+
+// mend decides again, from the log, the requests of partition part from
+// offset from (the store's progress) up to to (the changelog's): the store
+// lost their decisions, though the transactions that made them committed.
+//
+// A key with a decision in the store keeps it. A key without one is
+// decided by its first request in the range, as it was then: the store
+// writes each batch's progress after its decisions and loses only its
+// latest writes, so the decision of a request below the store's progress is
+// there, and no earlier request of the key made one. Its message is in the
+// channel topic (its transaction committed) and its answers were sent:
+// only the decision is written, with the progress after it, one step of
+// mendStep offsets at a time.
+func (p *Processor) mend(ctx context.Context, part int32, from, to int64, deadline time.Time) error {
+	p.log.Warn("the store's progress is behind the processor's: deciding those requests again from the log",
+		"partition", part, "store", from, "processor", to)
+	decided := 0
+	for from < to {
+		until := min(to, from+mendStep)
+		var ds []store.SendDecision
+		_, err := eventlog.ReadToEnd(ctx, p.cfg.Log, p.topics.Sends, eventlog.ReadRange{
+			Partitions: []int32{part}, From: map[int32]int64{part: from}, Until: map[int32]int64{part: until},
+		}, func(rec *kgo.Record) {
+			if req, _, ok := p.request(rec); ok {
+				ds = append(ds, decision(req, part, rec.Offset))
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("sends: partition %d: reading the requests the store lost: %w", part, err)
+		}
+		keys := make([]store.SendKey, len(ds))
+		for i, d := range ds {
+			keys[i] = d.SendKey
+		}
+		known, err := p.st.SendDecisions(ctx, keys)
+		if err != nil {
+			return fmt.Errorf("sends: partition %d: reading decisions: %w", part, err)
+		}
+		var made []store.SendDecision
+		for _, d := range ds {
+			if _, ok := known[d.SendKey]; !ok {
+				known[d.SendKey] = d
+				made = append(made, d)
+			}
+		}
+		err = p.st.Apply(ctx, store.Batch{Projection: Name, Decisions: made, Positions: map[int32]int64{part: until}})
+		if err != nil {
+			return fmt.Errorf("sends: partition %d: saving %d decisions again: %w", part, len(made), err)
+		}
+		decided += len(made)
+		from = until
+		if from < to && !deadline.IsZero() && time.Now().After(deadline) {
+			return fmt.Errorf("sends: partition %d: decided again up to offset %d of %d (%d decisions); going on with the next batch",
+				part, from, to, decided)
+		}
+	}
+	p.log.Warn("decided again from the log what the store lost", "partition", part, "decisions", decided)
+	return nil
+}
+
+// decision is the decision req makes as the first request of its key, at
+// offset of partition part.
+func decision(req domain.SendRequested, part int32, offset int64) store.SendDecision {
+	return store.SendDecision{
+		SendKey:   store.SendKey{SenderID: req.SenderID, ClientMsgID: req.ClientMsgID},
+		ChannelID: req.ChannelID, MessageID: req.MessageID, TextHash: TextHash(req.Text),
+		Partition: part, Offset: offset,
+	}
 }
 
 // request decodes a send.requested; anything else is skipped, logged.
@@ -248,10 +405,7 @@ func (p *Processor) Process(_ context.Context, part int32, rec *kgo.Record, out 
 		p.made = append(p.made, d)
 	}
 	if !decided {
-		d = store.SendDecision{
-			SendKey: k, ChannelID: req.ChannelID, MessageID: req.MessageID, TextHash: TextHash(req.Text),
-			Partition: part, Offset: rec.Offset,
-		}
+		d = decision(req, part, rec.Offset)
 		p.known[k] = d
 		p.made = append(p.made, d)
 		first = true
@@ -281,12 +435,13 @@ func refused(request, msg string) domain.SendDecided {
 	return domain.SendDecided{RequestID: request, Code: domain.CodeConflict, Message: msg}
 }
 
-// Flush writes the batch's new decisions to the store, durably, and the
-// batch's progress to the changelog, before the transaction commits: a
-// committed answer's decision is in the store.
+// Flush writes the batch's new decisions and its progress to the store,
+// durably, and its progress to the changelog, before the transaction
+// commits: a committed answer's decision is in the store (as long as the
+// store keeps what it acknowledged; see mend).
 func (p *Processor) Flush(ctx context.Context, out *txproc.Out) error {
-	if len(p.made) > 0 {
-		if err := p.st.SaveSendDecisions(ctx, p.made); err != nil {
+	if len(p.made) > 0 || len(p.next) > 0 {
+		if err := p.st.Apply(ctx, store.Batch{Projection: Name, Decisions: p.made, Positions: p.next}); err != nil {
 			return fmt.Errorf("sends: saving %d decisions: %w", len(p.made), err)
 		}
 	}

@@ -6,33 +6,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/eventlog"
+	"github.com/evchat/evchat/projections/sends/sendstest"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/txproc"
 )
 
-// memStore keeps decisions in a map.
-type memStore map[store.SendKey]store.SendDecision
-
-func (m memStore) SendDecisions(_ context.Context, keys []store.SendKey) (map[store.SendKey]store.SendDecision, error) {
-	out := map[store.SendKey]store.SendDecision{}
-	for _, k := range keys {
-		if d, ok := m[k]; ok {
-			out[k] = d
-		}
-	}
-	return out, nil
-}
-
-func (m memStore) SaveSendDecisions(_ context.Context, ds []store.SendDecision) error {
-	for _, d := range ds {
-		m[d.SendKey] = d
-	}
-	return nil
-}
+// key is the key of client message id c of the tests' sender.
+func key(c string) store.SendKey { return store.SendKey{SenderID: "u1", ClientMsgID: c} }
 
 var t0 = time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 
@@ -107,7 +92,7 @@ func newProcessor(t *testing.T, st Store) *Processor {
 }
 
 func TestDecide(t *testing.T) {
-	st := memStore{}
+	st := sendstest.New()
 	p := newProcessor(t, st)
 	// The first request of c1 becomes the message; its resend in the same
 	// batch and in a later one gets its id; c2 is another message.
@@ -123,7 +108,7 @@ func TestDecide(t *testing.T) {
 	if fmt.Sprint(answers) != fmt.Sprint(want) {
 		t.Fatalf("answers %+v, want %+v", answers, want)
 	}
-	if d := st[store.SendKey{SenderID: "u1", ClientMsgID: "c1"}]; d.MessageID != 11 || d.Offset != 0 || d.ChannelID != "g1" || d.TextHash != TextHash("hi") {
+	if d := st.Decision(key("c1")); d.MessageID != 11 || d.Offset != 0 || d.ChannelID != "g1" || d.TextHash != TextHash("hi") {
 		t.Fatalf("decision of c1: %+v", d)
 	}
 	sent, answers = batch(t, p,
@@ -139,31 +124,18 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-// counting is a memStore that counts the writes of each key.
-type counting struct {
-	memStore
-	saves map[store.SendKey]int
-}
-
-func (c counting) SaveSendDecisions(ctx context.Context, ds []store.SendDecision) error {
-	for _, d := range ds {
-		c.saves[d.SendKey]++
-	}
-	return c.memStore.SaveSendDecisions(ctx, ds)
-}
-
 // TestDecideAgain: a batch processed again after its transaction aborted,
 // with its decisions already stored, appends its first requests' messages
 // again (the aborted transaction's are gone) and writes their decisions
 // again with them, and a later request of the key still only gets the id.
 func TestDecideAgain(t *testing.T) {
-	st := counting{memStore: memStore{}, saves: map[store.SendKey]int{}}
+	st := sendstest.New()
 	p := newProcessor(t, st)
 	recs := []*kgo.Record{request(t, 7, 21, "c1", "g1", "hi"), request(t, 8, 22, "c1", "g1", "hi")}
 	batch(t, p, recs...)
 	p.Drop() // the transaction aborted
 	sent, answers := batch(t, p, recs...)
-	if n := st.saves[store.SendKey{SenderID: "u1", ClientMsgID: "c1"}]; n != 2 {
+	if n := st.Saves(key("c1")); n != 2 {
 		t.Fatalf("the decision of c1 written %d times, want twice: with the aborted batch and with the one that commits its message", n)
 	}
 	if len(sent) != 1 || sent[0].MessageID != 21 {
@@ -182,7 +154,7 @@ func TestDecideAgain(t *testing.T) {
 // (a committed transaction answered them and appended their messages),
 // though the group's offsets were lost and they come again.
 func TestProgress(t *testing.T) {
-	st := memStore{}
+	st := sendstest.New()
 	p := newProcessor(t, st)
 	recs := []*kgo.Record{request(t, 7, 21, "c1", "g1", "hi"), request(t, 8, 22, "c2", "g1", "yo")}
 	_, _, progress := batchProgress(t, p, recs...)
@@ -201,4 +173,77 @@ func TestProgress(t *testing.T) {
 			t.Fatalf("restart %v: sent %+v, answers %+v; want only the resend at 9 answered, with 21", restart, sent, answers)
 		}
 	}
+}
+
+// TestMend: a store that loses the decisions (and progress) of batches
+// whose transactions committed, as a one-node Cassandra does on kill -9, is
+// mended from the log: before the next batch of the partition, a resend of
+// a lost key is answered with the id its first request was decided with,
+// nothing is appended, and every lost decision is back; with no input, Idle
+// does the same.
+func TestMend(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := eventlog.Config{Brokers: c.ListenAddrs(), Partitions: 1}
+	if err := eventlog.EnsureTopics(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(cfg.ClientOpts(kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	// logged appends the requests to partition 0 of the sends topic, at
+	// the offsets they name.
+	logged := func(recs ...*kgo.Record) []*kgo.Record {
+		t.Helper()
+		for _, r := range recs {
+			got, err := cl.ProduceSync(ctx, &kgo.Record{Topic: cfg.Topics().Sends, Key: r.Key, Value: r.Value}).First()
+			if err != nil || got.Offset != r.Offset {
+				t.Fatalf("request at %d: appended at %v, %v", r.Offset, got, err)
+			}
+		}
+		return recs
+	}
+	st := sendstest.New()
+	p, err := New(Config{Log: cfg}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch(t, p, logged(request(t, 0, 11, "c1", "g1", "hi"), request(t, 1, 12, "c2", "g1", "yo"))...)
+	before := st.Snapshot()
+	batch(t, p, logged(request(t, 2, 13, "c3", "g1", "hey"), request(t, 3, 14, "c2", "g1", "yo"), request(t, 4, 15, "c4", "g1", "ho"))...)
+	want := map[string]store.SendDecision{}
+	for _, c := range []string{"c1", "c2", "c3", "c4"} {
+		want[c] = st.Decision(key(c))
+	}
+	check := func(when string, progress int64) {
+		t.Helper()
+		for c, d := range want {
+			if got := st.Decision(key(c)); got != d {
+				t.Errorf("%s: the decision of %s is %+v, want %+v", when, c, got, d)
+			}
+		}
+		if pos, _ := st.Positions(ctx, Name); pos[0] != progress {
+			t.Errorf("%s: the store's progress %v, want %d", when, pos, progress)
+		}
+	}
+
+	st.Lose(before)
+	sent, answers := batch(t, p, logged(request(t, 5, 16, "c3", "g1", "hey"))...)
+	if len(sent) != 0 || len(answers) != 1 || answers[0].MessageID != 13 {
+		t.Fatalf("a resend of a key the store lost: sent %+v, answers %+v; want only an answer, with 13", sent, answers)
+	}
+	check("after the batch", 6)
+
+	st.Lose(before)
+	if err := p.Idle(ctx, []int32{0}); err != nil {
+		t.Fatal(err)
+	}
+	check("after Idle", 6)
 }

@@ -49,12 +49,6 @@ func (m *Metered) SendDecisions(ctx context.Context, keys []SendKey) (map[SendKe
 	return m.Store.SendDecisions(ctx, keys)
 }
 
-// SaveSendDecisions is Store.SaveSendDecisions, timed.
-func (m *Metered) SaveSendDecisions(ctx context.Context, ds []SendDecision) error {
-	defer m.observe("save_send_decisions", time.Now())
-	return m.Store.SaveSendDecisions(ctx, ds)
-}
-
 // MessagesBefore is Store.MessagesBefore, timed.
 func (m *Metered) MessagesBefore(ctx context.Context, ch domain.ChannelID, before int64, limit int) ([]Message, error) {
 	defer m.observe("messages_before", time.Now())

@@ -38,15 +38,9 @@ type Store interface {
 	SessionRevoked(ctx context.Context, u domain.UserID, sid string) (bool, error)
 
 	// SendDecisions returns the decisions recorded for those of keys that
-	// have one (SaveSendDecisions); a key without one is absent from the
+	// have one (Batch.Decisions); a key without one is absent from the
 	// map.
 	SendDecisions(ctx context.Context, keys []SendKey) (map[SendKey]SendDecision, error)
-	// SaveSendDecisions records decisions, durably by the time it returns.
-	// Only the sends processor writes them, and it decides each key from
-	// the log alone, so a key written again (a batch retried, a fenced
-	// processor still running) is written with the same values: a blind
-	// write, no condition.
-	SaveSendDecisions(ctx context.Context, ds []SendDecision) error
 
 	// Apply writes a projection's state changes and its new positions.
 	// The embedded store writes all of it atomically; Cassandra writes the
@@ -177,6 +171,13 @@ type Batch struct {
 	Cursors []DeviceCursor
 	// Reads to upsert (keyed by channel and user).
 	Reads []ReadMark
+	// Decisions are send decisions to record (keyed by SendKey). Only
+	// the sends processor writes them, and it decides each key from the
+	// log alone, so a key written again (a batch retried, a fenced
+	// processor still running) is written with the same values: a blind
+	// write, no condition. Its positions are its progress in the sends
+	// topic, written last like every projection's.
+	Decisions []SendDecision
 }
 
 // Membership says that UserID is (or is no longer) a member of ChannelID.

@@ -26,6 +26,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -65,6 +67,18 @@ type Preparer interface {
 // if they were not there.
 type Flusher interface {
 	Flush(ctx context.Context, out *Out) error
+}
+
+// Idler is a Handler with work for quiet times. When no input record has
+// come for Config.IdleAfter, Run restores every partition this process
+// owns that it has not restored yet and calls Idle with the restored ones,
+// outside any transaction: the sends processor checks there that the store
+// still holds what the committed transactions wrote (projections/sends),
+// which it does before each batch too, and a partition that gets no input
+// would otherwise never be checked. An error is logged; Idle is called
+// again after the next quiet interval.
+type Idler interface {
+	Idle(ctx context.Context, partitions []int32) error
 }
 
 // Out collects what Process emits.
@@ -122,6 +136,10 @@ type Config struct {
 	// transaction (eventlog.Gather). Default 0: a transaction as soon as
 	// there are records.
 	Gather time.Duration
+	// IdleAfter is how long no input must come before an Idler's Idle
+	// is called (and how often while none comes). Default
+	// DefaultIdleAfter.
+	IdleAfter time.Duration
 	// Logger; default discard.
 	Logger *slog.Logger
 }
@@ -130,6 +148,7 @@ type Config struct {
 const (
 	DefaultMaxBatch           = 1000
 	DefaultTransactionTimeout = 30 * time.Second
+	DefaultIdleAfter          = time.Second
 )
 
 // Run processes until ctx is cancelled and returns nil then.
@@ -157,12 +176,15 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 	if cfg.TransactionTimeout <= 0 {
 		cfg.TransactionTimeout = DefaultTransactionTimeout
 	}
+	if cfg.IdleAfter <= 0 {
+		cfg.IdleAfter = DefaultIdleAfter
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("projection", cfg.Name)
-	r := &runner{cfg: cfg, h: h, log: log, restored: map[int32]bool{}, limit: cfg.MaxBatch}
+	r := &runner{cfg: cfg, h: h, log: log, restored: map[int32]bool{}, owned: map[int32]bool{}, limit: cfg.MaxBatch}
 	for attempt := 0; ; attempt++ {
 		err := r.session(ctx)
 		if ctx.Err() != nil {
@@ -190,24 +212,35 @@ func (r *runner) session(ctx context.Context) error {
 	cfg, log := r.cfg, r.log
 	r.drop()
 	var mu sync.Mutex
-	markDirty := func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	clear(r.owned)
+	// own marks the state dirty and adds (or removes) the partitions this
+	// process owns: assignments and revocations come as changes (the
+	// cooperative balancer), a loss as all that was owned.
+	own := func(m map[string][]int32, owned bool) {
 		mu.Lock()
+		defer mu.Unlock()
 		r.dirty = true
-		mu.Unlock()
+		for _, p := range m[cfg.Input] {
+			if owned {
+				r.owned[p] = true
+			} else {
+				delete(r.owned, p)
+			}
+		}
 	}
 	opts := append(cfg.Log.GroupOpts(cfg.Name, cfg.Instance),
 		kgo.TransactionalID(cfg.Log.Group(cfg.Name)+"-"+cfg.Instance),
 		kgo.TransactionTimeout(cfg.TransactionTimeout),
 		kgo.ConsumeTopics(cfg.Input),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.OnPartitionsAssigned(func(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
-			markDirty(ctx, cl, m)
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			own(m, true)
 			if cfg.OnAssigned != nil {
 				cfg.OnAssigned(m[cfg.Input])
 			}
 		}),
-		kgo.OnPartitionsRevoked(markDirty),
-		kgo.OnPartitionsLost(markDirty),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { own(m, false) }),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { own(m, false) }),
 		kgo.ClientID("evchat-"+cfg.Name),
 	)
 	// Changelog records carry their partition; everything else is keyed.
@@ -238,25 +271,44 @@ func (r *runner) session(ctx context.Context) error {
 		}
 	}
 
-	for attempt := 0; ; {
-		// A bounded batch keeps a transaction well inside its timeout
-		// however far behind the input is.
-		fetches := sess.PollRecords(ctx, r.limit)
-		if ctx.Err() != nil || fetches.IsClientClosed() {
-			return nil
-		}
-		fetches.EachError(func(t string, p int32, err error) {
-			log.Warn("fetch", "topic", t, "partition", p, "err", err)
-		})
-		if fetches.NumRecords() == 0 {
-			continue
-		}
+	idler, _ := r.h.(Idler)
+	// clean drops the state after a change of assignment and returns
+	// the partitions owned now.
+	clean := func() []int32 {
 		mu.Lock()
+		defer mu.Unlock()
 		if r.dirty {
 			r.dirty = false
 			r.drop()
 		}
-		mu.Unlock()
+		return slices.Sorted(maps.Keys(r.owned))
+	}
+	for attempt := 0; ; {
+		// A bounded batch keeps a transaction well inside its timeout
+		// however far behind the input is. An Idler's poll waits at
+		// most IdleAfter.
+		pollCtx, cancel := ctx, context.CancelFunc(func() {})
+		if idler != nil {
+			pollCtx, cancel = context.WithTimeout(ctx, cfg.IdleAfter)
+		}
+		fetches := sess.PollRecords(pollCtx, r.limit)
+		quiet := errors.Is(pollCtx.Err(), context.DeadlineExceeded)
+		cancel()
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			return nil
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.DeadlineExceeded) {
+				log.Warn("fetch", "topic", t, "partition", p, "err", err)
+			}
+		})
+		if fetches.NumRecords() == 0 {
+			if quiet && idler != nil {
+				r.idle(ctx, idler, clean())
+			}
+			continue
+		}
+		clean()
 		began := time.Now()
 		committed, err := r.batch(ctx, sess, fetches)
 		if err == nil && committed {
@@ -330,7 +382,31 @@ type runner struct {
 	log      *slog.Logger
 	dirty    bool // guarded by the session's mu
 	restored map[int32]bool
-	limit    int // input records per transaction, at most cfg.MaxBatch
+	owned    map[int32]bool // guarded by the session's mu
+	limit    int            // input records per transaction, at most cfg.MaxBatch
+}
+
+// idle restores the owned partitions not restored yet and hands the
+// restored ones to the Idler. A failed restore drops every state, as in a
+// batch; a failed Idle is only logged.
+func (r *runner) idle(ctx context.Context, idler Idler, owned []int32) {
+	for _, p := range owned {
+		if r.restored[p] {
+			continue
+		}
+		if err := r.restore(ctx, p); err != nil {
+			r.log.Warn("restoring while idle", "err", err)
+			r.drop()
+			return
+		}
+		r.restored[p] = true
+	}
+	if len(owned) == 0 {
+		return
+	}
+	if err := idler.Idle(ctx, owned); err != nil && ctx.Err() == nil {
+		r.log.Warn("idle", "err", err)
+	}
 }
 
 func (r *runner) drop() {

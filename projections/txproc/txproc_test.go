@@ -555,3 +555,66 @@ func TestHeavyBatchesShrink(t *testing.T) {
 		t.Fatalf("outputs %v; want %v", got, counted(want))
 	}
 }
+
+// idler is a counter that is an Idler too: it sends each call's
+// partitions, with the counts restored by then, to calls.
+type idler struct {
+	*counter
+	calls chan idleCall
+}
+
+type idleCall struct {
+	parts  []int32
+	counts map[int32]map[string]int
+}
+
+func (i *idler) Idle(_ context.Context, parts []int32) error {
+	i.mu.Lock()
+	counts := map[int32]map[string]int{}
+	for p, m := range i.counts {
+		counts[p] = maps.Clone(m)
+	}
+	i.mu.Unlock()
+	select {
+	case i.calls <- idleCall{slices.Clone(parts), counts}:
+	default: // the test has what it needs
+	}
+	return nil
+}
+
+// TestIdle: with no input coming, an Idler's Idle is called with every
+// partition the process owns, each restored from the changelog first.
+func TestIdle(t *testing.T) {
+	_, cfg := newCluster(t)
+	ctx := testCtx(t)
+	outs := newOutputs(t, cfg)
+	keys := []string{"a", "b", "c", "d", "e", "f"}
+	write(t, ctx, cfg, keys...)
+	first := newCounter()
+	stop := start(t, ctx, cfg, "0", first)
+	outs.await(t, ctx, len(keys))
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprint(map[string]int{"a": 1, "b": 1, "c": 1, "d": 1, "e": 1, "f": 1})
+
+	// The second run gets no input: its partitions are restored for Idle
+	// alone.
+	second := &idler{counter: newCounter(), calls: make(chan idleCall, 1)}
+	start(t, ctx, cfg, "0", second)
+	for {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("Idle was never called with both partitions restored to %s", want)
+		case c := <-second.calls:
+			all := map[string]int{}
+			for _, m := range c.counts {
+				maps.Copy(all, m)
+			}
+			if fmt.Sprint(c.parts) == "[0 1]" && fmt.Sprint(all) == want {
+				return
+			}
+			t.Logf("Idle(%v) with the counts %v; waiting for both partitions with %s", c.parts, c.counts, want)
+		}
+	}
+}

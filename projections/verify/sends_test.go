@@ -86,11 +86,11 @@ func TestVerifySends(t *testing.T) {
 	}
 	bad := good[k]
 	bad.MessageID++
-	if err := st.SaveSendDecisions(ctx, []store.SendDecision{bad}); err != nil {
+	if err := st.Apply(ctx, store.Batch{Decisions: []store.SendDecision{bad}}); err != nil {
 		t.Fatal(err)
 	}
 	expectDifference(t, ctx, cfg, st, `sender bob, client_msg_id "c1"`)
-	if err := st.SaveSendDecisions(ctx, []store.SendDecision{good[k]}); err != nil {
+	if err := st.Apply(ctx, store.Batch{Decisions: []store.SendDecision{good[k]}}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -120,6 +120,12 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 	for _, r := range lastByKey(b.Reads, func(r store.ReadMark) readKey { return readKey{r.ChannelID, r.UserID} }) {
 		one(s.q.insertRead, indexRowSize, string(r.ChannelID), string(r.UserID), r.Seq, int64(r.MessageID), r.UpdatedAt)
 	}
+	// Send decisions: plain INSERTs, blind (see store.Batch), a key's
+	// last decision in the batch.
+	for _, d := range lastByKey(b.Decisions, func(d store.SendDecision) store.SendKey { return d.SendKey }) {
+		one(s.q.insertSendDecision, indexRowSize+len(d.SenderID)+len(d.ClientMsgID)+len(d.ChannelID)+len(d.TextHash),
+			string(d.SenderID), d.ClientMsgID, string(d.ChannelID), int64(d.MessageID), d.TextHash, d.Partition, d.Offset)
+	}
 
 	return s.execChains(ctx, chains)
 }

@@ -45,8 +45,8 @@ type Config struct {
 	// PasswordAuthenticator. Default: no authentication.
 	Username string
 	Password string
-	// WriteConcurrency is the most requests one Apply, or one
-	// SaveSendDecisions, has in flight. Default 32.
+	// WriteConcurrency is the most requests one Apply has in flight.
+	// Default 32.
 	WriteConcurrency int
 	// PageSize is the most rows fetched per page by reads that may be long.
 	// Default 500.

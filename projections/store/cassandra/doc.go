@@ -33,10 +33,9 @@
 // (INSERT ... IF NOT EXISTS at the serial consistency), and rows created
 // that way are changed only by lightweight transactions. Everything else
 // is an idempotent upsert, so applying a Batch twice leaves the same
-// state. Send decisions are blind upserts too: only the sends processor
-// writes them, a key always with the same values; SaveSendDecisions packs
-// them into requests as Apply packs rows, and SendDecisions reads them
-// store.Lookups at a time.
+// state. Send decisions are blind upserts too (rows of an Apply, each a
+// partition of its own): only the sends processor writes them, a key always
+// with the same values; SendDecisions reads them store.Lookups at a time.
 //
 // Apply writes a batch's state first and its positions last, so a crash in
 // between makes the projection apply the batch again. Within the batch, the
@@ -67,7 +66,7 @@
 //
 // # Goroutines
 //
-// Apply and SaveSendDecisions run their requests on at most
+// Apply runs its requests on at most
 // Config.WriteConcurrency goroutines, and SendDecisions its reads on at most
 // store.Lookups; each waits for all of them before it returns. gocql owns
 // its connection goroutines until Close.

@@ -279,31 +279,6 @@ func (s *Store) SendDecisions(ctx context.Context, keys []store.SendKey) (map[st
 	return out, nil
 }
 
-// SaveSendDecisions writes ds as plain INSERTs into send_decisions, blind
-// (see store.Store), a key's last decision in ds if it has several. Each
-// row is a partition of its own, and the rows are packed into unlogged
-// batches like an Apply's rows (see pack), at most Config.WriteConcurrency
-// at a time. It returns once every batch is written at the store's
-// consistency; after an error some rows may be written, and a call again
-// writes them again with the same values.
-func (s *Store) SaveSendDecisions(ctx context.Context, ds []store.SendDecision) error {
-	ds = lastByKey(ds, func(d store.SendDecision) store.SendKey { return d.SendKey })
-	chains := make([]chain, len(ds))
-	for i, d := range ds {
-		chains[i].add(stmt{
-			q: s.q.insertSendDecision,
-			args: []any{string(d.SenderID), d.ClientMsgID, string(d.ChannelID), int64(d.MessageID),
-				d.TextHash, d.Partition, d.Offset},
-			size: indexRowSize + len(d.SenderID) + len(d.ClientMsgID) + len(d.ChannelID) + len(d.TextHash),
-			own:  true,
-		})
-	}
-	if err := s.execChains(ctx, chains); err != nil {
-		return fail("save send decisions", err)
-	}
-	return nil
-}
-
 // Positions returns, per partition, the next log offset the projection
 // will read; partitions it never wrote are absent.
 func (s *Store) Positions(ctx context.Context, projection string) (map[int32]int64, error) {

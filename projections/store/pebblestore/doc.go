@@ -42,9 +42,9 @@
 // with fsync, so a crash never separates state from position. CreateUser
 // and ReservePush read and then write; a mutex serializes them per key,
 // which is enough because a single process owns the directory (Pebble
-// locks it). Their writes are also fsynced. SaveSendDecisions writes blind,
-// without a lock, all of its decisions in one fsynced batch: only the sends
-// processor writes them, a key always with the same values. Apply reads the
+// locks it). Their writes are also fsynced. Apply writes send decisions blind,
+// without a lock: only the sends processor writes them, a key always with
+// the same values. Apply reads the
 // inbox message index to keep its lowest offset, so Applys that carry inbox
 // entries hold another mutex from that read to their commit. Reads see the
 // last committed writes and take no lock.

@@ -42,7 +42,7 @@ func TestReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := store.SendDecision{SendKey: store.SendKey{SenderID: "1", ClientMsgID: "c"}, ChannelID: "gx", MessageID: 7, TextHash: "h", Partition: 1, Offset: 2}
-	if err := s.SaveSendDecisions(ctx, []store.SendDecision{d}); err != nil {
+	if err := s.Apply(ctx, store.Batch{Decisions: []store.SendDecision{d}}); err != nil {
 		t.Fatal(err)
 	}
 	msg := store.Message{ChannelID: "gx", Offset: 3, MessageID: 7, SenderID: "1", Text: "hi", SentAt: time.UnixMilli(3).UTC()}

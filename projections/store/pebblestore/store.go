@@ -451,36 +451,6 @@ func (s *Store) SendDecisions(ctx context.Context, keys []store.SendKey) (map[st
 	return out, nil
 }
 
-// SaveSendDecisions writes ds blind, in one batch committed with fsync.
-// No lock: a key written twice is written with the same values (see
-// store.Store).
-func (s *Store) SaveSendDecisions(ctx context.Context, ds []store.SendDecision) error {
-	if err := s.check(ctx); err != nil {
-		return err
-	}
-	if len(ds) == 0 {
-		return nil
-	}
-	b := s.db.NewBatch()
-	defer b.Close()
-	for _, d := range ds {
-		v, err := json.Marshal(decisionRecord{
-			ChannelID: d.ChannelID, MessageID: d.MessageID,
-			TextHash: d.TextHash, Partition: d.Partition, Offset: d.Offset,
-		})
-		if err != nil {
-			return fmt.Errorf("pebblestore: save send decisions: %w", err)
-		}
-		if err := b.Set(sendDecisionKey(d.SendKey), v, nil); err != nil {
-			return fmt.Errorf("pebblestore: save send decisions: %w", err)
-		}
-	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("pebblestore: save send decisions: %w", err)
-	}
-	return nil
-}
-
 // Apply writes the batch's state and its positions in one atomic, fsynced
 // Pebble batch. Within the batch, later entries win over earlier ones with
 // the same key.
@@ -558,6 +528,20 @@ func (s *Store) apply(in store.Batch) error {
 			return err
 		}
 		if err := b.Set(readKey(r.ChannelID, r.UserID), v, nil); err != nil {
+			return err
+		}
+	}
+	// Send decisions blind, without a lock: a key written twice is
+	// written with the same values (see store.Batch).
+	for _, d := range in.Decisions {
+		v, err := json.Marshal(decisionRecord{
+			ChannelID: d.ChannelID, MessageID: d.MessageID,
+			TextHash: d.TextHash, Partition: d.Partition, Offset: d.Offset,
+		})
+		if err != nil {
+			return err
+		}
+		if err := b.Set(sendDecisionKey(d.SendKey), v, nil); err != nil {
 			return err
 		}
 	}

@@ -30,7 +30,7 @@ func testResetProjection(t *testing.T, s store.Store) {
 	must(t, s.CreateUser(ctx, account))
 	decision := store.SendDecision{SendKey: store.SendKey{SenderID: u, ClientMsgID: "c-1"}, ChannelID: ch, MessageID: id,
 		TextHash: "h", Partition: 1, Offset: 2}
-	must(t, s.SaveSendDecisions(ctx, []store.SendDecision{decision}))
+	must(t, s.Apply(ctx, store.Batch{Decisions: []store.SendDecision{decision}}))
 	if created, err := s.ReservePush(ctx, v, id, at(3)); err != nil || !created {
 		t.Fatalf("ReservePush: created=%v, %v", created, err)
 	}

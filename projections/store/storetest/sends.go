@@ -38,9 +38,9 @@ func checkDecisions(t testing.TB, what string, got, want map[store.SendKey]store
 	check(t, what, got, want)
 }
 
-// testSendDecisions: SendDecisions returns exactly what SaveSendDecisions
-// wrote, every field, for the keys that have a decision, and omits the
-// others. The key is the pair: keys that differ only in the sender, only
+// testSendDecisions: SendDecisions returns exactly what Apply wrote (the
+// batch's positions too), every field, for the keys that have a decision,
+// and omits the others. The key is the pair: keys that differ only in the sender, only
 // in the client message id, or that split the same bytes differently
 // between the two are distinct.
 func testSendDecisions(t *testing.T, s store.Store) {
@@ -79,9 +79,15 @@ func testSendDecisions(t *testing.T, s store.Store) {
 		keys = append(keys, d.SendKey)
 	}
 
-	checkDecisions(t, "SendDecisions before SaveSendDecisions", sendDecisions(t, s, keys), nil)
-	must(t, s.SaveSendDecisions(ctx, nil))
-	must(t, s.SaveSendDecisions(ctx, ds))
+	checkDecisions(t, "SendDecisions before Apply", sendDecisions(t, s, keys), nil)
+	must(t, s.Apply(ctx, store.Batch{Decisions: nil}))
+	// With the processor's progress, as the sends processor writes them.
+	proj := g.projection("sends")
+	progress := map[int32]int64{3: 18, 11: 1<<40 + 1}
+	must(t, s.Apply(ctx, store.Batch{Projection: proj, Decisions: ds, Positions: progress}))
+	pos, err := s.Positions(ctx, proj)
+	must(t, err)
+	check(t, "the progress saved with the decisions", pos, progress)
 
 	checkDecisions(t, "SendDecisions of the saved keys", sendDecisions(t, s, keys), byKey(ds...))
 	for _, d := range ds {
@@ -110,12 +116,12 @@ func testSendDecisionsAgain(t *testing.T, s store.Store) {
 	later := d("2", "c-1", 2003, 12)
 	keys := []store.SendKey{first[0].SendKey, first[1].SendKey, later.SendKey}
 
-	must(t, s.SaveSendDecisions(ctx, first))
+	must(t, s.Apply(ctx, store.Batch{Decisions: first}))
 	checkDecisions(t, "after the first save", sendDecisions(t, s, keys), byKey(first...))
-	must(t, s.SaveSendDecisions(ctx, first))
+	must(t, s.Apply(ctx, store.Batch{Decisions: first}))
 	checkDecisions(t, "after the same save again", sendDecisions(t, s, keys), byKey(first...))
 	// One of them again, with a new one, and a decision twice in one call.
-	must(t, s.SaveSendDecisions(ctx, []store.SendDecision{later, first[1], later}))
+	must(t, s.Apply(ctx, store.Batch{Decisions: []store.SendDecision{later, first[1], later}}))
 	checkDecisions(t, "after a save of one again with another", sendDecisions(t, s, keys), byKey(first[0], first[1], later))
 }
 
@@ -145,7 +151,7 @@ func testSendDecisionsMany(t *testing.T, s store.Store) {
 			keys = append(keys, d.SendKey)
 		}
 	}
-	must(t, s.SaveSendDecisions(ctx, ds))
+	must(t, s.Apply(ctx, store.Batch{Decisions: ds}))
 	got := sendDecisions(t, s, append(keys, store.SendKey{SenderID: g.user("s0"), ClientMsgID: "client-0-5"}))
 	if len(got) != len(ds) {
 		t.Errorf("SendDecisions of %d saved keys and one absent: %d decisions", len(ds), len(got))
