@@ -29,22 +29,15 @@ import (
 // other ports and in another run directory (privateServers), and stops them
 // when it ends, also on failure, and fails when they cannot start.
 //
-// It is built only with the chaosservers tag, and CI does not run it: it
-// takes 12 to 20 minutes here, and whether it finishes depends on the
-// machine's load. Its first run lost one acknowledged message from history
-// on Cassandra (Cassandra killed -9 loses the acknowledged writes after
-// its commit log's last sync marker, and the history projector went on
-// past the lost batch; the projector now seeks back,
-// TestRunStoreLostAcknowledgedBatch). Of the eight runs since, the five
-// that got to the checker found nothing lost, duplicated, reordered or
-// invented; one stopped when the Kafka broker's restart did not answer
-// within kafka.sh's 120 s; two did not get every send acknowledged within
-// the checker's 5 minutes and never counted (once with group commit in Cassandra, once beside the
-// whole cmd/chatd suite, with a load average above 30 on 2 cores), the
-// burst moving slowly rather than stuck as far as the second one's
-// goroutines showed. It goes into CI after three
-// passes in a row, or once its bound is one of progress rather than of
-// total time (deploy/README.md has the runs). Run it by hand:
+// It is built only with the chaosservers tag; deploy/test.sh (so CI) runs
+// it after the rest of the suite, where it takes 3 to 5 minutes. Its first
+// run lost one acknowledged message from history on Cassandra (Cassandra
+// killed -9 loses the acknowledged writes after its commit log's last sync
+// marker, and the history projector went on past the lost batch; the
+// projector now seeks back, TestRunStoreLostAcknowledgedBatch). In session
+// 13's CI it twice found a send decision missing from the store, as the
+// same loss would leave it; the sends processor now mends such a loss from
+// the log (gateway/chat/SENDS.md). deploy/README.md has the runs. By hand:
 //
 //	go test -race -count=1 -tags chaosservers -run '^TestChaosServers$' -v -timeout 40m ./cmd/chatd
 func TestChaosServers(t *testing.T) {
