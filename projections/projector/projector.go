@@ -37,6 +37,24 @@ type Handler interface {
 	Reset()
 }
 
+// A Holder is a Handler that may keep records past Handle's return, to
+// decide on them later: push keeps each inbox entry until it is due. The
+// runner never writes a partition's position past the oldest record the
+// handler holds there; once Due has come it calls Handle again, with no
+// records, for every partition the handler holds records of; and whenever
+// it resets the handler it seeks every partition back to its written
+// position and drops what it had fetched, so that the records the handler
+// held are fetched again.
+type Holder interface {
+	Handler
+	// Held returns the offset of the oldest record of partition p that
+	// the handler holds, if any.
+	Held(p int32) (offset int64, ok bool)
+	// Due returns when the handler wants Handle called again for the
+	// partitions it holds records of; the zero time when it holds none.
+	Due() time.Time
+}
+
 // Store is what the runner needs of the store.
 type Store interface {
 	Apply(ctx context.Context, b store.Batch) error
@@ -117,8 +135,12 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 	}
 	defer cl.Close()
 
+	var hold *holding
+	if hd, ok := h.(Holder); ok {
+		hold = &holding{h: hd, topic: cfg.Topic, handed: map[int32]int64{}}
+	}
 	for {
-		fetches := cl.PollFetches(ctx)
+		fetches := poll(ctx, cl, hold)
 		if ctx.Err() != nil {
 			cl.AllowRebalance()
 			return nil
@@ -127,14 +149,28 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 			return nil
 		}
 		fetches.EachError(func(t string, p int32, err error) {
+			if hold != nil && errors.Is(err, context.DeadlineExceeded) {
+				return // the wait for Due
+			}
 			log.Warn("fetch", "topic", t, "partition", p, "err", err)
 		})
 		if reset.Swap(false) {
+			if hold != nil {
+				hold.rewind(cl, exp)
+				cl.AllowRebalance()
+				continue
+			}
 			h.Reset()
 		}
 		for attempt := 0; ; attempt++ {
-			err := applyChecked(ctx, cfg.Name, st, h, fetches, exp, cl, log)
+			if hold != nil {
+				attempt = hold.failures // a holder's failed fetch is dropped, not retried
+			}
+			err := applyChecked(ctx, cfg.Name, st, h, fetches, exp, cl, log, hold)
 			if err == nil {
+				if hold != nil {
+					hold.failures = 0
+				}
 				break
 			}
 			if ctx.Err() != nil {
@@ -142,15 +178,92 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 				return nil
 			}
 			log.Warn("apply failed; retrying", "attempt", attempt, "err", err)
-			h.Reset()
+			if hold != nil {
+				hold.rewind(cl, exp) // the fetches are dropped: what follows comes again
+				hold.failures++
+			} else {
+				h.Reset()
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(backoff(attempt)):
+			}
+			if hold != nil {
+				break
 			}
 		}
 		cfg.Log.Lag.Observe(cfg.Name, fetches)
 		cl.AllowRebalance()
 	}
+}
+
+// poll waits for fetches, and for a holder that holds records at most
+// until they are due (see holding.due).
+func poll(ctx context.Context, cl *kgo.Client, hold *holding) kgo.Fetches {
+	if hold != nil {
+		if due := hold.due(); !due.IsZero() {
+			dctx, cancel := context.WithDeadline(ctx, due)
+			defer cancel()
+			return cl.PollFetches(dctx)
+		}
+	}
+	return cl.PollFetches(ctx)
+}
+
+// holding is the runner's side of a Holder: where each partition's
+// records handed to it end, and when it was last handed no records.
+type holding struct {
+	h      Holder
+	topic  string
+	handed map[int32]int64 // the offset after the last record handed, per partition
+	ticked time.Time
+	// failures counts the failed calls since the last good one: the
+	// backoff's attempt.
+	failures int
+}
+
+// holdTick is the least time between two calls of a holder's Handle
+// without records: each writes positions, and the next entry held is
+// nearly always due a moment after the last one decided.
+const holdTick = 100 * time.Millisecond
+
+// due returns when the holder's held partitions are to be handed no
+// records next: when Due says, but not within holdTick of the last time;
+// zero when it holds nothing.
+func (o *holding) due() time.Time {
+	due := o.h.Due()
+	if due.IsZero() {
+		return due
+	}
+	if next := o.ticked.Add(holdTick); next.After(due) {
+		return next
+	}
+	return due
+}
+
+// rewind resets the handler and seeks every partition to the position
+// last written (exp): the records it held are fetched again.
+func (o *holding) rewind(cl *kgo.Client, exp *expected) {
+	o.h.Reset()
+	clear(o.handed)
+	exp.mu.Lock()
+	seeks := map[int32]kgo.EpochOffset{}
+	for p, pos := range exp.m {
+		// Without a stored position, offset 0: below the log's start it
+		// is out of range and the consumer resets to the start.
+		seeks[p] = kgo.EpochOffset{Epoch: -1, Offset: pos.off}
+	}
+	exp.mu.Unlock()
+	cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{o.topic: seeks})
+}
+
+// position returns what to write as partition p's position: the oldest
+// record held there, or else the end of what was handed.
+func (o *holding) position(p int32) int64 {
+	if off, ok := o.h.Held(p); ok {
+		return off
+	}
+	return o.handed[p]
 }
 
 // position is a stored position, or its absence (ok false).
@@ -194,7 +307,7 @@ func (e *expected) get(p int32) (position, bool) {
 // position (the start of the log when there is none), and applied again
 // from there: every write is idempotent, and the handler skips what the
 // store holds already.
-func applyChecked(ctx context.Context, name string, st Store, h Handler, fetches kgo.Fetches, exp *expected, cl *kgo.Client, log *slog.Logger) error {
+func applyChecked(ctx context.Context, name string, st Store, h Handler, fetches kgo.Fetches, exp *expected, cl *kgo.Client, log *slog.Logger, hold *holding) error {
 	stored, err := st.Positions(ctx, name)
 	if err != nil {
 		return err
@@ -228,11 +341,15 @@ func applyChecked(ctx context.Context, name string, st Store, h Handler, fetches
 		seeks[p.Topic][p.Partition] = kgo.EpochOffset{Epoch: -1, Offset: off}
 		exp.set(p.Partition, off, ok)
 	})
+	if len(seeks) > 0 && hold != nil {
+		hold.rewind(cl, exp) // every partition: the handler drops what it held of all
+		return nil
+	}
 	if len(seeks) > 0 {
 		cl.SetOffsets(seeks)
 		h.Reset()
 	}
-	written, err := apply(ctx, name, st, h, fetches, skip)
+	written, err := apply(ctx, name, st, h, fetches, skip, hold)
 	if err != nil {
 		return err
 	}
@@ -243,8 +360,10 @@ func applyChecked(ctx context.Context, name string, st Store, h Handler, fetches
 }
 
 // apply hands the records of every partition of fetches but those in skip
-// to h and writes the batch; it returns the positions written.
-func apply(ctx context.Context, name string, st Store, h Handler, fetches kgo.Fetches, skip map[int32]bool) (map[int32]int64, error) {
+// to h and writes the batch; it returns the positions written. A holder
+// whose records are due is handed, with no records, every partition it
+// holds records of that fetches did not bring.
+func apply(ctx context.Context, name string, st Store, h Handler, fetches kgo.Fetches, skip map[int32]bool, hold *holding) (map[int32]int64, error) {
 	b := store.Batch{Projection: name, Positions: map[int32]int64{}}
 	var err error
 	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
@@ -254,8 +373,32 @@ func apply(ctx context.Context, name string, st Store, h Handler, fetches kgo.Fe
 		if err = h.Handle(ctx, p.Partition, p.Records, &b); err != nil {
 			return
 		}
-		b.Positions[p.Partition] = p.Records[len(p.Records)-1].Offset + 1
+		next := p.Records[len(p.Records)-1].Offset + 1
+		b.Positions[p.Partition] = next
+		if hold != nil {
+			hold.handed[p.Partition] = next
+		}
 	})
+	if err == nil && hold != nil {
+		if due, now := hold.due(), time.Now(); !due.IsZero() && !due.After(now) {
+			hold.ticked = now
+			for p := range hold.handed {
+				if _, handed := b.Positions[p]; handed || skip[p] {
+					continue
+				}
+				if _, held := hold.h.Held(p); !held {
+					continue
+				}
+				if err = h.Handle(ctx, p, nil, &b); err != nil {
+					break
+				}
+				b.Positions[p] = 0 // set below
+			}
+		}
+		for p := range b.Positions {
+			b.Positions[p] = hold.position(p)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -132,7 +132,7 @@ func (f *fixture) ends() map[int32]int64 {
 // run starts the history projection's runner. Cancelling its context is
 // what a dying process looks like to the runner; stop cancels it and
 // waits for Run's nil.
-func (f *fixture) run(t *testing.T, ctx context.Context, st *pebblestore.Store, h Handler) (cancel context.CancelFunc, stop func()) {
+func (f *fixture) run(t *testing.T, ctx context.Context, st Store, h Handler) (cancel context.CancelFunc, stop func()) {
 	t.Helper()
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -433,7 +433,7 @@ func TestApply(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			st := &fakeStore{}
-			_, err := apply(context.Background(), "p", st, tt.fail, fetches(tt.parts), nil)
+			_, err := apply(context.Background(), "p", st, tt.fail, fetches(tt.parts), nil, nil)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err %v, want error %v", err, tt.wantErr)
 			}

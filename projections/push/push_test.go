@@ -199,50 +199,82 @@ func checkOutcomes(t *testing.T, c *prometheus.CounterVec, want map[string]float
 	}
 }
 
-// TestHandleWaitsDelay uses the wall clock with a short delay: nothing is
-// sent before the entry's time plus the delay, and presence is asked
-// after the wait, so a recipient who comes online meanwhile gets nothing.
-func TestHandleWaitsDelay(t *testing.T) {
-	const delay = 300 * time.Millisecond
+// TestHandleHoldsUntilDue: Handle holds each entry until its time plus the
+// delay, without waiting, and sends nothing before; handed no records once
+// Due has come, it decides the due ones in order, asking presence then, so
+// a recipient who came online meanwhile gets nothing. The position it
+// allows (Held) is its oldest entry still held.
+func TestHandleHoldsUntilDue(t *testing.T) {
 	st := storetest.OpenPebble(t)
 	s := &sender{}
-	sentAt := time.Now()
-	onlineFrom := sentAt.Add(delay / 2)
-	pr := presence{fn: func(u domain.UserID) bool { return u == "b" && !time.Now().Before(onlineFrom) }}
-	recs := records(t, entry{0, "a", 1, "s", sentAt}, entry{1, "b", 2, "s", sentAt})
-	if err := New(Config{Delay: delay}, st, texts{}, pr, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+	now := t0
+	online := false
+	pr := presence{fn: func(u domain.UserID) bool { return u == "b" && online }}
+	cfg := Config{Delay: 3 * time.Second, MaxAge: time.Minute, Now: func() time.Time { return now }}
+	recs := records(t, entry{4, "a", 1, "s", t0}, entry{5, "b", 2, "s", t0}, entry{6, "s", 3, "s", t0}, entry{7, "a", 4, "s", t0.Add(time.Second)})
+	p := New(cfg, st, texts{}, pr, s)
+	check := func(when string, want []string, held int64, due time.Time) {
+		t.Helper()
+		if got := s.got(); !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s: sent %v, want %v", when, got, want)
+		}
+		off, ok := p.Held(0)
+		if held < 0 && ok || held >= 0 && (!ok || off != held) {
+			t.Fatalf("%s: held from %d (%v), want %d", when, off, ok, held)
+		}
+		if got := p.Due(); !got.Equal(due) {
+			t.Fatalf("%s: due %v, want %v", when, got, due)
+		}
+	}
+	if err := p.Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.got(); !reflect.DeepEqual(got, []string{"a:1"}) {
-		t.Fatalf("sent %v, want a:1 only", got)
+	check("handed", nil, 4, t0.Add(3*time.Second))
+
+	now = t0.Add(3 * time.Second)
+	online = true // b came online during the delay
+	if err := p.Handle(context.Background(), 0, nil, &store.Batch{}); err != nil {
+		t.Fatal(err)
 	}
-	if early := sentAt.Add(delay).Sub(s.at[0]); early > 0 {
-		t.Fatalf("sent %s before the delay was over", early)
+	check("3s later", []string{"a:1"}, 7, t0.Add(4*time.Second)) // the sender's own copy is no notification
+
+	now = t0.Add(4 * time.Second)
+	if err := p.Handle(context.Background(), 0, nil, &store.Batch{}); err != nil {
+		t.Fatal(err)
 	}
+	check("4s later", []string{"a:1", "a:4"}, -1, time.Time{})
 }
 
-// TestHandleCancelWhileWaiting: a cancel during the wait is an error (the
-// runner writes no position) and reserves nothing, so the next run sends.
-func TestHandleCancelWhileWaiting(t *testing.T) {
+// TestHeldAcrossAReset: Reset drops what is held (the runner fetches it
+// again from the position Held gave), and a replay of what was decided
+// before sends nothing twice.
+func TestHeldAcrossAReset(t *testing.T) {
 	st := storetest.OpenPebble(t)
 	s := &sender{}
-	recs := records(t, entry{0, "a", 1, "s", t0})
 	now := t0
 	cfg := Config{Delay: time.Hour, MaxAge: 2 * time.Hour, Now: func() time.Time { return now }}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := New(cfg, st, texts{}, presence{}, s).Handle(ctx, 0, recs, &store.Batch{}); err == nil {
-		t.Fatal("no error from a cancelled wait")
-	}
-	if len(s.got()) != 0 {
-		t.Fatalf("sent %v", s.got())
-	}
-	now = t0.Add(time.Hour)
-	if err := New(cfg, st, texts{}, presence{}, s).Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
+	recs := records(t, entry{0, "a", 1, "s", t0}, entry{1, "b", 2, "s", t0.Add(time.Minute)})
+	p := New(cfg, st, texts{}, presence{}, s)
+	if err := p.Handle(context.Background(), 0, recs, &store.Batch{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.got(); !reflect.DeepEqual(got, []string{"a:1"}) {
-		t.Fatalf("sent %v after the restart, want a:1", got)
+	now = t0.Add(time.Hour)
+	if err := p.Handle(context.Background(), 0, nil, &store.Batch{}); err != nil {
+		t.Fatal(err)
+	}
+	if off, ok := p.Held(0); !ok || off != 1 {
+		t.Fatalf("held from %d (%v), want 1", off, ok)
+	}
+	p.Reset()
+	if off, ok := p.Held(0); ok || !p.Due().IsZero() {
+		t.Fatalf("after Reset: held from %d, due %v", off, p.Due())
+	}
+	now = t0.Add(time.Hour + time.Minute)
+	if err := p.Handle(context.Background(), 0, recs, &store.Batch{}); err != nil { // fetched again from offset 0
+		t.Fatal(err)
+	}
+	if got := s.got(); !reflect.DeepEqual(got, []string{"a:1", "b:2"}) {
+		t.Fatalf("sent %v, want a:1 once and b:2", got)
 	}
 }
 

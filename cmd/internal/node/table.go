@@ -144,10 +144,11 @@ var Table = []*Role{
 		Input:  func(t eventlog.Topics) string { return t.Inbox },
 		Output: domain.OutputInbox, Replay: Rewind,
 		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
-			// Push gathers by waiting PushDelay in each batch; its
-			// fetches are not told to (with eventlog.Gather, TestPush
-			// saw no notification on either backend: not understood).
-			return n.projector(eventlog.Epoched(push.Name, lc.Epoch()), lc.Topics().Inbox, lc, func() projector.Handler {
+			// Push keeps each entry until it is due (a projector.Holder)
+			// and reads the inbox as it comes, its fetches gathering
+			// (nobody waits on push's position: its batches need not be
+			// small, only steady).
+			return n.projectorGathering(eventlog.Epoched(push.Name, lc.Epoch()), lc.Topics().Inbox, lc, eventlog.GatherWait, func() projector.Handler {
 				return push.New(push.Config{Epoch: lc.Epoch(), Delay: n.cfg.PushDelay, MaxAge: n.cfg.PushMaxAge, Decoded: n.decoded, Outcomes: n.pushOutcomes, Logger: n.log},
 					n.st, n.texts, n.presenceTail, n.sender)
 			})
