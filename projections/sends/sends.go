@@ -265,23 +265,24 @@ func (p *Processor) Idle(ctx context.Context, parts []int32) error {
 	if err != nil {
 		return fmt.Errorf("sends: reading the store's progress: %w", err)
 	}
-	_, err = p.mendBehind(ctx, parts, pos, time.Time{})
+	_, err = p.mendBehind(ctx, parts, pos, time.Now().Add(mendBudget))
 	return err
 }
 
-// mendBudget bounds the time Prepare spends mending, inside the batch's
-// transaction: a mend that goes on longer (a store that lost much, or the
-// first start on a store written before the store held the progress) ends
-// the batch with an error, and the next batch goes on from where it got.
+// mendBudget bounds the time one Prepare (inside the batch's transaction)
+// or one Idle (while sends wait) spends mending: a mend that goes on longer
+// (a store that lost much, or the first start on a store written before
+// the store held the progress) ends with an error, the batch aborts, and
+// the next batch or Idle goes on from where it got.
 const mendBudget = 10 * time.Second
 
 // mendStep bounds the offsets of one read of a mend: its memory, and the
 // work a failure repeats.
-const mendStep = 5000
+var mendStep int64 = 5000 // a variable for tests
 
 // mendBehind mends each of parts whose progress in the store (stored; a
 // partition absent there from the log's start) is behind the changelog's,
-// until deadline if it is not zero. It reports whether it mended any.
+// until deadline. It reports whether it mended any.
 func (p *Processor) mendBehind(ctx context.Context, parts []int32, stored map[int32]int64, deadline time.Time) (bool, error) {
 	mended := false
 	for _, part := range parts {
@@ -347,8 +348,8 @@ func (p *Processor) mend(ctx context.Context, part int32, from, to int64, deadli
 		}
 		decided += len(made)
 		from = until
-		if from < to && !deadline.IsZero() && time.Now().After(deadline) {
-			return fmt.Errorf("sends: partition %d: decided again up to offset %d of %d (%d decisions); going on with the next batch",
+		if from < to && time.Now().After(deadline) {
+			return fmt.Errorf("sends: partition %d: decided again up to offset %d of %d (%d decisions); going on next time",
 				part, from, to, decided)
 		}
 	}

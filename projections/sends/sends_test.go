@@ -246,4 +246,18 @@ func TestMend(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after Idle", 6)
+
+	// A mend past its deadline stops after a step, its progress saved;
+	// the next goes on from there.
+	defer func(n int64) { mendStep = n }(mendStep)
+	mendStep = 2
+	st.Lose(before)
+	for i, want := range []int64{4, 6} {
+		pos, _ := st.Positions(ctx, Name)
+		_, err := p.mendBehind(ctx, []int32{0}, pos, time.Now())
+		if got, _ := st.Positions(ctx, Name); got[0] != want || (want < 6) != (err != nil) {
+			t.Fatalf("mend %d past its deadline: progress %v, %v; want %d", i, got, err, want)
+		}
+	}
+	check("after two steps", 6)
 }
