@@ -659,7 +659,8 @@ func TestMetrics(t *testing.T) {
 				t.Errorf("%s = %v, want at least %v", name, got, least)
 			}
 		}
-		for _, name := range []string{`evchat_projection_lag{projection="history"}`, "evchat_kafka_", `evchat_message_text_lookups_total{from="cache"}`} {
+		for _, name := range []string{`evchat_projection_lag{projection="history"}`, "evchat_kafka_", `evchat_message_text_lookups_total{from="cache"}`,
+			"evchat_sends_mended_total 0"} {
 			if !strings.Contains(text, name) {
 				t.Errorf("no %s in /metrics", name)
 			}

@@ -55,6 +55,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
@@ -81,8 +82,21 @@ type Config struct {
 	// InstanceID makes the transactional id unique per process. Default
 	// "0".
 	InstanceID string
+	// Mended, if set, counts the decisions written again from the log
+	// because the store had lost them (NewMended).
+	Mended prometheus.Counter
 	// Logger; default discard.
 	Logger *slog.Logger
+}
+
+// NewMended returns the counter of Config.Mended, registered with reg.
+func NewMended(reg prometheus.Registerer) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "evchat_sends_mended_total",
+		Help: "Send decisions the sends processor decided again from the log because the store had lost them (a store that loses writes it acknowledged, such as a one-node Cassandra killed -9).",
+	})
+	reg.MustRegister(c)
+	return c
 }
 
 // Processor is the deciding logic: a txproc.Handler, Preparer, Flusher
@@ -347,6 +361,9 @@ func (p *Processor) mend(ctx context.Context, part int32, from, to int64, deadli
 			return fmt.Errorf("sends: partition %d: saving %d decisions again: %w", part, len(made), err)
 		}
 		decided += len(made)
+		if p.cfg.Mended != nil {
+			p.cfg.Mended.Add(float64(len(made)))
+		}
 		from = until
 		if from < to && time.Now().After(deadline) {
 			return fmt.Errorf("sends: partition %d: decided again up to offset %d of %d (%d decisions); going on next time",

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -211,7 +213,8 @@ func TestMend(t *testing.T) {
 		return recs
 	}
 	st := sendstest.New()
-	p, err := New(Config{Log: cfg}, st)
+	mended := prometheus.NewCounter(prometheus.CounterOpts{Name: "mended"})
+	p, err := New(Config{Log: cfg, Mended: mended}, st)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,6 +243,9 @@ func TestMend(t *testing.T) {
 		t.Fatalf("a resend of a key the store lost: sent %+v, answers %+v; want only an answer, with 13", sent, answers)
 	}
 	check("after the batch", 6)
+	if n := testutil.ToFloat64(mended); n != 2 {
+		t.Errorf("mended %v decisions, want 2 (c3 and c4)", n)
+	}
 
 	st.Lose(before)
 	if err := p.Idle(ctx, []int32{0}); err != nil {

@@ -37,6 +37,7 @@ import (
 	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/inbox"
 	"github.com/evchat/evchat/projections/push"
+	"github.com/evchat/evchat/projections/sends"
 	"github.com/evchat/evchat/projections/store"
 	"github.com/evchat/evchat/projections/store/cassandra"
 	"github.com/evchat/evchat/projections/store/pebblestore"
@@ -90,6 +91,7 @@ type Node struct {
 	replies      *replies.Reader // the sends processor's answers to this node's sends
 	sender       push.Sender
 	pushOutcomes *prometheus.CounterVec
+	sendsMended  prometheus.Counter
 	texts        *bodies.Resolver // resolves inbox entries' texts for the tailers and push
 	decoded      *inbox.Decoded   // inbox records decoded once for the tailers, inbox and push
 	tasks        *tasks
@@ -231,6 +233,7 @@ func (n *Node) Run(ctx context.Context) error {
 		"from", "cache", "store", n.texts.Stats))
 	n.sender = push.LogSender{Logger: log}
 	n.pushOutcomes = push.NewOutcomes(reg)
+	n.sendsMended = sends.NewMended(reg)
 	if cfg.PushWebhook != "" {
 		n.sender = push.WebhookSender{URL: cfg.PushWebhook}
 	}
