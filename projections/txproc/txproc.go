@@ -319,6 +319,10 @@ func (r *runner) session(ctx context.Context) error {
 		}
 		// Not committed: the records come again from the committed
 		// offsets; the state goes back to what the changelog says.
+		if err == nil {
+			log.Info("batch not committed (the group rebalanced, or its coordinator did not answer); its records come again",
+				"records", fetches.NumRecords(), "took", time.Since(began).Round(time.Millisecond))
+		}
 		r.drop()
 		if ctx.Err() != nil {
 			return nil
