@@ -134,6 +134,9 @@ func (c Config) WithEpoch(output string, epoch int32) Config {
 // positions, a consumer group, a role ("fanout.e2").
 func Epoched(name string, epoch int32) string { return fmt.Sprintf("%s.e%d", name, max(epoch, 1)) }
 
+// metadataMinAge is the least time between two metadata loads of a client.
+const metadataMinAge = 250 * time.Millisecond
+
 // ClientOpts returns the options every client of the chat starts from:
 // the seed brokers, acks from all in-sync replicas with the idempotent
 // producer (franz-go's defaults, stated here so nobody turns them off),
@@ -146,6 +149,15 @@ func (c Config) ClientOpts(extra ...kgo.Opt) []kgo.Opt {
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ProducerLinger(0),
 		kgo.FetchMaxWait(200 * time.Millisecond),
+		// A client loads a topic's metadata when it first produces to
+		// it, and no sooner than MetadataMinAge after its last load
+		// (franz-go's default 5 s): the sends processor's and the
+		// fan-out's first produces to the channel, replies and inbox
+		// topics waited up to that long on real Kafka, and every send
+		// with them (perf.sh rate real: acknowledgements stood still
+		// for 2 to 5 s a second after the load began, in 7 of 9 runs;
+		// with 100 ms, in none of 2).
+		kgo.MetadataMinAge(metadataMinAge),
 		kgo.WithLogger(kslog.New(slog.New(quiet{c.Logger.Handler()}))),
 	}
 	return append(opts, extra...)
