@@ -257,7 +257,8 @@ func (p *Processor) Prepare(ctx context.Context, recs []*kgo.Record) error {
 	if pos.err != nil {
 		return fmt.Errorf("sends: reading the store's progress: %w", pos.err)
 	}
-	mended, err := p.mendBehind(ctx, slices.Compact(slices.Sorted(slices.Values(parts))), pos.pos, time.Now().Add(mendBudget))
+	slices.Sort(parts)
+	mended, err := p.mendBehind(ctx, slices.Compact(parts), pos.pos, time.Now().Add(mendBudget))
 	if err != nil {
 		return err
 	}

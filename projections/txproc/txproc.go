@@ -272,14 +272,17 @@ func (r *runner) session(ctx context.Context) error {
 	}
 
 	idler, _ := r.h.(Idler)
-	// clean drops the state after a change of assignment and returns
-	// the partitions owned now.
-	clean := func() []int32 {
+	// clean drops the state after a change of assignment; with owned,
+	// it returns the partitions owned now (for Idle, not for each batch).
+	clean := func(owned bool) []int32 {
 		mu.Lock()
 		defer mu.Unlock()
 		if r.dirty {
 			r.dirty = false
 			r.drop()
+		}
+		if !owned {
+			return nil
 		}
 		return slices.Sorted(maps.Keys(r.owned))
 	}
@@ -304,11 +307,11 @@ func (r *runner) session(ctx context.Context) error {
 		})
 		if fetches.NumRecords() == 0 {
 			if quiet && idler != nil {
-				r.idle(ctx, idler, clean())
+				r.idle(ctx, idler, clean(true))
 			}
 			continue
 		}
-		clean()
+		clean(false)
 		began := time.Now()
 		committed, err := r.batch(ctx, sess, fetches)
 		if err == nil && committed {

@@ -88,11 +88,7 @@ type Snapshot struct {
 func (s *Store) Snapshot() Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pos := map[string]map[int32]int64{}
-	for p, m := range s.positions {
-		pos[p] = maps.Clone(m)
-	}
-	return Snapshot{maps.Clone(s.decisions), pos}
+	return Snapshot{maps.Clone(s.decisions), clonePositions(s.positions)}
 }
 
 // Lose makes the store lose every write it acknowledged since snap was
@@ -101,9 +97,14 @@ func (s *Store) Snapshot() Snapshot {
 func (s *Store) Lose(snap Snapshot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.decisions = maps.Clone(snap.decisions)
-	s.positions = map[string]map[int32]int64{}
-	for p, m := range snap.positions {
-		s.positions[p] = maps.Clone(m)
+	s.decisions, s.positions = maps.Clone(snap.decisions), clonePositions(snap.positions)
+}
+
+// clonePositions copies every projection's positions.
+func clonePositions(pos map[string]map[int32]int64) map[string]map[int32]int64 {
+	out := make(map[string]map[int32]int64, len(pos))
+	for p, m := range pos {
+		out[p] = maps.Clone(m)
 	}
+	return out
 }
