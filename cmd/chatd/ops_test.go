@@ -654,6 +654,9 @@ func TestMetrics(t *testing.T) {
 			`evchat_projection_batch_records_count{projection="fanout.e1"}`: 1,
 			`evchat_projection_delay_seconds_count{projection="fanout.e1"}`: 1,
 			`evchat_projection_delay_seconds_count{projection="sends"}`:     1,
+			// and where a transactional batch's time goes.
+			`evchat_projection_batch_phase_seconds_count{phase="commit",projection="sends"}`:  1,
+			`evchat_projection_batch_phase_seconds_count{phase="prepare",projection="sends"}`: 1,
 		} {
 			if got := metric(text, name); got < least {
 				t.Errorf("%s = %v, want at least %v", name, got, least)

@@ -14,12 +14,14 @@ import (
 // the batch's records (evchat_projection_batch_records) and its delay
 // (evchat_projection_delay_seconds): from the append of its oldest record
 // (the record's timestamp, set by its producer) to the batch's commit,
-// what the stage adds to a message's way when it is the oldest. A nil
-// *Lag tracks nothing.
+// what the stage adds to a message's way when it is the oldest; and the
+// time each phase of the batch took (evchat_projection_batch_phase_seconds),
+// which tells where that delay goes. A nil *Lag tracks nothing.
 type Lag struct {
 	gauge   *prometheus.GaugeVec
 	records *prometheus.HistogramVec
 	delay   *prometheus.HistogramVec
+	phase   *prometheus.HistogramVec
 	mu      sync.Mutex
 	parts   map[string]map[int32]int64
 }
@@ -41,9 +43,14 @@ func NewLag(reg prometheus.Registerer) *Lag {
 			Help:    "Per committed batch of a projection: from the append of its oldest record (its timestamp) to the commit.",
 			Buckets: []float64{.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30},
 		}, []string{"projection"}),
+		phase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "evchat_projection_batch_phase_seconds",
+			Help:    "Per committed batch of a projection, the time of each phase: restore (of partitions new to it), prepare (the Handler's reads ahead), process, flush (the Handler's end of batch), produce (waiting for the batch's records to be acknowledged), commit.",
+			Buckets: []float64{.0001, .0002, .0005, .001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10, 30},
+		}, []string{"projection", "phase"}),
 		parts: map[string]map[int32]int64{},
 	}
-	reg.MustRegister(l.gauge, l.records, l.delay)
+	reg.MustRegister(l.gauge, l.records, l.delay, l.phase)
 	return l
 }
 
@@ -88,6 +95,14 @@ func (l *Lag) Observe(projection string, fetches kgo.Fetches) {
 		sum += v
 	}
 	l.gauge.WithLabelValues(projection).Set(float64(sum))
+}
+
+// Phase records how long one phase of a committed batch took.
+func (l *Lag) Phase(projection, phase string, d time.Duration) {
+	if l == nil {
+		return
+	}
+	l.phase.WithLabelValues(projection, phase).Observe(d.Seconds())
 }
 
 // Max returns the largest lag of any projection.

@@ -441,7 +441,17 @@ func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetc
 			}
 		})
 	}}
-	var err error
+	var (
+		err    error
+		phases [len(phaseNames)]time.Duration
+		mark   = time.Now()
+	)
+	// lap ends phase i: what it took since the previous lap.
+	lap := func(i int) {
+		now := time.Now()
+		phases[i] = now.Sub(mark)
+		mark = now
+	}
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 		if err != nil || r.restored[fp.Partition] {
 			return
@@ -450,9 +460,11 @@ func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetc
 			r.restored[fp.Partition] = true
 		}
 	})
+	lap(phaseRestore)
 	if p, ok := r.h.(Preparer); ok && err == nil {
 		err = p.Prepare(ctx, fetches.Records())
 	}
+	lap(phasePrepare)
 	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
 		for _, rec := range fp.Records {
 			if err != nil {
@@ -461,10 +473,13 @@ func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetc
 			err = r.h.Process(ctx, fp.Partition, rec, out)
 		}
 	})
+	lap(phaseProcess)
 	if f, ok := r.h.(Flusher); ok && err == nil {
 		err = f.Flush(ctx, out)
 	}
+	lap(phaseFlush)
 	wg.Wait()
+	lap(phaseProduce)
 	if err == nil {
 		err = produceErr
 	}
@@ -472,8 +487,28 @@ func (r *runner) batch(ctx context.Context, sess *kgo.GroupTransactSession, fetc
 		_, endErr := sess.End(ctx, kgo.TryAbort)
 		return false, errors.Join(err, endErr)
 	}
-	return sess.End(ctx, kgo.TryCommit)
+	committed, err := sess.End(ctx, kgo.TryCommit)
+	lap(phaseCommit)
+	if committed && err == nil {
+		for i, d := range phases {
+			r.cfg.Log.Lag.Phase(r.cfg.Name, phaseNames[i], d)
+		}
+	}
+	return committed, err
 }
+
+// The phases of a batch, in order, as evchat_projection_batch_phase_seconds
+// names them.
+const (
+	phaseRestore = iota
+	phasePrepare
+	phaseProcess
+	phaseFlush
+	phaseProduce
+	phaseCommit
+)
+
+var phaseNames = [...]string{"restore", "prepare", "process", "flush", "produce", "commit"}
 
 // restore reads the changelog partition to its end (the last stable
 // offset when it starts) into the handler, or fails: a partition restored
