@@ -499,11 +499,16 @@ func TestGroupRules(t *testing.T) {
 		if e := n.do("DELETE", "/v1/channels/"+g.ChannelID+"/members/"+ann.ID, bobTok, nil, nil); e.Status != 403 || e.Code != "forbidden" {
 			t.Fatalf("bob removed the creator: %+v", e)
 		}
+		// cat posts first: the gateway then holds the group's state, with
+		// cat in it, for its channel lease; the removal must end that.
+		catWS := n.connect(catTok)
+		if f := catWS.send(g.ChannelID, "c0", "hello"); f.Type != "ack" {
+			t.Fatalf("cat's send as a member: %+v", f)
+		}
 		n.must("DELETE", "/v1/channels/"+g.ChannelID+"/members/"+cat.ID, tok, nil, &c)
 		if !slices.Equal(c.Members, sorted(ann.ID, bob.ID)) {
 			t.Fatalf("after remove: %v", c.Members)
 		}
-		catWS := n.connect(catTok)
 		if f := catWS.send(g.ChannelID, "c1", "am I in?"); f.Type != "error" || f.Code != "not_member" {
 			t.Fatalf("removed member posted: %+v", f)
 		}

@@ -77,6 +77,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string) (c
 	fs.IntVar(&cfg.EmbeddedKafkaPort, "embedded-kafka-port", cfg.EmbeddedKafkaPort, "port of the embedded broker (0: any free port)")
 	fs.DurationVar(&cfg.PresenceWindow, "presence-window", cfg.PresenceWindow, "a device is online this long after its last heartbeat")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", cfg.Heartbeat, "how often the gateway records each connected device's heartbeat")
+	fs.DurationVar(&cfg.ChannelLease, "channel-lease", cfg.ChannelLease, "how long a gateway checks sends against a channel's state it read, without reading it again; a member's removal is answered that long after it is stored (the same on every process; 0: every send reads its channel)")
 	fs.DurationVar(&cfg.PushDelay, "push-delay", cfg.PushDelay, "how long a push notification waits for a device to acknowledge the message")
 	fs.IntVar(&cfg.SendsWorkers, "sends-workers", cfg.SendsWorkers, "sends processors the sends role runs in this process (at most --partitions are used), whose store reads and commits overlap: more than 1 helps on Cassandra")
 	fs.DurationVar(&cfg.PushMaxAge, "push-max-age", cfg.PushMaxAge, "entries older than this when they come up for a push decision are dropped")

@@ -70,7 +70,18 @@ type Config struct {
 	// appended, so the members' inbox entries (which point at the message)
 	// find it there rather than waiting for history to store it.
 	Texts TextCache
+	// ChannelLease is how long a send's membership check may use a
+	// channel's state after the read that fetched it began, and how long
+	// RemoveMember waits, after the store has applied a removal, before it
+	// answers (lease.go). Every process of a deployment must use the same
+	// value (or the API a longer one than the gateways). Default
+	// DefaultChannelLease; negative: none, every send reads its channel
+	// and a removal does not wait.
+	ChannelLease time.Duration
 }
+
+// DefaultChannelLease is Config.ChannelLease's default.
+const DefaultChannelLease = time.Second
 
 // Replies hands the sends processor's answers to the sends that wait for
 // them (gateway/replies).
@@ -96,8 +107,11 @@ type Service struct {
 	tokens *auth.Tokens
 	logger *slog.Logger
 	// channels reads channels from st, a read shared by the calls of a
-	// moment (freshReads): every membership check and decision.
+	// moment (freshReads): every decision but a send's.
 	channels *freshReads[domain.ChannelID, domain.Channel]
+	// leases holds the channels' states sends are checked against
+	// (leasedChannels), read through channels.
+	leases *leasedChannels
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -106,6 +120,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ApplyWait == 0 {
 		c.ApplyWait = 10 * time.Second
+	}
+	if c.ChannelLease == 0 {
+		c.ChannelLease = DefaultChannelLease
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -149,8 +166,9 @@ func New(cfg Config, st Store, app Appender, ids IDs, tokens *auth.Tokens) (*Ser
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	channels := newFreshReads(st.Channel)
 	return &Service{cfg: cfg, st: st, log: app, ids: ids, tokens: tokens, logger: cfg.Logger,
-		channels: newFreshReads(st.Channel)}, nil
+		channels: channels, leases: newLeasedChannels(cfg.ChannelLease, channels)}, nil
 }
 
 // Limits returns the chat's limits.
@@ -352,8 +370,25 @@ func (s *Service) AddMember(ctx context.Context, caller domain.UserID, id domain
 }
 
 // RemoveMember removes a user from a group.
+// RemoveMember removes u from the group. It answers a lease
+// (Config.ChannelLease) after the store has applied the removal: by then
+// no gateway still checks a send against a state read before it
+// (leasedChannels), so u can send nothing more once the caller is told u
+// is gone.
 func (s *Service) RemoveMember(ctx context.Context, caller domain.UserID, id domain.ChannelID, u domain.UserID) (domain.Channel, error) {
-	return s.decideAndAppend(ctx, id, domain.RemoveMember{ChannelID: id, ActorID: caller, UserID: u})
+	c, err := s.decideAndAppend(ctx, id, domain.RemoveMember{ChannelID: id, ActorID: caller, UserID: u})
+	if err != nil || s.cfg.ChannelLease <= 0 {
+		return c, err
+	}
+	t := time.NewTimer(s.cfg.ChannelLease)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return c, nil
+	case <-ctx.Done():
+		return domain.Channel{}, &domain.Error{Code: domain.CodeUnavailable, Err: ctx.Err(),
+			Msg: fmt.Sprintf("the removal is stored, but gateways may let the member send for up to %s after it", s.cfg.ChannelLease)}
+	}
 }
 
 func (s *Service) decideAndAppend(ctx context.Context, id domain.ChannelID, cmd domain.Command) (domain.Channel, error) {
@@ -369,6 +404,9 @@ func (s *Service) decideAndAppend(ctx context.Context, id domain.ChannelID, cmd 
 		return cur, nil
 	}
 	c, _, err := s.appendAndWait(ctx, id, evs)
+	// This process's sends see the change at once; other processes' when
+	// their leases end.
+	s.leases.forget(id)
 	if err != nil {
 		return domain.Channel{}, err
 	}
@@ -443,7 +481,7 @@ func (s *Service) appendAndWait(ctx context.Context, id domain.ChannelID, evs []
 // sender's requests in the log's order, so its message cannot overtake
 // this one. It is not called when no request was appended.
 func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.DeviceID, id domain.ChannelID, clientMsgID, text string, appended func()) (domain.MessageID, error) {
-	c, err := s.channels.get(ctx, id)
+	c, leased, err := s.leases.get(ctx, id, false)
 	if err != nil {
 		return 0, err
 	}
@@ -453,6 +491,14 @@ func (s *Service) Send(ctx context.Context, sender domain.UserID, device domain.
 	}
 	cmd := domain.SendMessage{ChannelID: id, SenderID: sender, DeviceID: device, ClientMsgID: clientMsgID, Text: text, MessageID: domain.MessageID(candidate)}
 	evs, err := domain.Decide(c, cmd, s.cfg.Limits)
+	if code := domain.CodeOf(err); leased && (code == domain.CodeNotMember || code == domain.CodeNotFound) {
+		// A leased state only allows: a refusal is decided again on
+		// a fresh read (a member added since it was read).
+		if c, _, err = s.leases.get(ctx, id, true); err != nil {
+			return 0, err
+		}
+		evs, err = domain.Decide(c, cmd, s.cfg.Limits)
+	}
 	if err != nil {
 		return 0, err // bad input never reaches the log
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/gateway/auth"
+	"github.com/evchat/evchat/gateway/chat"
 	"github.com/evchat/evchat/projections/bodies"
 )
 
@@ -75,6 +76,13 @@ type Config struct {
 	// PushDelay (--push-delay): how long a push notification waits for a
 	// device to acknowledge the message. Default 3 s.
 	PushDelay time.Duration
+	// ChannelLease (--channel-lease): how long a gateway checks sends
+	// against a channel's state it read, without reading it again; a
+	// member's removal is answered that long after it is stored
+	// (gateway/chat, lease.go). Every process of a deployment must use the
+	// same value. Default chat.DefaultChannelLease (1 s); 0: every send
+	// reads its channel.
+	ChannelLease time.Duration
 	// PushMaxAge (--push-max-age): entries older than this when they come
 	// up for a push decision are dropped. Default 2 min.
 	PushMaxAge time.Duration
@@ -244,6 +252,7 @@ func DefaultConfig() Config {
 		PresenceWindow:       domain.DefaultPresenceWindow,
 		Heartbeat:            5 * time.Second,
 		PushDelay:            3 * time.Second,
+		ChannelLease:         chat.DefaultChannelLease,
 		PushMaxAge:           2 * time.Minute,
 		SendsWorkers:         1,
 		StoreCache:           256 << 20,
@@ -332,6 +341,9 @@ func (c Config) Validate() error {
 	}
 	if c.Heartbeat <= 0 || c.Heartbeat >= c.PresenceWindow {
 		return bad("heartbeat %s: want more than 0 and less than the presence window %s (else online devices flap)", c.Heartbeat, c.PresenceWindow)
+	}
+	if c.ChannelLease < 0 {
+		return bad("channel lease %s < 0", c.ChannelLease)
 	}
 	if c.PushDelay < 0 {
 		return bad("push delay %s < 0", c.PushDelay)

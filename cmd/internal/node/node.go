@@ -378,6 +378,7 @@ func (n *Node) buildGateway(ctx context.Context, logCfg eventlog.Config, reg *pr
 	}
 	svc, err := chat.New(chat.Config{
 		Limits: cfg.Limits, Topics: logCfg.Topics(), Logger: n.log, Passwords: passwords, Texts: n.texts, Replies: n.replies,
+		ChannelLease: cmp.Or(cfg.ChannelLease, -1), // the node's 0 is none; chat's is its default
 	}, revokingStore{n.st, revocations}, app, ids, tokens)
 	if err != nil {
 		app.Close()
