@@ -45,7 +45,9 @@ fi
 # EVCHAT_PERF_CHATD_ARGS: more flags for chatd (e.g. "--embedded-fsync=true").
 read -r -a more <<<"${EVCHAT_PERF_CHATD_ARGS:-}"
 args+=("${more[@]}")
-"$out/chatd" "${args[@]}" 2>"$out/chatd-$mode-$backend.log" &
+# EVCHAT_PERF_CHATD_ENV: environment for chatd alone (e.g. "GOGC=400").
+read -r -a chatd_env <<<"${EVCHAT_PERF_CHATD_ENV:-}"
+env "${chatd_env[@]}" "$out/chatd" "${args[@]}" 2>"$out/chatd-$mode-$backend.log" &
 pid=$!
 # The real run's keyspace goes with it (topics stay: Kafka has no cheap
 # delete here, and their prefix is the run's own).
