@@ -140,6 +140,10 @@ type Config struct {
 	// is called (and how often while none comes). Default
 	// DefaultIdleAfter.
 	IdleAfter time.Duration
+	// TopUp is how long a batch waits, after the poll that began it, for
+	// the fetch that poll set off (see topUp). Default DefaultTopUp;
+	// negative: no wait, a batch is what one poll returns.
+	TopUp time.Duration
 	// Logger; default discard.
 	Logger *slog.Logger
 }
@@ -149,6 +153,7 @@ const (
 	DefaultMaxBatch           = 1000
 	DefaultTransactionTimeout = 30 * time.Second
 	DefaultIdleAfter          = time.Second
+	DefaultTopUp              = 2 * time.Millisecond
 )
 
 // Run processes until ctx is cancelled and returns nil then.
@@ -178,6 +183,9 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 	}
 	if cfg.IdleAfter <= 0 {
 		cfg.IdleAfter = DefaultIdleAfter
+	}
+	if cfg.TopUp == 0 {
+		cfg.TopUp = DefaultTopUp
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -311,6 +319,7 @@ func (r *runner) session(ctx context.Context) error {
 			}
 			continue
 		}
+		fetches = r.topUp(ctx, sess, fetches)
 		clean(false)
 		began := time.Now()
 		committed, err := r.batch(ctx, sess, fetches)
@@ -391,6 +400,33 @@ type runner struct {
 	restored map[int32]bool
 	owned    map[int32]bool // guarded by the session's mu
 	limit    int            // input records per transaction, at most cfg.MaxBatch
+}
+
+// topUp adds to a batch's fetches what the fetch its poll set off brings
+// within Config.TopUp. The client holds one fetch per broker until it is
+// polled, and fetches again only then: the fetch a batch begins with was
+// answered early in the previous batch, with what had come by then, and
+// what came during the rest of that batch would wait for the batch after
+// this one, two batches' time. The fetch set off by this batch's poll is
+// answered at once with it (the broker has it), so a moment's wait adds
+// it to this batch: a request waits for one batch in progress, not two.
+// Polling during the transaction instead would commit the offsets of
+// records not yet processed.
+func (r *runner) topUp(ctx context.Context, sess *kgo.GroupTransactSession, fetches kgo.Fetches) kgo.Fetches {
+	n := fetches.NumRecords()
+	if r.cfg.TopUp < 0 || n >= r.limit {
+		return fetches
+	}
+	tctx, cancel := context.WithTimeout(ctx, r.cfg.TopUp)
+	more := sess.PollRecords(tctx, r.limit-n)
+	cancel()
+	if more.NumRecords() == 0 { // nothing came in time (or only the wait's own error)
+		return fetches
+	}
+	more.EachError(func(t string, p int32, err error) {
+		r.log.Warn("fetch", "topic", t, "partition", p, "err", err)
+	})
+	return append(fetches, more...)
 }
 
 // idle restores the owned partitions not restored yet and hands the

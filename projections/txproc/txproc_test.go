@@ -618,3 +618,35 @@ func TestIdle(t *testing.T) {
 		}
 	}
 }
+
+// TestTopUp: a batch takes what the fetch its poll set off brings within
+// Config.TopUp: a record written after the poll that began the batch is in
+// it (the wait ends when it comes), and without the wait it is not.
+func TestTopUp(t *testing.T) {
+	for _, tc := range []struct {
+		topUp time.Duration
+		want  int
+	}{{time.Minute, 2}, {-1, 1}} {
+		_, cfg := newCluster(t)
+		ctx := testCtx(t)
+		sess, err := kgo.NewGroupTransactSession(cfg.ClientOpts(append(cfg.GroupOpts("topup", "0"),
+			kgo.TransactionalID("topup"), kgo.ConsumeTopics(input), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, ctx, cfg, "a")
+		first := sess.PollRecords(ctx, 100)
+		if n := first.NumRecords(); n != 1 {
+			t.Fatalf("the first poll returned %d records, want 1", n)
+		}
+		write(t, ctx, cfg, "b")
+		r := &runner{cfg: Config{TopUp: tc.topUp}, limit: 100, log: slog.New(slog.DiscardHandler)}
+		got := r.topUp(ctx, sess, first)
+		var keys []string
+		got.EachRecord(func(rec *kgo.Record) { keys = append(keys, string(rec.Key)) })
+		if len(keys) != tc.want {
+			t.Errorf("top-up %v: the batch holds %v, want %d records", tc.topUp, keys, tc.want)
+		}
+		sess.Close()
+	}
+}
