@@ -369,7 +369,6 @@ func (s *Service) AddMember(ctx context.Context, caller domain.UserID, id domain
 	return s.decideAndAppend(ctx, id, domain.AddMember{ChannelID: id, ActorID: caller, UserID: u})
 }
 
-// RemoveMember removes a user from a group.
 // RemoveMember removes u from the group. It answers a lease
 // (Config.ChannelLease) after the store has applied the removal: by then
 // no gateway still checks a send against a state read before it

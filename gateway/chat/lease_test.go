@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/evchat/evchat/domain"
-	"github.com/evchat/evchat/gateway/replies"
-	"github.com/evchat/evchat/projections/eventlog"
 	"github.com/evchat/evchat/projections/history"
 	"github.com/evchat/evchat/projections/projector"
 	"github.com/evchat/evchat/projections/store"
@@ -24,34 +22,6 @@ type countingStore struct {
 func (c *countingStore) Channel(ctx context.Context, id domain.ChannelID) (domain.Channel, error) {
 	c.reads.Add(1)
 	return c.Store.Channel(ctx, id)
-}
-
-// leaseNode is e.node with a channel lease and a store of its own.
-func (e *env) leaseNode(t *testing.T, node uint16, lease time.Duration, st Store) *Service {
-	t.Helper()
-	app, err := eventlog.NewAppender(e.cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(app.Close)
-	r, err := replies.New(testCtx(t), e.cfg, node, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("replies reader: %v", err)
-		}
-	})
-	s, err := New(Config{Topics: e.cfg.Topics(), Replies: r, ChannelLease: lease}, st, app, e.ids, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // project runs the history projection, which stores channels and their
@@ -81,7 +51,7 @@ func TestLeaseReadsOnce(t *testing.T) {
 			want  int64
 		}{{time.Hour, 1}, {-1, 10}} {
 			st := &countingStore{Store: e.st}
-			s := e.leaseNode(t, uint16(tc.want), tc.lease, st)
+			s := e.nodeWith(t, uint16(tc.want), tc.lease, st)
 			for i := range 10 {
 				mustSend(t, s, ch1, "lease"+time.Duration(tc.lease).String()+string(rune('a'+i)), "hi")
 			}
@@ -104,7 +74,7 @@ func TestLeaseAcrossGateways(t *testing.T) {
 		e.project(t)
 		const lease = 5 * time.Second
 		const cat domain.UserID = "103"
-		api, gw := e.leaseNode(t, 1, lease, e.st), e.leaseNode(t, 2, lease, e.st)
+		api, gw := e.nodeWith(t, 1, lease, e.st), e.nodeWith(t, 2, lease, e.st)
 		ctx := testCtx(t)
 		for _, u := range []domain.UserID{ann, bob, cat} {
 			if err := e.st.CreateUser(ctx, store.User{ID: u, Name: "user" + string(u), CreatedAt: time.Now()}); err != nil {

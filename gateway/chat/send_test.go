@@ -126,6 +126,13 @@ func (e *env) decide(t *testing.T, st sends.Store) (stop func()) {
 // appender and its replies reader.
 func (e *env) node(t *testing.T, node uint16) *Service {
 	t.Helper()
+	return e.nodeWith(t, node, 0, e.st)
+}
+
+// nodeWith is node with a channel lease (0: the default) and a store of
+// its own.
+func (e *env) nodeWith(t *testing.T, node uint16, lease time.Duration, st Store) *Service {
+	t.Helper()
 	app, err := eventlog.NewAppender(e.cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +151,7 @@ func (e *env) node(t *testing.T, node uint16) *Service {
 			t.Errorf("replies reader: %v", err)
 		}
 	})
-	s, err := New(Config{Topics: e.cfg.Topics(), Replies: r}, e.st, app, e.ids, nil)
+	s, err := New(Config{Topics: e.cfg.Topics(), Replies: r, ChannelLease: lease}, st, app, e.ids, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
