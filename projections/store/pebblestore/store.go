@@ -78,13 +78,21 @@ type Store struct {
 	// channels keeps channel states once read, for the same reason:
 	// every send reads its channel (a point read through the memtables
 	// and levels, and a JSON decode: 8% of the CPU at 800 msg/s), and
-	// only Apply writes them. Apply drops what it wrote after its commit
-	// and bumps chGen; a read that missed stores what it read only if
-	// chGen did not move meanwhile, so a state read before a commit is
-	// never kept after it. At most maxCachedChannels are kept.
+	// only Apply writes them. Apply drops what it writes, and bumps chGen,
+	// both before its commit and after it, and marks the channels as
+	// being written (writing) in between; a read that missed stores what
+	// it read only if chGen did not move meanwhile and the channel is not
+	// being written. So a state read before a commit is never kept after
+	// it, and none is kept while the commit may be visible (its positions
+	// too: a caller that waits for them reads its own write). At most
+	// maxCachedChannels are kept.
 	chMu     sync.Mutex
 	chGen    uint64
 	channels map[domain.ChannelID]domain.Channel
+	writing  map[domain.ChannelID]int
+	// committed, if set, is called after each Apply's commit, before the
+	// channels it wrote are marked written: for tests.
+	committed func()
 
 	// tops keeps, per (user, epoch), a bound on the message ids in the
 	// inbox message index: a lookup of a higher id finds nothing without
@@ -471,7 +479,8 @@ func (s *Store) apply(in store.Batch) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	if len(in.Channels) > 0 {
-		defer s.forgetChannels(in.Channels) // after the commit
+		s.writeChannels(in.Channels, 1)
+		defer s.writeChannels(in.Channels, -1) // after the commit
 	}
 	for _, c := range in.Channels {
 		v, err := json.Marshal(c)
@@ -562,7 +571,11 @@ func (s *Store) apply(in store.Batch) error {
 		return nil
 	}
 	if len(in.Positions) == 0 {
-		return b.Commit(pebble.Sync)
+		if err := b.Commit(pebble.Sync); err != nil {
+			return err
+		}
+		s.afterCommit()
+		return nil
 	}
 	pc := s.positionCache(in.Projection)
 	pc.mu.Lock()
@@ -574,7 +587,14 @@ func (s *Store) apply(in store.Batch) error {
 	if pc.loaded {
 		maps.Copy(pc.pos, in.Positions)
 	}
+	s.afterCommit()
 	return nil
+}
+
+func (s *Store) afterCommit() {
+	if s.committed != nil {
+		s.committed()
+	}
 }
 
 // indexInbox adds to b the inbox message index entries of entries: for
@@ -779,7 +799,7 @@ func (s *Store) Channel(ctx context.Context, id domain.ChannelID) (domain.Channe
 		return domain.Channel{}, domain.Errorf(domain.CodeNotFound, "channel %s not found", id)
 	}
 	s.chMu.Lock()
-	if s.chGen == gen {
+	if s.chGen == gen && s.writing[id] == 0 {
 		if s.channels == nil || len(s.channels) >= maxCachedChannels {
 			s.channels = map[domain.ChannelID]domain.Channel{}
 		}
@@ -791,15 +811,22 @@ func (s *Store) Channel(ctx context.Context, id domain.ChannelID) (domain.Channe
 	return c, nil
 }
 
-// forgetChannels drops the cached states of the channels an Apply wrote
-// (committed or not) and moves chGen, so that a read that missed before
-// the commit does not keep what it read.
-func (s *Store) forgetChannels(chs []domain.Channel) {
+// writeChannels drops the cached states of the channels an Apply writes,
+// moves chGen, so that a read that missed before does not keep what it
+// read, and counts them as being written (d 1, before the commit) or no
+// longer (d -1, after it, committed or not).
+func (s *Store) writeChannels(chs []domain.Channel, d int) {
 	s.chMu.Lock()
 	defer s.chMu.Unlock()
 	s.chGen++
+	if s.writing == nil {
+		s.writing = map[domain.ChannelID]int{}
+	}
 	for _, c := range chs {
 		delete(s.channels, c.ID)
+		if s.writing[c.ID] += d; s.writing[c.ID] <= 0 {
+			delete(s.writing, c.ID)
+		}
 	}
 }
 
