@@ -424,9 +424,16 @@ func TestBadInput(t *testing.T) {
 			})
 		}
 		// Exactly at the limit is fine.
-		if f := w.send(ch.ChannelID, "max", strings.Repeat("é", 100_000)); f.Type != "ack" {
+		f := w.send(ch.ChannelID, "max", strings.Repeat("é", 100_000))
+		if f.Type != "ack" {
 			t.Fatalf("100,000 characters refused: %+v", f)
 		}
+		// The ack follows the commit of the message's transaction; a
+		// read-committed reader sees the message once Kafka has written
+		// the commit's markers, which may be a moment later. Anything a
+		// bad frame had appended would come before it (one sender's
+		// requests are decided in order).
+		waitFor(t, func() bool { return n.topicHasMessage("channels", f.MessageID) })
 		if got := n.topicCount("channels"); got != before+1 {
 			t.Fatalf("channel topic grew by %d, want 1 (the valid message only)", got-before)
 		}
