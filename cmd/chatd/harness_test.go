@@ -515,26 +515,6 @@ func (n *node) topicCount(topic string) int64 {
 	return total
 }
 
-// topicHasMessage reports whether the node's topic holds a committed
-// message.sent with message id id (decimal).
-func (n *node) topicHasMessage(topic, id string) bool {
-	n.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	found := false
-	_, err := eventlog.ReadToEnd(ctx, eventlog.Config{Brokers: n.brokers(), Prefix: n.prefix}, n.prefix+"."+topic, eventlog.ReadRange{}, func(r *kgo.Record) {
-		if _, ev, err := domain.Decode(r.Value); err == nil {
-			if m, ok := ev.(domain.MessageSent); ok && strconv.FormatUint(uint64(m.MessageID), 10) == id {
-				found = true
-			}
-		}
-	})
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	return found
-}
-
 // ---- HTTP client ----
 
 type apiError struct {
