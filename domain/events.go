@@ -280,6 +280,8 @@ func Encode(ev Event, m Meta) ([]byte, error) {
 		if b, ok := encodeInboxCanonical(im, m); ok {
 			return b, nil
 		}
+	} else if b, ok := encodeCanonical(ev, m); ok {
+		return b, nil
 	}
 	return encode(ev, m)
 }
@@ -318,8 +320,17 @@ func encode(ev Event, m Meta) ([]byte, error) {
 
 // Decode reads an envelope and its payload. Unknown types and versions are
 // errors of code CodeUnknownType, so a reader can skip what a newer writer
-// added.
+// added. The events of the send path, as Encode writes them, are read
+// without reflection (decodeCanonical).
 func Decode(b []byte) (Meta, Event, error) {
+	if m, ev, ok := decodeCanonical(b); ok {
+		return m, ev, nil
+	}
+	return decodeGeneral(b)
+}
+
+// decodeGeneral is Decode's general path: encoding/json.
+func decodeGeneral(b []byte) (Meta, Event, error) {
 	var env Envelope
 	if err := json.Unmarshal(b, &env); err != nil {
 		return Meta{}, nil, &Error{Code: CodeBadRequest, Msg: "malformed envelope", Err: err}

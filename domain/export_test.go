@@ -10,3 +10,11 @@ var (
 	EncodeInboxCanonical = encodeInboxCanonical
 	EncodeGeneral        = encode
 )
+
+// DecodeCanonical is Decode's fast path for the send path's events, and
+// DecodeGeneral its general path, for tests that the two agree.
+var (
+	DecodeCanonical = decodeCanonical
+	DecodeGeneral   = decodeGeneral
+	EncodeCanonical = encodeCanonical
+)

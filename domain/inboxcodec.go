@@ -207,14 +207,25 @@ func encodeInboxCanonical(im InboxMessage, m Meta) (b []byte, ok bool) {
 }
 
 // plainJSON reports whether s is written in JSON as itself between quotes
-// by encoding/json: printable ASCII without '"', '\\' and the characters
-// it escapes for HTML.
+// by encoding/json: valid UTF-8 without control characters, '"', '\\',
+// the characters it escapes for HTML and U+2028 and U+2029 (which it
+// escapes for JavaScript).
 func plainJSON(s string) bool {
-	for i := range len(s) {
-		switch c := s[i]; {
-		case c < 0x20 || c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c < 0x20, c == '"', c == '\\', c == '<', c == '>', c == '&':
+				return false
+			}
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 || r == '\u2028' || r == '\u2029' {
 			return false
 		}
+		i += n
 	}
 	return true
 }

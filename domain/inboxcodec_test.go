@@ -110,10 +110,16 @@ func TestEncodeInbox(t *testing.T) {
 	withText := entry
 	withText.Text = "hello"
 	sameAsGeneral(t, withText, m)
+	withText.Text = "wörld 😀\x7f"
+	if _, ok := domain.EncodeInboxCanonical(withText, m); !ok {
+		t.Fatal("an entry with text beyond ASCII did not take the fast path")
+	}
+	sameAsGeneral(t, withText, m)
 	for name, e := range map[string]domain.InboxMessage{
 		"an escape": func() domain.InboxMessage { e := entry; e.Text = `say "hi"`; return e }(),
 		"html":      func() domain.InboxMessage { e := entry; e.SenderID = "a<b"; return e }(),
-		"not ascii": func() domain.InboxMessage { e := entry; e.Text = "wörld"; return e }(),
+		"U+2028":    func() domain.InboxMessage { e := entry; e.Text = "a\u2028b"; return e }(),
+		"not UTF-8": func() domain.InboxMessage { e := entry; e.Text = "a\xffb"; return e }(),
 		"a zone":    func() domain.InboxMessage { e := entry; e.SentAt = at.In(time.FixedZone("x", 3600)); return e }(),
 		"year 10000": func() domain.InboxMessage {
 			e := entry
