@@ -102,7 +102,7 @@ func (s *Store) applyState(ctx context.Context, b store.Batch) error {
 		return cmp.Or(cmp.Compare(a.UserID, b.UserID), cmp.Compare(a.Epoch, b.Epoch), cmp.Compare(a.Offset, b.Offset))
 	})
 	for run := range runs(entries, func(a, b store.InboxEntry) bool { return a.UserID == b.UserID && a.Epoch == b.Epoch }) {
-		chains = append(chains, s.inboxChain(run))
+		chains = append(chains, s.inboxChains(run)...)
 	}
 
 	// Device cursors and read marks: one upsert per key, the batch's last.
@@ -184,21 +184,16 @@ func (s *Store) messageChain(msgs []store.Message) chain {
 	return c
 }
 
+// inboxChains returns the chains of the inbox entries of one user and
+// epoch, sorted by offset: the entries' (inboxChain), and their index rows
+// by message (inboxIndexChains).
+func (s *Store) inboxChains(entries []store.InboxEntry) []chain {
+	return append([]chain{s.inboxChain(entries)}, s.inboxIndexChains(entries)...)
+}
+
 // inboxChain is the chain of the inbox entries of one user and epoch,
-// sorted by offset: bucket by bucket, each bucket's index row, its entries
-// and their inbox message index rows.
-//
-// The inbox message index has one row per entry, clustered by offset under
-// (user, epoch, message id), so the lowest offset of a message is the first
-// row of its partition. That is chosen over the alternatives that keep one
-// offset per message. INSERT ... IF NOT EXISTS keeps the first offset
-// written, not the lowest (a batch applied again after a crash may come
-// after a later copy's), and costs a Paxos round per entry. A read, a
-// compare and a write cost a read per entry and are right only because a
-// single projection instance writes a given user's inbox. Clustering rows
-// are blind, idempotent upserts that commute, so retries, batches applied
-// again and concurrent writers all leave the lowest offset first; a second
-// row appears only for a second copy.
+// sorted by offset: bucket by bucket, each bucket's index row and its
+// entries.
 func (s *Store) inboxChain(entries []store.InboxEntry) chain {
 	var c chain
 	u, epoch := string(entries[0].UserID), entries[0].Epoch
@@ -211,11 +206,54 @@ func (s *Store) inboxChain(entries []store.InboxEntry) chain {
 			c.add(stmt{q: s.q.insertInbox, size: len(m.Text) + 128, args: []any{
 				u, epoch, bucket, e.Offset, e.Partition, string(m.UserID), string(m.ChannelID), int64(m.MessageID),
 				string(m.SenderID), m.Text, m.SentAt, m.ChannelPartition, m.ChannelOffset}})
-			c.add(stmt{q: s.q.insertInboxByMessage, args: []any{u, epoch, int64(m.MessageID), e.Offset}, size: indexRowSize, own: true})
 		}
 	}
 	return c
 }
+
+// inboxIndexChains returns the index rows by message of the inbox entries
+// of one user and epoch: a chain per span of message ids (spanOf), each
+// row of it in the span's one partition, so that a user's rows in an Apply
+// go out as few single-partition batches rather than a partition each.
+//
+// The index has one row per entry, clustered by (message id, offset) under
+// (user, epoch, span), so the lowest offset of a message is the first of
+// its rows. That is chosen over the alternatives that keep one offset per
+// message. INSERT ... IF NOT EXISTS keeps the first offset written, not the
+// lowest (a batch applied again after a crash may come after a later
+// copy's), and costs a Paxos round per entry. A read, a compare and a write
+// cost a read per entry and are right only because a single projection
+// instance writes a given user's inbox. Clustering rows are blind,
+// idempotent upserts that commute, so retries, batches applied again and
+// concurrent writers all leave the lowest offset first; a second row
+// appears only for a second copy. Nothing orders them with the entries:
+// InboxByMessage takes an index row without its entry for none, and the
+// inbox projection, the only one that reads them, reads after its Apply.
+func (s *Store) inboxIndexChains(entries []store.InboxEntry) []chain {
+	u, epoch := string(entries[0].UserID), entries[0].Epoch
+	bySpan := slices.Clone(entries)
+	slices.SortStableFunc(bySpan, func(a, b store.InboxEntry) int {
+		return cmp.Compare(spanOf(a.Message.MessageID), spanOf(b.Message.MessageID))
+	})
+	var cs []chain
+	for run := range runs(bySpan, func(a, b store.InboxEntry) bool {
+		return spanOf(a.Message.MessageID) == spanOf(b.Message.MessageID)
+	}) {
+		var c chain
+		span := spanOf(run[0].Message.MessageID)
+		for _, e := range run {
+			c.add(stmt{q: s.q.insertInboxByMessage, args: []any{u, epoch, span, int64(e.Message.MessageID), e.Offset}, size: indexRowSize})
+		}
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// spanOf is the span of message ids whose index rows share a partition of
+// inbox_by_message_span: message ids are sonyflake ids (39 bits of time in
+// units of 10 ms above 24 other bits), so a span is 2^16 units of time,
+// about 11 minutes.
+func spanOf(id domain.MessageID) int64 { return int64(id >> 40) }
 
 // execUnit executes u's statements: alone as a query if there is one, as
 // an unlogged batch otherwise.

@@ -31,7 +31,7 @@ func partitionOf(t *testing.T, q queries, st stmt) string {
 		q.insertMessageID:      {"messages_by_id", 2},
 		q.insertInboxBucket:    {"inbox_buckets", 2},
 		q.insertInbox:          {"inbox", 3},
-		q.insertInboxByMessage: {"inbox_by_message", 3},
+		q.insertInboxByMessage: {"inbox_by_message_span", 3},
 	}
 	k, ok := keys[st.q]
 	if !ok {
@@ -49,10 +49,10 @@ func TestRounds(t *testing.T) {
 	var chains []chain
 	// 400 users with one inbox entry each, as a busy projection's batch has.
 	for i := range 400 {
-		chains = append(chains, s.inboxChain([]store.InboxEntry{{
+		chains = append(chains, s.inboxChains([]store.InboxEntry{{
 			UserID: domain.UserID(fmt.Sprint("u", i)), Offset: 10,
 			Message: domain.InboxMessage{ChannelID: "c", MessageID: domain.MessageID(i + 1), SentAt: at},
-		}}))
+		}})...)
 	}
 	// 40 channels with a 1 KB message each.
 	for i := range 40 {
@@ -68,7 +68,7 @@ func TestRounds(t *testing.T) {
 		cross = append(cross, store.InboxEntry{UserID: "cross", Offset: off,
 			Message: domain.InboxMessage{ChannelID: "c", MessageID: domain.MessageID(off), SentAt: at}})
 	}
-	chains = append(chains, s.inboxChain(cross))
+	chains = append(chains, s.inboxChains(cross)...)
 	var big []store.Message
 	for off := range int64(101) {
 		text := "small"
@@ -136,6 +136,46 @@ func TestRounds(t *testing.T) {
 		t.Errorf("%d requests for %d chains: chains are not packed together", requests, len(chains))
 	}
 	t.Logf("%d statements of %d chains in %d requests", got, len(chains), requests)
+}
+
+// TestInboxIndexPartitions checks that the index rows by message of a
+// user's inbox entries in one Apply share a partition, not one each: 8
+// entries of one user (message ids of one span) write three partitions,
+// the user's bucket index, its bucket and the index's span, and 8 entries
+// whose ids lie in two spans, four.
+func TestInboxIndexPartitions(t *testing.T) {
+	s := &Store{q: newQueries("ks")}
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	base := domain.MessageID(7) << 50 // a sonyflake id of some day
+	for _, c := range []struct {
+		name  string
+		step  domain.MessageID // between consecutive message ids
+		parts int
+	}{
+		{"one span", 1 << 24, 3},  // 8 ids 10 ms apart
+		{"two spans", 1 << 38, 4}, // 8 ids 2.7 minutes apart, crossing into the next span
+	} {
+		var entries []store.InboxEntry
+		for i := range 8 {
+			entries = append(entries, store.InboxEntry{UserID: "u", Epoch: 1, Offset: int64(100 + i),
+				Message: domain.InboxMessage{ChannelID: "c", MessageID: base + domain.MessageID(i)*c.step, SentAt: at}})
+		}
+		parts := map[string]bool{}
+		indexed := 0
+		for _, units := range rounds(s.inboxChains(entries)) {
+			for _, u := range units {
+				for _, st := range u.stmts {
+					parts[partitionOf(t, s.q, st)] = true
+					if st.q == s.q.insertInboxByMessage {
+						indexed++
+					}
+				}
+			}
+		}
+		if len(parts) != c.parts || indexed != len(entries) {
+			t.Errorf("%s: %d entries of one user wrote %d index rows to %d partitions, want %d rows to %d: %v", c.name, len(entries), indexed, len(parts), len(entries), c.parts, parts)
+		}
+	}
 }
 
 // BenchmarkRequestCost measures what a Cassandra node spends on the kinds

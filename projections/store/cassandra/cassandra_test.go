@@ -153,7 +153,7 @@ func TestMigrateFrom001(t *testing.T) {
 		t.Fatalf("versions after migrating to 1: %v", got)
 	}
 	if _, err := s.InboxByMessage(ctx, "u", 1, 1); err == nil || errors.Is(err, domain.ErrNotFound) {
-		t.Fatalf("InboxByMessage at version 1: got %v, want an error (no inbox_by_message table)", err)
+		t.Fatalf("InboxByMessage at version 1: got %v, want an error (no index by message table)", err)
 	}
 	e := store.InboxEntry{UserID: "u", Epoch: 1, Partition: 2, Offset: 7, Message: domain.InboxMessage{
 		UserID: "u", ChannelID: "gx", MessageID: 1, SenderID: "v", Text: "hi", SentAt: time.UnixMilli(1).UTC(),
@@ -375,5 +375,39 @@ func TestOwnedTables(t *testing.T) {
 		if !seen[table] {
 			t.Errorf("ownedTables names %s, which the schema does not create", table)
 		}
+	}
+}
+
+// TestInboxByMessageBefore009 checks that InboxByMessage still finds the
+// entries stored before inbox_by_message_span (schema version 009), whose
+// index rows are only in inbox_by_message, and that the lowest offset
+// wins there too.
+func TestInboxByMessageBefore009(t *testing.T) {
+	s := testStore(t)
+	ctx := context.Background()
+	const u, epoch = domain.UserID("old"), int32(1)
+	id := domain.MessageID(7) << 50
+	at := time.UnixMilli(1).UTC()
+	entry := func(off int64) store.InboxEntry {
+		return store.InboxEntry{UserID: u, Epoch: epoch, Offset: off, Message: domain.InboxMessage{UserID: u, ChannelID: "c", MessageID: id, SenderID: "a", SentAt: at}}
+	}
+	if err := s.Apply(ctx, store.Batch{Inbox: []store.InboxEntry{entry(40), entry(30)}}); err != nil {
+		t.Fatal(err)
+	}
+	// As the code before 009 wrote them: the index rows in inbox_by_message.
+	if err := s.query(ctx, "DELETE FROM "+s.cfg.Keyspace+".inbox_by_message_span WHERE user_id = ? AND epoch = ? AND span = ?", string(u), epoch, spanOf(id)).Exec(); err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{40, 30} {
+		if err := s.query(ctx, "INSERT INTO "+s.cfg.Keyspace+".inbox_by_message (user_id, epoch, message_id, log_offset) VALUES (?, ?, ?, ?)", string(u), epoch, int64(id), off).Exec(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.InboxByMessage(ctx, u, epoch, id)
+	if err != nil || got.Offset != 30 {
+		t.Fatalf("InboxByMessage of an entry indexed before 009: offset %d, %v; want 30", got.Offset, err)
+	}
+	if _, err := s.InboxByMessage(ctx, u, epoch, id+1); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("InboxByMessage of a message in no inbox: %v, want not found", err)
 	}
 }

@@ -16,9 +16,13 @@
 // bound the size of a Cassandra partition. channel_buckets lists each
 // channel's non-empty buckets, so a page that crosses buckets reads only
 // buckets that hold messages. Inboxes are bucketed the same way by their
-// inbox offset, per (user_id, epoch). inbox_by_message finds an inbox entry
-// by the message it copies: its partition (user_id, epoch, message_id)
-// holds the offsets of the entries that copy the message, lowest first.
+// inbox offset, per (user_id, epoch). inbox_by_message_span finds an inbox
+// entry by the message it copies: its partition (user_id, epoch, span),
+// span = message_id >> 40, holds the offsets of the entries of a span of
+// message ids, clustered by (message_id, log_offset), lowest first, so that
+// the index rows of a user's entries in one Apply share a partition.
+// inbox_by_message, with a partition per message, held them before schema
+// version 009 and is still read for those entries.
 // device_cursors (by user, clustered by device) and channel_reads (by
 // channel, clustered by user) hold the cursors projection's state;
 // push_reservations has one row per (user, message) whose push
@@ -41,8 +45,9 @@
 // between makes the projection apply the batch again. Within the batch, the
 // messages of one channel (and the inbox entries of one user and epoch) are
 // written in offset order, one bucket after another: a bucket's index row,
-// its rows and their index rows by message id go out in unlogged batches,
-// one after another, and the next bucket starts when they are written. A
+// its rows and (for messages) their index rows by message id go out in
+// unlogged batches, one after another, and the next bucket starts when
+// they are written; an inbox's index rows by message go out beside them. A
 // replica applies the rows of one partition in a batch atomically, and a
 // reader skips a bucket whose index row it does not see yet. With quorum
 // reads and writes a reader therefore sees a prefix of a channel's (or
@@ -60,9 +65,9 @@
 // ResetProjection deletes the projection's partition of positions and then
 // TRUNCATEs the tables it owns (ownedTables): channels, user_channels,
 // messages, channel_buckets and messages_by_id for "history"; inbox,
-// inbox_buckets and inbox_by_message for "inbox"; device_cursors and
-// channel_reads for "cursors". Accounts, send decisions and push
-// reservations are never deleted. TRUNCATE needs every node up.
+// inbox_buckets, inbox_by_message and inbox_by_message_span for "inbox";
+// device_cursors and channel_reads for "cursors". Accounts, send decisions
+// and push reservations are never deleted. TRUNCATE needs every node up.
 //
 // # Goroutines
 //

@@ -22,6 +22,7 @@ type queries struct {
 	selectMessageOffset, selectMessage                              string
 	insertInbox, insertInboxBucket, selectInboxBuckets, selectInbox string
 	insertInboxByMessage, selectInboxByMessage, selectInboxEntry    string
+	selectInboxByMessageOld                                         string
 
 	insertCursor, selectCursors, insertRead, selectReads, insertPush string
 }
@@ -70,9 +71,10 @@ func newQueries(ks string) queries {
 		selectInboxBuckets: q(`SELECT bucket FROM ${keyspace}.inbox_buckets WHERE user_id = ? AND epoch = ? AND bucket >= ? ORDER BY bucket ASC`),
 		selectInbox:        q(`SELECT log_offset, partition, msg_user_id, channel_id, message_id, sender_id, text, sent_at, channel_partition, channel_offset FROM ${keyspace}.inbox WHERE user_id = ? AND epoch = ? AND bucket = ? AND log_offset > ? ORDER BY log_offset ASC LIMIT ?`),
 
-		insertInboxByMessage: q(`INSERT INTO ${keyspace}.inbox_by_message (user_id, epoch, message_id, log_offset) VALUES (?, ?, ?, ?)`),
-		selectInboxByMessage: q(`SELECT log_offset FROM ${keyspace}.inbox_by_message WHERE user_id = ? AND epoch = ? AND message_id = ? ORDER BY log_offset ASC LIMIT ?`),
-		selectInboxEntry:     q(`SELECT partition, msg_user_id, channel_id, message_id, sender_id, text, sent_at, channel_partition, channel_offset FROM ${keyspace}.inbox WHERE user_id = ? AND epoch = ? AND bucket = ? AND log_offset = ?`),
+		insertInboxByMessage:    q(`INSERT INTO ${keyspace}.inbox_by_message_span (user_id, epoch, span, message_id, log_offset) VALUES (?, ?, ?, ?, ?)`),
+		selectInboxByMessage:    q(`SELECT log_offset FROM ${keyspace}.inbox_by_message_span WHERE user_id = ? AND epoch = ? AND span = ? AND message_id = ? LIMIT ?`),
+		selectInboxByMessageOld: q(`SELECT log_offset FROM ${keyspace}.inbox_by_message WHERE user_id = ? AND epoch = ? AND message_id = ? ORDER BY log_offset ASC LIMIT ?`),
+		selectInboxEntry:        q(`SELECT partition, msg_user_id, channel_id, message_id, sender_id, text, sent_at, channel_partition, channel_offset FROM ${keyspace}.inbox WHERE user_id = ? AND epoch = ? AND bucket = ? AND log_offset = ?`),
 
 		insertCursor:  q(`INSERT INTO ${keyspace}.device_cursors (user_id, device_id, epoch, position, updated_at) VALUES (?, ?, ?, ?, ?)`),
 		selectCursors: q(`SELECT device_id, epoch, position, updated_at FROM ${keyspace}.device_cursors WHERE user_id = ?`),

@@ -11,7 +11,7 @@ import "context"
 // uses any more).
 var ownedTables = map[string][]string{
 	"history": {"channel_buckets", "messages", "messages_by_id"}, // channels and user_channels are kept
-	"inbox":   {"inbox_buckets", "inbox", "inbox_by_message"},
+	"inbox":   {"inbox_buckets", "inbox", "inbox_by_message", "inbox_by_message_span"},
 	"cursors": {"device_cursors", "channel_reads"},
 }
 

@@ -483,12 +483,24 @@ const inboxByMessageRows = 16
 // InboxByMessage finds u's inbox entry of the given epoch that copies
 // message id, or domain.ErrNotFound. Of several such entries it finds the
 // one with the lowest offset. It reads the message's offsets from
-// inbox_by_message, lowest first, and returns the first entry that inbox
-// holds at one of them: Apply writes the index and the entries
+// inbox_by_message_span, lowest first, and returns the first entry that
+// inbox holds at one of them: Apply writes the index and the entries
 // concurrently, so an index row may briefly have no entry, and an entry may
-// have been overwritten by one of another message.
+// have been overwritten by one of another message. It reads
+// inbox_by_message, which entries stored before version 009 of the schema
+// are indexed in, only when the first finds nothing.
 func (s *Store) InboxByMessage(ctx context.Context, u domain.UserID, epoch int32, id domain.MessageID) (store.InboxEntry, error) {
-	iter := s.query(ctx, s.q.selectInboxByMessage, string(u), epoch, int64(id), inboxByMessageRows).Iter()
+	e, err := s.inboxByMessage(ctx, s.query(ctx, s.q.selectInboxByMessage, string(u), epoch, spanOf(id), int64(id), inboxByMessageRows), u, epoch, id)
+	if errors.Is(err, domain.ErrNotFound) {
+		e, err = s.inboxByMessage(ctx, s.query(ctx, s.q.selectInboxByMessageOld, string(u), epoch, int64(id), inboxByMessageRows), u, epoch, id)
+	}
+	return e, err
+}
+
+// inboxByMessage is InboxByMessage with the offsets that index query
+// reads.
+func (s *Store) inboxByMessage(ctx context.Context, index *gocql.Query, u domain.UserID, epoch int32, id domain.MessageID) (store.InboxEntry, error) {
+	iter := index.Iter()
 	var (
 		offsets []int64
 		off     int64
