@@ -78,6 +78,22 @@ else
   rc=0
   "$out/loadgen" --server "127.0.0.1:$port" --users 500 --group-size 10 --rate 2000 --duration 60s \
     --warmup 5s --grace 10s --senders 32 --json "$out/rate-$backend.json" "$@" || rc=$?
+  # How long the projections take, once the load generator is done, to
+  # reach the end of their topics (evchat_projection_lag summed to 0 in
+  # three polls a second apart; at most 180 s): a store that falls behind
+  # the log shows here, not in the load generator's figures, which live
+  # delivery carries.
+  waited=0; zeros=0; lag=unknown
+  while (( waited < 180 && zeros < 3 )); do
+    lag="$(curl -fs "127.0.0.1:$port/metrics" | awk '/^evchat_projection_lag\{/ {s += $2} END {print s + 0}' || echo unknown)"
+    if [[ "$lag" == 0 ]]; then zeros=$((zeros + 1)); else zeros=0; fi
+    (( zeros < 3 )) && { sleep 1; waited=$((waited + 1)); }
+  done
+  if (( zeros == 3 )); then
+    echo "perf: every projection at the end of its topic $((waited - 2)) s after the load generator's end" | tee "$out/caught-up-$backend.txt"
+  else
+    echo "perf: projections still $lag records behind the log 180 s after the load generator's end" | tee "$out/caught-up-$backend.txt"
+  fi
   # chatd's metrics after the run, whatever its outcome: the store's and
   # the log's operation latencies, where the CPU profile does not see the
   # servers' time.

@@ -162,6 +162,7 @@ func Run(ctx context.Context, cfg Config, st Store, h Handler) error {
 			}
 			h.Reset()
 		}
+		cfg.Log.Lag.Begin(cfg.Name, fetches)
 		for attempt := 0; ; attempt++ {
 			if hold != nil {
 				attempt = hold.failures // a holder's failed fetch is dropped, not retried

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/evchat/evchat/domain"
@@ -573,5 +574,70 @@ func TestRunStoreLostAcknowledgedBatch(t *testing.T) {
 	waitPositions(t, ctx, pst, f.ends())
 	if got, want := digest(t, pst), f.once(t); got != want {
 		t.Fatalf("state:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// blockingStore holds every Apply until release is closed, telling
+// applying when the first one begins.
+type blockingStore struct {
+	*pebblestore.Store
+	applying chan struct{}
+	release  chan struct{}
+	once     sync.Once
+}
+
+func (s *blockingStore) Apply(ctx context.Context, b store.Batch) error {
+	s.once.Do(func() { close(s.applying) })
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.Store.Apply(ctx, b)
+}
+
+// TestLagWhileApplying checks that a projection's lag counts the records
+// of the batch it is applying: they are ahead of its position until the
+// batch is written. A projection that fetched the whole topic read as 0
+// behind while it applied it. Max, /readyz's, stays as of the last commit.
+func TestLagWhileApplying(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newFixture(t, ctx)
+	f.produce(t, ctx,
+		domain.ChannelCreated{ChannelID: "c0", Kind: domain.KindGroup, CreatorID: "a", Members: []domain.UserID{"a", "b"}},
+		msg("c0", 1, "a"), msg("c0", 2, "b"), msg("c0", 3, "a"),
+	)
+	st := &blockingStore{Store: storetest.OpenPebble(t), applying: make(chan struct{}), release: make(chan struct{})}
+	lag := eventlog.NewLag(prometheus.NewRegistry())
+	cfg := f.cfg
+	cfg.Lag = lag
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(rctx, Config{Name: history.Name, Topic: cfg.Topics().Channels, Log: cfg}, st, newRecorder(st.Store))
+	}()
+	select {
+	case <-st.applying:
+	case <-ctx.Done():
+		t.Fatal("no Apply")
+	}
+	if got := lag.Of(history.Name); got < 1 {
+		t.Errorf("lag %d while the first batch is applied, want its records (1 to 4)", got)
+	}
+	if got := lag.Max(); got != 0 {
+		t.Errorf("Max %d while the first batch is applied, want 0: /readyz's lag is as of the last commit", got)
+	}
+	close(st.release)
+	waitPositions(t, ctx, st.Store, f.ends())
+	for lag.Of(history.Name) != 0 && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := lag.Of(history.Name); got != 0 {
+		t.Errorf("lag %d once every record is applied, want 0", got)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
 	}
 }

@@ -320,6 +320,7 @@ func (r *runner) session(ctx context.Context) error {
 			continue
 		}
 		fetches = r.topUp(ctx, sess, fetches)
+		cfg.Log.Lag.Begin(cfg.Name, fetches)
 		clean(false)
 		began := time.Now()
 		committed, err := r.batch(ctx, sess, fetches)

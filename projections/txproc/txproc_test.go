@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -648,5 +649,44 @@ func TestTopUp(t *testing.T) {
 			t.Errorf("top-up %v: the batch holds %v, want %d records", tc.topUp, keys, tc.want)
 		}
 		sess.Close()
+	}
+}
+
+// TestLagWhileProcessing: a batch's records count in the processor's lag
+// until the batch commits.
+func TestLagWhileProcessing(t *testing.T) {
+	_, cfg := newCluster(t)
+	ctx := testCtx(t)
+	cfg.Lag = eventlog.NewLag(prometheus.NewRegistry())
+	outs := newOutputs(t, cfg)
+	processing, release := make(chan struct{}), make(chan struct{})
+	h := newCounter()
+	h.fail = func(rec *kgo.Record) error {
+		if string(rec.Key) == "y" {
+			close(processing)
+			<-release
+		}
+		return nil
+	}
+	stop := start(t, ctx, cfg, "0", h)
+	write(t, ctx, cfg, "y")
+	select {
+	case <-processing:
+	case <-ctx.Done():
+		t.Fatal("the record was not processed")
+	}
+	if got := cfg.Lag.Of("count"); got < 1 {
+		t.Errorf("lag %d while the batch of y is processed, want at least 1", got)
+	}
+	close(release)
+	outs.await(t, ctx, 1)
+	for cfg.Lag.Of("count") != 0 && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := cfg.Lag.Of("count"); got != 0 {
+		t.Errorf("lag %d once the batch committed, want 0", got)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 }
