@@ -85,7 +85,11 @@ else
   # delivery carries.
   waited=0; zeros=0; lag=unknown
   while (( waited < 180 && zeros < 3 )); do
-    lag="$(curl -fs "127.0.0.1:$port/metrics" | awk '/^evchat_projection_lag\{/ {s += $2} END {print s + 0}' || echo unknown)"
+    if m="$(curl -fs "127.0.0.1:$port/metrics")"; then
+      lag="$(awk '/^evchat_projection_lag\{/ {s += $2} END {print s + 0}' <<<"$m")"
+    else
+      lag=unknown
+    fi
     if [[ "$lag" == 0 ]]; then zeros=$((zeros + 1)); else zeros=0; fi
     (( zeros < 3 )) && { sleep 1; waited=$((waited + 1)); }
   done

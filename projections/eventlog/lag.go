@@ -87,7 +87,11 @@ func (l *Lag) Observe(projection string, fetches kgo.Fetches) {
 	n := 0
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	ps := l.partitions(projection)
+	ps := l.parts[projection]
+	if ps == nil {
+		ps = map[int32]int64{}
+		l.parts[projection] = ps
+	}
 	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 		if len(p.Records) == 0 {
 			return
@@ -117,16 +121,6 @@ func behind(p kgo.FetchTopicPartition) int64 {
 		end = p.HighWatermark
 	}
 	return max(end-(p.Records[len(p.Records)-1].Offset+1)-1, 0)
-}
-
-// partitions returns the projection's lag by partition; l.mu is held.
-func (l *Lag) partitions(projection string) map[int32]int64 {
-	ps := l.parts[projection]
-	if ps == nil {
-		ps = map[int32]int64{}
-		l.parts[projection] = ps
-	}
-	return ps
 }
 
 // Of returns the projection's lag as the gauge exports it: what its last

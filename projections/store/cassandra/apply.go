@@ -231,20 +231,18 @@ func (s *Store) inboxChain(entries []store.InboxEntry) chain {
 // inbox projection, the only one that reads them, reads after its Apply.
 func (s *Store) inboxIndexChains(entries []store.InboxEntry) []chain {
 	u, epoch := string(entries[0].UserID), entries[0].Epoch
-	bySpan := slices.Clone(entries)
-	slices.SortStableFunc(bySpan, func(a, b store.InboxEntry) int {
-		return cmp.Compare(spanOf(a.Message.MessageID), spanOf(b.Message.MessageID))
-	})
-	var cs []chain
-	for run := range runs(bySpan, func(a, b store.InboxEntry) bool {
-		return spanOf(a.Message.MessageID) == spanOf(b.Message.MessageID)
-	}) {
-		var c chain
-		span := spanOf(run[0].Message.MessageID)
-		for _, e := range run {
-			c.add(stmt{q: s.q.insertInboxByMessage, args: []any{u, epoch, span, int64(e.Message.MessageID), e.Offset}, size: indexRowSize})
+	var (
+		spans []int64 // the span of each chain of cs; nearly always one
+		cs    []chain
+	)
+	for _, e := range entries {
+		span := spanOf(e.Message.MessageID)
+		i := slices.Index(spans, span)
+		if i < 0 {
+			i = len(cs)
+			spans, cs = append(spans, span), append(cs, chain{})
 		}
-		cs = append(cs, c)
+		cs[i].add(stmt{q: s.q.insertInboxByMessage, args: []any{u, epoch, span, int64(e.Message.MessageID), e.Offset}, size: indexRowSize})
 	}
 	return cs
 }
