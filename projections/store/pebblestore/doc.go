@@ -44,10 +44,12 @@
 // which is enough because a single process owns the directory (Pebble
 // locks it). Their writes are also fsynced. Apply writes send decisions blind,
 // without a lock: only the sends processor writes them, a key always with
-// the same values. Apply reads the
-// inbox message index to keep its lowest offset, so Applys that carry inbox
-// entries hold another mutex from that read to their commit. Reads see the
-// last committed writes and take no lock.
+// the same values. It writes the inbox message index blind too: each copy
+// of a message has a key of its own, (user, epoch, message id, offset), so
+// the lowest offset is the first key under the message's prefix and no
+// Apply reads the index (a directory written before holds one key per
+// message, the prefix itself, its value the lowest offset; lookups read
+// both forms). Reads see the last committed writes and take no lock.
 //
 // Nearly every lookup in the inbox message index is of a key that is not
 // there (a new message). The store keeps, per (user, epoch), a message id at

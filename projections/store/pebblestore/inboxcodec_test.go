@@ -55,7 +55,8 @@ func TestInboxReadsJSONForm(t *testing.T) {
 	if err := s.db.Set(inboxKey(old.UserID, 1, 4), v, pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.db.Set(inboxMsgKey(old.UserID, 1, 40), []byte{0, 0, 0, 0, 0, 0, 0, 4}, pebble.Sync); err != nil {
+	// The index key of the time: the message's prefix, the offset its value.
+	if err := s.db.Set(inboxMsgPrefix(old.UserID, 1, 40), []byte{0, 0, 0, 0, 0, 0, 0, 4}, pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
@@ -77,5 +78,43 @@ func TestInboxReadsJSONForm(t *testing.T) {
 	}
 	if _, err := s.Inbox(ctx, "7", 1, -1, 10); err == nil || !strings.Contains(err.Error(), "malformed") {
 		t.Fatalf("a malformed value: %v", err)
+	}
+}
+
+// TestInboxIndexBothForms: a message indexed the way a directory written
+// before blind index keys holds it (one key, its value the lowest offset)
+// is found by that key, and a copy indexed later under its own key is
+// found instead when, and only when, its offset is lower.
+func TestInboxIndexBothForms(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	entry := func(off int64) store.InboxEntry {
+		return store.InboxEntry{UserID: "7", Epoch: 1, Partition: 2, Offset: off, Message: domain.InboxMessage{
+			UserID: "7", ChannelID: "g1", MessageID: 40, SenderID: "8", SentAt: time.Unix(1, 0).UTC(), ChannelOffset: 3}}
+	}
+	old := entry(4)
+	if err := s.db.Set(inboxKey(old.UserID, 1, old.Offset), encodeInbox(old), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Set(inboxMsgPrefix(old.UserID, 1, 40), []byte{0, 0, 0, 0, 0, 0, 0, 4}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	want := func(off int64) {
+		t.Helper()
+		e, err := s.InboxByMessage(ctx, "7", 1, 40)
+		if err != nil || !reflect.DeepEqual(e, entry(off)) {
+			t.Fatalf("InboxByMessage = %+v, %v; want the copy at %d", e, err, off)
+		}
+	}
+	want(4)
+	for _, c := range []struct{ apply, want int64 }{{9, 4}, {2, 2}, {3, 2}} {
+		if err := s.Apply(ctx, store.Batch{Projection: "inbox", Inbox: []store.InboxEntry{entry(c.apply)}}); err != nil {
+			t.Fatal(err)
+		}
+		want(c.want)
 	}
 }

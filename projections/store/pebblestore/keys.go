@@ -57,6 +57,8 @@ func (k key) u64(n uint64) key { return binary.BigEndian.AppendUint64(k, n) }
 
 func decodeI32(b []byte) int32 { return int32(binary.BigEndian.Uint32(b) ^ (1 << 31)) }
 
+func decodeI64(b []byte) int64 { return int64(binary.BigEndian.Uint64(b) ^ (1 << 63)) }
+
 // prefixEnd returns the least key greater than every key with prefix p, or
 // nil if there is none (p is all 0xff).
 func prefixEnd(p []byte) []byte {
@@ -112,17 +114,28 @@ func inboxKey(u domain.UserID, epoch int32, offset int64) key {
 	return inboxPrefix(u, epoch).i64(offset)
 }
 
-// inboxMsgKey is the key of the inbox's message id index: the lowest offset
-// of u's entries of the epoch that copy message id.
-func inboxMsgKey(u domain.UserID, epoch int32, id domain.MessageID) key {
-	return newKey(tInboxMsg, len(u)+2+4+8).str(string(u)).i32(epoch).u64(uint64(id))
+// inboxMsgPrefix is the prefix of a message's keys in the inbox's message
+// id index: u's entries of the epoch that copy message id. Each entry
+// has a key of its own below it, inboxMsgKey, written blind: the lowest
+// offset is the first key. A directory written before that holds the
+// prefix itself as a key, its value the lowest offset (see inboxIndex).
+func inboxMsgPrefix(u domain.UserID, epoch int32, id domain.MessageID) key {
+	return newKey(tInboxMsg, len(u)+2+4+8+8).str(string(u)).i32(epoch).u64(uint64(id))
 }
 
-// splitInboxMsgKey splits an inbox message index key into its (user,
-// epoch) prefix and its message id.
-func splitInboxMsgKey(k []byte) (prefix []byte, id uint64) {
-	n := len(k) - 8
-	return k[:n], binary.BigEndian.Uint64(k[n:])
+// inboxMsgKey is the inbox message id index's key of u's entry of the
+// epoch at offset, which copies message id. Its value is empty.
+func inboxMsgKey(u domain.UserID, epoch int32, id domain.MessageID, offset int64) key {
+	return inboxMsgPrefix(u, epoch, id).i64(offset)
+}
+
+// splitInboxMsgKey splits an inbox message index key (either form) into
+// its (user, epoch) prefix, its message id and the rest: the entry's
+// offset (8 bytes), or nothing in a key written before offsets were.
+func splitInboxMsgKey(k []byte) (prefix []byte, id uint64, rest []byte) {
+	n, w := binary.Uvarint(k[1:])
+	end := 1 + w + int(n) + 4
+	return k[:end], binary.BigEndian.Uint64(k[end : end+8]), k[end+8:]
 }
 
 func cursorPrefix(u domain.UserID) key { return newKey(tCursor, len(u)+2+24).str(string(u)) }

@@ -60,11 +60,6 @@ type Store struct {
 	// stripe. Lock order: userMu and resMu are never held together.
 	resMu [reservationStripes]sync.Mutex
 	seed  maphash.Seed
-	// inboxMu serializes Applys that carry inbox entries, from their read
-	// of the inbox message index to their commit, so that of two
-	// concurrent Applys the lower offset of a message stays in the index.
-	// It is never held with userMu or resMu.
-	inboxMu sync.Mutex
 
 	// positions keeps each projection's positions in memory once read:
 	// this process is the store's only writer, and a scan of the
@@ -554,12 +549,8 @@ func (s *Store) apply(in store.Batch) error {
 			return err
 		}
 	}
-	if len(in.Inbox) > 0 {
-		s.inboxMu.Lock()
-		defer s.inboxMu.Unlock()
-		if err := s.indexInbox(b, in.Inbox); err != nil {
-			return err
-		}
+	if err := s.indexInbox(b, in.Inbox); err != nil {
+		return err
 	}
 	for p, o := range in.Positions {
 		binary.BigEndian.PutUint64(off[:], uint64(o))
@@ -597,67 +588,65 @@ func (s *Store) afterCommit() {
 	}
 }
 
-// indexInbox adds to b the inbox message index entries of entries: for
-// each (user, epoch, message id), the lowest offset among the entries and
-// the index entry already stored. The caller holds inboxMu until b is
-// committed.
+// indexInbox adds to b the inbox message index keys of entries, blind:
+// each copy of a message has a key of its own, and the lowest offset is
+// the first (inboxMsgKey). The tops are raised before the commit.
 func (s *Store) indexInbox(b *pebble.Batch, entries []store.InboxEntry) error {
-	lowest := make(map[string]int64, len(entries))
-	var order []string // the first occurrence of each key, for a stable write order
 	for _, e := range entries {
-		k := string(inboxMsgKey(e.UserID, e.Epoch, e.Message.MessageID))
-		if off, ok := lowest[k]; !ok {
-			lowest[k] = e.Offset
-			order = append(order, k)
-		} else if e.Offset < off {
-			lowest[k] = e.Offset
-		}
-	}
-	var off [8]byte
-	for _, k := range order {
-		stored, found, err := s.inboxIndex([]byte(k))
-		if err != nil {
-			return err
-		}
-		if found && stored <= lowest[k] {
-			continue
-		}
-		binary.BigEndian.PutUint64(off[:], uint64(lowest[k]))
-		s.raiseInboxTop([]byte(k))
-		if err := b.Set([]byte(k), off[:], nil); err != nil {
+		k := inboxMsgKey(e.UserID, e.Epoch, e.Message.MessageID, e.Offset)
+		s.raiseInboxTop(k)
+		if err := b.Set(k, nil, nil); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// inboxIndex reads the offset of an inbox message index entry. A message
+// inboxIndex returns the offsets of the copies of a message in the inbox
+// message index, the lowest first, from the keys under the message's
+// prefix: a key written before offsets were in the keys (the prefix
+// itself, its value the lowest offset then) and the copies' own. A message
 // id above its (user, epoch)'s top is not looked for: the index holds no
 // such key (inboxTops).
-func (s *Store) inboxIndex(k []byte) (offset int64, found bool, err error) {
-	above, err := s.aboveInboxTop(k)
+func (s *Store) inboxIndex(prefix []byte) ([]int64, error) {
+	above, err := s.aboveInboxTop(prefix)
 	if err != nil || above {
-		return 0, false, err
+		return nil, err
 	}
-	off, found, err := s.getU64(k)
-	return int64(off), found, err
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return nil, err
+	}
+	var offs []int64
+	for ok := it.First(); ok; ok = it.Next() {
+		switch _, _, rest := splitInboxMsgKey(it.Key()); len(rest) {
+		case 0:
+			if v := it.Value(); len(v) == 8 {
+				offs = append(offs, int64(binary.BigEndian.Uint64(v)))
+			}
+		case 8:
+			offs = append(offs, decodeI64(rest))
+		}
+	}
+	slices.Sort(offs)
+	return offs, errors.Join(it.Error(), it.Close())
 }
 
 // inboxTops keeps, per (user, epoch), a message id at or above every id
 // that user's inbox message index holds for the epoch (its top), so that
 // a lookup of a higher id (nearly every lookup: ids grow with time, and
 // the inbox projection looks up each new entry's message before it
-// stores it) skips the point read. Without it, the two reads of a key
-// that is nearly never there (the projection's InboxByMessage and
-// Apply's indexInbox) were 15% of chatd's CPU at 2,000 msg/s: a search
-// of the 32 MiB memtable and a table iterator per level.
+// stores it) skips the read. Without it, the two reads of a key that is
+// nearly never there (the projection's InboxByMessage and, before the
+// index was written blind, Apply's) were 15% of chatd's CPU at 2,000
+// msg/s: a search of the 32 MiB memtable and a table iterator per level.
 //
 // A top may only be too high (then a lookup reads, as it did before),
 // never too low. So:
 //   - a top learnt by reading the index is kept as the larger of it and
 //     what is known, and only if gen did not move meanwhile;
-//   - indexInbox raises the top of every id it writes before its commit,
-//     under inboxMu; for a (user, epoch) without a known top it moves gen
+//   - indexInbox raises the top of every id it writes before its commit;
+//     for a (user, epoch) without a known top it moves gen
 //     instead, so that no read begun before its commit keeps a top
 //     without it;
 //   - dropping tops (bound, reset) moves gen.
@@ -674,7 +663,7 @@ const maxInboxTops = 1 << 18
 // aboveInboxTop reports whether the message id of the inbox message
 // index key k is above its (user, epoch)'s top.
 func (s *Store) aboveInboxTop(k []byte) (bool, error) {
-	prefix, id := splitInboxMsgKey(k)
+	prefix, id, _ := splitInboxMsgKey(k)
 	t := &s.tops
 	t.mu.Lock()
 	top, known := t.top[string(prefix)]
@@ -706,9 +695,9 @@ func (s *Store) learnInboxTop(prefix []byte, gen, top uint64) {
 }
 
 // raiseInboxTop makes sure the top of k's (user, epoch) is at least k's
-// message id, before k is committed. The caller holds inboxMu.
+// message id, before k is committed.
 func (s *Store) raiseInboxTop(k []byte) {
-	prefix, id := splitInboxMsgKey(k)
+	prefix, id, _ := splitInboxMsgKey(k)
 	t := &s.tops
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -737,7 +726,7 @@ func (s *Store) readInboxTop(prefix []byte) (uint64, error) {
 	}
 	var top uint64
 	if it.Last() {
-		_, top = splitInboxMsgKey(it.Key())
+		_, top, _ = splitInboxMsgKey(it.Key())
 	}
 	return top, errors.Join(it.Error(), it.Close())
 }
@@ -950,31 +939,30 @@ func (s *Store) InboxByMessage(ctx context.Context, u domain.UserID, epoch int32
 		return store.InboxEntry{}, err
 	}
 	notFound := domain.Errorf(domain.CodeNotFound, "message %s not found in the inbox of %s, epoch %d", id, u, epoch)
-	offset, found, err := s.inboxIndex(inboxMsgKey(u, epoch, id))
+	offs, err := s.inboxIndex(inboxMsgPrefix(u, epoch, id))
 	if err != nil {
 		return store.InboxEntry{}, fmt.Errorf("pebblestore: inbox by message: %w", err)
 	}
-	if !found {
-		return store.InboxEntry{}, notFound
+	for _, offset := range offs {
+		v, closer, err := s.db.Get(inboxKey(u, epoch, offset))
+		if errors.Is(err, pebble.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return store.InboxEntry{}, fmt.Errorf("pebblestore: inbox by message: %w", err)
+		}
+		e, err := decodeInbox(u, epoch, offset, v)
+		closer.Close()
+		if err != nil {
+			return store.InboxEntry{}, fmt.Errorf("pebblestore: inbox by message: entry at %d: %w", offset, err)
+		}
+		// The index is written with the entry, in one batch; an entry of
+		// another message is a later one overwriting the offset.
+		if e.Message.MessageID == id {
+			return e, nil
+		}
 	}
-	v, closer, err := s.db.Get(inboxKey(u, epoch, offset))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return store.InboxEntry{}, notFound
-	}
-	if err != nil {
-		return store.InboxEntry{}, fmt.Errorf("pebblestore: inbox by message: %w", err)
-	}
-	e, err := decodeInbox(u, epoch, offset, v)
-	closer.Close()
-	if err != nil {
-		return store.InboxEntry{}, fmt.Errorf("pebblestore: inbox by message: entry at %d: %w", offset, err)
-	}
-	if e.Message.MessageID != id {
-		// The index is written with the entry, in one batch; this is a
-		// later entry overwriting the offset with another message.
-		return store.InboxEntry{}, notFound
-	}
-	return e, nil
+	return store.InboxEntry{}, notFound
 }
 
 // DeviceCursors returns every device position of u, sorted by device id.

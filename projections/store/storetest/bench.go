@@ -49,13 +49,17 @@ func Bench(b *testing.B, open func(b *testing.B) store.Store) {
 		}
 	})
 	for _, c := range []struct {
-		name     string
-		perBatch int // messages into groups of 10
+		name      string
+		perBatch  int  // messages into groups of 10
+		unordered bool // message ids out of the log's order
 	}{
-		{"WriteInbox", 33},      // the inbox projection keeping up at 2,000 msg/s
-		{"WriteInbox4000", 400}, // catching up: each user with 8 entries in a batch
+		{"WriteInbox", 33, false},      // the inbox projection keeping up at 2,000 msg/s
+		{"WriteInbox4000", 400, false}, // catching up: each user with 8 entries in a batch
+		// Keeping up, with a user's entries in the log out of their
+		// messages' id order, as channels' fan-outs interleave.
+		{"WriteInboxUnordered", 33, true},
 	} {
-		b.Run(c.name, func(b *testing.B) { benchWriteInbox(b, open(b), c.perBatch) })
+		b.Run(c.name, func(b *testing.B) { benchWriteInbox(b, open(b), c.perBatch, c.unordered) })
 	}
 	b.Run("Channel", func(b *testing.B) {
 		s := open(b)
@@ -105,8 +109,9 @@ func Bench(b *testing.B, open func(b *testing.B) store.Store) {
 }
 
 // benchWriteInbox applies batches of perBatch messages into groups of 10
-// among 500 users, their inbox entries and a position.
-func benchWriteInbox(b *testing.B, s store.Store, perBatch int) {
+// among 500 users, their inbox entries and a position. Unordered, the ids
+// of each 64 messages in a row come in reverse order.
+func benchWriteInbox(b *testing.B, s store.Store, perBatch int, unordered bool) {
 	g := newIDs(b)
 	ctx := context.Background()
 	const users, group = 500, 10
@@ -121,12 +126,16 @@ func benchWriteInbox(b *testing.B, s store.Store, perBatch int) {
 		in := store.Batch{Projection: proj, Inbox: make([]store.InboxEntry, 0, perBatch*group)}
 		for range perBatch {
 			id++
+			msg := id
+			if unordered {
+				msg = id&^63 + 64 - id&63
+			}
 			first := int(id*7) % users // the group's first member
 			for m := range group {
 				offset++
 				u := us[(first+m*(users/group))%users]
 				in.Inbox = append(in.Inbox, store.InboxEntry{UserID: u, Epoch: 1, Offset: offset, Message: domain.InboxMessage{
-					UserID: u, ChannelID: "gbench", MessageID: domain.MessageID(id), SenderID: us[first],
+					UserID: u, ChannelID: "gbench", MessageID: domain.MessageID(msg), SenderID: us[first],
 					SentAt: at(int(id)), ChannelOffset: id,
 				}})
 			}
