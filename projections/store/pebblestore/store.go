@@ -149,6 +149,16 @@ func Open(dir string, opts Options) (*Store, error) {
 		// A bigger memtable than the 4 MiB default: fewer flushes and L0
 		// files, so less compaction under a steady stream of inbox entries.
 		MemTableSize: 32 << 20,
+		// L0 compacts at 8 sublevels, not 4: the inbox's keys lead with
+		// the user, so every flushed table spans the keyspace and every
+		// compaction out of L0 rewrites the whole of the level below;
+		// waiting for twice the tables halves how often.
+		// BenchmarkStore/WriteInboxUnordered over 6,000 Applys: CPU 16
+		// to 22 s -> 12 to 13 s. Reads merge up to 8 L0 sublevels, and
+		// writes stop at 24 (default 12), keeping the margin above the
+		// compaction threshold the default had.
+		L0CompactionThreshold: 8,
+		L0StopWritesThreshold: 24,
 		EventListener: &pebble.EventListener{
 			BackgroundError: func(err error) { log.Error("pebble background error", "err", err) },
 		},
