@@ -69,7 +69,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string) (c
 	cass := fs.String("cassandra", getenv("EVCHAT_CASSANDRA"), "comma-separated Cassandra hosts; empty uses the embedded store (env EVCHAT_CASSANDRA)")
 	fs.StringVar(&cfg.Keyspace, "keyspace", cfg.Keyspace, "Cassandra keyspace")
 	fs.StringVar(&cfg.TopicPrefix, "topic-prefix", cfg.TopicPrefix, "prefix of every topic name")
-	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions of each topic created at start")
+	fs.IntVar(&cfg.Partitions, "partitions", cfg.Partitions, "partitions of each topic created at start; 0: 8 on Kafka, 2 on the embedded broker")
 	fs.IntVar(&cfg.MachineID, "machine-id", cfg.MachineID, "sonyflake machine id, 0 to 65535: unique per process of a deployment")
 	roles := fs.String("roles", "all", "comma-separated roles this process runs, or all:\n"+rolesHelp())
 	fs.BoolVar(&cfg.EmbeddedFsync, "embedded-fsync", cfg.EmbeddedFsync, "fsync every batch of the embedded broker before acknowledging it (survives power loss; ~5x fewer appends/s; off still survives kill -9)")
