@@ -53,7 +53,7 @@ type Config struct {
 	// Partitions (--partitions): partitions of each topic created at
 	// start (topics that exist keep theirs). Zero, the default, means 8
 	// on Kafka and 2 on the embedded broker: in one process partitions
-	// buy no parallelism the two stages per topic would use, and each
+	// buy no parallelism (each stage runs one batch at a time), and each
 	// costs every transaction a marker and every fetch a batch of its own
 	// (deploy/README.md, session 18: at 1,000 msg/s into groups of 10,
 	// deliver p99 158 ms with 8, 90 ms with 2).
