@@ -460,24 +460,18 @@ func (c Config) withDefaults() Config {
 	if c.Stdout == nil {
 		c.Stdout = io.Discard
 	}
+	if c.Partitions == 0 {
+		c.Partitions = DefaultPartitionsEmbedded
+		if len(c.Kafka) > 0 {
+			c.Partitions = DefaultPartitionsKafka
+		}
+	}
 	return c
 }
 
 // Default partitions of each topic created at start, by backend (see
-// Config.Partitions).
+// Config.Partitions; withDefaults picks one).
 const (
 	DefaultPartitionsKafka    = 8
 	DefaultPartitionsEmbedded = 2
 )
-
-// partitions returns the partitions of each topic created at start.
-func (c Config) partitions() int {
-	switch {
-	case c.Partitions > 0:
-		return c.Partitions
-	case len(c.Kafka) > 0:
-		return DefaultPartitionsKafka
-	default:
-		return DefaultPartitionsEmbedded
-	}
-}

@@ -184,7 +184,7 @@ func (n *Node) Run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	lag := eventlog.NewLag(reg)
-	logCfg := eventlog.Config{Brokers: brokers, Prefix: cfg.TopicPrefix, Partitions: int32(cfg.partitions()), Logger: log, Lag: lag}
+	logCfg := eventlog.Config{Brokers: brokers, Prefix: cfg.TopicPrefix, Partitions: int32(cfg.Partitions), Logger: log, Lag: lag}
 	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancelStart()
 	if err := eventlog.EnsureTopics(startCtx, logCfg); err != nil {

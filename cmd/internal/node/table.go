@@ -106,7 +106,7 @@ var Table = []*Role{
 		Replay: NotReplayed, Verify: verifyWith(sends.Name),
 		run: func(n *Node, lc eventlog.Config, _ bool) func(context.Context) error {
 			return func(ctx context.Context) error {
-				return runWorkers(ctx, min(n.cfg.SendsWorkers, n.cfg.partitions()), func(ctx context.Context, i int) error {
+				return runWorkers(ctx, min(n.cfg.SendsWorkers, n.cfg.Partitions), func(ctx context.Context, i int) error {
 					p, err := sends.New(sends.Config{Log: lc, InstanceID: workerInstance(n.instance, i), Mended: n.sendsMended, Logger: n.log}, n.st)
 					if err != nil {
 						return err

@@ -153,8 +153,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		// the user, so every flushed table spans the keyspace and every
 		// compaction out of L0 rewrites the whole of the level below;
 		// waiting for twice the tables halves how often.
-		// BenchmarkStore/WriteInboxUnordered over 6,000 Applys: CPU 16
-		// to 22 s -> 12 to 13 s. Reads merge up to 8 L0 sublevels, and
+		// BenchmarkStore/WriteInboxUnordered over 6,000 Applys: CPU
+		// 17.9 to 25.3 s -> 14.0 and 15.5 s (deploy/README.md, session
+		// 18). Reads merge up to 8 L0 sublevels, and
 		// writes stop at 24 (default 12), keeping the margin above the
 		// compaction threshold the default had.
 		L0CompactionThreshold: 8,
