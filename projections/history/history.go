@@ -75,6 +75,11 @@ func (p *Projection) Reset() {
 
 // Handle applies records of one partition of the channel topic.
 func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Record, b *store.Batch) error {
+	// Messages are a function of the log (a replay writes them again,
+	// identically), so the store need not fsync a batch of them alone;
+	// one with channels or memberships it fsyncs all the same (see
+	// store.Batch.Replayable).
+	b.Replayable = true
 	seen := map[domain.MessageID]bool{}
 	changed := map[domain.ChannelID]bool{}
 	type decoded struct {

@@ -52,6 +52,9 @@ func apply(t *testing.T, st *pebblestore.Store, p *Projection, batches ...[]*kgo
 		if err := p.Handle(ctx, 0, recs, &b); err != nil {
 			t.Fatal(err)
 		}
+		if !b.Replayable {
+			t.Fatal("a history batch is not marked replayable: the embedded store fsyncs each")
+		}
 		if err := st.Apply(ctx, b); err != nil {
 			t.Fatal(err)
 		}

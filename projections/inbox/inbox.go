@@ -83,6 +83,10 @@ type userMsg struct {
 // a message that has an entry at a lower offset already: it knows from
 // memory (firstcopy), or looks up the store, store.Lookups at a time.
 func (p *Projection) Handle(ctx context.Context, partition int32, recs []*kgo.Record, b *store.Batch) error {
+	// The entries are a function of the log (a replay writes them again,
+	// identically), so the store need not fsync them before the next
+	// batch: see store.Batch.Replayable.
+	b.Replayable = true
 	type candidate struct {
 		offset int64
 		m      domain.InboxMessage

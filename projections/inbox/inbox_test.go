@@ -60,6 +60,9 @@ func apply(t *testing.T, st *pebblestore.Store, lookups Store, batches [][]entry
 		if err := h.Handle(ctx, 3, recs, &b); err != nil {
 			t.Fatal(err)
 		}
+		if !b.Replayable {
+			t.Fatal("an inbox batch is not marked replayable: the embedded store fsyncs each")
+		}
 		for _, e := range b.Inbox {
 			if e.Epoch != epoch || e.Partition != 3 {
 				t.Fatalf("entry at epoch %d partition %d, want %d and 3", e.Epoch, e.Partition, epoch)

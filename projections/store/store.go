@@ -171,6 +171,21 @@ type Batch struct {
 	Cursors []DeviceCursor
 	// Reads to upsert (keyed by channel and user).
 	Reads []ReadMark
+	// Replayable says that losing the batch in a crash, together with its
+	// positions, costs nothing but a replay: the projection writes it
+	// again, identically, when it reads the log from the positions before
+	// it, and nothing outside the store was decided from it. A store may
+	// then write it without waiting for it to be durable (pebblestore: no
+	// fsync of its own; it is durable with the next fsynced write or
+	// within the store's sync interval). A store writes what follows a
+	// batch only after it, so a crash keeps a prefix of the batches and
+	// every projection's state agrees with its positions. Only history's
+	// messages and the inbox's entries are replayable: a batch with
+	// channels, memberships, cursors, read marks or decisions is made
+	// durable before Apply returns whatever this says (others act on
+	// them at once: a removed member's send is refused from the store's
+	// channel state). The Cassandra store ignores it.
+	Replayable bool
 	// Decisions are send decisions to record (keyed by SendKey). Only
 	// the sends processor writes them, and it decides each key from the
 	// log alone, so a key written again (a batch retried, a fenced

@@ -107,6 +107,11 @@ type Config struct {
 	// StoreCache (--store-cache): bytes of the embedded store's block
 	// cache (Pebble). Default 256 MiB.
 	StoreCache int64
+	// StoreSyncInterval (--store-sync-interval): the embedded store
+	// writes history's messages and the inbox's entries without an fsync
+	// of their own (a crash replays them from the log) and fsyncs them
+	// within this. Default 1 s.
+	StoreSyncInterval time.Duration
 	// BodyCache (--body-cache): bytes of recent messages' texts kept to
 	// resolve inbox entries, which point at their message instead of
 	// copying it (package bodies). Default 64 MiB.
@@ -260,6 +265,7 @@ func DefaultConfig() Config {
 		PushMaxAge:           2 * time.Minute,
 		SendsWorkers:         1,
 		StoreCache:           256 << 20,
+		StoreSyncInterval:    time.Second,
 		BodyCache:            bodies.DefaultCacheBytes,
 		BodyWait:             bodies.DefaultWait,
 		ReadyLag:             1000,
@@ -357,6 +363,9 @@ func (c Config) Validate() error {
 	}
 	if c.SendsWorkers < 1 {
 		return bad("sends workers %d: want at least 1", c.SendsWorkers)
+	}
+	if c.StoreSyncInterval <= 0 {
+		return bad("store sync interval %s: want more than 0", c.StoreSyncInterval)
 	}
 	if c.StoreCache < 8<<20 {
 		return bad("store cache of %d bytes: want at least 8 MiB", c.StoreCache)

@@ -203,7 +203,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 
 	if len(cfg.Cassandra) == 0 {
-		ps, err := pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: log, CacheSize: cfg.StoreCache})
+		ps, err := pebblestore.Open(filepath.Join(cfg.DataDir, "store"), pebblestore.Options{Logger: log, CacheSize: cfg.StoreCache, SyncInterval: cfg.StoreSyncInterval})
 		if err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package pebblestore
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/bloom"
+	"github.com/cockroachdb/pebble/vfs"
 
 	"github.com/evchat/evchat/domain"
 	"github.com/evchat/evchat/projections/store"
@@ -31,6 +33,15 @@ type Options struct {
 	// 256 MiB: with 64 MiB the inbox projection's lookups missed it, and
 	// reading blocks again took a fifth of the CPU at 2,000 msg/s.
 	CacheSize int64
+	// SyncInterval bounds how long a replayable batch (store.Batch) may
+	// wait to be fsynced: a background sync of the log runs this often
+	// while one waits, and any fsynced write makes it durable sooner.
+	// Zero means 1 s. A replayable batch not yet durable at a crash is
+	// replayed from the log, so this bounds the replay, not a loss.
+	SyncInterval time.Duration
+	// FS is the file system Pebble writes to; nil means the OS's. For
+	// tests (vfs.NewStrictMem forgets what was not synced).
+	FS vfs.FS
 }
 
 // Validate reports options that make no sense.
@@ -38,8 +49,13 @@ func (o Options) Validate() error {
 	if o.CacheSize < 0 {
 		return domain.Errorf(domain.CodeBadRequest, "pebblestore: cache size %d is negative", o.CacheSize)
 	}
+	if o.SyncInterval < 0 {
+		return domain.Errorf(domain.CodeBadRequest, "pebblestore: sync interval %s is negative", o.SyncInterval)
+	}
 	return nil
 }
+
+const defaultSyncInterval = time.Second
 
 const defaultCacheSize = 256 << 20
 
@@ -93,6 +109,15 @@ type Store struct {
 	// inbox message index: a lookup of a higher id finds nothing without
 	// reading (see inboxIndex).
 	tops inboxTops
+
+	// unsynced is set when a replayable batch was written without an
+	// fsync; syncLoop fsyncs the log within syncEvery of it. syncs
+	// counts those fsyncs (for tests); stop and stopped end the loop.
+	unsynced  atomic.Bool
+	syncEvery time.Duration
+	syncs     atomic.Int64
+	stop      chan struct{}
+	stopped   chan struct{}
 }
 
 // maxCachedChannels bounds Store.channels (a few hundred bytes each).
@@ -173,20 +198,62 @@ func Open(dir string, opts Options) (*Store, error) {
 		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 		po.Levels[i].FilterType = pebble.TableFilter
 	}
+	if opts.FS != nil {
+		po.FS = opts.FS
+	}
 	po.EnsureDefaults()
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
-	return &Store{db: db, log: log, seed: maphash.MakeSeed()}, nil
+	s := &Store{db: db, log: log, seed: maphash.MakeSeed(),
+		syncEvery: cmp.Or(opts.SyncInterval, defaultSyncInterval),
+		stop:      make(chan struct{}), stopped: make(chan struct{})}
+	go s.syncLoop()
+	return s, nil
 }
 
-// Close flushes and closes the database. Calls after the first return an
-// error, as do calls of other methods.
+// syncLoop fsyncs the log when a replayable batch waits for it, every
+// syncEvery, until Close.
+func (s *Store) syncLoop() {
+	defer close(s.stopped)
+	t := time.NewTicker(s.syncEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			if err := s.syncLog(); err != nil {
+				s.log.Error("pebblestore: sync of replayable batches", "err", err)
+			}
+		}
+	}
+}
+
+// syncLog fsyncs the log if a replayable batch was written since the last
+// fsync it knows of.
+func (s *Store) syncLog() error {
+	if !s.unsynced.Swap(false) {
+		return nil
+	}
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		s.unsynced.Store(true)
+		return err
+	}
+	s.syncs.Add(1)
+	return nil
+}
+
+// Close flushes and closes the database (Pebble's close fsyncs its log,
+// what replayable batches wrote included). Calls after the first return
+// an error, as do calls of other methods.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return errClosed
 	}
+	close(s.stop)
+	<-s.stopped
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("pebblestore: close: %w", err)
 	}
@@ -465,9 +532,10 @@ func (s *Store) SendDecisions(ctx context.Context, keys []store.SendKey) (map[st
 	return out, nil
 }
 
-// Apply writes the batch's state and its positions in one atomic, fsynced
-// Pebble batch. Within the batch, later entries win over earlier ones with
-// the same key.
+// Apply writes the batch's state and its positions in one atomic Pebble
+// batch, fsynced before it returns unless the batch is replayable (see
+// store.Batch.Replayable and Options.SyncInterval). Within the batch,
+// later entries win over earlier ones with the same key.
 func (s *Store) Apply(ctx context.Context, in store.Batch) error {
 	if err := s.check(ctx); err != nil {
 		return err
@@ -572,8 +640,12 @@ func (s *Store) apply(in store.Batch) error {
 	if b.Empty() {
 		return nil
 	}
+	wo := pebble.Sync
+	if lazy(in) {
+		wo = pebble.NoSync
+	}
 	if len(in.Positions) == 0 {
-		if err := b.Commit(pebble.Sync); err != nil {
+		if err := s.commit(b, wo); err != nil {
 			return err
 		}
 		s.afterCommit()
@@ -582,7 +654,7 @@ func (s *Store) apply(in store.Batch) error {
 	pc := s.positionCache(in.Projection)
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := s.commit(b, wo); err != nil {
 		pc.loaded = false // not known whether it was written
 		return err
 	}
@@ -591,6 +663,25 @@ func (s *Store) apply(in store.Batch) error {
 	}
 	s.afterCommit()
 	return nil
+}
+
+// lazy reports whether a batch may be written without an fsync of its
+// own: it says it is replayable and holds nothing but messages, inbox
+// entries and positions (see store.Batch.Replayable).
+func lazy(in store.Batch) bool {
+	return in.Replayable && len(in.Channels) == 0 && len(in.Memberships) == 0 &&
+		len(in.Cursors) == 0 && len(in.Reads) == 0 && len(in.Decisions) == 0
+}
+
+// commit commits b with wo. A commit without an fsync marks the log for
+// syncLoop once it is in the log, so that a sync begun before the mark
+// leaves it set.
+func (s *Store) commit(b *pebble.Batch, wo *pebble.WriteOptions) error {
+	err := b.Commit(wo)
+	if wo == pebble.NoSync {
+		s.unsynced.Store(true)
+	}
+	return err
 }
 
 func (s *Store) afterCommit() {
