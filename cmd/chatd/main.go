@@ -82,7 +82,7 @@ func parseConfig(args []string, stderr io.Writer, getenv func(string) string) (c
 	fs.IntVar(&cfg.SendsWorkers, "sends-workers", cfg.SendsWorkers, "sends processors the sends role runs in this process (at most --partitions are used), whose store reads and commits overlap: more than 1 helps on Cassandra")
 	fs.DurationVar(&cfg.PushMaxAge, "push-max-age", cfg.PushMaxAge, "entries older than this when they come up for a push decision are dropped")
 	fs.Int64Var(&cfg.StoreCache, "store-cache", cfg.StoreCache, "bytes of the embedded store's block cache (Pebble)")
-	fs.DurationVar(&cfg.StoreSyncInterval, "store-sync-interval", cfg.StoreSyncInterval, "the embedded store fsyncs history's messages and the inbox's entries within this, not each batch (a crash replays them from the log)")
+	fs.DurationVar(&cfg.StoreSyncInterval, "store-sync-interval", cfg.StoreSyncInterval, "the embedded store fsyncs history's messages, the inbox's entries and send decisions within this, not each batch (a crash replays them from the log)")
 	fs.Int64Var(&cfg.BodyCache, "body-cache", cfg.BodyCache, "bytes of recent messages' texts kept to resolve inbox entries (which point at their message)")
 	fs.DurationVar(&cfg.BodyWait, "body-wait", cfg.BodyWait, "how long a sync or push waits, while history does not move, for it to store a message an inbox entry points at")
 	fs.StringVar(&cfg.PushWebhook, "push-webhook", cfg.PushWebhook, "URL that receives push notifications as FCM-shaped JSON; empty logs them")

@@ -357,7 +357,7 @@ func (p *Processor) mend(ctx context.Context, part int32, from, to int64, deadli
 				made = append(made, d)
 			}
 		}
-		err = p.st.Apply(ctx, store.Batch{Projection: Name, Decisions: made, Positions: map[int32]int64{part: until}})
+		err = p.st.Apply(ctx, store.Batch{Projection: Name, Decisions: made, Positions: map[int32]int64{part: until}, Replayable: true})
 		if err != nil {
 			return fmt.Errorf("sends: partition %d: saving %d decisions again: %w", part, len(made), err)
 		}
@@ -455,12 +455,14 @@ func refused(request, msg string) domain.SendDecided {
 }
 
 // Flush writes the batch's new decisions and its progress to the store,
-// durably, and its progress to the changelog, before the transaction
-// commits: a committed answer's decision is in the store (as long as the
-// store keeps what it acknowledged; see mend).
+// and its progress to the changelog, before the transaction commits: a
+// committed answer's decision is in the store, or, after a crash took the
+// store's latest writes, mended from the log before the next batch (see
+// mend). So the batch is replayable (store.Batch.Replayable): the embedded
+// store does not fsync it before the commit.
 func (p *Processor) Flush(ctx context.Context, out *txproc.Out) error {
 	if len(p.made) > 0 || len(p.next) > 0 {
-		if err := p.st.Apply(ctx, store.Batch{Projection: Name, Decisions: p.made, Positions: p.next}); err != nil {
+		if err := p.st.Apply(ctx, store.Batch{Projection: Name, Decisions: p.made, Positions: p.next, Replayable: true}); err != nil {
 			return fmt.Errorf("sends: saving %d decisions: %w", len(p.made), err)
 		}
 	}

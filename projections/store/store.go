@@ -179,12 +179,14 @@ type Batch struct {
 	// fsync of its own; it is durable with the next fsynced write or
 	// within the store's sync interval). A store writes what follows a
 	// batch only after it, so a crash keeps a prefix of the batches and
-	// every projection's state agrees with its positions. Only history's
-	// messages and the inbox's entries are replayable: a batch with
-	// channels, memberships, cursors, read marks or decisions is made
-	// durable before Apply returns whatever this says (others act on
-	// them at once: a removed member's send is refused from the store's
-	// channel state). The Cassandra store ignores it.
+	// every projection's state agrees with its positions. History's
+	// messages, the inbox's entries and the sends processor's decisions
+	// are replayable (the processor mends decisions the store lost from
+	// the log before its next batch: gateway/chat/SENDS.md): a batch with
+	// channels, memberships, cursors or read marks is made durable before
+	// Apply returns whatever this says (others act on them at once: a
+	// removed member's send is refused from the store's channel state).
+	// The Cassandra store ignores it.
 	Replayable bool
 	// Decisions are send decisions to record (keyed by SendKey). Only
 	// the sends processor writes them, and it decides each key from the

@@ -108,9 +108,9 @@ type Config struct {
 	// cache (Pebble). Default 256 MiB.
 	StoreCache int64
 	// StoreSyncInterval (--store-sync-interval): the embedded store
-	// writes history's messages and the inbox's entries without an fsync
-	// of their own (a crash replays them from the log) and fsyncs them
-	// within this. Default 1 s.
+	// writes history's messages, the inbox's entries and send decisions
+	// without an fsync of their own (a crash replays them from the log)
+	// and fsyncs them within this. Default 1 s.
 	StoreSyncInterval time.Duration
 	// BodyCache (--body-cache): bytes of recent messages' texts kept to
 	// resolve inbox entries, which point at their message instead of

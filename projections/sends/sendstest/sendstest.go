@@ -19,6 +19,7 @@ type Store struct {
 	decisions map[store.SendKey]store.SendDecision
 	positions map[string]map[int32]int64
 	saves     map[store.SendKey]int
+	durable   int // Applys not marked replayable
 }
 
 // New returns an empty Store.
@@ -44,6 +45,9 @@ func (s *Store) SendDecisions(_ context.Context, keys []store.SendKey) (map[stor
 func (s *Store) Apply(_ context.Context, b store.Batch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !b.Replayable {
+		s.durable++
+	}
 	for _, d := range b.Decisions {
 		s.decisions[d.SendKey] = d
 		s.saves[d.SendKey]++
@@ -55,6 +59,14 @@ func (s *Store) Apply(_ context.Context, b store.Batch) error {
 		maps.Copy(s.positions[b.Projection], b.Positions)
 	}
 	return nil
+}
+
+// Durable returns how many Applys were not marked replayable
+// (store.Batch.Replayable): the embedded store fsyncs each of those.
+func (s *Store) Durable() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.durable
 }
 
 // Positions is store.Store's.

@@ -133,12 +133,20 @@ func TestReplayableLostWithPositions(t *testing.T) {
 	c.apply(historyBatch(0, false))
 	c.apply(inboxBatch(1, true))
 	c.apply(historyBatch(1, true))
+	decided := store.SendKey{SenderID: "v", ClientMsgID: "c1"}
+	c.apply(store.Batch{Projection: "sends", Replayable: true, Positions: map[int32]int64{0: 1},
+		Decisions: []store.SendDecision{{SendKey: decided, ChannelID: "g", MessageID: 101, Offset: 0}}})
 	before := state{inboxPos: map[int32]int64{0: 2}, historyPos: map[int32]int64{0: 2}, entries: []int64{0, 1}, messages: []int64{0, 1}}
 	wantState(t, "before the crash", c.state(), before)
 
 	c.crash()
 	synced := state{inboxPos: map[int32]int64{0: 1}, historyPos: map[int32]int64{0: 1}, entries: []int64{0}, messages: []int64{0}}
 	wantState(t, "after a crash (the replayable batches lost, with their positions)", c.state(), synced)
+	ds, err := c.s.SendDecisions(context.Background(), []store.SendKey{decided})
+	pos, perr := c.s.Positions(context.Background(), "sends")
+	if err != nil || perr != nil || len(ds) != 0 || len(pos) != 0 {
+		t.Errorf("after a crash, a replayable batch of decisions: %v, progress %v (%v, %v); want both lost, for the sends processor to mend", ds, pos, err, perr)
+	}
 
 	// A replayable batch of history with a membership in it is fsynced:
 	// a gateway refuses a removed member's send from that state.

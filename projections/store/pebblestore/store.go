@@ -667,10 +667,10 @@ func (s *Store) apply(in store.Batch) error {
 
 // lazy reports whether a batch may be written without an fsync of its
 // own: it says it is replayable and holds nothing but messages, inbox
-// entries and positions (see store.Batch.Replayable).
+// entries, send decisions and positions (see store.Batch.Replayable).
 func lazy(in store.Batch) bool {
 	return in.Replayable && len(in.Channels) == 0 && len(in.Memberships) == 0 &&
-		len(in.Cursors) == 0 && len(in.Reads) == 0 && len(in.Decisions) == 0
+		len(in.Cursors) == 0 && len(in.Reads) == 0
 }
 
 // commit commits b with wo. A commit without an fsync marks the log for
