@@ -41,11 +41,11 @@
 // Apply writes a batch's state and positions in one Pebble batch, so a
 // crash never separates state from position. It commits it with fsync,
 // but a replayable batch (store.Batch.Replayable: history's messages, the
-// inbox's entries or send decisions alone) without: Pebble's log keeps commit order, so
-// a crash keeps a prefix of the batches, and a replayable batch it takes
-// is read from the log again. A goroutine of the Store fsyncs the log
-// within Options.SyncInterval of such a batch (any fsynced commit does it
-// sooner); Close ends it. CreateUser
+// inbox's entries or send decisions alone) without: Pebble's log keeps
+// commit order, so a crash keeps a prefix of the batches, and a
+// replayable batch it takes is read from the log again. A goroutine of
+// the Store fsyncs the log within Options.SyncInterval of such a batch
+// (any fsynced commit does it sooner); Close ends it. CreateUser
 // and ReservePush read and then write; a mutex serializes them per key,
 // which is enough because a single process owns the directory (Pebble
 // locks it). Their writes are also fsynced. Apply writes send decisions blind,

@@ -50,7 +50,8 @@ func (c *crashable) open() {
 }
 
 // crash stops the store as a kill -9 would (nothing more reaches the
-// disk, not even Close's sync) and opens it again on what was synced.
+// disk, not even the fsync of Pebble's close) and opens it again on what
+// was synced.
 func (c *crashable) crash() {
 	c.t.Helper()
 	c.fs.SetIgnoreSyncs(true)
