@@ -124,7 +124,7 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 )`, ks),
 	}
 	for _, stmt := range ddl {
-		if err := s.query(ctx, stmt).Exec(); err != nil {
+		if err := s.schema(ctx, stmt); err != nil {
 			return fail("migrate", err)
 		}
 	}
@@ -149,7 +149,7 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 			continue
 		}
 		for _, stmt := range m.statements {
-			if err := s.query(ctx, stmt).Exec(); err != nil {
+			if err := s.schema(ctx, stmt); err != nil {
 				return fail(fmt.Sprintf("migrate: %s: %.60q", m.name, stmt), err)
 			}
 		}
@@ -161,4 +161,37 @@ func (s *Store) migrate(ctx context.Context, fsys fs.FS) error {
 		return fail("migrate: schema agreement", err)
 	}
 	return nil
+}
+
+// schema runs one statement of Migrate. A schema change on a busy node can
+// outlast Config.Timeout (CI saw "no response received from cassandra
+// within timeout period" for a CREATE TABLE while other test suites shared
+// the node), and every statement of Migrate is idempotent, so one that
+// fails as unavailable is run again, schemaAttempts times at most, while
+// ctx lasts.
+func (s *Store) schema(ctx context.Context, stmt string) error {
+	return retryUnavailable(ctx, schemaAttempts, time.Second, func() error { return s.query(ctx, stmt).Exec() })
+}
+
+// schemaAttempts bounds the runs of one schema statement: with the default
+// 5 s timeout and waits of 1, 2, 4, 8 and 8 s, about a minute.
+const schemaAttempts = 6
+
+// retryUnavailable calls do until it succeeds, fails otherwise than as
+// unavailable, has been called attempts times or ctx ends; it waits wait
+// after the first failure, twice that after the next, up to 8 s. It
+// returns do's last error.
+func retryUnavailable(ctx context.Context, attempts int, wait time.Duration, do func() error) error {
+	for i := 1; ; i++ {
+		err := do()
+		if err == nil || !unavailable(err) || i >= attempts || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 8*time.Second)
+	}
 }
