@@ -12,14 +12,17 @@ import (
 
 // BenchmarkEmbeddedAppend appends messages from many goroutines at once, as
 // the gateways' sends do, to the embedded broker with its data on disk: the
-// appends per second one process's log can take.
+// appends per second one process's log can take, its clients connected
+// over TCP or in memory (Embedded.Dial, as the node's are).
 func BenchmarkEmbeddedAppend(b *testing.B) {
 	for _, fsync := range []bool{false, true} {
-		b.Run(fmt.Sprintf("fsync=%v", fsync), func(b *testing.B) { benchmarkEmbeddedAppend(b, fsync) })
+		for _, memory := range []bool{false, true} {
+			b.Run(fmt.Sprintf("fsync=%v/memory=%v", fsync, memory), func(b *testing.B) { benchmarkEmbeddedAppend(b, fsync, memory) })
+		}
 	}
 }
 
-func benchmarkEmbeddedAppend(b *testing.B, fsync bool) {
+func benchmarkEmbeddedAppend(b *testing.B, fsync, memory bool) {
 	emb, err := StartEmbedded(b.TempDir(), 0, fsync)
 	if err != nil {
 		b.Fatal(err)
@@ -27,6 +30,9 @@ func benchmarkEmbeddedAppend(b *testing.B, fsync bool) {
 	defer emb.Close()
 	ctx := context.Background()
 	cfg := Config{Brokers: emb.Addrs()}
+	if memory {
+		cfg.Dial = emb.Dial
+	}
 	if err := EnsureTopics(ctx, cfg); err != nil {
 		b.Fatal(err)
 	}

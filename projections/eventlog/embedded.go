@@ -9,8 +9,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -35,6 +37,12 @@ import (
 // stable offset moves on. kfake alone aborts such a transaction in memory
 // only, and a later load can then take its records into the same
 // producer's next committed transaction.
+//
+// The clients of its own process connect through Dial: in memory, with
+// the same Kafka protocol and the same broker as over TCP, but without a
+// socket's system calls for every request and response, which the
+// transactional stages' commits waited on (deploy/README.md, session 20).
+// Other processes connect over TCP to Addrs.
 type Embedded struct {
 	c         *kfake.Cluster
 	dir       string
@@ -128,7 +136,7 @@ func (e *Embedded) endOpenTxns() (kadm.TopicsSet, error) {
 	// cannot hang the start.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Addrs()...), kgo.ClientID("evchat-embedded-recovery"))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Addrs()...), kgo.Dialer(e.Dial), kgo.ClientID("evchat-embedded-recovery"))
 	if err != nil {
 		return nil, err
 	}
@@ -136,6 +144,16 @@ func (e *Embedded) endOpenTxns() (kadm.TopicsSet, error) {
 	aborted, committed, err := endOpenTxns(ctx, cl)
 	e.aborted = aborted
 	return committed, err
+}
+
+// Dial opens a connection of this process's clients (eventlog.Config.Dial):
+// to the embedded broker's address, one in memory; to any other, TCP.
+func (e *Embedded) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if slices.Contains(e.Addrs(), addr) && e.ln != nil {
+		return e.ln.dial(ctx)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr)
 }
 
 // Addrs returns the broker's host:port addresses.
@@ -230,16 +248,25 @@ func syncChanged(dir string, since time.Time) (time.Time, int) {
 	return began, n
 }
 
-// retryListener keeps kfake's accept loop alive: kfake's loop returns on
-// the first error of Accept, so one "too many open files" left the broker
-// deaf until the process restarted (every new client connection, and every
-// reconnection of an idle one, then hung). This Accept retries such errors
-// with a backoff, as net/http does, and remembers the last one; only
-// Close ends it.
+// retryListener is the embedded broker's listener. It takes connections
+// from two places: the TCP socket (other processes, tools) and dial (the
+// clients of this process, through Embedded.Dial).
+//
+// It keeps kfake's accept loop alive: kfake's loop returns on the first
+// error of Accept, so one "too many open files" left the broker deaf until
+// the process restarted (every new client connection, and every
+// reconnection of an idle one, then hung). The TCP accepts retry such
+// errors with a backoff, as net/http does, and remember the last one; only
+// Close ends them.
 type retryListener struct {
 	net.Listener
 	closed    chan struct{}
 	closeOnce sync.Once
+	tcp       chan net.Conn // accepted by pump
+	mem       chan net.Conn // the broker's ends of dial's pipes
+	pumped    sync.WaitGroup
+	memConns  atomic.Int64 // connections accepted from dial
+	tcpConns  atomic.Int64 // and from TCP
 
 	mu       sync.Mutex
 	failedAt time.Time
@@ -247,10 +274,42 @@ type retryListener struct {
 }
 
 func newRetryListener(ln net.Listener) *retryListener {
-	return &retryListener{Listener: ln, closed: make(chan struct{})}
+	l := &retryListener{Listener: ln, closed: make(chan struct{}), tcp: make(chan net.Conn), mem: make(chan net.Conn)}
+	l.pumped.Go(l.pump)
+	return l
 }
 
+// Accept returns the next connection, from either place.
 func (l *retryListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.mem:
+		l.memConns.Add(1)
+		return c, nil
+	case c := <-l.tcp:
+		l.tcpConns.Add(1)
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+// pump accepts TCP connections until Close.
+func (l *retryListener) pump() {
+	for {
+		c, err := l.acceptTCP()
+		if err != nil {
+			return
+		}
+		select {
+		case l.tcp <- c:
+		case <-l.closed:
+			c.Close()
+			return
+		}
+	}
+}
+
+func (l *retryListener) acceptTCP() (net.Conn, error) {
 	delay := 5 * time.Millisecond
 	for {
 		c, err := l.Listener.Accept()
@@ -277,9 +336,30 @@ func (l *retryListener) Accept() (net.Conn, error) {
 	}
 }
 
+// dial connects to the broker in memory (pipe): no socket, no system call
+// per request or response.
+func (l *retryListener) dial(ctx context.Context) (net.Conn, error) {
+	broker, client := pipe(l.Addr())
+	select {
+	case l.mem <- broker:
+		return client, nil
+	case <-l.closed:
+		err := net.ErrClosed
+		broker.Close()
+		client.Close()
+		return nil, err
+	case <-ctx.Done():
+		broker.Close()
+		client.Close()
+		return nil, ctx.Err()
+	}
+}
+
 func (l *retryListener) Close() error {
 	l.closeOnce.Do(func() { close(l.closed) })
-	return l.Listener.Close()
+	err := l.Listener.Close()
+	l.pumped.Wait()
+	return err
 }
 
 func (l *retryListener) failedWithin(d time.Duration, now time.Time) bool {

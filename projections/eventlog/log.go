@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"time"
 
@@ -42,6 +43,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Lag, if set, tracks the projections' lag.
 	Lag *Lag
+	// Dial, if set, opens the clients' connections to the brokers
+	// (kgo.Dialer): the embedded broker's Dial, which connects the
+	// clients of its process in memory. Default: TCP.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // DefaultDeliveryTimeout is Config.DeliveryTimeout's default.
@@ -159,6 +164,9 @@ func (c Config) ClientOpts(extra ...kgo.Opt) []kgo.Opt {
 		// with 100 ms, in none of 2).
 		kgo.MetadataMinAge(metadataMinAge),
 		kgo.WithLogger(kslog.New(slog.New(quiet{c.Logger.Handler()}))),
+	}
+	if c.Dial != nil {
+		opts = append(opts, kgo.Dialer(c.Dial))
 	}
 	return append(opts, extra...)
 }

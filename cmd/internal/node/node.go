@@ -164,6 +164,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	brokers := cfg.Kafka
 	brokerOK := func() error { return nil }
+	var dial func(ctx context.Context, network, addr string) (net.Conn, error) // TCP
 	if len(brokers) == 0 {
 		var emb *eventlog.Embedded
 		// Its goroutines carry the label task=embedded-broker in profiles.
@@ -179,12 +180,13 @@ func (n *Node) Run(ctx context.Context) error {
 		defer emb.Close()
 		brokerOK = emb.Healthy
 		brokers = emb.Addrs()
+		dial = emb.Dial
 		log.Info("embedded broker", "addr", strings.Join(brokers, ","), "aborted_open_txns", emb.AbortedAtStart(), "committed_open_txns", emb.CommittedAtStart(), "repaired_segment_indexes", emb.RepairedAtStart())
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	lag := eventlog.NewLag(reg)
-	logCfg := eventlog.Config{Brokers: brokers, Prefix: cfg.TopicPrefix, Partitions: int32(cfg.Partitions), Logger: log, Lag: lag}
+	logCfg := eventlog.Config{Brokers: brokers, Prefix: cfg.TopicPrefix, Partitions: int32(cfg.Partitions), Logger: log, Lag: lag, Dial: dial}
 	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancelStart()
 	if err := eventlog.EnsureTopics(startCtx, logCfg); err != nil {
