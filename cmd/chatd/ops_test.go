@@ -662,6 +662,14 @@ func TestMetrics(t *testing.T) {
 				t.Errorf("%s = %v, want at least %v", name, got, least)
 			}
 		}
+		if b.kafka == "" {
+			// The node's clients reach the embedded broker in memory;
+			// nothing else connected to it.
+			mem, tcp := `evchat_embedded_broker_connections_total{transport="memory"}`, `evchat_embedded_broker_connections_total{transport="tcp"}`
+			if metric(text, mem) < 1 || metric(text, tcp) != 0 {
+				t.Errorf("%s = %v, %s = %v: want at least 1 in memory, none over TCP", mem, metric(text, mem), tcp, metric(text, tcp))
+			}
+		}
 		for _, name := range []string{`evchat_projection_lag{projection="history"}`, "evchat_kafka_", `evchat_message_text_lookups_total{from="cache"}`,
 			"evchat_sends_mended_total 0"} {
 			if !strings.Contains(text, name) {

@@ -156,6 +156,15 @@ func (e *Embedded) Dial(ctx context.Context, network, addr string) (net.Conn, er
 	return d.DialContext(ctx, network, addr)
 }
 
+// Connections returns how many connections the broker has accepted, in
+// memory (Dial) and over TCP.
+func (e *Embedded) Connections() (memory, tcp int64) {
+	if e.ln == nil {
+		return 0, 0
+	}
+	return e.ln.memConns.Load(), e.ln.tcpConns.Load()
+}
+
 // Addrs returns the broker's host:port addresses.
 func (e *Embedded) Addrs() []string { return e.c.ListenAddrs() }
 

@@ -165,8 +165,8 @@ func (n *Node) Run(ctx context.Context) error {
 	brokers := cfg.Kafka
 	brokerOK := func() error { return nil }
 	var dial func(ctx context.Context, network, addr string) (net.Conn, error) // TCP
+	var emb *eventlog.Embedded
 	if len(brokers) == 0 {
-		var emb *eventlog.Embedded
 		// Its goroutines carry the label task=embedded-broker in profiles.
 		pprof.Do(ctx, pprof.Labels("task", "embedded-broker"), func(context.Context) {
 			emb, err = eventlog.StartEmbedded(filepath.Join(cfg.DataDir, "log"), cfg.EmbeddedKafkaPort, cfg.EmbeddedFsync)
@@ -192,6 +192,21 @@ func (n *Node) Run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	lag := eventlog.NewLag(reg)
+	if emb != nil {
+		for transport, memory := range map[string]bool{"memory": true, "tcp": false} {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name:        "evchat_embedded_broker_connections_total",
+				Help:        "Connections the embedded broker accepted: in memory from this process's clients, over TCP from others.",
+				ConstLabels: prometheus.Labels{"transport": transport},
+			}, func() float64 {
+				mem, tcp := emb.Connections()
+				if memory {
+					return float64(mem)
+				}
+				return float64(tcp)
+			}))
+		}
+	}
 	logCfg := eventlog.Config{Brokers: brokers, Prefix: cfg.TopicPrefix, Partitions: int32(cfg.Partitions), Logger: log, Lag: lag, Dial: dial}
 	startCtx, cancelStart := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancelStart()
