@@ -67,15 +67,18 @@ func (h *Hub) remove(c *conn) {
 }
 
 // conns returns the user's connections at this moment.
-func (h *Hub) conns(u domain.UserID) []*conn {
+func (h *Hub) conns(u domain.UserID) []*conn { return h.appendConns(nil, u) }
+
+// appendConns appends the user's connections at this moment to dst: the
+// tailer reuses one slice for every entry it offers.
+func (h *Hub) appendConns(dst []*conn, u domain.UserID) []*conn {
 	s := h.shard(u)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]*conn, 0, len(s.conns[u]))
 	for c := range s.conns[u] {
-		out = append(out, c)
+		dst = append(dst, c)
 	}
-	return out
+	return dst
 }
 
 // Count returns the number of open connections.

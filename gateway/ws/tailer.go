@@ -46,6 +46,9 @@ type Tailer struct {
 	// bodies encodes each message's frame body once for all the
 	// connections it goes to, live and in syncs.
 	bodies *bodyCache
+	// scratch holds one user's connections at a time, for Run's
+	// goroutine alone (Run, resolve, delivers).
+	scratch []*conn
 }
 
 // The body cache's bounds: enough for the messages of a burst in flight
@@ -138,7 +141,7 @@ func (t *Tailer) Run(ctx context.Context) error {
 				if !e.ok {
 					continue
 				}
-				conns := t.hub.conns(e.m.UserID)
+				conns := t.userConns(e.m.UserID)
 				if len(conns) == 0 {
 					continue
 				}
@@ -230,10 +233,18 @@ func (t *Tailer) resolve(ctx context.Context, parts []tailed) {
 // connections of the entries it could not resolve catch up from the store.
 const LiveTextWait = 5 * time.Second
 
+// userConns returns u's connections in t.scratch: valid until the next
+// call.
+func (t *Tailer) userConns(u domain.UserID) []*conn {
+	clear(t.scratch) // drop the last user's connections
+	t.scratch = t.hub.appendConns(t.scratch[:0], u)
+	return t.scratch
+}
+
 // delivers reports whether u has a connection of this tailer's epoch that
 // takes live entries.
 func (t *Tailer) delivers(u domain.UserID) bool {
-	for _, c := range t.hub.conns(u) {
+	for _, c := range t.userConns(u) {
 		if c.gen.tailer == t && c.takesLive() {
 			return true
 		}
