@@ -228,6 +228,8 @@ func (c *conn) drain(writeTimeout time.Duration) error {
 	if c.out != nil {
 		c.out.hold()
 	}
+	written := 0
+	defer func() { c.metrics.drained(written) }()
 	for {
 		batch := c.q.take()
 		if len(batch) == 0 {
@@ -245,6 +247,7 @@ func (c *conn) drain(writeTimeout time.Duration) error {
 			// any progress at all) learns of it at once. At most
 			// batchFlushBytes of them wait in batchConn meanwhile.
 			c.q.written(f)
+			written++
 		}
 	}
 	if c.out == nil {

@@ -12,6 +12,8 @@ import (
 type Metrics struct {
 	connections prometheus.GaugeFunc
 	deliveries  prometheus.Counter
+	drains      prometheus.Counter
+	frames      prometheus.Counter
 	errors      *prometheus.CounterVec
 	sendAck     prometheus.Histogram
 	deliver     prometheus.Histogram
@@ -27,6 +29,13 @@ func NewMetrics(reg prometheus.Registerer, open func() int) *Metrics {
 		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "evchat_ws_deliveries_total", Help: "Inbox entries delivered to devices.",
 		}),
+		drains: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "evchat_ws_drains_total",
+			Help: "Drains of a connection's send queue that wrote frames: each goes to the socket in one write (one per 64 KiB beyond).",
+		}),
+		frames: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "evchat_ws_frames_written_total", Help: "Frames written to WebSocket connections, by drains.",
+		}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "evchat_ws_errors_total", Help: "Error frames sent, by code.",
 		}, []string{"code"}),
@@ -41,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer, open func() int) *Metrics {
 		Help:    "Time from a message's acceptance (its event time) to its live delivery to a device.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 	})
-	reg.MustRegister(m.connections, m.deliveries, m.errors, m.sendAck, m.deliver)
+	reg.MustRegister(m.connections, m.deliveries, m.drains, m.frames, m.errors, m.sendAck, m.deliver)
 	return m
 }
 
@@ -51,6 +60,14 @@ func (m *Metrics) delivered(sentAt time.Time, live bool) {
 		if live {
 			m.deliver.Observe(time.Since(sentAt).Seconds())
 		}
+	}
+}
+
+// drained counts a drain that wrote frames frames.
+func (m *Metrics) drained(frames int) {
+	if m != nil && frames > 0 {
+		m.drains.Inc()
+		m.frames.Add(float64(frames))
 	}
 }
 
