@@ -182,3 +182,48 @@ func TestDrainDeadlineHolds(t *testing.T) {
 		t.Fatal("a drain to a client that reads nothing still blocks after 2 minutes: its deadline was not set")
 	}
 }
+
+// TestHeldQueueWritesOnce: frames pushed while the tailer holds a queue
+// (one fetch's entries for the connection) do not wake its writer; the
+// release does, once, and they go out in one write, in order. A second
+// hold (another tailer's) keeps the writer asleep until it too is
+// released.
+func TestHeldQueueWritesOnce(t *testing.T) {
+	c, cl := batchPair(t)
+	before := c.out.writeCount() // the handshake's answer
+	c.q.hold()
+	c.q.release()
+	if len(c.q.wake) != 0 {
+		t.Fatal("a release with nothing queued woke the writer")
+	}
+	c.q.hold()
+	c.q.hold()
+	const n = 5
+	for i := range n {
+		if !c.q.push(outFrame{head: fmt.Appendf(nil, `{"n":%d}`, i)}) {
+			t.Fatal("queue full")
+		}
+		if len(c.q.wake) != 0 {
+			t.Fatalf("push %d woke the writer of a held queue", i)
+		}
+	}
+	c.q.release()
+	if len(c.q.wake) != 0 {
+		t.Fatal("the writer woke while a second hold remained")
+	}
+	c.q.release()
+	if len(c.q.wake) != 1 {
+		t.Fatal("the last release did not wake the writer of a queue with frames")
+	}
+	var writer sync.WaitGroup
+	writer.Go(func() { c.write(10*time.Second, time.Hour) })
+	t.Cleanup(func() { c.close(); writer.Wait() })
+	for i, s := range readN(t, cl, n) {
+		if want := fmt.Sprintf(`{"n":%d}`, i); s != want {
+			t.Fatalf("frame %d = %s, want %s", i, s, want)
+		}
+	}
+	if w := c.out.writeCount() - before; w != 1 {
+		t.Fatalf("%d frames pushed under a hold went out in %d writes, want 1", n, w)
+	}
+}
