@@ -639,8 +639,12 @@ func TestMetrics(t *testing.T) {
 			return metric(text, "evchat_send_deliver_seconds_count") >= 5
 		})
 		for name, least := range map[string]float64{
-			"evchat_ws_connections":                         2,
-			"evchat_ws_deliveries_total":                    10,
+			"evchat_ws_connections":      2,
+			"evchat_ws_deliveries_total": 10,
+			// The writers' drains, and the frames they wrote: at
+			// least the deliveries, the acks and the hellos.
+			"evchat_ws_drains_total":                        1,
+			"evchat_ws_frames_written_total":                17,
 			"evchat_send_ack_seconds_count":                 5,
 			"evchat_send_deliver_seconds_count":             5,
 			`evchat_store_seconds_count{method="apply"}`:    1,
@@ -661,6 +665,9 @@ func TestMetrics(t *testing.T) {
 			if got := metric(text, name); got < least {
 				t.Errorf("%s = %v, want at least %v", name, got, least)
 			}
+		}
+		if d, f := metric(text, "evchat_ws_drains_total"), metric(text, "evchat_ws_frames_written_total"); d > f {
+			t.Errorf("%v drains wrote %v frames: a drain writes at least one", d, f)
 		}
 		if b.kafka == "" {
 			// The node's clients reach the embedded broker in memory;
