@@ -18,3 +18,6 @@ var (
 	DecodeGeneral   = decodeGeneral
 	EncodeCanonical = encodeCanonical
 )
+
+// InboxFixedLen is inboxFixedLen, for TestEncodeInboxAllocatesOnce.
+const InboxFixedLen = inboxFixedLen

@@ -161,3 +161,26 @@ func FuzzEncodeInbox(f *testing.F) {
 		sameAsGeneral(t, e, domain.Meta{EventID: eventID, Time: time.Unix(0, at)})
 	})
 }
+
+// TestEncodeInboxAllocatesOnce: the buffer an inbox record is encoded into
+// is sized for the longest record of its strings (the largest numbers,
+// times with nanoseconds), so it never grows: its capacity is what it was
+// made with.
+func TestEncodeInboxAllocatesOnce(t *testing.T) {
+	longest := time.Date(9999, 12, 31, 23, 59, 59, 123456789, time.UTC)
+	for _, e := range []domain.InboxMessage{
+		{UserID: "u", ChannelID: "c", MessageID: 1, SenderID: "s", SentAt: at},
+		{UserID: "468192741203755010", ChannelID: "g468192741203755011", MessageID: 1<<64 - 1, SenderID: "468192741203755008",
+			SentAt: longest, ChannelPartition: -1 << 31, ChannelOffset: -1 << 63},
+	} {
+		m := domain.Meta{EventID: "18446744073709551615.468192741203755010", Time: longest}
+		v, err := domain.Encode(e, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := domain.InboxFixedLen + len(m.EventID) + len(e.UserID) + len(e.ChannelID) + len(e.SenderID)
+		if cap(v) != want {
+			t.Fatalf("record of %d bytes in a buffer of %d, want %d: it grew", len(v), cap(v), want)
+		}
+	}
+}

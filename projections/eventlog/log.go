@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -260,12 +261,25 @@ func Record(topic, key string, ev domain.Event, m domain.Meta) (*kgo.Record, err
 	if err != nil {
 		return nil, err
 	}
-	return &kgo.Record{
-		Topic:   topic,
-		Key:     []byte(key),
-		Value:   v,
-		Headers: []kgo.RecordHeader{{Key: "type", Value: []byte(ev.EventType())}},
-	}, nil
+	return &kgo.Record{Topic: topic, Key: []byte(key), Value: v, Headers: typeHeaders(ev.EventType())}, nil
+}
+
+// headersByType holds, per event type, the headers every record of that
+// type carries, shared by all of them: the fan-out builds a record per
+// member per message, and a new header slice and value for each were two
+// of its nine allocations per member.
+var headersByType sync.Map // event type -> []kgo.RecordHeader
+
+// typeHeaders returns the shared headers of an event type. Its capacity is
+// its length, so an append to a record's headers copies them rather than
+// writing into what other records share; nothing changes them in place
+// (the client encodes headers, it does not modify them).
+func typeHeaders(t string) []kgo.RecordHeader {
+	if h, ok := headersByType.Load(t); ok {
+		return h.([]kgo.RecordHeader)
+	}
+	h, _ := headersByType.LoadOrStore(t, []kgo.RecordHeader{{Key: "type", Value: []byte(t)}})
+	return h.([]kgo.RecordHeader)
 }
 
 // Appender appends events and waits for the log to accept them.

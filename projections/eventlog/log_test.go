@@ -60,3 +60,29 @@ func TestKeyEnd(t *testing.T) {
 		t.Fatalf("20 keys went to %d partition(s): the test compared one partition only", len(seen))
 	}
 }
+
+// TestRecordHeaders: every record carries its own event's type as a
+// header, though records of one type share their headers, and a record
+// given one more header does not give it to the others.
+func TestRecordHeaders(t *testing.T) {
+	rec := func(ev domain.Event) *kgo.Record {
+		t.Helper()
+		r, err := Record("t", "k", ev, domain.Meta{EventID: "e", Time: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	one := func(r *kgo.Record, typ string) {
+		t.Helper()
+		if len(r.Headers) != 1 || r.Headers[0].Key != "type" || string(r.Headers[0].Value) != typ {
+			t.Fatalf("headers %+v, want only type=%s", r.Headers, typ)
+		}
+	}
+	in := domain.InboxMessage{UserID: "u", ChannelID: "c", MessageID: 1, SenderID: "s", SentAt: time.Now().UTC()}
+	a := rec(in)
+	one(a, domain.TypeInboxMessage)
+	a.Headers = append(a.Headers, kgo.RecordHeader{Key: "extra", Value: []byte("x")})
+	one(rec(in), domain.TypeInboxMessage)
+	one(rec(domain.ChannelCreated{ChannelID: "c", Kind: domain.KindGroup, CreatorID: "u", Members: []domain.UserID{"u"}}), domain.TypeChannelCreated)
+}

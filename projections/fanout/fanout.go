@@ -180,13 +180,14 @@ func (p *Projection) Process(_ context.Context, n int32, rec *kgo.Record, out *t
 	}
 	// Each entry points at the message (partition n, this offset); the
 	// text is written once, here in the channel topic and by history.
+	eventPrefix := m.MessageID.String() + "."
 	for _, u := range c.Members {
 		in := domain.InboxMessage{
 			UserID: u, ChannelID: id, MessageID: m.MessageID, SenderID: m.SenderID,
 			SentAt: meta.Time, ChannelPartition: n, ChannelOffset: rec.Offset,
 		}
 		r, err := eventlog.Record(p.topics.Inbox, string(u), in, domain.Meta{
-			EventID: m.MessageID.String() + "." + string(u), Time: meta.Time,
+			EventID: eventPrefix + string(u), Time: meta.Time,
 		})
 		if err != nil {
 			return err
