@@ -21,9 +21,6 @@ type conn struct {
 	once    sync.Once
 	metrics *Metrics
 	gen     *generation // the inbox epoch the connection is in, for its life
-	// heldByTailer is set while the tailer holds the writer for a fetch
-	// (Tailer.hold); only its tailer's goroutine touches it.
-	heldByTailer bool
 
 	// q is the send queue, bounded in frames and bytes; its lock is
 	// taken after mu, never before.

@@ -28,11 +28,6 @@ type sendQueue struct {
 	writing int // frames the writer has taken and not yet written
 	wbytes  int // their bytes
 
-	// held counts the holds on waking the writer (hold): while one is
-	// held, push queues without waking it, and the last release wakes it
-	// if frames wait.
-	held int
-
 	wake    chan struct{} // the writer has frames to write
 	drained chan struct{} // the writer wrote a frame (a sync waits on it)
 }
@@ -53,42 +48,14 @@ func (q *sendQueue) push(f outFrame) bool {
 		q.frames = append(q.frames, f)
 		q.bytes += f.size()
 	}
-	wake := ok && q.held == 0
 	q.mu.Unlock()
-	if wake {
-		q.wakeWriter()
+	if ok {
+		select {
+		case q.wake <- struct{}{}:
+		default: // the writer has been woken already
+		}
 	}
 	return ok
-}
-
-func (q *sendQueue) wakeWriter() {
-	select {
-	case q.wake <- struct{}{}:
-	default: // the writer has been woken already
-	}
-}
-
-// hold keeps the writer asleep until release: the frames pushed meanwhile
-// go out in one drain, one write to the socket, rather than one each as
-// the writer wakes for the first and writes it alone. The tailer holds
-// the queues of the connections it offers a fetch's entries to, for that
-// fetch (see Tailer.Run); every hold must be released, promptly.
-func (q *sendQueue) hold() {
-	q.mu.Lock()
-	q.held++
-	q.mu.Unlock()
-}
-
-// release ends a hold and wakes the writer if frames wait and no other
-// hold remains.
-func (q *sendQueue) release() {
-	q.mu.Lock()
-	q.held--
-	wake := q.held == 0 && len(q.frames) > 0
-	q.mu.Unlock()
-	if wake {
-		q.wakeWriter()
-	}
 }
 
 // take hands the writer every waiting frame; they count as queued until

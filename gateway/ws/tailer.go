@@ -49,9 +49,6 @@ type Tailer struct {
 	// scratch holds one user's connections at a time, for Run's
 	// goroutine alone (Run, resolve, delivers).
 	scratch []*conn
-	// held are the connections whose writers wait for the end of the
-	// fetch being offered (hold), for Run's goroutine alone.
-	held []*conn
 }
 
 // The body cache's bounds: enough for the messages of a burst in flight
@@ -162,7 +159,6 @@ func (t *Tailer) Run(ctx context.Context) error {
 				}
 				for _, c := range conns {
 					if c.gen.tailer == t { // not a connection of another epoch
-						t.hold(c)
 						c.offer(e.offset, e.m, f)
 					}
 				}
@@ -170,33 +166,7 @@ func (t *Tailer) Run(ctx context.Context) error {
 			ps.next = tp.next
 			ps.mu.Unlock()
 		}
-		t.releaseAll()
 	}
-}
-
-// hold keeps c's writer asleep until the end of the fetch (releaseAll),
-// once per fetch: the entries a fetch holds for one connection go out in
-// one write to its socket, not one each. At 5,000 msg/s into groups of
-// 10 a fetch often holds more than one entry for a connection, and a
-// write per entry was most of the gateway's system calls.
-func (t *Tailer) hold(c *conn) {
-	if c.heldByTailer {
-		return
-	}
-	c.heldByTailer = true
-	c.q.hold()
-	t.held = append(t.held, c)
-}
-
-// releaseAll releases every queue held during the fetch, waking the
-// writers that have frames to write.
-func (t *Tailer) releaseAll() {
-	for _, c := range t.held {
-		c.heldByTailer = false
-		c.q.release()
-	}
-	clear(t.held) // no closed connection kept
-	t.held = t.held[:0]
 }
 
 // tailed is one partition's records of a fetch, decoded.
